@@ -1,0 +1,31 @@
+/**
+ * The contract between the training core and whoever drives it (the `scoreflow train`
+ * loop, or a cluster worker). A step is split into: gradient sums over any slice of the
+ * global batch (computed anywhere, added in a fixed order), then one identical update.
+ */
+export interface GradSum {
+  /** Sum over the slice's samples of d(per-sample loss)/d(params), flattened in paramSpecs order. */
+  grad: Float32Array;
+  /** Sum of the per-sample losses over the slice. */
+  lossSum: number;
+  /** Number of samples in the slice. */
+  count: number;
+}
+
+export interface ParamSpec {
+  /** PyTorch state_dict name, e.g. "conv1.weight". */
+  name: string;
+  /** Shape in our (tfjs, channels-last) layout. */
+  shape: number[];
+  /** Offset of the first element in the flat vector. */
+  offset: number;
+  size: number;
+}
+
+/** Which images make up global step `step` and where their randomness comes from. */
+export interface StepBatch {
+  step: number;
+  epoch: number;
+  /** Dataset indices of the global batch, in order; shards are contiguous ranges of this. */
+  indices: Uint32Array;
+}
