@@ -1,0 +1,35 @@
+/**
+ * Denoising score matching (Vincent 2011; Song et al. 2021, eq. 7).
+ *
+ * With x(t) = alpha(t) x(0) + std(t) z, the perturbed score is -z / std(t), so
+ *   sigma2 weighting (lambda = std^2, the reference):  l = || s(x(t), t) std + z ||^2
+ *   likelihood weighting (lambda = g^2, Song et al. 2021b):  l = g^2(t) || s(x(t), t) + z / std ||^2
+ * Both are summed over pixels; per-sample values are returned so callers can sum any slice.
+ */
+import * as tf from '@tensorflow/tfjs';
+import type { SDE } from './sde.js';
+
+export type Weighting = 'sigma2' | 'likelihood';
+
+export type ScoreFn = (x: tf.Tensor4D, t: tf.Tensor1D) => tf.Tensor4D;
+
+/** Per-sample DSM losses [N] for clean images x0 [N,H,W,1], times t [N] and noise z like x0. */
+export function dsmLossPerSample(
+  score: ScoreFn,
+  sde: SDE,
+  x0: tf.Tensor4D,
+  t: tf.Tensor1D,
+  z: tf.Tensor4D,
+  weighting: Weighting = 'sigma2',
+): tf.Tensor1D {
+  const n = x0.shape[0];
+  const std = sde.stdTensor(t).reshape([n, 1, 1, 1]);
+  const alpha = sde.alphaTensor(t).reshape([n, 1, 1, 1]);
+  const xt = x0.mul(alpha).add(z.mul(std)) as tf.Tensor4D;
+  const s = score(xt, t);
+  if (weighting === 'sigma2') {
+    return s.mul(std).add(z).square().reshape([n, -1]).sum(1) as tf.Tensor1D;
+  }
+  const g2 = tf.tensor1d(Array.from(t.dataSync(), (ti) => sde.g2(ti)));
+  return s.add(z.div(std)).square().reshape([n, -1]).sum(1).mul(g2) as tf.Tensor1D;
+}

@@ -1,0 +1,125 @@
+/**
+ * Gradient sums of the DSM loss over any slice of a global batch.
+ *
+ * The randomness of sample j of step k (its time t and noise z) comes from the stream
+ * (seed, TrainNoise, k, j) and the images from the epoch's seeded permutation, so a slice
+ * computed on any worker or thread gives the same terms; only the order of float additions
+ * differs between ways of slicing.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { dsmLossPerSample } from '../loss.js';
+import { ScoreNet, type ParamTensors } from '../model/scorenet.js';
+import { numParams } from '../model/params.js';
+import { Rng, Stream } from '../rng.js';
+import { makeSde } from '../sde.js';
+import type { GradSum, StepBatch } from './api.js';
+import type { TrainConfig } from './config.js';
+
+/** Images as float32 in [0, 1], row-major [n, h, w]. */
+export interface Images {
+  n: number;
+  h: number;
+  w: number;
+  data: Float32Array;
+}
+
+/** The global batch of `step`: an epoch-seeded permutation, cut into consecutive batches. */
+export function stepBatch(seed: number, step: number, batchSize: number, n: number): StepBatch {
+  const perEpoch = Math.ceil(n / batchSize);
+  const epoch = Math.floor(step / perEpoch);
+  const k = step % perEpoch;
+  const perm = new Rng(seed, Stream.Shuffle, epoch).permutation(n);
+  return { step, epoch, indices: perm.slice(k * batchSize, Math.min(n, (k + 1) * batchSize)) };
+}
+
+export class GradEngine {
+  readonly net: ScoreNet;
+  readonly numParams: number;
+  private uploaded: { version: number; tensors: ParamTensors } | null = null;
+  private batchCache: { key: string; batch: StepBatch } | null = null;
+
+  constructor(
+    readonly config: TrainConfig,
+    readonly data: Images,
+  ) {
+    if (data.h !== config.model.height || data.w !== config.model.width) {
+      throw new Error(`images are ${data.h}x${data.w}, the model expects ${config.model.height}x${config.model.width}`);
+    }
+    this.net = new ScoreNet(config.model, makeSde(config.sde));
+    this.numParams = numParams(this.net.infos);
+  }
+
+  batch(step: number): StepBatch {
+    const key = `${step}`;
+    if (this.batchCache?.key !== key) {
+      this.batchCache = { key, batch: stepBatch(this.config.seed, step, this.config.batchSize, this.data.n) };
+    }
+    return this.batchCache.batch;
+  }
+
+  /** Parameter tensors, re-uploaded only when the caller's version changes. */
+  private paramTensors(params: Float32Array, version: number): ParamTensors {
+    if (this.uploaded?.version !== version) {
+      this.disposeParams();
+      this.uploaded = { version, tensors: tf.tidy(() => this.net.tensors(params)) };
+      for (const t of Object.values(this.uploaded.tensors)) tf.keep(t);
+    }
+    return this.uploaded.tensors;
+  }
+
+  /** Inputs of samples [from, to) of the step's global batch. */
+  inputs(step: number, from: number, to: number): { x: Float32Array; t: Float32Array; z: Float32Array } {
+    const { indices } = this.batch(step);
+    if (!(0 <= from && from < to && to <= indices.length)) {
+      throw new Error(`slice [${from}, ${to}) is outside the batch of ${indices.length} samples at step ${step}`);
+    }
+    const d = this.data.h * this.data.w;
+    const count = to - from;
+    const x = new Float32Array(count * d);
+    const t = new Float32Array(count);
+    const z = new Float32Array(count * d);
+    const eps = this.config.eps;
+    for (let j = 0; j < count; j++) {
+      const i = indices[from + j];
+      x.set(this.data.data.subarray(i * d, (i + 1) * d), j * d);
+      const rng = new Rng(this.config.seed, Stream.TrainNoise, step, from + j);
+      t[j] = eps + (1 - eps) * rng.uniform();
+      rng.fillNormal(z.subarray(j * d, (j + 1) * d));
+    }
+    return { x, t, z };
+  }
+
+  /** Sum over samples [from, to) of step `step` of the per-sample loss gradients. */
+  gradSum(params: Float32Array, version: number, step: number, from: number, to: number): GradSum {
+    const p = this.paramTensors(params, version);
+    const { x, t, z } = this.inputs(step, from, to);
+    const count = to - from;
+    const { h, w } = this.data;
+    const trainable = this.net.infos.filter((i) => i.trainable);
+    const grad = new Float32Array(this.numParams);
+    const lossSum = tf.tidy(() => {
+      const xs = tf.tensor4d(x, [count, h, w, 1]);
+      const ts = tf.tensor1d(t);
+      const zs = tf.tensor4d(z, [count, h, w, 1]);
+      const f = (...ws: tf.Tensor[]) => {
+        const pp: ParamTensors = { ...p };
+        trainable.forEach((info, k) => (pp[info.name] = ws[k]));
+        const score = (a: tf.Tensor4D, b: tf.Tensor1D) => this.net.apply(pp, a, b);
+        return dsmLossPerSample(score, this.net.sde, xs, ts, zs, this.config.weighting).sum() as tf.Scalar;
+      };
+      const { value, grads } = tf.valueAndGrads(f)(trainable.map((info) => p[info.name]));
+      trainable.forEach((info, k) => grad.set(grads[k].dataSync() as Float32Array, info.offset));
+      return value.dataSync()[0];
+    });
+    return { grad, lossSum, count };
+  }
+
+  private disposeParams(): void {
+    if (this.uploaded) tf.dispose(Object.values(this.uploaded.tensors));
+    this.uploaded = null;
+  }
+
+  dispose(): void {
+    this.disposeParams();
+  }
+}

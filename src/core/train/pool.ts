@@ -1,0 +1,107 @@
+/**
+ * Data-parallel gradient computation on one machine: piscina worker threads, each with its
+ * own tfjs backend instance (wasm runs one thread per instance), sharing the images and the
+ * parameters through SharedArrayBuffers. A slice of the batch is cut into one contiguous part
+ * per thread and the parts' gradient sums are added in thread order, so the result does not
+ * depend on which thread finished first.
+ */
+import { availableParallelism } from 'node:os';
+import { Piscina } from 'piscina';
+import type { GradSum } from './api.js';
+import type { TrainConfig } from './config.js';
+import { GradEngine, type Images } from './engine.js';
+
+export interface GradPoolOptions {
+  /** Compute threads; 1 computes in the calling thread. Default: the number of cores. */
+  threads?: number;
+  backend: string;
+  config: TrainConfig;
+  data: Images;
+}
+
+export interface ThreadInit {
+  backend: string;
+  config: TrainConfig;
+  images: { n: number; h: number; w: number; buffer: SharedArrayBuffer };
+  params: SharedArrayBuffer;
+}
+
+export interface ThreadTask {
+  version: number;
+  step: number;
+  from: number;
+  to: number;
+}
+
+/** Contiguous near-equal parts of [from, to), at most `parts` of them, none empty. */
+export function splitRange(from: number, to: number, parts: number): Array<[number, number]> {
+  const n = to - from;
+  const k = Math.max(1, Math.min(parts, n));
+  const out: Array<[number, number]> = [];
+  for (let i = 0; i < k; i++) out.push([from + Math.floor((i * n) / k), from + Math.floor(((i + 1) * n) / k)]);
+  return out;
+}
+
+/** Adds b into a. */
+export function addInto(a: Float32Array, b: Float32Array): void {
+  for (let i = 0; i < a.length; i++) a[i] += b[i];
+}
+
+export class GradPool {
+  private constructor(
+    readonly threads: number,
+    private readonly local: GradEngine | null,
+    private readonly piscina: Piscina | null,
+    private readonly shared: Float32Array | null,
+  ) {}
+
+  private sharedVersion = -1;
+
+  static async create(opts: GradPoolOptions): Promise<GradPool> {
+    const threads = Math.max(1, Math.floor(opts.threads ?? availableParallelism()));
+    if (threads === 1) return new GradPool(1, new GradEngine(opts.config, opts.data), null, null);
+    const { n, h, w, data } = opts.data;
+    const images = new SharedArrayBuffer(data.byteLength);
+    new Float32Array(images).set(data);
+    const engine = new GradEngine(opts.config, opts.data); // validates config and data here, in one place
+    const params = new SharedArrayBuffer(engine.numParams * 4);
+    engine.dispose();
+    const workerData: ThreadInit = { backend: opts.backend, config: opts.config, images: { n, h, w, buffer: images }, params };
+    const piscina = new Piscina({
+      filename: new URL('./grad-thread.js', import.meta.url).href,
+      minThreads: threads,
+      maxThreads: threads,
+      idleTimeout: 2 ** 31 - 1,
+      workerData,
+    });
+    const pool = new GradPool(threads, null, piscina, new Float32Array(params));
+    // Fail now, with the thread's message, if a backend cannot start in a worker thread.
+    await Promise.all(Array.from({ length: threads }, () => piscina.run(null, { name: 'ready' })));
+    return pool;
+  }
+
+  /** Sum of per-sample gradients over samples [from, to) of `step`'s global batch. */
+  async gradSum(params: Float32Array, version: number, step: number, from: number, to: number): Promise<GradSum> {
+    if (this.local) return this.local.gradSum(params, version, step, from, to);
+    if (this.sharedVersion !== version) {
+      this.shared!.set(params);
+      this.sharedVersion = version;
+    }
+    const parts = splitRange(from, to, this.threads);
+    const results: GradSum[] = await Promise.all(
+      parts.map(([a, b]) => this.piscina!.run({ version, step, from: a, to: b } satisfies ThreadTask) as Promise<GradSum>),
+    );
+    const total = results[0];
+    for (let i = 1; i < results.length; i++) {
+      addInto(total.grad, results[i].grad);
+      total.lossSum += results[i].lossSum;
+      total.count += results[i].count;
+    }
+    return total;
+  }
+
+  async close(): Promise<void> {
+    this.local?.dispose();
+    await this.piscina?.destroy();
+  }
+}

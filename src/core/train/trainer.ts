@@ -1,0 +1,118 @@
+/**
+ * One replica of the training state: parameters, Adam moments and EMA as flat float32
+ * vectors, plus the gradient engine. The cluster runs one per worker; `scoreflow train` one.
+ */
+import { createHash } from 'node:crypto';
+import type { GradSum, ParamSpec, StepBatch } from './api.js';
+import { adamStep, newOptimState, type OptimState } from './adam.js';
+import { encodeCheckpoint, loadCheckpointBytes, loadTrainingCheckpoint } from './checkpoint.js';
+import type { TrainConfig } from './config.js';
+import { GradEngine, type Images } from './engine.js';
+import { initParams } from '../model/params.js';
+import { writeFileAtomic } from '../io/atomic.js';
+
+export class Trainer {
+  readonly engine: GradEngine;
+  readonly specs: ParamSpec[];
+  readonly numParams: number;
+  private state: OptimState;
+  /** Bumped on every change of the parameters, to know when to re-upload them. */
+  private version = 0;
+
+  private constructor(
+    readonly config: TrainConfig,
+    data: Images,
+    state?: OptimState,
+  ) {
+    this.engine = new GradEngine(config, data);
+    this.specs = this.engine.net.infos.map(({ name, shape, offset, size }) => ({ name, shape, offset, size }));
+    this.numParams = this.engine.numParams;
+    this.state = state ?? newOptimState(initParams(this.engine.net.infos, config.seed));
+    if (this.state.params.length !== this.numParams) {
+      throw new Error(`state has ${this.state.params.length} parameters, the model ${this.numParams}`);
+    }
+  }
+
+  static create(config: TrainConfig, data: Images): Trainer {
+    return new Trainer(config, data);
+  }
+
+  /** Resume from a training checkpoint; the run's config comes from the file. */
+  static load(path: string, data: Images): Trainer {
+    const { config, state } = loadTrainingCheckpoint(path);
+    return new Trainer(config, data, state);
+  }
+
+  static fromState(bytes: Uint8Array, data: Images): Trainer {
+    const { config, state } = loadCheckpointBytes(bytes);
+    return new Trainer(config, data, state);
+  }
+
+  get step(): number {
+    return this.state.step;
+  }
+
+  get params(): Float32Array {
+    return this.state.params;
+  }
+
+  get ema(): Float32Array {
+    return this.state.ema;
+  }
+
+  get paramsVersion(): number {
+    return this.version;
+  }
+
+  stepsPerEpoch(): number {
+    return Math.ceil(this.engine.data.n / this.config.batchSize);
+  }
+
+  batch(step: number): StepBatch {
+    return this.engine.batch(step);
+  }
+
+  gradSum(step: number, from: number, to: number): GradSum {
+    return this.engine.gradSum(this.state.params, this.version, step, from, to);
+  }
+
+  /** The identical update on every replica: clip, Adam, EMA, step += 1. */
+  apply(meanGrad: Float32Array): void {
+    for (let i = 0; i < meanGrad.length; i++) {
+      if (!Number.isFinite(meanGrad[i])) throw new Error(`non-finite gradient at step ${this.state.step} (index ${i}); state left unchanged`);
+    }
+    adamStep(this.state, meanGrad, this.config);
+    this.version++;
+  }
+
+  /** SHA-256 over parameters, moments, EMA and step: equal across replicas iff their states are. */
+  checksum(): string {
+    const h = createHash('sha256');
+    for (const a of [this.state.params, this.state.m, this.state.v, this.state.ema]) h.update(new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
+    h.update(String(this.state.step));
+    return h.digest('hex').slice(0, 16);
+  }
+
+  private meta(extra: Record<string, string>): Record<string, string> {
+    return { steps_per_epoch: String(this.stepsPerEpoch()), ...extra };
+  }
+
+  exportState(extra: Record<string, string> = {}): Uint8Array {
+    return encodeCheckpoint(this.config, this.state, this.meta(extra));
+  }
+
+  importState(bytes: Uint8Array): void {
+    const { state } = loadCheckpointBytes(bytes);
+    if (state.params.length !== this.numParams) throw new Error(`state has ${state.params.length} parameters, the model ${this.numParams}`);
+    this.state = state;
+    this.version++;
+  }
+
+  async saveCheckpoint(path: string, extra: Record<string, string> = {}): Promise<void> {
+    await writeFileAtomic(path, this.exportState(extra));
+  }
+
+  dispose(): void {
+    this.engine.dispose();
+  }
+}
