@@ -139,3 +139,20 @@ export function initParams(infos: ParamInfo[], seed: number): Float32Array {
   });
   return flat;
 }
+
+/**
+ * Parameters whose loss gradient is identically zero: the Dense time bias added right before a
+ * GroupNorm with one channel per group. Normalising each channel over its own H x W removes
+ * any per-channel constant, so the bias cannot change the output. In float32 their gradients
+ * are round-off (about 1e-7 of the gradient scale), so they are compared on that scale.
+ */
+export function structurallyZeroGrads(cfg: ModelConfig): string[] {
+  const g = groupsFor(cfg);
+  const pairs: Array<[string, string]> = [
+    ['dense1', 'gnorm1'], ['dense2', 'gnorm2'], ['dense3', 'gnorm3'], ['dense4', 'gnorm4'],
+    ['dense5', 'tgnorm4'], ['dense6', 'tgnorm3'], ['dense7', 'tgnorm2'],
+  ];
+  return pairs
+    .filter(([, norm]) => g[norm].groups === g[norm].channels)
+    .flatMap(([dense]) => [`${dense}.dense.weight`, `${dense}.dense.bias`]);
+}

@@ -13,6 +13,7 @@ import { numParams } from '../model/params.js';
 import { Rng, Stream } from '../rng.js';
 import { makeSde } from '../sde.js';
 import type { GradSum, StepBatch } from './api.js';
+import { stepBatch } from '../data/batches.js';
 import type { TrainConfig } from './config.js';
 
 /** Images as float32 in [0, 1], row-major [n, h, w]. */
@@ -23,20 +24,11 @@ export interface Images {
   data: Float32Array;
 }
 
-/** The global batch of `step`: an epoch-seeded permutation, cut into consecutive batches. */
-export function stepBatch(seed: number, step: number, batchSize: number, n: number): StepBatch {
-  const perEpoch = Math.ceil(n / batchSize);
-  const epoch = Math.floor(step / perEpoch);
-  const k = step % perEpoch;
-  const perm = new Rng(seed, Stream.Shuffle, epoch).permutation(n);
-  return { step, epoch, indices: perm.slice(k * batchSize, Math.min(n, (k + 1) * batchSize)) };
-}
-
 export class GradEngine {
   readonly net: ScoreNet;
   readonly numParams: number;
   private uploaded: { version: number; tensors: ParamTensors } | null = null;
-  private batchCache: { key: string; batch: StepBatch } | null = null;
+  private batchCache: StepBatch | null = null;
 
   constructor(
     readonly config: TrainConfig,
@@ -50,11 +42,8 @@ export class GradEngine {
   }
 
   batch(step: number): StepBatch {
-    const key = `${step}`;
-    if (this.batchCache?.key !== key) {
-      this.batchCache = { key, batch: stepBatch(this.config.seed, step, this.config.batchSize, this.data.n) };
-    }
-    return this.batchCache.batch;
+    if (this.batchCache?.step !== step) this.batchCache = stepBatch(this.config.seed, step, this.config.batchSize, this.data.n);
+    return this.batchCache;
   }
 
   /** Parameter tensors, re-uploaded only when the caller's version changes. */

@@ -1,0 +1,9 @@
+/** `scoreflow`: train, sample, evaluate and check the score model in one process. */
+import { main, newProgram } from './common.js';
+import { registerParity } from './parity.js';
+import { registerTrain } from './train.js';
+
+const program = newProgram('scoreflow', 'score-based generative modelling on tfjs (Song et al. 2021)');
+registerTrain(program);
+registerParity(program);
+await main(program);

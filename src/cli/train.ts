@@ -1,0 +1,139 @@
+/** `scoreflow train`: single-process DSM training with resumable checkpoints. */
+import { appendFileSync, existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { Command, Option } from 'commander';
+import { loadImages } from '../core/data/mnist.js';
+import { trainConfig, type TrainConfig } from '../core/train/config.js';
+import { GradPool } from '../core/train/pool.js';
+import { Trainer } from '../core/train/trainer.js';
+import { backendOption, deviceOption, parseChannels, parseFloatArg, parseIntArg, startBackend } from './common.js';
+import { progressBar } from './progress.js';
+
+export const CHECKPOINT = 'checkpoint.safetensors';
+
+/** Training flags shared by `scoreflow train` and `coordinator start`. */
+export function addTrainingOptions(cmd: Command): Command {
+  return cmd
+    .option('--steps <n>', 'train until this many steps in total (counting resumed ones)', parseIntArg(1))
+    .option('--epochs <n>', 'train until this many epochs in total', parseIntArg(1))
+    .option('--seed <s>', 'seed of every random stream', parseIntArg(0), 0)
+    .option('--batch-size <b>', 'global batch size', parseIntArg(1), 32)
+    .option('--lr <lr>', 'Adam learning rate', parseFloatArg({ exclusiveMin: 0 }), 1e-4)
+    .option('--ema <decay>', 'EMA decay of the sampling weights (0: none)', parseFloatArg({ min: 0, max: 0.999999 }), 0.999)
+    .option('--grad-clip <norm>', 'clip the global gradient norm (0: off)', parseFloatArg({ min: 0 }), 0)
+    .addOption(new Option('--weighting <w>', 'DSM weighting lambda(t)').choices(['sigma2', 'likelihood']).default('sigma2'))
+    .addOption(new Option('--sde <name>', 'forward SDE').choices(['ve', 'vp', 'subvp']).default('ve'))
+    .option('--sigma-min <s>', 'VE sigma_min', parseFloatArg({ exclusiveMin: 0 }), 0.01)
+    .option('--sigma-max <s>', 'VE sigma_max', parseFloatArg({ exclusiveMin: 0 }), 22)
+    .option('--channels <c>', 'ScoreNet channels, four comma-separated', parseChannels)
+    .option('--embed-dim <d>', 'time embedding width', parseIntArg(2))
+    .option('--data <source>', 'train | test | fashion-train | path to an IDX/.npy image file', 'train')
+    .option('--limit <n>', 'use only the first n images', parseIntArg(1))
+    .addOption(backendOption())
+    .addOption(deviceOption())
+    .option('--threads <t>', 'compute threads (default: cores for wasm/cpu, 1 for torch/tensorflow)', parseIntArg(1))
+    .option('--out <dir>', 'output directory (checkpoint, log.jsonl)', 'runs/train')
+    .option('--resume', 'continue from <out>/checkpoint.safetensors', false)
+    .option('--ckpt-every <n>', 'write a checkpoint every n steps', parseIntArg(1), 200);
+}
+
+export interface TrainFlags {
+  steps?: number;
+  epochs?: number;
+  seed: number;
+  batchSize: number;
+  lr: number;
+  ema: number;
+  gradClip: number;
+  weighting: 'sigma2' | 'likelihood';
+  sde: 've' | 'vp' | 'subvp';
+  sigmaMin: number;
+  sigmaMax: number;
+  channels?: [number, number, number, number];
+  embedDim?: number;
+  data: string;
+  limit?: number;
+  backend: string;
+  device?: string;
+  threads?: number;
+  out: string;
+  resume: boolean;
+  ckptEvery: number;
+}
+
+export function configFromFlags(f: TrainFlags): TrainConfig {
+  return trainConfig({
+    seed: f.seed,
+    batchSize: f.batchSize,
+    lr: f.lr,
+    emaDecay: f.ema,
+    gradClip: f.gradClip,
+    weighting: f.weighting,
+    model: { channels: f.channels, embedDim: f.embedDim },
+    sde: { name: f.sde, sigmaMin: f.sigmaMin, sigmaMax: f.sigmaMax },
+    dataset: f.limit ? `${f.data}[:${f.limit}]` : f.data,
+  });
+}
+
+/** The step to stop at: --steps, or --epochs whole epochs. */
+export function targetStep(f: Pick<TrainFlags, 'steps' | 'epochs'>, stepsPerEpoch: number): number {
+  if (f.steps !== undefined && f.epochs !== undefined) throw new Error('give --steps or --epochs, not both');
+  if (f.steps !== undefined) return f.steps;
+  return (f.epochs ?? 1) * stepsPerEpoch;
+}
+
+/** Threads per backend: single-threaded engines get one per core. */
+export function defaultThreads(backend: string, threads?: number): number {
+  if (threads !== undefined) return threads;
+  return backend === 'wasm' || backend === 'cpu' ? (globalThis.navigator?.hardwareConcurrency ?? 1) : 1;
+}
+
+async function train(f: TrainFlags): Promise<void> {
+  const ckpt = join(f.out, CHECKPOINT);
+  if (f.resume && !existsSync(ckpt)) throw new Error(`--resume: no checkpoint at ${ckpt}`);
+  if (!f.resume && existsSync(ckpt)) throw new Error(`${ckpt} exists; pass --resume to continue it, or choose another --out`);
+  const data = loadImages(f.data, { limit: f.limit });
+  const backend = await startBackend(f);
+  const trainer = f.resume ? Trainer.load(ckpt, data) : Trainer.create(configFromFlags(f), data);
+  const cfg = trainer.config;
+  const end = targetStep(f, trainer.stepsPerEpoch());
+  mkdirSync(f.out, { recursive: true });
+  const threads = defaultThreads(backend, f.threads);
+  const pool = await GradPool.create({ threads, backend, config: cfg, data });
+  process.stderr.write(
+    `train: ${data.source} (${data.n} images), batch ${cfg.batchSize}, ${trainer.numParams} parameters, ` +
+      `steps ${trainer.step} -> ${end}, ${threads} thread(s), out ${f.out}\n`,
+  );
+  const bar = progressBar('train', ' | loss {loss} | {ips} img/s');
+  bar.start(end, trainer.step, { loss: '-', ips: '-' });
+  const log = join(f.out, 'log.jsonl');
+  try {
+    while (trainer.step < end) {
+      const t0 = performance.now();
+      const step = trainer.step;
+      const { indices, epoch } = trainer.batch(step);
+      const g = await pool.gradSum(trainer.params, trainer.paramsVersion, step, 0, indices.length);
+      const loss = g.lossSum / g.count;
+      if (!Number.isFinite(loss)) {
+        throw new Error(`loss is ${loss} at step ${step}; stopped, the last good checkpoint is ${ckpt}`);
+      }
+      for (let i = 0; i < g.grad.length; i++) g.grad[i] /= g.count;
+      trainer.apply(g.grad);
+      const seconds = (performance.now() - t0) / 1000;
+      const ips = g.count / seconds;
+      appendFileSync(log, JSON.stringify({ step: trainer.step, epoch, loss, images_per_s: ips, seconds, time: new Date().toISOString() }) + '\n');
+      bar.update(trainer.step, { loss: loss.toFixed(2), ips: ips.toFixed(1) });
+      if (trainer.step % f.ckptEvery === 0 || trainer.step === end) await trainer.saveCheckpoint(ckpt, { backend });
+    }
+  } finally {
+    bar.stop();
+    await pool.close();
+  }
+  process.stderr.write(`train: done at step ${trainer.step}; checkpoint ${ckpt}\n`);
+}
+
+export function registerTrain(program: Command): void {
+  addTrainingOptions(program.command('train').description('train the ScoreNet with denoising score matching (one process)')).action(
+    (opts: TrainFlags) => train(opts),
+  );
+}
