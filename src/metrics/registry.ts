@@ -29,12 +29,17 @@ export type StepPhase = (typeof STEP_PHASES)[number];
  * first scrape; other reason strings are accepted too.
  */
 export const REJECT_REASONS = [
-  'wrong_run',
+  // the same strings as src/coordinator/wire.ts RejectReason (not imported: metrics depends on nothing)
+  'undecodable',
+  'version',
+  'no_body',
+  'other_run',
   'unknown_worker',
   'stale_epoch',
-  'decode_error',
-  'bad_chunk_length',
+  'unexpected',
+  'bad_chunk',
   'non_finite',
+  'bad_state',
 ] as const;
 export type RejectReason = (typeof REJECT_REASONS)[number];
 
@@ -112,7 +117,7 @@ export function createRegistry(id: MetricsIdentity): ScoreflowMetrics {
 
   const messagesRejected = new Counter({
     name: 'scoreflow_messages_rejected_total',
-    help: 'Messages dropped without touching state, by reason (wrong_run, unknown_worker, stale_epoch, decode_error, bad_chunk_length, non_finite, ...)',
+    help: 'Messages dropped without touching state, by reason (undecodable, version, other_run, unknown_worker, stale_epoch, bad_chunk, non_finite, ...)',
     labelNames: ['reason'],
     registers,
   });
