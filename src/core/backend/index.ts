@@ -22,7 +22,8 @@ export type ConcreteBackendName = Exclude<BackendName, 'auto'>;
 export const AUTO_ORDER: readonly ConcreteBackendName[] = ['torch', 'tensorflow', 'wasm', 'cpu'];
 
 export interface InitBackendOptions {
-  /** wasm thread count; see loadWasm for why it has no effect under Node today. */
+  /** torch: libtorch intra-op threads (default all cores). wasm: XNNPACK threads, which
+   *  have no effect under Node today (see loadWasm). */
   threads?: number;
   /** torch device, e.g. 'cpu', 'cuda', 'cuda:1'; passed to registerTorchBackend. */
   device?: string;
@@ -35,7 +36,7 @@ export interface BackendInfo {
   name: string;
   /** wasm: whether the SIMD build was loaded. */
   simd?: boolean;
-  /** wasm: threads XNNPACK actually uses. */
+  /** wasm: threads XNNPACK actually uses; torch: libtorch intra-op threads. */
   threads?: number;
   /** wasm: kernels this project adds to the stock backend. */
   extraKernels?: string[];
@@ -99,14 +100,20 @@ function adopt(info: BackendInfo, skipped: string[], opts: InitBackendOptions, l
 function describe(info: BackendInfo, opts: InitBackendOptions): string[] {
   const out: string[] = [];
   if (info.name === 'wasm') {
-    out.push(`${info.simd === true ? 'simd' : 'no simd'}, ${info.threads} thread${info.threads === 1 ? '' : 's'}`);
+    out.push(`${info.simd === true ? 'simd' : 'no simd'}, ${threads(info.threads)}`);
     if (opts.threads !== undefined && opts.threads !== info.threads) {
       out.push(`threads=${opts.threads} ignored: tfjs-backend-wasm runs single-threaded under Node`);
     }
   }
-  if (info.device !== undefined) out.push(`device ${info.device}`);
+  if (info.device !== undefined) {
+    out.push(`device ${info.device}${info.threads !== undefined ? `, ${threads(info.threads)}` : ''}`);
+  }
   if (info.package !== undefined) out.push(`from ${info.package}`);
   return out;
+}
+
+function threads(n: number | undefined): string {
+  return `${n} thread${n === 1 ? '' : 's'}`;
 }
 
 function load(name: ConcreteBackendName, opts: InitBackendOptions): Promise<BackendInfo> {
@@ -128,7 +135,8 @@ async function activate(name: string): Promise<void> {
 const TORCH_MODULE: string = './torch.js';
 
 interface TorchModule {
-  registerTorchBackend?: (opts: { device?: string }) => unknown;
+  registerTorchBackend?: (opts: { device?: string; threads?: number }) => unknown;
+  torchInfo?: () => { threads: number };
 }
 
 async function loadTorch(opts: InitBackendOptions): Promise<BackendInfo> {
@@ -140,9 +148,10 @@ async function loadTorch(opts: InitBackendOptions): Promise<BackendInfo> {
     throw e;
   }
   if (typeof mod.registerTorchBackend !== 'function') throw new Error('./torch.js exports no registerTorchBackend');
-  await mod.registerTorchBackend({ device: opts.device });
+  await mod.registerTorchBackend({ device: opts.device, threads: opts.threads });
   await activate('torch');
-  return { name: 'torch', device: opts.device };
+  const threads = typeof mod.torchInfo === 'function' ? mod.torchInfo().threads : undefined;
+  return { name: 'torch', device: opts.device ?? 'cpu', threads };
 }
 
 // Optional: their install scripts download libtensorflow, so they are never dependencies.
