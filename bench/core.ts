@@ -1,0 +1,75 @@
+/**
+ * Core throughput of the reference ScoreNet, the same quantities as the PyTorch baseline
+ * (shared/reference/torch_baseline.py): training images/s (DSM loss, backward, Adam),
+ * forward images/s at batch 64, and forward + input-gradient images/s at batch 64 (the
+ * likelihood's Hutchinson evaluation).
+ */
+import { availableParallelism } from 'node:os';
+import * as tf from '@tensorflow/tfjs';
+import { initBackend, type BackendName } from '../src/core/backend/index.js';
+import { loadImages } from '../src/core/data/mnist.js';
+import { Rng } from '../src/core/rng.js';
+import { trainConfig } from '../src/core/train/config.js';
+import { GradPool } from '../src/core/train/pool.js';
+import { Trainer } from '../src/core/train/trainer.js';
+
+export interface CoreFigures {
+  backend: string;
+  threads: number;
+  train_images_per_s: Record<string, number>;
+  sample_forward_images_per_s: number;
+  likelihood_fe_images_per_s: number;
+}
+
+/** Median seconds of `reps` calls after `warmup` calls. */
+export async function timed(fn: () => unknown | Promise<unknown>, reps: number, warmup = 1): Promise<number> {
+  for (let i = 0; i < warmup; i++) await fn();
+  const times: number[] = [];
+  for (let i = 0; i < reps; i++) {
+    const t0 = performance.now();
+    await fn();
+    times.push((performance.now() - t0) / 1000);
+  }
+  times.sort((a, b) => a - b);
+  return times[Math.floor(times.length / 2)];
+}
+
+export async function benchCore(backend: BackendName, opts: { threads?: number; reps?: number } = {}): Promise<CoreFigures> {
+  const name = await initBackend(backend, { log: () => {} });
+  const threads = opts.threads ?? (name === 'wasm' || name === 'cpu' ? availableParallelism() : 1);
+  const reps = opts.reps ?? 5;
+  const data = loadImages('train', { limit: 4096 });
+  const train: Record<string, number> = {};
+  for (const batch of [32, 128]) {
+    const config = trainConfig({ batchSize: batch });
+    const trainer = Trainer.create(config, data);
+    const pool = await GradPool.create({ threads, backend: name, config, data });
+    const step = async () => {
+      const g = await pool.gradSum(trainer.params, trainer.paramsVersion, trainer.step, 0, batch);
+      for (let i = 0; i < g.grad.length; i++) g.grad[i] /= g.count;
+      trainer.apply(g.grad);
+    };
+    train[`batch_${batch}`] = batch / (await timed(step, reps));
+    await pool.close();
+    trainer.dispose();
+  }
+
+  const trainer = Trainer.create(trainConfig(), data);
+  const net = trainer.engine.net;
+  const p = net.tensors(trainer.params);
+  const S = 64;
+  const x = tf.tensor4d(new Rng(0).normal(S * 784), [S, 28, 28, 1]);
+  const t = tf.fill([S], 0.5) as tf.Tensor1D;
+  const eps = tf.tensor4d(new Rng(1).normal(S * 784), [S, 28, 28, 1]);
+  const fwd = () => tf.tidy(() => net.apply(p, x, t).dataSync());
+  const div = () => tf.tidy(() => tf.grad((xg: tf.Tensor) => net.apply(p, xg as tf.Tensor4D, t).mul(eps).sum())(x).dataSync());
+  const out: CoreFigures = {
+    backend: name,
+    threads,
+    train_images_per_s: train,
+    sample_forward_images_per_s: S / (await timed(fwd, reps)),
+    likelihood_fe_images_per_s: S / (await timed(div, reps)),
+  };
+  tf.dispose([x, t, eps, ...Object.values(p)]);
+  return out;
+}
