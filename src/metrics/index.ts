@@ -11,6 +11,7 @@ import { createRegistry, identityLabels, type MetricsIdentity, type ScoreflowMet
 import { serveMetrics, type MetricsServer, type ServeOptions } from './server.js';
 
 export { DEFAULT_METRICS_PORT, findFreePort, serveMetrics, type MetricsServer, type ServeOptions } from './server.js';
+export { bindTelemetry, type BindOptions, type TelemetryLike } from './telemetry.js';
 export {
   REJECT_REASONS,
   STEP_PHASES,
@@ -23,8 +24,11 @@ export {
 } from './registry.js';
 
 export interface Metrics extends ScoreflowMetrics {
-  /** What /readyz answers: 200 when true, 503 when false (the initial state). */
-  setReady(ready: boolean): void;
+  /**
+   * What /readyz answers: 200 when true, 503 when false (the initial state). A function is asked
+   * at every probe (e.g. `() => telemetry.ready`).
+   */
+  setReady(ready: boolean | (() => boolean)): void;
   isReady(): boolean;
   /** Change the identity labels on every series (e.g. a worker that learns its run on joining). */
   setLabels(id: Partial<Omit<MetricsIdentity, 'role'>>): void;
@@ -42,19 +46,20 @@ export interface Metrics extends ScoreflowMetrics {
 
 export function createMetrics(id: MetricsIdentity): Metrics {
   const m = createRegistry(id);
-  let ready = false;
+  let ready: boolean | (() => boolean) = false;
+  const isReady = () => (typeof ready === 'function' ? ready() : ready);
   let identity: MetricsIdentity = { ...id };
   return {
     ...m,
     setReady: (value) => {
       ready = value;
     },
-    isReady: () => ready,
+    isReady,
     setLabels: (labels) => {
       identity = { ...identity, ...labels, role: identity.role };
       m.registry.setDefaultLabels(identityLabels(identity));
     },
-    serve: (port, opts) => serveMetrics({ registry: m.registry, isReady: () => ready }, port, opts),
+    serve: (port, opts) => serveMetrics({ registry: m.registry, isReady }, port, opts),
     runStarted: (step = 0, resumed) => {
       m.trainActive.set(1);
       m.trainStep.set(step);
@@ -67,7 +72,7 @@ export function createMetrics(id: MetricsIdentity): Metrics {
       m.trainLoss.set(loss);
       m.trainImages.inc(images);
       m.stepDuration.observe(seconds);
-      if (seconds > 0) m.trainImagesPerSecond.set(images / seconds);
+      if (seconds > 0 && images > 0) m.trainImagesPerSecond.set(images / seconds);
     },
   };
 }

@@ -70,6 +70,11 @@ export interface ScoreflowMetrics {
   likelihoodImages: Counter;
   likelihoodBitsPerDim: Gauge;
   jobQueueDepth: Gauge;
+  /**
+   * Make the byte counters follow running totals kept elsewhere (read at every scrape), instead of
+   * being incremented directly. Use one way or the other, not both.
+   */
+  followTransportTotals(totals: () => { sent: number; received: number }): void;
 }
 
 /** Step times from 5 ms to about 80 s. */
@@ -98,6 +103,20 @@ export function createRegistry(id: MetricsIdentity): ScoreflowMetrics {
   const registers = [registry];
 
   const counter = (name: string, help: string) => new Counter({ name, help, registers });
+  let transportTotals: (() => { sent: number; received: number }) | undefined;
+  const following = (name: string, help: string, pick: (t: { sent: number; received: number }) => number) => {
+    let seen = 0;
+    return new Counter({
+      name,
+      help,
+      registers,
+      collect() {
+        const total = transportTotals ? pick(transportTotals()) : 0;
+        if (total > seen) this.inc(total - seen);
+        seen = Math.max(seen, total);
+      },
+    });
+  };
   // A gauge whose 0 would be read as a value (a loss of 0, a checkpoint in 1970) stays absent
   // until it is first set, so that alerts on it do not fire on a process that just started.
   const gauge = (name: string, help: string, absentUntilSet = true) => {
@@ -141,8 +160,8 @@ export function createRegistry(id: MetricsIdentity): ScoreflowMetrics {
     stepsRetried: counter('scoreflow_train_steps_retried_total', 'Training steps re-planned over a new membership after an abort'),
     liveWorkers: gauge('scoreflow_cluster_live_workers', 'Workers currently in the run membership', false),
     expectedWorkers: gauge('scoreflow_cluster_expected_workers', 'Workers the run was started for (--gpus)', false),
-    bytesSent: counter('scoreflow_transport_sent_bytes_total', 'Payload bytes published to NATS'),
-    bytesReceived: counter('scoreflow_transport_received_bytes_total', 'Payload bytes received from NATS'),
+    bytesSent: following('scoreflow_transport_sent_bytes_total', 'Payload bytes published to NATS', (t) => t.sent),
+    bytesReceived: following('scoreflow_transport_received_bytes_total', 'Payload bytes received from NATS', (t) => t.received),
     messagesRejected,
     checkpointDuration: new Histogram({
       name: 'scoreflow_checkpoint_duration_seconds',
@@ -156,5 +175,8 @@ export function createRegistry(id: MetricsIdentity): ScoreflowMetrics {
     likelihoodImages: counter('scoreflow_likelihood_images_total', 'Images whose bits/dim has been evaluated'),
     likelihoodBitsPerDim: gauge('scoreflow_likelihood_bits_per_dim', 'Running mean bits/dim over the images evaluated so far'),
     jobQueueDepth: gauge('scoreflow_jobs_queue_depth', 'Sampling/likelihood jobs waiting in the JetStream work queue', false),
+    followTransportTotals: (totals) => {
+      transportTotals = totals;
+    },
   };
 }
