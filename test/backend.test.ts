@@ -75,7 +75,7 @@ function convCase(seed: number): { x: Shape4; filter: Shape4; strides: [number, 
   const int = (lo: number, hi: number): number => lo + rng.int(hi - lo + 1);
   const fh = int(1, 3);
   const fw = int(1, 3);
-  const strides: [number, number] = [int(1, 2), int(1, 2)];
+  const strides: [number, number] = [int(1, 3), int(1, 3)];
   // Pads below the filter size, so every window touches the image (see the edge cases for more).
   const kinds: Pad[] = ['valid', 'same', [[0, 0], [int(0, fh - 1), int(0, fh - 1)], [int(0, fw - 1), int(0, fw - 1)], [0, 0]]];
   // tfjs sizes the output of a numeric pad from the filter height and row stride alone (on
@@ -99,6 +99,7 @@ test('wasm and cpu backends initialise, and wasm gains Conv2DBackpropFilter', as
   assert.equal(typeof info.simd, 'boolean');
   assert.ok(Number.isInteger(info.threads) && (info.threads ?? 0) >= 1);
   assert.deepEqual(info.extraKernels, ['Conv2DBackpropFilter']);
+  assert.deepEqual(info.replacedKernels, ['Conv2DBackpropInput']);
   assert.deepEqual(info.fixedKernels, ['Conv2D', 'FusedConv2D', 'DepthwiseConv2dNative', 'FusedDepthwiseConv2D']);
   assert.ok(tf.getKernel('Conv2DBackpropFilter', 'wasm') !== undefined);
 });
@@ -125,13 +126,15 @@ test('conv2dTranspose gradients (filter and input) on wasm equal cpu on random s
   }
 });
 
-test('Conv2DBackpropFilter edge cases: ScoreNet-like shapes, unread rows, windows wholly in the padding', async () => {
+test('conv2d gradient edge cases: ScoreNet-like shapes, unread rows, windows wholly in the padding', async () => {
   const cases: Array<{ x: Shape4; filter: Shape4; strides: [number, number]; pad: Pad }> = [
     { x: [2, 28, 28, 1], filter: [3, 3, 1, 4], strides: [1, 1], pad: 'valid' },
     { x: [2, 26, 26, 4], filter: [3, 3, 4, 8], strides: [2, 2], pad: 'valid' }, // last row never read
     { x: [2, 5, 5, 8], filter: [3, 3, 8, 4], strides: [2, 2], pad: 'valid' },
     { x: [1, 6, 7, 2], filter: [3, 2, 2, 3], strides: [2, 1], pad: 'same' },
     { x: [2, 2, 3, 2], filter: [1, 1, 2, 2], strides: [5, 1], pad: [[0, 0], [3, 0], [0, 0], [0, 0]] },
+    { x: [2, 5, 6, 2], filter: [2, 2, 2, 3], strides: [2, 2], pad: [[0, 0], [3, 4], [2, 5], [0, 0]] }, // pads > filter
+    { x: [1, 7, 8, 2], filter: [1, 2, 2, 3], strides: [3, 3], pad: 'valid' }, // stride > filter: untouched rows
   ];
   for (const [i, c] of cases.entries()) {
     await assertWasmMatchesCpu(`edge ${describeConv(c)}`, 500 + i, [{ shape: c.x }, { shape: c.filter }],
@@ -163,11 +166,16 @@ test("wasm convolutions with 'same' padding equal cpu where stock tfjs-backend-w
   }
 });
 
-test('Conv2DBackpropFilter on wasm frees its intermediates', async () => {
+test('the wasm convolution kernels free their intermediates', async () => {
   await tf.setBackend('wasm');
   const run = (): void => tf.tidy(() => {
-    const x = tf.ones([2, 9, 9, 3]);
-    tf.grad((f: tf.Tensor) => tf.sum(tf.conv2d(x as tf.Tensor4D, f as tf.Tensor4D, 2, 'valid')))(tf.ones([3, 3, 3, 4])).dataSync();
+    // 9 rows at stride 2: uneven residue classes, padding and a final crop in Conv2DBackpropInput.
+    const x = tf.ones([2, 9, 9, 3]) as tf.Tensor4D;
+    const f = tf.ones([3, 3, 3, 4]) as tf.Tensor4D;
+    const dy = tf.ones([2, 4, 4, 4]) as tf.Tensor4D;
+    const conv = (a: tf.Tensor, b: tf.Tensor) => tf.sum(tf.conv2d(a as tf.Tensor4D, b as tf.Tensor4D, 2, 'valid'));
+    const tconv = (a: tf.Tensor, b: tf.Tensor) => tf.sum(tf.conv2dTranspose(a as tf.Tensor4D, b as tf.Tensor4D, [2, 9, 9, 3], 2, 'valid'));
+    for (const g of [...tf.grads(conv)([x, f]), ...tf.grads(tconv)([dy, f])]) g.dataSync();
   });
   run(); // warm-up: lazily created constants may stay
   const before = { tensors: tf.memory().numTensors, data: tf.engine().backend.numDataIds() };

@@ -40,6 +40,8 @@ export interface BackendInfo {
   threads?: number;
   /** wasm: kernels this project adds to the stock backend. */
   extraKernels?: string[];
+  /** wasm: stock kernels this project replaces with faster ones. */
+  replacedKernels?: string[];
   /** wasm: stock kernels this project wraps with a bug fix. */
   fixedKernels?: string[];
   /** torch: requested device. */
@@ -190,7 +192,9 @@ async function loadWasm(opts: InitBackendOptions): Promise<BackendInfo> {
   const simd = (await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT')) === true;
   return {
     name: 'wasm', simd, threads: getThreadsCount(),
-    extraKernels: [...wasmKernelChanges.added], fixedKernels: [...wasmKernelChanges.fixed],
+    extraKernels: [...wasmKernelChanges.added],
+    replacedKernels: [...wasmKernelChanges.replaced],
+    fixedKernels: [...wasmKernelChanges.fixed],
   };
 }
 
