@@ -61,8 +61,15 @@ export async function benchCore(backend: BackendName, opts: { threads?: number; 
   const x = tf.tensor4d(new Rng(0).normal(S * 784), [S, 28, 28, 1]);
   const t = tf.fill([S], 0.5) as tf.Tensor1D;
   const eps = tf.tensor4d(new Rng(1).normal(S * 784), [S, 28, 28, 1]);
-  const fwd = () => tf.tidy(() => net.apply(p, x, t).dataSync());
-  const div = () => tf.tidy(() => tf.grad((xg: tf.Tensor) => net.apply(p, xg as tf.Tensor4D, t).mul(eps).sum())(x).dataSync());
+  // read the result back (that is when a lazy backend really computes), outside tidy: tidy
+  // would walk every element of a returned typed array
+  const readBack = (f: () => tf.Tensor) => {
+    const y = tf.tidy(f);
+    y.dataSync();
+    y.dispose();
+  };
+  const fwd = () => readBack(() => net.apply(p, x, t));
+  const div = () => readBack(() => tf.grad((xg: tf.Tensor) => net.apply(p, xg as tf.Tensor4D, t).mul(eps).sum())(x));
   const out: CoreFigures = {
     backend: name,
     threads,
