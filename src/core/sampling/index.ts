@@ -45,7 +45,7 @@ export interface SampleOptions {
   batchSize?: number;
   /** x(1) rows for every index from 0 (n*d values) in place of prior draws (ode: decode a latent). */
   latent?: Float32Array;
-  /** Called with (samples done, total) as batches progress. */
+  /** Called with (samples done, possibly fractional within a batch, total) as sampling progresses. */
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -159,7 +159,12 @@ export async function sampleRange(model: ScoreModel, opts: SampleOptions, from: 
     for (let j = 0; j < m; j++) x1.set(priorDraw(model, o.seed, a + j, d, o.latent), j * d);
     let x: Float64Array;
     if (o.sampler === 'ode') {
-      const r = await probabilityFlow(model, score, x1, m, 1, o.eps, { rtol: o.rtol, atol: o.atol, h0: o.firstStep });
+      const r = await probabilityFlow(model, score, x1, m, 1, o.eps, {
+        rtol: o.rtol,
+        atol: o.atol,
+        h0: o.firstStep,
+        onProgress: (done) => o.onProgress?.(a - from + done, to - from),
+      });
       x = r.y;
       nfe.set(r.nfe, a - from);
     } else {
@@ -176,12 +181,14 @@ export async function sampleRange(model: ScoreModel, opts: SampleOptions, from: 
         },
       };
       x = s.begin(x1);
-      for (let k = 0; k < s.steps; k++) await s.step(k, x, io);
+      for (let k = 0; k < s.steps; k++) {
+        await s.step(k, x, io);
+        o.onProgress?.(a - from + (m * (k + 1)) / s.steps, to - from);
+      }
       x = s.end(x);
       nfe.fill(s.nfe, a - from, b - from);
     }
     for (let q = 0; q < m * d; q++) samples[(a - from) * d + q] = x[q];
-    o.onProgress?.(b - from, to - from);
   }
   return { samples, nfe, calls: score.calls };
 }
