@@ -1,0 +1,29 @@
+# Built by native/build.mjs, which finds libtorch and passes its location in SCOREFLOW_TORCH_* variables.
+{
+  "targets": [
+    {
+      # Plain C++ loops without libtorch headers, at -O3 so they vectorise (see fused.cc).
+      "target_name": "sf_fused",
+      "type": "static_library",
+      "sources": ["src/fused.cc"],
+      "cflags": ["-fPIC"],
+      "cflags_cc!": ["-fno-exceptions"],
+      "cflags_cc": ["-O3", "-fno-trapping-math", "-fno-math-errno", "-fexceptions"]
+    },
+    {
+      "target_name": "scoreflow_torch",
+      "dependencies": ["sf_fused"],
+      "sources": ["src/scoreflow_torch.cc"],
+      "include_dirs": ["<!@(node -p \"process.env.SCOREFLOW_TORCH_INCLUDES || ''\")"],
+      "defines": ["_GLIBCXX_USE_CXX11_ABI=<!(node -p \"process.env.SCOREFLOW_TORCH_CXX11_ABI || '1'\")"],
+      "cflags!": ["-O3"],
+      "cflags_cc!": ["-fno-rtti", "-fno-exceptions", "-O3"],
+      "cflags_cc": ["-O2", "-fexceptions", "-frtti", "-Wno-unused-parameter", "-Wno-deprecated-declarations"],
+      "libraries": [
+        "-L<!(node -p \"process.env.SCOREFLOW_TORCH_LIBDIR || ''\")",
+        "-Wl,-rpath,<!(node -p \"process.env.SCOREFLOW_TORCH_LIBDIR || ''\")",
+        "<!@(node -p \"process.env.SCOREFLOW_TORCH_LIBS || ''\")"
+      ]
+    }
+  ]
+}
