@@ -1,0 +1,54 @@
+/**
+ * NATS client connections for coordinator and workers: the same auth and TLS options on
+ * every client, reconnecting forever (a broker restart is a pause, not an end).
+ */
+import { connect, nkeyAuthenticator, type ConnectionOptions, type NatsConnection } from 'nats';
+
+export interface NatsAuth {
+  token?: string;
+  user?: string;
+  pass?: string;
+  /** An nkey user seed (SU...). */
+  nkeySeed?: string;
+  tls?: { ca?: string; cert?: string; key?: string };
+}
+
+export interface ClientOptions extends NatsAuth {
+  url: string;
+  name?: string;
+  /** Give up the first connect after this long (default 10 s); reconnects never give up. */
+  connectTimeoutMs?: number;
+}
+
+export function connectionOptions(o: ClientOptions): ConnectionOptions {
+  const opts: ConnectionOptions = {
+    servers: o.url,
+    name: o.name,
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 250,
+    reconnectJitter: 50,
+    pingInterval: 5_000,
+    timeout: o.connectTimeoutMs ?? 10_000,
+    noEcho: true,
+  };
+  if (o.token) opts.token = o.token;
+  if (o.user) (opts.user = o.user), (opts.pass = o.pass ?? '');
+  if (o.nkeySeed) opts.authenticator = nkeyAuthenticator(new TextEncoder().encode(o.nkeySeed.trim()));
+  if (o.tls || o.url.startsWith('tls://')) opts.tls = { caFile: o.tls?.ca, certFile: o.tls?.cert, keyFile: o.tls?.key };
+  return opts;
+}
+
+/** Connects, retrying the first connection until connectTimeoutMs; errors say what to check. */
+export async function connectNats(o: ClientOptions): Promise<NatsConnection> {
+  const deadline = Date.now() + (o.connectTimeoutMs ?? 10_000);
+  for (;;) {
+    try {
+      return await connect({ ...connectionOptions(o), waitOnFirstConnect: false });
+    } catch (e) {
+      const msg = (e as Error).message;
+      if (/auth|permission/i.test(msg)) throw new Error(`NATS at ${o.url} refused our credentials (${msg}): check --nats-token/--nats-user/--nats-nkey`);
+      if (Date.now() > deadline) throw new Error(`cannot connect to NATS at ${o.url}: ${msg}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+}

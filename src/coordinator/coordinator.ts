@@ -1,0 +1,483 @@
+/**
+ * The coordinator of a training run: membership, step plans, the ack barrier, commits,
+ * checksums, checkpoints and fault handling. It holds no model: workers compute, the
+ * coordinator decides. One phase at a time:
+ *
+ *   plan  StepPlan(k) published; wait for an Ack(k) from every member of the plan. All in:
+ *         step k is committed (every later control message says so, and workers apply
+ *         their held gradient then). A member lost, a rejoin, a broker reconnect or a
+ *         timeout: the plan is aborted and step k re-planned over the survivors under a
+ *         new membership epoch; nothing of the aborted plan was applied anywhere.
+ *   sync  new members get the state of step `committed` (Welcome + a state transfer from
+ *         a live worker or from the coordinator's checkpoint, or init from the seed on a
+ *         fresh run) before they take part in a step.
+ *   ckpt  a member exports its state to the coordinator, which writes it atomically.
+ */
+import type { NatsConnection, Subscription } from 'nats';
+import { RunDir, checkpointStep, type RunRecord } from './run-dir.js';
+import { sendState, StateInbox } from './state-transfer.js';
+import { Telemetry } from './telemetry.js';
+import {
+  chunkFloatsFor, decode, encode, splitRange, subjects, WireError, checkId,
+  type Ack, type Bodies, type BodyKind, type Envelope, type EnvelopeOf, type Join,
+} from './wire.js';
+
+export interface CoordinatorOptions {
+  nc: NatsConnection;
+  run: string;
+  outDir: string;
+  /** Training configuration of a fresh run (JSON, handed to every worker as is). */
+  configJson: string;
+  /** Global batch size (the plan splits [0, batchSize) over the members). */
+  batchSize: number;
+  /** Train until this many steps are committed; or `epochs` whole epochs. */
+  steps?: number;
+  epochs?: number;
+  /** A training checkpoint to start from (otherwise: the run directory's, or fresh). */
+  resumeFrom?: Uint8Array;
+  /** Members needed before the first step. */
+  minWorkers?: number;
+  heartbeatTimeoutMs?: number;
+  checksumEvery?: number;
+  /** Checkpoint every this many steps (0: only at the end). */
+  checkpointEvery?: number;
+  /** A step taking longer than max(this, 10 × the last step) is re-planned. */
+  stepTimeoutMs?: number;
+  syncTimeoutMs?: number;
+  log?: (line: string) => void;
+  telemetry?: Telemetry;
+}
+
+export interface RunResult {
+  ok: boolean;
+  reason: string;
+  step: number;
+}
+
+const DEFAULTS = {
+  minWorkers: 1, heartbeatTimeoutMs: 3000, checksumEvery: 10, checkpointEvery: 100, stepTimeoutMs: 30_000, syncTimeoutMs: 60_000,
+};
+
+interface Member {
+  id: string;
+  seq: number;
+  lastSeen: number;
+  join: Join;
+  phase: 'new' | 'syncing' | 'ready';
+  readyStep: number;
+  transfer: string;
+}
+
+interface Plan {
+  step: number;
+  mepoch: number;
+  view: string[];
+  acks: Map<string, Ack>;
+  started: number;
+  checksum: boolean;
+}
+
+export class Coordinator {
+  readonly telemetry: Telemetry;
+  private readonly o: typeof DEFAULTS & CoordinatorOptions & { log: (l: string) => void };
+  private readonly dir: RunDir;
+  private record!: RunRecord;
+  private readonly members = new Map<string, Member>();
+  private seq = 0;
+  private committed = 0;
+  private commitEpoch = 0;
+  private mepoch = 0;
+  private bumpEpoch = true;
+  private lastView = '';
+  private plan?: Plan;
+  private sync?: { transfer: string; targets: Set<string>; deadline: number; expect?: string };
+  private ckpt?: { transfer: string; donor: string; deadline: number; started: number };
+  private state?: { bytes: Uint8Array; step: number; checksum: string };
+  private lastCkptStep = 0;
+  private stepsPerEpoch = 0;
+  private numParams = 0;
+  private lastStepMs = 0;
+  private lastCommitAt = 0;
+  private started = false;
+  private transfers = 0;
+  private readonly helloAt = new Map<string, number>();
+  private readonly inbox = new StateInbox();
+  private subs: Subscription[] = [];
+  private timer?: NodeJS.Timeout;
+  private finished = false;
+  private resolve!: (r: RunResult) => void;
+  readonly done: Promise<RunResult>;
+
+  constructor(opts: CoordinatorOptions) {
+    this.o = { ...DEFAULTS, log: () => {}, ...opts } as typeof this.o;
+    checkId('run', opts.run);
+    this.dir = new RunDir(opts.outDir);
+    this.telemetry = opts.telemetry ?? new Telemetry(this.o.log);
+    this.done = new Promise((r) => (this.resolve = r));
+  }
+
+  get step(): number {
+    return this.committed;
+  }
+
+  get liveWorkers(): string[] {
+    return [...this.members.keys()];
+  }
+
+  /** Loads or creates the run record, subscribes, says Hello (workers of a previous coordinator re-attach). */
+  async start(): Promise<void> {
+    await this.restore();
+    const { nc, run } = this.o;
+    this.subs.push(nc.subscribe(subjects.coord(run), { callback: (err, m) => !err && this.onMessage(m.data) }));
+    void this.watchConnection();
+    this.timer = setInterval(() => this.tick(), 100);
+    this.broadcast('hello', { committed: this.committed });
+    this.telemetry.ready = true;
+    this.o.log(`coordinator: run ${run} at step ${this.committed}, waiting for ${this.o.minWorkers} worker(s) on ${nc.getServer()}`);
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.timer);
+    for (const s of this.subs) s.unsubscribe();
+    if (!this.finished) this.finish({ ok: false, reason: 'coordinator closed', step: this.committed }, false);
+  }
+
+  // ---------------------------------------------------------------- persistence
+
+  private async restore(): Promise<void> {
+    const prev = this.dir.read();
+    if (prev && prev.run !== this.o.run) throw new Error(`${this.o.outDir} holds run ${prev.run}, not ${this.o.run}: pass --run ${prev.run} or another --out`);
+    this.record = prev ? { ...prev, incarnation: prev.incarnation + 1 } : { run: this.o.run, incarnation: 1, configJson: this.o.configJson };
+    if (this.o.steps === undefined && this.o.epochs === undefined && prev?.totalSteps) this.o.steps = prev.totalSteps;
+    this.mepoch = (this.record.incarnation & 0xffff) * 0x10000;
+    if (prev?.checkpoint) {
+      const bytes = this.dir.readCheckpoint(prev.checkpoint);
+      this.state = { bytes, step: prev.checkpoint.step, checksum: prev.checkpoint.checksum };
+      this.o.log(`coordinator: resuming run ${this.o.run} from its checkpoint at step ${prev.checkpoint.step}`);
+    } else if (this.o.resumeFrom) {
+      const step = checkpointStep(this.o.resumeFrom);
+      if (step === undefined) throw new Error('the --resume file is not a training checkpoint (no step in its metadata)');
+      this.state = { bytes: this.o.resumeFrom, step, checksum: '' };
+    }
+    this.committed = this.lastCkptStep = this.state?.step ?? 0;
+    await this.dir.write(this.record);
+  }
+
+  private totalSteps(): number | undefined {
+    if (this.o.steps !== undefined) return this.o.steps;
+    if (this.o.epochs !== undefined && this.stepsPerEpoch) return this.o.epochs * this.stepsPerEpoch;
+    return undefined;
+  }
+
+  // ---------------------------------------------------------------- messages
+
+  private send<K extends BodyKind>(subject: string, kind: K, body: Bodies[K], step = this.committed): void {
+    this.o.nc.publish(subject, encode({ run: this.o.run, worker: '', step, membershipEpoch: this.mepoch }, kind, body));
+  }
+
+  private broadcast<K extends BodyKind>(kind: K, body: Bodies[K], step = this.committed): void {
+    this.send(subjects.ctl(this.o.run), kind, body, step);
+  }
+
+  private onMessage(data: Uint8Array): void {
+    if (this.finished) return;
+    try {
+      const env = decode(data);
+      if (env.run !== this.o.run) throw new WireError('other_run', `message for run ${env.run}`);
+      this.handle(env);
+    } catch (e) {
+      if (e instanceof WireError) this.telemetry.reject(e.reason, e.message);
+      else this.fatal(`internal error: ${(e as Error).stack ?? e}`);
+      return;
+    }
+    this.tick();
+  }
+
+  private handle(env: Envelope): void {
+    if (env.kind === 'join') return this.onJoin(env);
+    const m = this.members.get(env.worker);
+    if (!m) {
+      if (env.kind === 'heartbeat') return this.hello(env.worker);
+      throw new WireError('unknown_worker', `${env.kind} from ${JSON.stringify(env.worker)}`);
+    }
+    m.lastSeen = Date.now();
+    switch (env.kind) {
+      case 'heartbeat':
+        return;
+      case 'synced':
+        return this.onSynced(m, env);
+      case 'ack':
+        return this.onAck(m, env);
+      case 'state':
+        return void this.onState(env).catch((e) => this.fatal(`checkpoint failed: ${(e as Error).message}`));
+      default:
+        throw new WireError('unexpected', `${env.kind} sent to the coordinator`);
+    }
+  }
+
+  /** Tells a worker we do not know (e.g. after our restart) to join; at most once a second. */
+  private hello(worker: string): void {
+    try {
+      checkId('worker', worker);
+    } catch (e) {
+      throw new WireError('unknown_worker', (e as Error).message);
+    }
+    const now = Date.now();
+    if (now - (this.helloAt.get(worker) ?? 0) < 1000) return;
+    this.helloAt.set(worker, now);
+    this.send(subjects.worker(this.o.run, worker), 'hello', { committed: this.committed });
+  }
+
+  private onJoin(env: EnvelopeOf<'join'>): void {
+    checkId('worker', env.worker);
+    const old = this.members.get(env.worker);
+    if (old) this.drop(old.id, 'rejoined', false);
+    this.members.set(env.worker, { id: env.worker, seq: this.seq++, lastSeen: Date.now(), join: env.body, phase: 'new', readyStep: -1, transfer: '' });
+    this.o.log(`coordinator: worker ${env.worker} joined (${env.body.host} pid ${env.body.pid}, device ${env.body.device}, ${env.body.threads} thread(s), ${env.body.backend})`);
+    this.membersChanged();
+  }
+
+  private onSynced(m: Member, env: EnvelopeOf<'synced'>): void {
+    const s = env.body;
+    if (m.phase !== 'syncing' || s.transfer !== m.transfer) throw new WireError('unexpected', `synced from ${m.id} for transfer ${s.transfer}`);
+    if (s.error) return this.drop(m.id, `could not load the state: ${s.error}`);
+    if (this.numParams && s.numParams !== this.numParams) return this.drop(m.id, `has ${s.numParams} parameters, the run ${this.numParams}`);
+    this.numParams = s.numParams;
+    this.stepsPerEpoch ||= s.stepsPerEpoch;
+    if (this.sync?.expect === undefined && this.sync) this.sync.expect = s.checksum;
+    if (this.sync?.expect && s.checksum !== this.sync.expect)
+      return this.fatal(`worker ${m.id} loaded a state with checksum ${s.checksum}, expected ${this.sync.expect}`);
+    this.sync?.targets.delete(m.id);
+    m.phase = env.step === this.committed ? 'ready' : 'new';
+    m.readyStep = env.step;
+  }
+
+  private onAck(m: Member, env: EnvelopeOf<'ack'>): void {
+    const p = this.plan;
+    if (!p || env.step !== p.step || env.membershipEpoch !== p.mepoch || !p.view.includes(m.id))
+      throw new WireError('stale_epoch', `ack of step ${env.step} epoch ${env.membershipEpoch} from ${m.id}`);
+    if (env.body.error) return this.fatal(`${env.body.error}; the last good checkpoint is at step ${this.lastCkptStep}`);
+    if (!Number.isFinite(env.body.lossMean)) throw new WireError('non_finite', `ack with loss ${env.body.lossMean}`);
+    p.acks.set(m.id, env.body);
+  }
+
+  private async onState(env: EnvelopeOf<'state'>): Promise<void> {
+    let got;
+    try {
+      got = this.inbox.add(env);
+    } catch (e) {
+      throw new WireError('bad_state', (e as Error).message);
+    }
+    if (!got) return;
+    const c = this.ckpt;
+    if (!c || got.transfer !== c.transfer || got.step !== this.committed) throw new WireError('unexpected', `state transfer ${got.transfer} at step ${got.step}`);
+    const rec = await this.dir.writeCheckpoint(got.bytes, got.step, got.checksum);
+    this.record = { ...this.record, checkpoint: rec, totalSteps: this.totalSteps() };
+    await this.dir.write(this.record);
+    this.state = { bytes: got.bytes, step: got.step, checksum: got.checksum };
+    this.lastCkptStep = got.step;
+    this.ckpt = undefined;
+    this.telemetry.lastCheckpointAt = Date.now();
+    this.telemetry.emit('checkpoint', { step: got.step, path: rec.file, ms: Date.now() - c.started, bytes: got.bytes.byteLength });
+    this.o.log(`coordinator: checkpoint at step ${got.step} (${(got.bytes.byteLength / 1e6).toFixed(1)} MB, ${Date.now() - c.started} ms)`);
+    this.tick();
+  }
+
+  // ---------------------------------------------------------------- the loop
+
+  private tick(): void {
+    if (this.finished) return;
+    this.expire();
+    const now = Date.now();
+    if (this.plan) {
+      const p = this.plan;
+      if (p.view.every((id) => p.acks.has(id))) this.commit(p);
+      else if (now - p.started > Math.max(this.o.stepTimeoutMs, 10 * this.lastStepMs)) this.abort(`step ${p.step} timed out`);
+      if (this.plan) return;
+    }
+    if (this.ckpt) {
+      if (now < this.ckpt.deadline) return;
+      this.o.log(`coordinator: checkpoint from ${this.ckpt.donor} timed out; retrying`);
+      this.ckpt = undefined;
+    }
+    if (this.sync) {
+      if (this.sync.targets.size > 0 && now < this.sync.deadline) return;
+      for (const id of this.sync.targets) this.drop(id, 'did not finish loading the state in time');
+      this.sync = undefined;
+    }
+    this.boundary();
+  }
+
+  /** Between steps: checkpoint, finish, sync joiners, or plan the next step. */
+  private boundary(): void {
+    const total = this.totalSteps();
+    const every = this.o.checkpointEvery;
+    const due = this.committed > this.lastCkptStep && (this.committed === total || (every > 0 && this.committed % every === 0));
+    if (due && this.donor()) return this.startCheckpoint();
+    if (total !== undefined && this.committed >= total && this.lastCkptStep === this.committed)
+      return this.finish({ ok: true, reason: `done: ${this.committed} steps`, step: this.committed });
+    const fresh = [...this.members.values()].filter((m) => m.phase === 'new');
+    if (fresh.length) return this.startSync(fresh);
+    const view = [...this.members.values()].filter((m) => m.phase === 'ready' && m.readyStep === this.committed).sort((a, b) => a.seq - b.seq);
+    if (!this.started && view.length < this.o.minWorkers) return;
+    if (!view.length || total === undefined || !this.numParams) return;
+    this.started = true;
+    this.startPlan(view.map((m) => m.id));
+  }
+
+  private donor(): Member | undefined {
+    return [...this.members.values()].filter((m) => m.phase === 'ready' && m.readyStep === this.committed).sort((a, b) => a.seq - b.seq)[0];
+  }
+
+  private startPlan(view: string[]): void {
+    const key = view.join(',');
+    if (this.bumpEpoch || key !== this.lastView) this.mepoch++;
+    this.bumpEpoch = false;
+    this.lastView = key;
+    const step = this.committed;
+    const B = this.o.batchSize;
+    const checksum = this.o.checksumEvery > 0 && step % this.o.checksumEvery === 0;
+    this.plan = { step, mepoch: this.mepoch, view, acks: new Map(), started: Date.now(), checksum };
+    this.broadcast('plan', {
+      epoch: this.stepsPerEpoch ? Math.floor(step / this.stepsPerEpoch) : 0, members: view, shardStart: splitRange(B, view.length),
+      globalBatch: B, checksum, committed: this.committed, numParams: this.numParams,
+      chunkFloats: chunkFloatsFor(this.o.nc.info?.max_payload ?? 1 << 20), commitEpoch: this.commitEpoch,
+    }, step);
+  }
+
+  private commit(p: Plan): void {
+    if (p.checksum) {
+      const sums = new Set([...p.acks.values()].map((a) => a.checksum));
+      if (sums.size !== 1) {
+        const who = [...p.acks].map(([id, a]) => `${id}=${a.checksum}`).join(' ');
+        return this.fatal(`parameter checksum mismatch before step ${p.step}: ${who}; the replicas diverged, stopping`);
+      }
+    }
+    this.plan = undefined;
+    this.committed = p.step + 1;
+    this.commitEpoch = p.mepoch;
+    for (const m of this.members.values()) {
+      if (p.view.includes(m.id)) m.readyStep = this.committed;
+      else if (m.phase === 'ready') m.phase = 'new'; // missed this step: needs the state again
+    }
+    this.report(p);
+  }
+
+  private report(p: Plan): void {
+    const acks = [...p.acks.values()];
+    const now = Date.now();
+    const stepMs = now - p.started;
+    const max = (f: (a: Ack) => number) => Math.max(...acks.map(f));
+    const interval = this.lastCommitAt ? now - this.lastCommitAt : stepMs;
+    this.lastCommitAt = now;
+    this.lastStepMs = stepMs;
+    const r = {
+      run: this.o.run, step: p.step, lossMean: acks[0].lossMean, workers: p.view.length, stepMs,
+      computeMs: max((a) => a.computeMs), allreduceMs: max((a) => a.allreduceMs), waitMs: max((a) => a.waitMs),
+      bytesSent: acks.reduce((s, a) => s + a.bytesSent, 0) / acks.length, bytesReceived: acks.reduce((s, a) => s + a.bytesReceived, 0) / acks.length,
+      imagesPerSec: (this.o.batchSize * 1000) / Math.max(1, interval),
+    };
+    this.telemetry.stepsCommitted++;
+    this.telemetry.emit('step', r);
+    this.dir.log({ step: p.step, loss: r.lossMean, workers: r.workers, ms: stepMs, compute_ms: r.computeMs, allreduce_ms: r.allreduceMs, time: new Date(now).toISOString() });
+  }
+
+  private abort(reason: string): void {
+    const p = this.plan;
+    if (!p) return;
+    this.plan = undefined;
+    this.bumpEpoch = true;
+    this.telemetry.stepsAborted++;
+    this.telemetry.emit('abort', { step: p.step, reason });
+    this.o.log(`coordinator: step ${p.step} aborted (${reason}); re-planning over ${this.members.size} worker(s)`);
+  }
+
+  private startSync(targets: Member[]): void {
+    const transfer = `${this.o.run}-${this.record.incarnation}-${++this.transfers}`;
+    const init = this.committed === 0 && !this.state;
+    const source = this.state && this.state.step === this.committed ? 'coordinator' : this.donor();
+    if (!init && !source) {
+      // Every worker that held step `committed` is gone: fall back to the last checkpoint.
+      const to = this.state?.step ?? 0;
+      this.o.log(`coordinator: no live worker holds step ${this.committed}; rolling back to ${this.state ? 'the checkpoint at' : ''} step ${to}`);
+      this.committed = to;
+      this.bumpEpoch = true;
+      return this.startSync(targets);
+    }
+    this.sync = { transfer, targets: new Set(targets.map((m) => m.id)), deadline: Date.now() + this.o.syncTimeoutMs };
+    if (source === 'coordinator' && this.state!.checksum) this.sync.expect = this.state!.checksum;
+    for (const m of targets) {
+      m.phase = 'syncing';
+      m.transfer = init ? '' : transfer;
+      this.send(subjects.worker(this.o.run, m.id), 'welcome', { configJson: this.record.configJson, committed: this.committed, init, transfer: m.transfer });
+    }
+    if (init) return;
+    if (source === 'coordinator') {
+      const header = { run: this.o.run, worker: '', step: this.state!.step, membershipEpoch: this.mepoch };
+      for (const m of targets) void sendState(this.o.nc, subjects.worker(this.o.run, m.id), header, transfer, this.state!.bytes, this.state!.checksum).catch(() => {});
+    } else {
+      const ids = targets.map((m) => m.id);
+      this.broadcast('stateRequest', { donor: source!.id, targets: ids, committed: this.committed, transfer, commitEpoch: this.commitEpoch });
+    }
+  }
+
+  private startCheckpoint(): void {
+    const d = this.donor()!;
+    const transfer = `${this.o.run}-${this.record.incarnation}-${++this.transfers}`;
+    this.ckpt = { transfer, donor: d.id, deadline: Date.now() + this.o.syncTimeoutMs, started: Date.now() };
+    this.broadcast('stateRequest', { donor: d.id, targets: [''], committed: this.committed, transfer, commitEpoch: this.commitEpoch });
+  }
+
+  // ---------------------------------------------------------------- membership
+
+  private expire(): void {
+    const now = Date.now();
+    for (const m of [...this.members.values()]) {
+      if (now - m.lastSeen > this.o.heartbeatTimeoutMs) this.drop(m.id, `no heartbeat for ${((now - m.lastSeen) / 1000).toFixed(1)} s`);
+    }
+  }
+
+  private drop(id: string, reason: string, announce = true): void {
+    if (!this.members.delete(id)) return;
+    if (announce) this.o.log(`coordinator: worker ${id} removed: ${reason}`);
+    if (this.plan?.view.includes(id)) this.abort(`worker ${id} ${reason}`);
+    this.sync?.targets.delete(id);
+    if (this.ckpt?.donor === id) this.ckpt = undefined;
+    this.membersChanged();
+  }
+
+  private membersChanged(): void {
+    this.telemetry.liveWorkers = this.members.size;
+    this.telemetry.emit('members', { live: this.members.size, workers: [...this.members.keys()] });
+  }
+
+  /** A broker reconnect may have lost messages: give members a grace period and redo the phase. */
+  private async watchConnection(): Promise<void> {
+    for await (const s of this.o.nc.status()) {
+      if (s.type !== 'reconnect' || this.finished) continue;
+      this.o.log('coordinator: reconnected to NATS; redoing the current phase');
+      for (const m of this.members.values()) m.lastSeen = Date.now();
+      this.abort('broker reconnect');
+      if (this.sync) for (const id of this.sync.targets) this.members.get(id)!.phase = 'new';
+      this.sync = undefined;
+      this.ckpt = undefined;
+      this.tick();
+    }
+  }
+
+  // ---------------------------------------------------------------- the end
+
+  private fatal(reason: string): void {
+    this.o.log(`coordinator: STOPPING RUN ${this.o.run}: ${reason}`);
+    this.finish({ ok: false, reason, step: this.committed });
+  }
+
+  private finish(r: RunResult, announce = true): void {
+    if (this.finished) return;
+    this.finished = true;
+    clearInterval(this.timer);
+    if (announce) this.broadcast('stop', { reason: r.reason, ok: r.ok, committed: this.committed, commitEpoch: this.commitEpoch });
+    this.telemetry.emit('done', r);
+    this.resolve(r);
+  }
+}

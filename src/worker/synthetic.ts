@@ -1,0 +1,135 @@
+/**
+ * A synthetic training objective with the Trainer's contract, for protocol tests and the
+ * communication benchmark: per-sample loss 0.5·|θ − t_i|² with a pseudo-random target t_i
+ * per data index, Adam updates, an exact exportable state. Cheap (or, with
+ * `computeMs`, deliberately slow) and deterministic, so any change in how the cluster sums
+ * or applies gradients shows up in the parameters.
+ */
+import { createHash } from 'node:crypto';
+import type { GradSum } from '../core/train/api.js';
+import type { Replica } from './replica.js';
+
+export interface SyntheticConfig {
+  synthetic: true;
+  params: number;
+  batchSize: number;
+  /** Data set size (for epochs). */
+  samples: number;
+  seed: number;
+  lr: number;
+  /** Extra busy time per gradient call, to imitate compute. */
+  computeMs?: number;
+  /** Makes the gradient of this step NaN (fault tests). */
+  nanAtStep?: number;
+}
+
+export const SYNTHETIC_DEFAULTS: SyntheticConfig = { synthetic: true, params: 1000, batchSize: 16, samples: 256, seed: 1, lr: 0.01 };
+
+/** Target element j of data index i, in [-1, 1): an integer hash, fast for big vectors. */
+function target(seed: number, i: number, j: number): number {
+  let h = Math.imul(i + 0x9e3779b9 * seed, 0x85ebca6b) ^ Math.imul(j, 0xc2b2ae35);
+  h = Math.imul(h ^ (h >>> 15), 0x2c1b3c6d);
+  return ((h ^ (h >>> 12)) & 0xffff) / 32768 - 1;
+}
+
+export class SyntheticReplica implements Replica {
+  readonly numParams: number;
+  step = 0;
+  private theta: Float32Array;
+  private m: Float32Array;
+  private v: Float32Array;
+
+  constructor(readonly config: SyntheticConfig) {
+    this.numParams = config.params;
+    this.theta = new Float32Array(config.params);
+    for (let j = 0; j < config.params; j++) this.theta[j] = target(config.seed, -1, j) * 0.1;
+    this.m = new Float32Array(config.params);
+    this.v = new Float32Array(config.params);
+  }
+
+  get params(): Float32Array {
+    return this.theta;
+  }
+
+  stepsPerEpoch(): number {
+    return Math.ceil(this.config.samples / this.config.batchSize);
+  }
+
+  /** Data index of sample b of step k's global batch: a fixed function of (seed, k, b). */
+  index(step: number, b: number): number {
+    return (step * this.config.batchSize + b) % this.config.samples;
+  }
+
+  async gradSum(step: number, from: number, to: number): Promise<GradSum> {
+    const P = this.numParams;
+    const grad = new Float32Array(P);
+    let lossSum = 0;
+    for (let b = from; b < to; b++) {
+      const i = this.index(step, b);
+      let loss = 0;
+      for (let j = 0; j < P; j++) {
+        const d = this.theta[j] - target(this.config.seed, i, j);
+        grad[j] += d;
+        loss += 0.5 * d * d;
+      }
+      lossSum += loss;
+    }
+    if (this.config.nanAtStep === step) grad[0] = NaN;
+    if (this.config.computeMs) await new Promise((r) => setTimeout(r, this.config.computeMs));
+    return { grad, lossSum, count: to - from };
+  }
+
+  apply(meanGrad: Float32Array): void {
+    if (meanGrad.length !== this.numParams) throw new Error(`gradient has ${meanGrad.length} values, expected ${this.numParams}`);
+    const t = this.step + 1;
+    const { lr } = this.config;
+    const b1 = 0.9, b2 = 0.999, c1 = 1 - b1 ** t, c2 = 1 - b2 ** t;
+    for (let j = 0; j < this.numParams; j++) {
+      const g = meanGrad[j];
+      this.m[j] = b1 * this.m[j] + (1 - b1) * g;
+      this.v[j] = b2 * this.v[j] + (1 - b2) * g * g;
+      this.theta[j] -= (lr * (this.m[j] / c1)) / (Math.sqrt(this.v[j] / c2) + 1e-8);
+    }
+    this.step++;
+  }
+
+  checksum(): string {
+    const h = createHash('sha256');
+    for (const a of [this.theta, this.m, this.v]) h.update(new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
+    return h.update(String(this.step)).digest('hex').slice(0, 16);
+  }
+
+  /** [u32 step][u32 P][θ][m][v], little-endian. */
+  exportState(): Uint8Array {
+    const P = this.numParams;
+    const out = new Uint8Array(8 + 12 * P);
+    const dv = new DataView(out.buffer);
+    dv.setUint32(0, this.step, true);
+    dv.setUint32(4, P, true);
+    [this.theta, this.m, this.v].forEach((a, k) => out.set(new Uint8Array(a.buffer, a.byteOffset, 4 * P), 8 + 4 * P * k));
+    return out;
+  }
+
+  importState(bytes: Uint8Array): void {
+    const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const P = this.numParams;
+    if (bytes.byteLength !== 8 + 12 * P || dv.getUint32(4, true) !== P) throw new Error(`synthetic state does not match ${P} parameters`);
+    const copy = new Uint8Array(bytes.subarray(8)); // a copy (Buffer.slice would be a view)
+    this.theta = new Float32Array(copy.buffer, 0, P);
+    this.m = new Float32Array(copy.buffer, 4 * P, P);
+    this.v = new Float32Array(copy.buffer, 8 * P, P);
+    this.step = dv.getUint32(0, true);
+  }
+
+  async close(): Promise<void> {}
+}
+
+export function isSyntheticConfig(c: unknown): c is SyntheticConfig {
+  return typeof c === 'object' && c !== null && (c as { synthetic?: unknown }).synthetic === true;
+}
+
+export async function syntheticReplica(configJson: string, state?: Uint8Array): Promise<Replica> {
+  const r = new SyntheticReplica({ ...SYNTHETIC_DEFAULTS, ...(JSON.parse(configJson) as Partial<SyntheticConfig>) });
+  if (state) r.importState(state);
+  return r;
+}

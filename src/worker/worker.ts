@@ -1,0 +1,314 @@
+/**
+ * A cluster worker: joins a run, heartbeats, and for every StepPlan it is a member of
+ * computes the gradient sum of its shard, takes part in the all-reduce, holds the reduced
+ * gradient and acks. It applies a held gradient only when the coordinator says the step is
+ * committed (any later control message carries `committed`): two-phase commit, so a step
+ * is applied by all live workers or by none, whoever dies when.
+ */
+import { hostname } from 'node:os';
+import type { NatsConnection, Subscription } from 'nats';
+import { sendState, StateInbox } from '../coordinator/state-transfer.js';
+import { Telemetry } from '../coordinator/telemetry.js';
+import { checkId, decode, encode, subjects, WireError, type BodyKind, type Bodies, type Envelope, type EnvelopeOf } from '../coordinator/wire.js';
+import { AllReduce, type Reduced } from './allreduce.js';
+import type { Replica, ReplicaFactory } from './replica.js';
+
+export interface WorkerOptions {
+  nc: NatsConnection;
+  run: string;
+  /** Default: host-device-pid. */
+  id?: string;
+  device?: number;
+  threads?: number;
+  backend?: string;
+  factory: ReplicaFactory;
+  heartbeatMs?: number;
+  log?: (line: string) => void;
+  telemetry?: Telemetry;
+}
+
+export interface WorkerResult {
+  ok: boolean;
+  reason: string;
+  step: number;
+}
+
+interface Active {
+  env: EnvelopeOf<'plan'>;
+  ar: AllReduce;
+  checksum: string;
+  received: number;
+}
+
+const EARLY_LIMIT = 4096;
+
+export function defaultWorkerId(device: number): string {
+  const host = hostname().replace(/[^A-Za-z0-9_-]/g, '_').slice(0, 32);
+  return `${host}-${device >= 0 ? 'gpu' + device : 'cpu'}-${process.pid}`;
+}
+
+export class Worker {
+  readonly id: string;
+  readonly telemetry: Telemetry;
+  private readonly o: Required<Omit<WorkerOptions, 'telemetry' | 'id'>>;
+  private replica?: Replica;
+  private configJson = '';
+  private active?: Active;
+  private held?: { step: number; mepoch: number; r: Reduced };
+  private epochFloor = 0;
+  private awaiting?: { transfer: string; committed: number };
+  private readonly inbox = new StateInbox();
+  private early: { env: EnvelopeOf<'grad'>; size: number }[] = [];
+  private subs: Subscription[] = [];
+  private timer?: NodeJS.Timeout;
+  private idleSince = performance.now();
+  private finish!: (r: WorkerResult) => void;
+  private closed = false;
+  private queue: Promise<void> = Promise.resolve();
+  readonly done: Promise<WorkerResult>;
+
+  constructor(opts: WorkerOptions) {
+    this.o = { device: -1, threads: 1, backend: 'auto', heartbeatMs: 500, log: () => {}, ...opts };
+    this.id = checkId('worker', opts.id ?? defaultWorkerId(this.o.device));
+    checkId('run', opts.run);
+    this.telemetry = opts.telemetry ?? new Telemetry(this.o.log);
+    this.done = new Promise((r) => (this.finish = r));
+  }
+
+  get step(): number {
+    return this.replica?.step ?? 0;
+  }
+
+  /** The replica (for tests and for metrics). */
+  get state(): Replica | undefined {
+    return this.replica;
+  }
+
+  start(): void {
+    const { nc, run } = this.o;
+    for (const subject of [subjects.ctl(run), subjects.worker(run, this.id), subjects.gather(run)]) {
+      this.subs.push(nc.subscribe(subject, { callback: (err, msg) => !err && this.onMessage(msg.data) }));
+    }
+    this.join();
+    this.timer = setInterval(() => this.send('heartbeat', { busy: !!this.active }, this.step), this.o.heartbeatMs);
+    this.o.log(`worker ${this.id} joining run ${run}`);
+  }
+
+  /** Leaves without a word (tests: a clean stand-in for a dead process is SIGKILL). */
+  async close(result: WorkerResult = { ok: false, reason: 'closed', step: this.step }): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    clearInterval(this.timer);
+    for (const s of this.subs) s.unsubscribe();
+    // (no waiting for this.queue: close() is also called from inside it, on Stop)
+    await this.replica?.close();
+    this.finish(result);
+  }
+
+  private send<K extends BodyKind>(kind: K, body: Bodies[K], step: number, mepoch = 0, subject = subjects.coord(this.o.run)): void {
+    if (this.closed) return;
+    const bytes = encode({ run: this.o.run, worker: this.id, step, membershipEpoch: mepoch }, kind, body);
+    this.o.nc.publish(subject, bytes);
+  }
+
+  private join(): void {
+    const { device, threads, backend } = this.o;
+    this.send('join', { host: hostname(), pid: process.pid, device, threads, backend, hasState: !!this.replica }, this.step);
+  }
+
+  private onMessage(data: Uint8Array): void {
+    if (this.closed) return;
+    let env: Envelope;
+    try {
+      env = decode(data);
+      if (env.run !== this.o.run) throw new WireError('other_run', `message for run ${env.run}`);
+    } catch (e) {
+      return this.reject(e);
+    }
+    // Control messages are handled in arrival order, one at a time (some await I/O).
+    if (env.kind === 'grad') return this.onGrad(env, data.byteLength);
+    this.queue = this.queue.then(() => this.onControl(env)).catch((e) => this.reject(e));
+  }
+
+  private reject(e: unknown): void {
+    if (e instanceof WireError) this.telemetry.reject(e.reason, e.message);
+    else this.o.log(`worker ${this.id}: ${(e as Error).stack ?? e}`);
+  }
+
+  private async onControl(env: Envelope): Promise<void> {
+    const fromCoordinator = env.worker === '';
+    if (!fromCoordinator && env.kind !== 'state') throw new WireError('unexpected', `${env.kind} from worker ${env.worker}`);
+    if (fromCoordinator && env.kind !== 'welcome' && env.kind !== 'hello' && env.membershipEpoch < this.epochFloor)
+      throw new WireError('stale_epoch', `${env.kind} of membership epoch ${env.membershipEpoch} < ${this.epochFloor}`);
+    switch (env.kind) {
+      case 'hello':
+        this.epochFloor = Math.max(this.epochFloor, env.membershipEpoch);
+        return this.join();
+      case 'welcome':
+        return this.onWelcome(env);
+      case 'state':
+        return this.onState(env);
+      case 'plan':
+        this.epochFloor = env.membershipEpoch;
+        if (!this.commit(env.body.committed, env.body.commitEpoch)) return;
+        return this.onPlan(env);
+      case 'stateRequest':
+        if (!this.commit(env.body.committed, env.body.commitEpoch)) return;
+        return this.onStateRequest(env);
+      case 'stop':
+        this.commit(env.body.committed, env.body.commitEpoch);
+        this.o.log(`worker ${this.id}: run ${env.body.ok ? 'finished' : 'stopped'}: ${env.body.reason}`);
+        return this.close({ ok: env.body.ok, reason: env.body.reason, step: this.step });
+      default:
+        throw new WireError('unexpected', `${env.kind} on a worker`);
+    }
+  }
+
+  /**
+   * Brings the replica to `committed` steps: applies the held gradient of step
+   * committed-1 if it was computed under `commitEpoch`. Returns false (and asks to join
+   * again) when that is impossible: this replica missed a step and needs the state.
+   */
+  private commit(committed: number, commitEpoch: number): boolean {
+    const r = this.replica;
+    if (!r) return false;
+    const h = this.held;
+    if (h && h.step === committed - 1 && r.step === h.step && h.mepoch === commitEpoch) {
+      r.apply(h.r.mean, h.r.lossSum / h.r.count);
+      this.held = undefined;
+    }
+    if (h && h.step < committed - 1) this.held = undefined;
+    if (r.step === committed) return true;
+    this.o.log(`worker ${this.id}: state at step ${r.step} but ${committed} are committed; asking for the state`);
+    this.replica = undefined;
+    void r.close();
+    this.active = undefined;
+    this.join();
+    return false;
+  }
+
+  private async onWelcome(env: EnvelopeOf<'welcome'>): Promise<void> {
+    const w = env.body;
+    this.active = undefined;
+    this.held = undefined;
+    this.epochFloor = Math.max(this.epochFloor, env.membershipEpoch);
+    this.configJson = w.configJson;
+    if (w.init) {
+      await this.replace(await this.o.factory(w.configJson), '');
+    } else {
+      this.awaiting = { transfer: w.transfer, committed: w.committed };
+    }
+  }
+
+  private async onState(env: EnvelopeOf<'state'>): Promise<void> {
+    let got;
+    try {
+      got = this.inbox.add(env);
+    } catch (e) {
+      throw new WireError('bad_state', (e as Error).message);
+    }
+    if (!got || !this.awaiting || got.transfer !== this.awaiting.transfer) return;
+    this.awaiting = undefined;
+    try {
+      await this.replace(await this.o.factory(this.configJson, got.bytes), got.transfer);
+    } catch (e) {
+      this.send('synced', { checksum: '', stepsPerEpoch: 0, numParams: 0, transfer: got.transfer, error: (e as Error).message }, 0);
+    }
+  }
+
+  private async replace(r: Replica, transfer: string): Promise<void> {
+    await this.replica?.close();
+    this.replica = r;
+    this.send('synced', { checksum: r.checksum(), stepsPerEpoch: r.stepsPerEpoch(), numParams: r.numParams, transfer, error: '' }, r.step);
+  }
+
+  private onStateRequest(env: EnvelopeOf<'stateRequest'>): void {
+    const q = env.body;
+    if (q.donor !== this.id || !this.replica) return;
+    const bytes = this.replica.exportState();
+    const checksum = this.replica.checksum();
+    const header = { run: this.o.run, worker: this.id, step: this.replica.step, membershipEpoch: env.membershipEpoch };
+    // The export above is the snapshot; sending it must not hold up the next plan.
+    for (const t of q.targets) {
+      const subject = t === '' ? subjects.coord(this.o.run) : subjects.worker(this.o.run, t);
+      void sendState(this.o.nc, subject, header, q.transfer, bytes, checksum).then((n) => (this.telemetry.bytesSent += n), (e) => this.reject(e));
+    }
+  }
+
+  private onPlan(env: EnvelopeOf<'plan'>): void {
+    const p = env.body;
+    this.active = undefined;
+    if (this.held?.step === env.step) this.held = undefined; // a re-plan replaces an unapplied result
+    if (!p.members.includes(this.id)) return;
+    const r = this.replica!;
+    if (r.step !== env.step) {
+      this.o.log(`worker ${this.id}: plan for step ${env.step} but state at ${r.step}; asking for the state`);
+      return this.join();
+    }
+    const waitMs = performance.now() - this.idleSince;
+    const ctx = {
+      run: this.o.run, me: this.id, step: env.step, mepoch: env.membershipEpoch, members: p.members,
+      numParams: p.numParams, chunkFloats: p.chunkFloats, globalBatch: p.globalBatch,
+    };
+    if (p.numParams !== r.numParams || p.shardStart.length !== p.members.length + 1 || p.chunkFloats < 1)
+      throw new WireError('unexpected', `plan for ${p.numParams} params / ${p.members.length} members does not fit this replica`);
+    const ar = new AllReduce(ctx, (s, b) => this.o.nc.publish(s, b));
+    const a: Active = { env, ar, checksum: p.checksum ? r.checksum() : '', received: 0 };
+    this.active = a;
+    const early = this.early;
+    this.early = [];
+    for (const e of early) {
+      if (e.env.step === env.step && e.env.membershipEpoch === env.membershipEpoch) this.onGrad(e.env, e.size);
+      else if (e.env.membershipEpoch > env.membershipEpoch || (e.env.membershipEpoch === env.membershipEpoch && e.env.step > env.step)) this.early.push(e);
+    }
+    void this.runStep(a, r, waitMs).catch((e) => this.reject(e));
+  }
+
+  private async runStep(a: Active, r: Replica, waitMs: number): Promise<void> {
+    const { env } = a;
+    const rank = a.ar.rank;
+    const t0 = performance.now();
+    const g = await r.gradSum(env.step, env.body.shardStart[rank], env.body.shardStart[rank + 1]);
+    if (this.active !== a) return;
+    const t1 = performance.now();
+    const ack = { lossMean: 0, checksum: a.checksum, error: '', computeMs: t1 - t0, allreduceMs: 0, waitMs, bytesSent: 0, bytesReceived: 0 };
+    let bad = !Number.isFinite(g.lossSum);
+    for (let i = 0; !bad && i < g.grad.length; i++) bad = !Number.isFinite(g.grad[i]);
+    if (bad) {
+      ack.error = `non-finite gradient or loss at step ${env.step} on worker ${this.id}`;
+      return this.send('ack', ack, env.step, env.membershipEpoch);
+    }
+    a.ar.setLocal(g);
+    const red = await a.ar.done;
+    if (this.active !== a) return;
+    this.active = undefined;
+    this.held = { step: env.step, mepoch: env.membershipEpoch, r: red };
+    this.idleSince = performance.now();
+    Object.assign(ack, {
+      lossMean: red.lossSum / red.count, allreduceMs: this.idleSince - t1, bytesSent: a.ar.bytesSent, bytesReceived: a.ar.bytesReceived,
+    });
+    this.telemetry.bytesSent += a.ar.bytesSent;
+    this.telemetry.bytesReceived += a.ar.bytesReceived;
+    this.telemetry.emit('workerStep', { run: this.o.run, worker: this.id, step: env.step, ...ack });
+    this.send('ack', ack, env.step, env.membershipEpoch);
+  }
+
+  private onGrad(env: EnvelopeOf<'grad'>, size: number): void {
+    const a = this.active;
+    if (a && env.step === a.env.step && env.membershipEpoch === a.env.membershipEpoch) {
+      try {
+        a.ar.accept(env, size);
+      } catch (e) {
+        this.reject(e);
+      }
+      return;
+    }
+    // Chunks can overtake the plan that they belong to (a faster peer got it first).
+    const h = this.held;
+    const newer = a
+      ? env.membershipEpoch > a.env.membershipEpoch || (env.membershipEpoch === a.env.membershipEpoch && env.step > a.env.step)
+      : env.membershipEpoch >= this.epochFloor && env.step >= this.step && !(h && h.step === env.step && h.mepoch === env.membershipEpoch);
+    if (!newer || this.early.length >= EARLY_LIMIT) return this.reject(new WireError('stale_epoch', `grad chunk of step ${env.step} epoch ${env.membershipEpoch}`));
+    this.early.push({ env, size });
+  }
+}

@@ -1,0 +1,99 @@
+/**
+ * The cluster protocol end to end on a real nats-server, with the synthetic objective
+ * (fast, exact): 1, 2 and 3 workers reach the parameters of a single replica trained
+ * alone; a joiner mid-run gets the state; a NaN gradient stops the run loudly.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { meanOf } from '../src/worker/allreduce.js';
+import { SyntheticReplica, SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../src/worker/synthetic.js';
+import { skipNoNats, startNats, syntheticCluster, type NatsServer } from './helpers/nats.js';
+
+async function reference(cfg: SyntheticConfig, steps: number): Promise<SyntheticReplica> {
+  const r = new SyntheticReplica(cfg);
+  for (let k = 0; k < steps; k++) {
+    const g = await r.gradSum(k, 0, cfg.batchSize);
+    r.apply(meanOf(g.grad, g.count));
+  }
+  return r;
+}
+
+function maxRelDiff(a: Float32Array, b: Float32Array): number {
+  let d = 0;
+  let m = 0;
+  for (let i = 0; i < a.length; i++) (d = Math.max(d, Math.abs(a[i] - b[i]))), (m = Math.max(m, Math.abs(b[i])));
+  return d / m;
+}
+
+describe('cluster protocol (synthetic objective)', { skip: skipNoNats }, () => {
+  let server: NatsServer;
+  before(async () => (server = await startNats()));
+  after(async () => server?.close());
+
+  for (const n of [1, 2, 3]) {
+    it(`${n} worker(s) end with the single-replica parameters`, async () => {
+      const cfg = { ...SYNTHETIC_DEFAULTS, params: 5000, batchSize: 12, steps: 0 };
+      const c = await syntheticCluster(server, n, cfg, { steps: 12, checksumEvery: 3, checkpointEvery: 5 });
+      try {
+        const res = await c.coordinator.done;
+        assert.ok(res.ok, res.reason);
+        await Promise.all(c.workers.map((w) => w.done));
+        const ref = await reference(cfg, 12);
+        for (const w of c.workers) {
+          const r = w.state as SyntheticReplica;
+          assert.equal(r.step, 12);
+          const d = maxRelDiff(r.params, ref.params);
+          assert.ok(n === 1 ? d === 0 : d < 1e-5, `worker ${w.id}: max relative difference ${d}`);
+        }
+        assert.equal(c.coordinator.telemetry.rejectedTotal(), 0);
+      } finally {
+        await c.close();
+      }
+    });
+  }
+
+  it('uses chunks under max_payload for large vectors and stays exact', async () => {
+    const cfg = { ...SYNTHETIC_DEFAULTS, params: 300_001, batchSize: 4 };
+    const c = await syntheticCluster(server, 2, cfg, { steps: 3, checksumEvery: 1 });
+    try {
+      assert.ok((await c.coordinator.done).ok);
+      await Promise.all(c.workers.map((w) => w.done));
+      const ref = await reference(cfg, 3);
+      const d = maxRelDiff((c.workers[1].state as SyntheticReplica).params, ref.params);
+      assert.ok(d < 1e-5, `max relative difference ${d}`);
+    } finally {
+      await c.close();
+    }
+  });
+
+  it('a worker joining mid-run receives the state before its first step', async () => {
+    const cfg = { ...SYNTHETIC_DEFAULTS, computeMs: 20 };
+    const c = await syntheticCluster(server, 1, cfg, { steps: 30, checksumEvery: 2 });
+    try {
+      while (c.coordinator.step < 8) await new Promise((r) => setTimeout(r, 20));
+      const late = await c.addWorker();
+      assert.ok((await c.coordinator.done).ok);
+      await late.done;
+      const ref = await reference(cfg, 30);
+      assert.equal(late.state!.step, 30);
+      const d = maxRelDiff((late.state as SyntheticReplica).params, ref.params);
+      assert.ok(d < 1e-5, `max relative difference ${d}`);
+      assert.equal(late.state!.checksum(), c.workers[0].state!.checksum());
+    } finally {
+      await c.close();
+    }
+  });
+
+  it('a NaN gradient stops the run loudly, parameters untouched', async () => {
+    const c = await syntheticCluster(server, 2, { nanAtStep: 4 }, { steps: 10 });
+    try {
+      const res = await c.coordinator.done;
+      assert.equal(res.ok, false);
+      assert.match(res.reason, /non-finite/);
+      assert.equal(res.step, 4);
+      for (const w of c.workers) assert.ok(w.state!.step <= 4);
+    } finally {
+      await c.close();
+    }
+  });
+});
