@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // Quick speed check of the torch backend on the reference ScoreNet (run `npx tsc -p .` first):
-//   node native/bench.mjs [--backends torch,wasm,cpu] [--batch 32] [--threads N] [--reps 5]
+//   node native/bench.mjs [--backends torch,wasm,cpu] [--batch 32] [--threads N] [--reps 5] [--fused]
+//   node native/bench.mjs --leak 1000 --batch 8     tensor counts and RSS over 1000 training steps
 // Prints one JSON line per backend: training images/s at --batch, forward and forward+input-gradient
 // images/s at batch 64 (the same quantities as ../shared/reference/torch_baseline.py).
 import { parseArgs } from 'node:util';
@@ -14,6 +15,7 @@ const { values: a } = parseArgs({
     reps: { type: 'string', default: '5' },
     profile: { type: 'boolean', default: false },
     fused: { type: 'boolean', default: false },
+    leak: { type: 'string' },
   },
 });
 const dist = new URL('../dist/src/core/', import.meta.url);
@@ -116,6 +118,19 @@ for (const name of a.backends.split(',')) {
       g(tf.tensor4d(xs64, [S, 28, 28, 1])).dataSync();
     });
 
+  if (a.leak) {
+    const steps = Number(a.leak);
+    const { torchLiveTensors } = await import(new URL('backend/torch.js', dist).href);
+    const rows = [];
+    for (let k = 0; k < steps; k++) {
+      trainStep();
+      if (k % Math.max(1, Math.floor(steps / 10)) === 0 || k === steps - 1) {
+        rows.push({ step: k, numTensors: tf.memory().numTensors, torchLive: name === 'torch' ? torchLiveTensors() : null, rssMB: Math.round(process.memoryUsage().rss / 2 ** 20) });
+      }
+    }
+    console.log(JSON.stringify({ backend: name, leakCheck: rows }));
+    continue;
+  }
   if (a.profile && name === 'torch') {
     const { takeKernelTimes } = await import(new URL('backend/torch.js', dist).href);
     trainStep();

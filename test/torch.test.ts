@@ -7,6 +7,7 @@
  * or does not load, these tests fail rather than skip.
  */
 import { test } from 'node:test';
+import { spawnSync } from 'node:child_process';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import {
@@ -24,6 +25,8 @@ import { initParams } from '../src/core/model/params.js';
 import { makeSde } from '../src/core/sde.js';
 import { dsmLossPerSample } from '../src/core/loss.js';
 import { Rng, Stream } from '../src/core/rng.js';
+import { runParity } from '../src/core/parity.js';
+import { packagePath } from '../src/core/paths.js';
 
 const ready: Promise<Error | null> = registerTorchBackend({ threads: 2 }).then(
   () => null,
@@ -496,6 +499,66 @@ test('a small ScoreNet: DSM loss and every parameter gradient match cpu', async 
   assertClose(cpu.slice(2), torch.slice(2), 'gradients', { rtol: 1e-3, atol: 1e-3, scaled: true });
 });
 
+/**
+ * ScoreNet.apply with each block's `swish(groupNorm(h + dense))` as one groupNormAct call: the
+ * drop-in the fused kernel is for (the same network, one kernel instead of ~35 per block).
+ */
+function applyFused(net: ScoreNet, p: Record<string, tf.Tensor>, x: tf.Tensor4D, t: tf.Tensor1D): tf.Tensor4D {
+  const m = net as unknown as {
+    embed(p: Record<string, tf.Tensor>, t: tf.Tensor1D): tf.Tensor2D;
+    tconv(x: tf.Tensor4D, f: tf.Tensor, s: number, op: number): tf.Tensor4D;
+    groups: Record<string, { groups: number }>;
+  };
+  const embed = m.embed(p, t);
+  const conv = (h: tf.Tensor4D, name: string, s: number) => tf.conv2d(h, p[`${name}.weight`] as tf.Tensor4D, s, 'valid');
+  const block = (h: tf.Tensor4D, dense: string, norm: string) =>
+    groupNormAct(h, tf.matMul(embed, p[`${dense}.dense.weight`]).add(p[`${dense}.dense.bias`]), p[`${norm}.weight`], p[`${norm}.bias`], m.groups[norm].groups);
+  const h1 = block(conv(x, 'conv1', 1), 'dense1', 'gnorm1');
+  const h2 = block(conv(h1, 'conv2', 2), 'dense2', 'gnorm2');
+  const h3 = block(conv(h2, 'conv3', 2), 'dense3', 'gnorm3');
+  const h4 = block(conv(h3, 'conv4', 2), 'dense4', 'gnorm4');
+  let h = block(m.tconv(h4, p['tconv4.weight'], 2, 0), 'dense5', 'tgnorm4');
+  h = block(m.tconv(tf.concat([h, h3], 3), p['tconv3.weight'], 2, 1), 'dense6', 'tgnorm3');
+  h = block(m.tconv(tf.concat([h, h2], 3), p['tconv2.weight'], 2, 1), 'dense7', 'tgnorm2');
+  h = m.tconv(tf.concat([h, h1], 3), p['tconv1.weight'], 1, 0).add(p['tconv1.bias']);
+  return h.div(net.sde.stdTensor(t).reshape([-1, 1, 1, 1]));
+}
+
+test('the ScoreNet with fused blocks on torch matches the stock ScoreNet on cpu (loss, score, gradients)', async () => {
+  const { net, flat } = smallNet();
+  const n = 3;
+  const x = rand(n * 784, 0, 1);
+  const t = rand(n, 0.01, 1);
+  const z = rand(n * 784);
+  const [cpu, torch] = await both([], () => {
+    const apply = tf.getBackend() === 'torch' ? applyFused : (nn: ScoreNet, p: Record<string, tf.Tensor>, a: tf.Tensor4D, b: tf.Tensor1D) => nn.apply(p, a, b);
+    const p = net.tensors(flat);
+    const trainable = net.infos.filter((i) => i.trainable);
+    const xs = tf.tensor4d(x, [n, 28, 28, 1]);
+    const ts = tf.tensor1d(t);
+    const zs = tf.tensor4d(z, [n, 28, 28, 1]);
+    const f = (...ws: tf.Tensor[]) => {
+      const pp = { ...p };
+      trainable.forEach((info, k) => (pp[info.name] = ws[k]));
+      return dsmLossPerSample((a, b) => apply(net, pp, a, b), net.sde, xs, ts, zs).sum() as tf.Scalar;
+    };
+    const { value, grads } = tf.valueAndGrads(f)(trainable.map((info) => p[info.name]));
+    return [value, apply(net, p, xs, ts), ...grads];
+  });
+  assertClose(cpu.slice(0, 2), torch.slice(0, 2), 'loss and score', { rtol: 1e-4, atol: 1e-4, scaled: true });
+  assertClose(cpu.slice(2), torch.slice(2), 'gradients', { rtol: 1e-3, atol: 1e-3, scaled: true });
+});
+
+test('PyTorch parity fixture passes on torch (score and loss 1e-4, gradients 1e-3)', async () => {
+  await torchReady();
+  await tf.setBackend('torch');
+  const r = runParity(packagePath('test/fixtures/scorenet_parity.safetensors'), 'torch');
+  assert.ok(r.score <= 1e-4, `score rel err ${r.score}`);
+  assert.ok(r.loss <= 1e-4, `loss rel err ${r.loss}`);
+  for (const [name, e] of Object.entries({ ...r.grads, ...r.zeroGrads })) assert.ok(e <= 1e-3, `${name}: ${e}`);
+  assert.equal(r.pass, true);
+});
+
 // ------------------------------------------------------------------ leaks, errors, coverage
 
 test('no leaks: tfjs tensors and libtorch tensors stay flat over many training steps', async () => {
@@ -566,6 +629,18 @@ test('an unavailable device is refused with one line, and the backend keeps work
   await registerTorchBackend({ threads: 2 });
   assert.equal(tf.getBackend(), 'torch');
   assert.deepEqual(Array.from(tf.add(tf.tensor([1]), 1).dataSync()), [2]);
+});
+
+test('native/build.mjs: without libtorch, one line and exit 0; exit 1 when the addon is required', () => {
+  const script = packagePath('native', 'build.mjs');
+  const env = { ...process.env, LIBTORCH_DIR: '/nonexistent/libtorch', SCOREFLOW_REQUIRE_TORCH: '' };
+  const soft = spawnSync(process.execPath, [script], { env, encoding: 'utf8' });
+  assert.equal(soft.status, 0);
+  const lines = soft.stderr.trim().split('\n');
+  assert.equal(lines.length, 1, soft.stderr);
+  assert.match(lines[0], /^scoreflow: .*libtorch.*skipping the torch backend \(wasm still works\)/);
+  const strict = spawnSync(process.execPath, [script], { env: { ...env, SCOREFLOW_REQUIRE_TORCH: '1' }, encoding: 'utf8' });
+  assert.equal(strict.status, 1);
 });
 
 test('every registered torch kernel was exercised by this suite', async () => {
