@@ -203,6 +203,7 @@ export class Coordinator {
     m.lastSeen = Date.now();
     switch (env.kind) {
       case 'heartbeat':
+        if (env.body.reconnected) this.redo(`worker ${m.id} reconnected to NATS`);
         return;
       case 'synced':
         return this.onSynced(m, env);
@@ -455,14 +456,20 @@ export class Coordinator {
   private async watchConnection(): Promise<void> {
     for await (const s of this.o.nc.status()) {
       if (s.type !== 'reconnect' || this.finished) continue;
-      this.o.log('coordinator: reconnected to NATS; redoing the current phase');
       for (const m of this.members.values()) m.lastSeen = Date.now();
-      this.abort('broker reconnect');
-      if (this.sync) for (const id of this.sync.targets) this.members.get(id)!.phase = 'new';
-      this.sync = undefined;
-      this.ckpt = undefined;
+      this.redo('the coordinator reconnected to NATS');
       this.tick();
     }
+  }
+
+  /** Messages may have been lost: abort the phase in flight, to be redone under a new epoch. */
+  private redo(why: string): void {
+    if (!this.plan && !this.sync && !this.ckpt) return;
+    this.o.log(`coordinator: ${why}; redoing the current phase`);
+    this.abort(why);
+    if (this.sync) for (const id of this.sync.targets) this.members.get(id)!.phase = 'new';
+    this.sync = undefined;
+    this.ckpt = undefined;
   }
 
   // ---------------------------------------------------------------- the end

@@ -17,7 +17,7 @@ export enum Phase {
 
 export interface Join { host: string; pid: number; device: number; threads: number; backend: string; hasState: boolean }
 export interface Welcome { configJson: string; committed: number; init: boolean; transfer: string }
-export interface Heartbeat { busy: boolean }
+export interface Heartbeat { busy: boolean; reconnected: boolean }
 export interface Synced { checksum: string; stepsPerEpoch: number; numParams: number; transfer: string; error: string }
 export interface StepPlan {
   epoch: number; members: string[]; shardStart: number[]; globalBatch: number; checksum: boolean;

@@ -90,7 +90,8 @@ export class Worker {
       this.subs.push(nc.subscribe(subject, { callback: (err, msg) => !err && this.onMessage(msg.data) }));
     }
     this.join();
-    this.timer = setInterval(() => this.send('heartbeat', { busy: !!this.active }, this.step), this.o.heartbeatMs);
+    this.timer = setInterval(() => this.heartbeat(false), this.o.heartbeatMs);
+    void this.watchConnection();
     this.o.log(`worker ${this.id} joining run ${run}`);
   }
 
@@ -109,6 +110,18 @@ export class Worker {
     if (this.closed) return;
     const bytes = encode({ run: this.o.run, worker: this.id, step, membershipEpoch: mepoch }, kind, body);
     this.o.nc.publish(subject, bytes);
+  }
+
+  private heartbeat(reconnected: boolean): void {
+    this.send('heartbeat', { busy: !!this.active, reconnected }, this.step);
+  }
+
+  /** After a broker reconnect, tell the coordinator at once: messages of the step in flight may be lost. */
+  private async watchConnection(): Promise<void> {
+    for await (const s of this.o.nc.status()) {
+      if (this.closed) return;
+      if (s.type === 'reconnect') this.heartbeat(true);
+    }
   }
 
   private join(): void {

@@ -33,6 +33,7 @@ import { connectNats } from '../../src/coordinator/connect.js';
 import { Coordinator, type CoordinatorOptions } from '../../src/coordinator/coordinator.js';
 import { Worker, type WorkerOptions } from '../../src/worker/worker.js';
 import { syntheticReplica, type SyntheticConfig } from '../../src/worker/synthetic.js';
+import type { ReplicaFactory } from '../../src/worker/replica.js';
 
 export function tempDir(prefix = 'scoreflow-test-'): string {
   return mkdtempSync(join(tmpdir(), prefix));
@@ -48,11 +49,13 @@ export interface TestCluster {
 
 const quiet = process.env.SCOREFLOW_TEST_LOG ? (l: string) => console.error(l) : () => {};
 
-/** A coordinator and `n` synthetic-objective workers on `server`. */
-export async function syntheticCluster(
+/** A coordinator and `n` workers building replicas with `factory`, all in this process. */
+export async function startCluster(
   server: NatsServer,
   n: number,
-  cfg: Partial<SyntheticConfig>,
+  configJson: string,
+  batchSize: number,
+  factory: ReplicaFactory,
   copts: Partial<CoordinatorOptions> = {},
 ): Promise<TestCluster> {
   const conns: NatsConnection[] = [];
@@ -61,16 +64,14 @@ export async function syntheticCluster(
     conns.push(nc);
     return nc;
   };
-  const config = { synthetic: true, params: 1000, batchSize: 16, samples: 256, seed: 1, lr: 0.01, ...cfg };
   const run = copts.run ?? 'test';
   const coordinator = new Coordinator({
-    nc: await conn('coordinator'), run, outDir: copts.outDir ?? tempDir(), configJson: JSON.stringify(config),
-    batchSize: config.batchSize, minWorkers: n, heartbeatTimeoutMs: 1500, log: quiet, ...copts,
+    nc: await conn('coordinator'), run, outDir: copts.outDir ?? tempDir(), configJson, batchSize, minWorkers: n, heartbeatTimeoutMs: 1500, log: quiet, ...copts,
   });
   await coordinator.start();
   const workers: Worker[] = [];
   const addWorker = async (opts: Partial<WorkerOptions> = {}) => {
-    const w = new Worker({ nc: await conn('worker'), run, id: `w${workers.length}`, factory: syntheticReplica, heartbeatMs: 200, log: quiet, ...opts });
+    const w = new Worker({ nc: await conn('worker'), run, id: `w${workers.length}`, factory, heartbeatMs: 200, log: quiet, ...opts });
     workers.push(w);
     w.start();
     return w;
@@ -84,4 +85,15 @@ export async function syntheticCluster(
       for (const c of conns) await c.close().catch(() => {});
     },
   };
+}
+
+/** A coordinator and `n` synthetic-objective workers on `server`. */
+export async function syntheticCluster(
+  server: NatsServer,
+  n: number,
+  cfg: Partial<SyntheticConfig>,
+  copts: Partial<CoordinatorOptions> = {},
+): Promise<TestCluster> {
+  const config = { synthetic: true, params: 1000, batchSize: 16, samples: 256, seed: 1, lr: 0.01, ...cfg };
+  return startCluster(server, n, JSON.stringify(config), config.batchSize, syntheticReplica, copts);
 }

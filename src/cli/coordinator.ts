@@ -1,0 +1,118 @@
+/**
+ * `coordinator start --gpus N [--no-spawn] [--nats URL] [--run ID]` plus the training
+ * flags of `scoreflow train`. Starts (unless --nats) a nats-server on a loopback port,
+ * spawns N workers (unless --no-spawn), and drives the run to its end. Restarted on the
+ * same --out directory, it resumes from the last checkpoint and the workers re-attach.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { basename, join, resolve } from 'node:path';
+import { Option } from 'commander';
+import { addAuthOptions, authEnv, authFlags, clientAuth, serverAuth, type AuthFlags } from '../coordinator/auth.js';
+import { connectNats } from '../coordinator/connect.js';
+import { Coordinator } from '../coordinator/coordinator.js';
+import { NatsServer } from '../coordinator/nats-server.js';
+import { spawnWorkers, type Spawned } from '../coordinator/spawn.js';
+import { checkId } from '../coordinator/wire.js';
+import { bindTelemetry, createMetrics } from '../metrics/index.js';
+import { main, newProgram, parseIntArg } from './common.js';
+import { addTrainingOptions, CHECKPOINT, configFromFlags, type TrainFlags } from './train.js';
+
+interface CoordinatorFlags extends TrainFlags, AuthFlags {
+  gpus: number;
+  spawn: boolean;
+  nats?: string;
+  run?: string;
+  minWorkers?: number;
+  checksumEvery: number;
+  heartbeatTimeout: number;
+  stepTimeout: number;
+  metricsPort?: number;
+  synthetic?: string;
+}
+
+const log = (line: string) => process.stderr.write(line + '\n');
+
+/** The run's config: the training flags, or (hidden, for tests and benchmarks) a synthetic objective. */
+function runConfig(f: CoordinatorFlags): { json: string; batchSize: number } {
+  if (f.synthetic) {
+    const s = { synthetic: true, batchSize: f.batchSize, ...(JSON.parse(f.synthetic) as object) };
+    return { json: JSON.stringify(s), batchSize: s.batchSize };
+  }
+  const cfg = configFromFlags(f);
+  return { json: JSON.stringify(cfg), batchSize: cfg.batchSize };
+}
+
+async function start(f: CoordinatorFlags): Promise<void> {
+  if (f.steps !== undefined && f.epochs !== undefined) throw new Error('give --steps or --epochs, not both');
+  const out = resolve(f.out);
+  const run = checkId('run', f.run ?? basename(out).replace(/[^A-Za-z0-9_-]/g, '_'));
+  const hasRecord = existsSync(join(out, 'cluster.json'));
+  const ckpt = join(out, CHECKPOINT);
+  if (!hasRecord && existsSync(ckpt) && !f.resume) throw new Error(`${ckpt} exists; pass --resume to continue it, or choose another --out`);
+  if (f.resume && !hasRecord && !existsSync(ckpt)) throw new Error(`--resume: no checkpoint at ${ckpt}`);
+  const auth = authFlags(f);
+  const { json, batchSize } = runConfig(f);
+  let server: NatsServer | undefined;
+  let url = f.nats;
+  if (!url) {
+    server = await NatsServer.start({ ...serverAuth(auth), log: process.env.SCOREFLOW_NATS_LOG ? log : undefined });
+    url = server.url;
+    log(`coordinator: started nats-server on ${url}`);
+  }
+  let spawned: Spawned | undefined;
+  const cleanup = async () => {
+    await spawned?.stop();
+    await server?.close();
+  };
+  try {
+    const nc = await connectNats({ ...clientAuth(auth), url, name: `scoreflow-coordinator-${run}` });
+    const coordinator = new Coordinator({
+      nc, run, outDir: out, configJson: json, batchSize, steps: f.steps, epochs: f.steps === undefined ? (f.epochs ?? 1) : undefined,
+      resumeFrom: !hasRecord && f.resume ? readFileSync(ckpt) : undefined, minWorkers: f.minWorkers ?? (f.spawn ? f.gpus : 1),
+      checksumEvery: f.checksumEvery, checkpointEvery: f.ckptEvery, heartbeatTimeoutMs: f.heartbeatTimeout, stepTimeoutMs: f.stepTimeout, log,
+    });
+    if (f.metricsPort !== undefined) {
+      const metrics = createMetrics({ role: 'coordinator', run });
+      bindTelemetry(metrics, coordinator.telemetry, { globalBatch: batchSize, expectedWorkers: f.gpus });
+      log(`coordinator: metrics on :${(await metrics.serve(f.metricsPort, { tries: 100 })).port}/metrics`);
+    }
+    coordinator.telemetry.on('step', (r) => {
+      if (r.step % 10 === 0) log(`step ${r.step + 1}: loss ${r.lossMean.toFixed(3)}, ${r.workers} worker(s), ${r.stepMs} ms, ${r.imagesPerSec.toFixed(1)} img/s`);
+    });
+    await coordinator.start();
+    const stop = () => void coordinator.close();
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+    if (f.spawn) {
+      spawned = spawnWorkers({ n: f.gpus, nats: url, run, backend: f.backend, threads: f.threads, env: authEnv(auth), metricsPort: f.metricsPort, log });
+    } else {
+      log(`coordinator: start workers with: worker start --nats ${url} --run ${run}`);
+    }
+    const res = await coordinator.done;
+    await nc.flush().catch(() => {});
+    // Let spawned workers see Stop and exit on their own before we take the broker away.
+    if (spawned) await Promise.race([Promise.all(spawned.children.map((c) => c.exitCode === null && new Promise((r) => c.once('exit', r)))), new Promise((r) => setTimeout(r, 5000))]);
+    await nc.drain().catch(() => {});
+    if (!res.ok) throw new Error(`run ${run} stopped at step ${res.step}: ${res.reason}`);
+    log(`coordinator: run ${run} done at step ${res.step}; checkpoint ${ckpt}`);
+  } finally {
+    await cleanup();
+  }
+}
+
+const program = newProgram('coordinator', 'the coordinator of a scoreflow training cluster');
+const cmd = program.command('start').description('run a training job over NATS workers (one per device)');
+addTrainingOptions(cmd);
+addAuthOptions(cmd)
+  .option('--gpus <n>', 'workers to start, one per device (CPU workers where there are fewer GPUs)', parseIntArg(1), 1)
+  .option('--no-spawn', 'start no workers; they join with `worker start` (e.g. Kubernetes pods)')
+  .option('--nats <url>', 'NATS server (default: start nats-server on a free loopback port)')
+  .option('--run <id>', 'run id (default: the name of --out)')
+  .option('--min-workers <n>', 'workers to wait for before the first step (default: --gpus, or 1 with --no-spawn)', parseIntArg(1))
+  .option('--checksum-every <n>', 'compare parameter checksums every n steps (0: never)', parseIntArg(0), 10)
+  .option('--heartbeat-timeout <ms>', 'declare a silent worker lost after this long', parseIntArg(100), 3000)
+  .option('--step-timeout <ms>', 're-plan a step that takes longer than this (and 10x the last one)', parseIntArg(100), 30_000)
+  .option('--metrics-port <port>', 'serve /metrics, /healthz, /readyz (workers take the next ports)', parseIntArg(0))
+  .addOption(new Option('--synthetic <json>').hideHelp())
+  .action((f: CoordinatorFlags) => start(f));
+await main(program);

@@ -1,0 +1,73 @@
+/**
+ * `worker start --nats URL --run ID [--device i] [--threads T] [--backend B]`: one process
+ * per device. Joins the run, computes its shards with a GradPool, takes part in the
+ * all-reduce, and exits when the coordinator ends the run (0 when it finished, 1 when it
+ * was stopped).
+ */
+import { Option } from 'commander';
+import { addAuthOptions, authFlags, clientAuth, type AuthFlags } from '../coordinator/auth.js';
+import { connectNats } from '../coordinator/connect.js';
+import { checkId } from '../coordinator/wire.js';
+import { bindTelemetry, createMetrics } from '../metrics/index.js';
+import { trainerReplicas } from '../worker/trainer-replica.js';
+import { defaultWorkerId, Worker } from '../worker/worker.js';
+import { backendOption, main, newProgram, parseIntArg, startBackend } from './common.js';
+import { defaultThreads } from './train.js';
+
+interface WorkerFlags extends AuthFlags {
+  nats: string;
+  run: string;
+  id?: string;
+  device: number;
+  threads?: number;
+  backend: string;
+  metricsPort?: number;
+  heartbeatMs: number;
+}
+
+const log = (line: string) => process.stderr.write(line + '\n');
+
+async function start(f: WorkerFlags): Promise<void> {
+  checkId('run', f.run);
+  const id = checkId('worker', f.id ?? defaultWorkerId(f.device));
+  const auth = clientAuth(authFlags(f));
+  // One device per process: a GPU backend sees only its own device, as cuda:0.
+  if (f.device >= 0 && process.env.CUDA_VISIBLE_DEVICES === undefined) process.env.CUDA_VISIBLE_DEVICES = String(f.device);
+  const backend = await startBackend({ backend: f.backend, device: f.device >= 0 && f.backend === 'torch' ? 'cuda:0' : undefined });
+  const threads = defaultThreads(backend, f.threads);
+  const factory = trainerReplicas({ backend, threads, log });
+  const nc = await connectNats({ ...auth, url: f.nats, name: `scoreflow-worker-${id}` });
+  const worker = new Worker({ nc, run: f.run, id, device: f.device, threads, backend, factory, heartbeatMs: f.heartbeatMs, log });
+  if (f.metricsPort !== undefined) {
+    const metrics = createMetrics({ role: 'worker', run: f.run, worker: id, device: f.device >= 0 ? String(f.device) : 'cpu' });
+    bindTelemetry(metrics, worker.telemetry);
+    const srv = await metrics.serve(f.metricsPort, { tries: 100 });
+    log(`worker ${id}: metrics on :${srv.port}/metrics`);
+  }
+  const stop = () => void worker.close({ ok: false, reason: 'signal', step: worker.step });
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+  worker.telemetry.ready = true;
+  worker.start();
+  const res = await worker.done;
+  await factory.close();
+  await nc.drain().catch(() => {});
+  if (!res.ok && res.reason !== 'signal') throw new Error(`run ${f.run} stopped: ${res.reason}`);
+  process.exit(0);
+}
+
+const program = newProgram('worker', 'a scoreflow training worker: one process per device');
+addAuthOptions(
+  program
+    .command('start')
+    .description('join a training run and compute until it ends')
+    .requiredOption('--nats <url>', 'NATS server URL, e.g. nats://host:4222', process.env.SCOREFLOW_NATS_URL)
+    .requiredOption('--run <id>', 'run id (as given to coordinator start)', process.env.SCOREFLOW_RUN)
+    .option('--id <name>', 'worker id (default: host-device-pid)', process.env.SCOREFLOW_WORKER_ID)
+    .option('--device <i>', 'GPU index (-1: CPU)', parseIntArg(-1), -1)
+    .option('--threads <t>', 'compute threads (default: cores for wasm/cpu, 1 otherwise)', parseIntArg(1))
+    .addOption(backendOption())
+    .option('--metrics-port <port>', 'serve /metrics, /healthz, /readyz from this port (or the next free one)', parseIntArg(0))
+    .addOption(new Option('--heartbeat-ms <ms>').argParser(parseIntArg(50)).default(500).hideHelp()),
+).action((f: WorkerFlags) => start(f));
+await main(program);

@@ -1,0 +1,75 @@
+/**
+ * Local worker processes for `coordinator start --gpus N`: one `worker start` per device,
+ * each seeing only its own GPU (CUDA_VISIBLE_DEVICES=i), or CPU workers when the machine
+ * has fewer GPUs than asked. Their output is prefixed with their index.
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { availableParallelism } from 'node:os';
+import { packagePath } from '../core/paths.js';
+
+/** Number of NVIDIA GPUs (0 when nvidia-smi is missing or fails). */
+export function countGpus(): number {
+  try {
+    return execFileSync('nvidia-smi', ['-L'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 5000 })
+      .split('\n')
+      .filter((l) => l.startsWith('GPU ')).length;
+  } catch {
+    return 0;
+  }
+}
+
+export interface SpawnOptions {
+  n: number;
+  nats: string;
+  run: string;
+  backend: string;
+  /** Threads per worker; default: cores / n for CPU workers, 1 for GPU workers. */
+  threads?: number;
+  /** Extra environment (credentials). */
+  env: Record<string, string>;
+  metricsPort?: number;
+  log: (line: string) => void;
+}
+
+export interface Spawned {
+  children: ChildProcess[];
+  /** SIGTERM, then SIGKILL after `graceMs`. */
+  stop(graceMs?: number): Promise<void>;
+}
+
+export function spawnWorkers(o: SpawnOptions): Spawned {
+  const gpus = countGpus();
+  const onGpu = Math.min(gpus, o.n);
+  if (onGpu < o.n) {
+    o.log(`coordinator: asked for ${o.n} GPU worker(s), found ${gpus} GPU(s): running ${o.n - onGpu} worker(s) on the CPU of this machine`);
+  }
+  const cpuThreads = o.threads ?? Math.max(1, Math.floor(availableParallelism() / Math.max(1, o.n - onGpu)));
+  const children: ChildProcess[] = [];
+  for (let i = 0; i < o.n; i++) {
+    const gpu = i < onGpu;
+    const args = [packagePath('bin', 'worker.js'), 'start', '--nats', o.nats, '--run', o.run, '--id', `${o.run}-w${i}`,
+      '--device', String(gpu ? i : -1), '--threads', String(gpu ? (o.threads ?? 1) : cpuThreads), '--backend', o.backend];
+    if (o.metricsPort !== undefined) args.push('--metrics-port', String(o.metricsPort ? o.metricsPort + 1 + i : 0));
+    const env = { ...process.env, ...o.env, CUDA_VISIBLE_DEVICES: gpu ? String(i) : '' };
+    const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const prefix = (b: Buffer) => b.toString().split('\n').filter(Boolean).forEach((l) => o.log(`[w${i}] ${l}`));
+    child.stdout!.on('data', prefix);
+    child.stderr!.on('data', prefix);
+    child.on('exit', (code, sig) => {
+      if (code !== 0) o.log(`coordinator: worker process w${i} exited (${code ?? sig})`);
+    });
+    children.push(child);
+  }
+  return {
+    children,
+    async stop(graceMs = 5000) {
+      await Promise.all(children.map((c) => {
+        if (c.exitCode !== null || c.signalCode !== null) return;
+        const exited = new Promise((r) => c.once('exit', r));
+        c.kill('SIGTERM');
+        const t = setTimeout(() => c.kill('SIGKILL'), graceMs);
+        return exited.then(() => clearTimeout(t));
+      }));
+    },
+  };
+}

@@ -1,0 +1,75 @@
+/**
+ * Equivalence with single-process training, on the real Trainer (small ScoreNet, wasm):
+ * N workers end K steps with exactly (bitwise) the parameters, Adam moments and EMA of
+ * `scoreflow train --threads N`, because both cut the global batch into the same N
+ * contiguous slices and add the slices' gradient sums in the same order. Against
+ * `--threads 1` the difference is float re-association only (reported, and bounded).
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { promisify } from 'node:util';
+import { initBackend } from '../src/core/backend/index.js';
+import { packagePath } from '../src/core/paths.js';
+import { loadTrainingCheckpoint } from '../src/core/train/checkpoint.js';
+import { configFromFlags } from '../src/cli/train.js';
+import { trainerReplicas } from '../src/worker/trainer-replica.js';
+import { skipNoNats, startCluster, startNats, tempDir, type NatsServer } from './helpers/nats.js';
+
+const run = promisify(execFile);
+const K = 5;
+const FLAGS = ['--channels', '8,16,16,16', '--embed-dim', '16', '--data', 'train', '--limit', '96', '--batch-size', '12', '--seed', '7', '--backend', 'wasm'];
+type State = ReturnType<typeof loadTrainingCheckpoint>['state'];
+
+async function reference(threads: number): Promise<State> {
+  const out = tempDir();
+  await run(process.execPath, [packagePath('bin', 'scoreflow.js'), 'train', ...FLAGS, '--steps', String(K), '--threads', String(threads), '--out', out]);
+  return loadTrainingCheckpoint(join(out, 'checkpoint.safetensors')).state;
+}
+
+function maxRel(a: Float32Array, b: Float32Array): number {
+  let d = 0;
+  let m = 0;
+  for (let i = 0; i < a.length; i++) (d = Math.max(d, Math.abs(a[i] - b[i]))), (m = Math.max(m, Math.abs(b[i])));
+  return d / m;
+}
+
+describe('cluster = scoreflow train (real Trainer)', { skip: skipNoNats }, () => {
+  let server: NatsServer;
+  const refs = new Map<number, State>();
+  before(async () => {
+    server = await startNats();
+    await initBackend('wasm');
+    for (const t of [1, 2, 3]) refs.set(t, await reference(t));
+  });
+  after(async () => server?.close());
+
+  for (const n of [1, 2, 3]) {
+    it(`${n} worker(s): bitwise equal to --threads ${n}, close to --threads 1`, async (t) => {
+      const cfg = configFromFlags({
+        seed: 7, batchSize: 12, lr: 1e-4, ema: 0.999, gradClip: 0, weighting: 'sigma2', sde: 've', sigmaMin: 0.01, sigmaMax: 22,
+        channels: [8, 16, 16, 16], embedDim: 16, data: 'train', limit: 96, backend: 'wasm', out: '', resume: false, ckptEvery: 100,
+      });
+      const factory = trainerReplicas({ backend: 'wasm', threads: 1 });
+      const outDir = tempDir();
+      const c = await startCluster(server, n, JSON.stringify(cfg), cfg.batchSize, factory, { steps: K, checksumEvery: 2, outDir });
+      try {
+        const res = await c.coordinator.done;
+        assert.ok(res.ok, res.reason);
+        const got = loadTrainingCheckpoint(join(outDir, 'checkpoint.safetensors')).state;
+        assert.equal(got.step, K);
+        const ref = refs.get(n)!;
+        for (const k of ['params', 'm', 'v', 'ema'] as const) assert.deepEqual(got[k], ref[k], `${k} differs from scoreflow train --threads ${n}`);
+        const d = maxRel(got.params, refs.get(1)!.params);
+        t.diagnostic(`${n} worker(s) vs --threads 1: max relative parameter difference ${d.toExponential(2)}`);
+        // Adam divides by sqrt(v): on near-zero gradient elements, summation-order noise
+        // becomes a full lr-sized step, so the bound is a few lr / max|param|, not 1e-7.
+        assert.ok(d < 2e-3, `max relative difference ${d}`);
+      } finally {
+        await c.close();
+        await factory.close();
+      }
+    });
+  }
+});
