@@ -52,8 +52,10 @@ export class NatsServerNotFound extends Error {
 
 /** Finds the nats-server binary or throws NatsServerNotFound. */
 export function findNatsServer(explicit?: string): string {
-  const candidates = [explicit, process.env.NATS_SERVER_BIN, '/usr/sbin/nats-server', '/usr/bin/nats-server'];
-  for (const dir of (process.env.PATH ?? '').split(delimiter)) if (dir) candidates.push(join(dir, 'nats-server'));
+  // An explicit path (argument or $NATS_SERVER_BIN) is the only one tried.
+  const only = explicit ?? process.env.NATS_SERVER_BIN;
+  const candidates = only ? [only] : ['/usr/sbin/nats-server', '/usr/bin/nats-server'];
+  if (!only) for (const dir of (process.env.PATH ?? '').split(delimiter)) if (dir) candidates.push(join(dir, 'nats-server'));
   for (const c of candidates) {
     if (!c) continue;
     try {

@@ -31,6 +31,8 @@ export interface WorkerStepReport {
   bytesSent: number;
   bytesReceived: number;
   lossMean: number;
+  /** Samples in this worker's shard. */
+  images: number;
 }
 
 export interface TelemetryEvents {

@@ -61,6 +61,12 @@ export class SyntheticReplica implements Replica {
   }
 
   async gradSum(step: number, from: number, to: number): Promise<GradSum> {
+    const g = this.gradSumSync(step, from, to);
+    if (this.config.computeMs) await new Promise((r) => setTimeout(r, this.config.computeMs));
+    return g;
+  }
+
+  gradSumSync(step: number, from: number, to: number): GradSum {
     const P = this.numParams;
     const grad = new Float32Array(P);
     let lossSum = 0;
@@ -75,7 +81,6 @@ export class SyntheticReplica implements Replica {
       lossSum += loss;
     }
     if (this.config.nanAtStep === step) grad[0] = NaN;
-    if (this.config.computeMs) await new Promise((r) => setTimeout(r, this.config.computeMs));
     return { grad, lossSum, count: to - from };
   }
 

@@ -302,7 +302,7 @@ export class Worker {
     });
     this.telemetry.bytesSent += a.ar.bytesSent;
     this.telemetry.bytesReceived += a.ar.bytesReceived;
-    this.telemetry.emit('workerStep', { run: this.o.run, worker: this.id, step: env.step, ...ack });
+    this.telemetry.emit('workerStep', { run: this.o.run, worker: this.id, step: env.step, images: g.count, ...ack });
     this.send('ack', ack, env.step, env.membershipEpoch);
   }
 

@@ -1,0 +1,151 @@
+/**
+ * The cluster as users run it: `coordinator start` and `worker start` processes on a real
+ * nats-server. End to end with the real Trainer (bitwise equal to `scoreflow train
+ * --threads 2`), a worker SIGKILLed at a random moment, the coordinator SIGKILLed and
+ * restarted on its run directory. The fault runs use the synthetic objective so that
+ * the final parameters can be checked against an uninterrupted run in a few seconds.
+ */
+import assert from 'node:assert/strict';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { promisify } from 'node:util';
+import { packagePath } from '../src/core/paths.js';
+import { loadTrainingCheckpoint } from '../src/core/train/checkpoint.js';
+import { meanOf } from '../src/worker/allreduce.js';
+import { SyntheticReplica, SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../src/worker/synthetic.js';
+import { skipNoNats, startNats, tempDir, type NatsServer } from './helpers/nats.js';
+
+const exec = promisify(execFile);
+const bin = (name: string) => packagePath('bin', `${name}.js`);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+interface Proc {
+  child: ChildProcess;
+  output: () => string;
+  exited: Promise<number | null>;
+}
+
+function start(name: string, args: string[], env: Record<string, string> = {}): Proc {
+  const child = spawn(process.execPath, [bin(name), ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout!.on('data', (b) => (out += b));
+  child.stderr!.on('data', (b) => (out += b));
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  return { child, output: () => out, exited };
+}
+
+/** Steps committed so far, from the coordinator's train.jsonl. */
+function logged(dir: string): number[] {
+  const p = join(dir, 'train.jsonl');
+  if (!existsSync(p)) return [];
+  return readFileSync(p, 'utf8').split('\n').filter(Boolean).map((l) => (JSON.parse(l) as { step: number }).step);
+}
+
+async function until(f: () => boolean, ms: number, what: string): Promise<void> {
+  const end = Date.now() + ms;
+  while (!f()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(25);
+  }
+}
+
+const SYN: SyntheticConfig = { ...SYNTHETIC_DEFAULTS, params: 20_000, batchSize: 12, computeMs: 40 };
+const STEPS = 40;
+
+function syntheticReference(): SyntheticReplica {
+  const r = new SyntheticReplica(SYN);
+  for (let k = 0; k < STEPS; k++) {
+    const g = r.gradSumSync(k, 0, SYN.batchSize);
+    r.apply(meanOf(g.grad, g.count));
+  }
+  return r;
+}
+
+function assertCheckpointMatches(dir: string, ref: SyntheticReplica): void {
+  const got = new SyntheticReplica(SYN);
+  got.importState(readFileSync(join(dir, 'checkpoint.safetensors')));
+  assert.equal(got.step, STEPS);
+  let d = 0;
+  let m = 0;
+  for (let i = 0; i < got.params.length; i++) (d = Math.max(d, Math.abs(got.params[i] - ref.params[i]))), (m = Math.max(m, Math.abs(ref.params[i])));
+  assert.ok(d / m < 1e-5, `max relative difference to the uninterrupted run ${d / m}`);
+}
+
+/** Every step 0..STEPS-1 committed, each exactly once (after a restart, replayed steps count again from the checkpoint). */
+function assertEveryStepOnce(steps: number[], resumedAt?: number): void {
+  const after = resumedAt === undefined ? steps : steps.slice(steps.lastIndexOf(resumedAt));
+  const before = resumedAt === undefined ? [] : steps.slice(0, steps.lastIndexOf(resumedAt)).filter((s) => s < resumedAt);
+  assert.deepEqual([...before, ...after], Array.from({ length: STEPS }, (_, i) => i));
+}
+
+const coordArgs = (dir: string, url: string, extra: string[] = []) => [
+  'start', '--no-spawn', '--nats', url, '--run', 'proc', '--out', dir, '--steps', String(STEPS), '--batch-size', String(SYN.batchSize),
+  '--synthetic', JSON.stringify(SYN), '--heartbeat-timeout', '1000', '--ckpt-every', '8', '--checksum-every', '4', ...extra,
+];
+const workerArgs = (url: string, i: number) => ['start', '--nats', url, '--run', 'proc', '--id', `p${i}`, '--backend', 'cpu', '--heartbeat-ms', '200'];
+
+describe('cluster processes', { skip: skipNoNats }, () => {
+  let server: NatsServer;
+  let ref: SyntheticReplica;
+  const procs: Proc[] = [];
+  before(async () => {
+    server = await startNats();
+    ref = syntheticReference();
+  });
+  after(async () => {
+    for (const p of procs) if (p.child.exitCode === null) p.child.kill('SIGKILL');
+    await server?.close();
+  });
+
+  it('coordinator start --gpus 2 trains end to end, bitwise equal to scoreflow train --threads 2', async () => {
+    const flags = ['--channels', '8,16,16,16', '--embed-dim', '16', '--limit', '64', '--batch-size', '8', '--steps', '3', '--seed', '5', '--backend', 'wasm'];
+    const [a, b] = [tempDir(), tempDir()];
+    await exec(process.execPath, [bin('scoreflow'), 'train', ...flags, '--threads', '2', '--out', a]);
+    const c = start('coordinator', ['start', '--gpus', '2', ...flags, '--threads', '1', '--out', b]);
+    procs.push(c);
+    assert.equal(await c.exited, 0, c.output());
+    assert.match(c.output(), /found 0 GPU\(s\): running 2 worker\(s\) on the CPU|GPU/);
+    const x = loadTrainingCheckpoint(join(a, 'checkpoint.safetensors')).state;
+    const y = loadTrainingCheckpoint(join(b, 'checkpoint.safetensors')).state;
+    assert.equal(y.step, 3);
+    for (const k of ['params', 'm', 'v', 'ema'] as const) assert.deepEqual(y[k], x[k], k);
+  });
+
+  it('a worker SIGKILLed at a random moment: its step is re-planned, no step lost or applied twice', async () => {
+    const dir = tempDir();
+    const c = start('coordinator', coordArgs(dir, server.url, ['--min-workers', '3']));
+    const ws = [0, 1, 2].map((i) => start('worker', workerArgs(server.url, i)));
+    procs.push(c, ...ws);
+    await until(() => logged(dir).length >= 4 + Math.floor(Math.random() * 8), 30_000, 'the first steps');
+    await sleep(Math.random() * 60);
+    ws[1].child.kill('SIGKILL');
+    assert.equal(await c.exited, 0, c.output());
+    assert.match(c.output(), /worker p1 removed: no heartbeat/);
+    assertEveryStepOnce(logged(dir));
+    assertCheckpointMatches(dir, ref);
+    assert.equal(await ws[0].exited, 0);
+    assert.equal(await ws[2].exited, 0);
+  });
+
+  it('the coordinator SIGKILLed and restarted on its run directory resumes; workers re-attach', async () => {
+    const dir = tempDir();
+    const c1 = start('coordinator', coordArgs(dir, server.url, ['--min-workers', '2']));
+    const ws = [0, 1].map((i) => start('worker', workerArgs(server.url, 10 + i)));
+    procs.push(c1, ...ws);
+    await until(() => logged(dir).length >= 12 + Math.floor(Math.random() * 6), 30_000, 'steps past the first checkpoint');
+    c1.child.kill('SIGKILL');
+    await c1.exited;
+    const before = logged(dir);
+    const c2 = start('coordinator', coordArgs(dir, server.url));
+    procs.push(c2);
+    assert.equal(await c2.exited, 0, c2.output());
+    assert.match(c2.output(), /resuming run proc from its checkpoint at step (8|16)/);
+    const resumedAt = Number(/checkpoint at step (\d+)/.exec(c2.output())![1]);
+    assert.ok(before.length >= resumedAt);
+    assertEveryStepOnce(logged(dir), resumedAt);
+    assertCheckpointMatches(dir, ref);
+    for (const w of ws) assert.equal(await w.exited, 0);
+  });
+});
