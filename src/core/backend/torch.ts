@@ -68,6 +68,10 @@ export function loadTorchAddon(): TorchAddon {
       `the torch addon is not built (${ADDON_PATH.join('/')} is missing): install libtorch-dev or set LIBTORCH_DIR, then run node native/build.mjs --force`,
     );
   }
+  // libtorch's OpenMP threads spin between kernels by default; on a machine shared with other
+  // processes (or several workers) that spinning starves everyone: with 2 threads on 2 busy cores
+  // a training step ran 7x slower than with passive waits. libgomp reads this when it loads.
+  process.env.OMP_WAIT_POLICY ??= 'PASSIVE';
   try {
     addon = createRequire(import.meta.url)(file) as TorchAddon;
   } catch (e) {
@@ -338,8 +342,13 @@ function optional(inputs: Inputs, name: string): tf.TensorInfo | undefined {
   return (inputs as Record<string, tf.TensorInfo | undefined>)[name] ?? undefined;
 }
 
+/** Most tensors one kernel call can take (they travel as ids in the argument buffer). */
+const MAX_LIST = 1000;
+
 function list(inputs: Inputs): tf.TensorInfo[] {
-  return Array.isArray(inputs) ? inputs : (Object.values(inputs).filter((t) => t !== undefined) as tf.TensorInfo[]);
+  const all = Array.isArray(inputs) ? inputs : (Object.values(inputs).filter((t) => t !== undefined) as tf.TensorInfo[]);
+  if (all.length > MAX_LIST) throw new Error(`torch backend: at most ${MAX_LIST} tensors per concat/stack/addN call, got ${all.length}`);
+  return all;
 }
 
 /** Unary op; output dtype as the cpu backend gives it: `dtype` when fixed, else x's. */
