@@ -13,6 +13,7 @@
  *         fresh run) before they take part in a step.
  *   ckpt  a member exports its state to the coordinator, which writes it atomically.
  */
+import { randomInt } from 'node:crypto';
 import type { NatsConnection, Subscription } from 'nats';
 import { RunDir, checkpointStep, type RunRecord } from './run-dir.js';
 import { sendState, StateInbox } from './state-transfer.js';
@@ -105,6 +106,7 @@ export class Coordinator {
   private subs: Subscription[] = [];
   private timer?: NodeJS.Timeout;
   private finished = false;
+  private readonly session = randomInt(1, 2 ** 32 - 1);
   private resolve!: (r: RunResult) => void;
   readonly done: Promise<RunResult>;
 
@@ -172,7 +174,7 @@ export class Coordinator {
   // ---------------------------------------------------------------- messages
 
   private send<K extends BodyKind>(subject: string, kind: K, body: Bodies[K], step = this.committed): void {
-    this.o.nc.publish(subject, encode({ run: this.o.run, worker: '', step, membershipEpoch: this.mepoch }, kind, body));
+    this.o.nc.publish(subject, encode({ run: this.o.run, worker: '', step, membershipEpoch: this.mepoch, session: this.session }, kind, body));
   }
 
   private broadcast<K extends BodyKind>(kind: K, body: Bodies[K], step = this.committed): void {
@@ -187,7 +189,11 @@ export class Coordinator {
       this.handle(env);
     } catch (e) {
       if (e instanceof WireError) this.telemetry.reject(e.reason, e.message);
-      else this.fatal(`internal error: ${(e as Error).stack ?? e}`);
+      else {
+        // A bug met by some input: say so loudly, but a message must not end the run.
+        this.o.log(`coordinator: internal error on a message: ${(e as Error).stack ?? e}`);
+        this.telemetry.reject('unexpected', (e as Error).message);
+      }
       return;
     }
     this.tick();
@@ -196,10 +202,10 @@ export class Coordinator {
   private handle(env: Envelope): void {
     if (env.kind === 'join') return this.onJoin(env);
     const m = this.members.get(env.worker);
-    if (!m) {
-      if (env.kind === 'heartbeat') return this.hello(env.worker);
-      throw new WireError('unknown_worker', `${env.kind} from ${JSON.stringify(env.worker)}`);
-    }
+    // A heartbeat we cannot place (a worker of our previous life, or one we dropped): ask it to join.
+    if ((!m || env.session !== this.session) && env.kind === 'heartbeat') return this.hello(env.worker);
+    if (!m) throw new WireError('unknown_worker', `${env.kind} from ${JSON.stringify(env.worker)}`);
+    if (env.session !== this.session) throw new WireError('wrong_session', `${env.kind} from ${m.id} of session ${env.session}`);
     m.lastSeen = Date.now();
     switch (env.kind) {
       case 'heartbeat':
@@ -210,7 +216,11 @@ export class Coordinator {
       case 'ack':
         return this.onAck(m, env);
       case 'state':
-        return void this.onState(env).catch((e) => this.fatal(`checkpoint failed: ${(e as Error).message}`));
+        if (!this.ckpt || env.worker !== this.ckpt.donor) throw new WireError('unexpected', `state chunk from ${m.id}, not a checkpoint donor`);
+        return void this.onState(env).catch((e) => {
+          if (e instanceof WireError) this.telemetry.reject(e.reason, e.message);
+          else this.fatal(`checkpoint failed: ${(e as Error).message}`);
+        });
       default:
         throw new WireError('unexpected', `${env.kind} sent to the coordinator`);
     }
@@ -230,10 +240,15 @@ export class Coordinator {
   }
 
   private onJoin(env: EnvelopeOf<'join'>): void {
-    checkId('worker', env.worker);
+    try {
+      checkId('worker', env.worker);
+    } catch (e) {
+      throw new WireError('unexpected', (e as Error).message);
+    }
     const old = this.members.get(env.worker);
     if (old) this.drop(old.id, 'rejoined', false);
     this.members.set(env.worker, { id: env.worker, seq: this.seq++, lastSeen: Date.now(), join: env.body, phase: 'new', readyStep: -1, transfer: '' });
+    // `session` is in every message we send; a Welcome also echoes the Join's nonce.
     this.o.log(`coordinator: worker ${env.worker} joined (${env.body.host} pid ${env.body.pid}, device ${env.body.device}, ${env.body.threads} thread(s), ${env.body.backend})`);
     this.membersChanged();
   }
@@ -380,7 +395,7 @@ export class Coordinator {
     };
     this.telemetry.stepsCommitted++;
     this.telemetry.emit('step', r);
-    this.dir.log({ step: p.step, loss: r.lossMean, workers: r.workers, ms: stepMs, compute_ms: r.computeMs, allreduce_ms: r.allreduceMs, time: new Date(now).toISOString() });
+    this.dir.log({ step: p.step, loss: r.lossMean, workers: r.workers, ms: stepMs, compute_ms: r.computeMs, allreduce_ms: r.allreduceMs, wait_ms: r.waitMs, bytes_sent: r.bytesSent, bytes_received: r.bytesReceived, time: new Date(now).toISOString() });
   }
 
   private abort(reason: string): void {
@@ -410,11 +425,11 @@ export class Coordinator {
     for (const m of targets) {
       m.phase = 'syncing';
       m.transfer = init ? '' : transfer;
-      this.send(subjects.worker(this.o.run, m.id), 'welcome', { configJson: this.record.configJson, committed: this.committed, init, transfer: m.transfer });
+      this.send(subjects.worker(this.o.run, m.id), 'welcome', { configJson: this.record.configJson, committed: this.committed, init, transfer: m.transfer, nonce: m.join.nonce });
     }
     if (init) return;
     if (source === 'coordinator') {
-      const header = { run: this.o.run, worker: '', step: this.state!.step, membershipEpoch: this.mepoch };
+      const header = { run: this.o.run, worker: '', step: this.state!.step, membershipEpoch: this.mepoch, session: this.session };
       for (const m of targets) void sendState(this.o.nc, subjects.worker(this.o.run, m.id), header, transfer, this.state!.bytes, this.state!.checksum).catch(() => {});
     } else {
       const ids = targets.map((m) => m.id);

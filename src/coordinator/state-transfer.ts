@@ -15,7 +15,7 @@ export function sha256(bytes: Uint8Array): string {
 export async function sendState(
   nc: NatsConnection,
   subject: string,
-  header: Omit<Header, 'version'>,
+  header: Omit<Header, 'version' | 'session'> & { session?: number },
   transfer: string,
   bytes: Uint8Array,
   checksum: string,

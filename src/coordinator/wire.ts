@@ -15,8 +15,8 @@ export enum Phase {
   GATHER = 1,
 }
 
-export interface Join { host: string; pid: number; device: number; threads: number; backend: string; hasState: boolean }
-export interface Welcome { configJson: string; committed: number; init: boolean; transfer: string }
+export interface Join { host: string; pid: number; device: number; threads: number; backend: string; hasState: boolean; nonce: number }
+export interface Welcome { configJson: string; committed: number; init: boolean; transfer: string; nonce: number }
 export interface Heartbeat { busy: boolean; reconnected: boolean }
 export interface Synced { checksum: string; stepsPerEpoch: number; numParams: number; transfer: string; error: string }
 export interface StepPlan {
@@ -39,7 +39,7 @@ export interface Bodies {
 }
 export type BodyKind = keyof Bodies;
 
-export interface Header { version: number; run: string; worker: string; step: number; membershipEpoch: number }
+export interface Header { version: number; run: string; worker: string; step: number; membershipEpoch: number; session: number }
 /** A decoded message: the header plus exactly one body, named by `kind`. */
 export type Envelope = { [K in BodyKind]: Header & { kind: K; body: Bodies[K] } }[BodyKind];
 export type EnvelopeOf<K extends BodyKind> = Header & { kind: K; body: Bodies[K] };
@@ -47,7 +47,7 @@ export type EnvelopeOf<K extends BodyKind> = Header & { kind: K; body: Bodies[K]
 /** Why a message was rejected; the closed set that metrics count by. */
 export type RejectReason =
   | 'undecodable' | 'version' | 'no_body' | 'other_run' | 'unknown_worker' | 'stale_epoch'
-  | 'unexpected' | 'bad_chunk' | 'non_finite' | 'bad_state';
+  | 'unexpected' | 'bad_chunk' | 'non_finite' | 'bad_state' | 'wrong_session';
 
 export class WireError extends Error {
   constructor(readonly reason: RejectReason, detail: string) {
@@ -61,7 +61,7 @@ function envelope(): protobuf.Type {
   return envelopeType;
 }
 
-export function encode<K extends BodyKind>(h: Omit<Header, 'version'>, kind: K, body: Bodies[K]): Uint8Array {
+export function encode<K extends BodyKind>(h: Omit<Header, 'version' | 'session'> & { session?: number }, kind: K, body: Bodies[K]): Uint8Array {
   const t = envelope();
   return t.encode(t.fromObject({ ...h, version: PROTOCOL_VERSION, [kind]: body })).finish();
 }
@@ -84,7 +84,7 @@ export function decode(bytes: Uint8Array): Envelope {
   const body = envelope().lookupType(bodyTypeName(kind)).toObject(b as unknown as protobuf.Message, { defaults: true, arrays: true }) as never;
   return {
     version: m.version as number, run: m.run as string, worker: m.worker as string, step: m.step as number,
-    membershipEpoch: m.membershipEpoch as number, kind, body,
+    membershipEpoch: m.membershipEpoch as number, session: m.session as number, kind, body,
   } as Envelope;
 }
 

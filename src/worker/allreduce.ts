@@ -25,6 +25,7 @@ export interface StepContext {
   numParams: number;
   chunkFloats: number;
   globalBatch: number;
+  session: number;
 }
 
 export interface Reduced {
@@ -81,7 +82,7 @@ export class AllReduce {
   }
 
   private header() {
-    return { run: this.ctx.run, worker: this.ctx.me, step: this.ctx.step, membershipEpoch: this.ctx.mepoch };
+    return { run: this.ctx.run, worker: this.ctx.me, step: this.ctx.step, membershipEpoch: this.ctx.mepoch, session: this.ctx.session };
   }
 
   /** Chunks [offset, length] of owner range r. */

@@ -5,6 +5,7 @@
  * committed (any later control message carries `committed`): two-phase commit, so a step
  * is applied by all live workers or by none, whoever dies when.
  */
+import { randomInt } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { NatsConnection, Subscription } from 'nats';
 import { sendState, StateInbox } from '../coordinator/state-transfer.js';
@@ -56,6 +57,10 @@ export class Worker {
   private active?: Active;
   private held?: { step: number; mepoch: number; r: Reduced };
   private epochFloor = 0;
+  /** The coordinator session we were welcomed into (0: none yet), and our last Join's nonce. */
+  private session = 0;
+  private nonce = 0;
+  private lastForeignHello = 0;
   private awaiting?: { transfer: string; committed: number };
   private readonly inbox = new StateInbox();
   private early: { env: EnvelopeOf<'grad'>; size: number }[] = [];
@@ -108,7 +113,7 @@ export class Worker {
 
   private send<K extends BodyKind>(kind: K, body: Bodies[K], step: number, mepoch = 0, subject = subjects.coord(this.o.run)): void {
     if (this.closed) return;
-    const bytes = encode({ run: this.o.run, worker: this.id, step, membershipEpoch: mepoch }, kind, body);
+    const bytes = encode({ run: this.o.run, worker: this.id, step, membershipEpoch: mepoch, session: this.session }, kind, body);
     this.o.nc.publish(subject, bytes);
   }
 
@@ -126,7 +131,8 @@ export class Worker {
 
   private join(): void {
     const { device, threads, backend } = this.o;
-    this.send('join', { host: hostname(), pid: process.pid, device, threads, backend, hasState: !!this.replica }, this.step);
+    this.nonce = randomInt(1, 2 ** 32 - 1);
+    this.send('join', { host: hostname(), pid: process.pid, device, threads, backend, hasState: !!this.replica, nonce: this.nonce }, this.step);
   }
 
   private onMessage(data: Uint8Array): void {
@@ -151,12 +157,13 @@ export class Worker {
   private async onControl(env: Envelope): Promise<void> {
     const fromCoordinator = env.worker === '';
     if (!fromCoordinator && env.kind !== 'state') throw new WireError('unexpected', `${env.kind} from worker ${env.worker}`);
+    if (env.kind !== 'hello' && env.kind !== 'welcome' && env.session !== this.session)
+      throw new WireError('wrong_session', `${env.kind} of session ${env.session}`);
     if (fromCoordinator && env.kind !== 'welcome' && env.kind !== 'hello' && env.membershipEpoch < this.epochFloor)
       throw new WireError('stale_epoch', `${env.kind} of membership epoch ${env.membershipEpoch} < ${this.epochFloor}`);
     switch (env.kind) {
       case 'hello':
-        this.epochFloor = Math.max(this.epochFloor, env.membershipEpoch);
-        return this.join();
+        return this.onHello(env);
       case 'welcome':
         return this.onWelcome(env);
       case 'state':
@@ -200,8 +207,25 @@ export class Worker {
     return false;
   }
 
+  /**
+   * Our coordinator lost us (same session), or another coordinator is up (a restart):
+   * join. A Hello of a foreign session may also be junk, so those are answered at most
+   * every 2 s: at worst a slowdown, never a wrong state.
+   */
+  private onHello(env: EnvelopeOf<'hello'>): void {
+    if (env.session !== this.session) {
+      const now = Date.now();
+      if (now - this.lastForeignHello < 2000) throw new WireError('wrong_session', `hello of session ${env.session} (rate-limited)`);
+      this.lastForeignHello = now;
+    }
+    this.join();
+  }
+
   private async onWelcome(env: EnvelopeOf<'welcome'>): Promise<void> {
     const w = env.body;
+    if (w.nonce !== this.nonce) throw new WireError('unexpected', 'welcome that answers none of our joins');
+    this.session = env.session;
+    this.epochFloor = 0;
     this.active = undefined;
     this.held = undefined;
     this.epochFloor = Math.max(this.epochFloor, env.membershipEpoch);
@@ -240,7 +264,7 @@ export class Worker {
     if (q.donor !== this.id || !this.replica) return;
     const bytes = this.replica.exportState();
     const checksum = this.replica.checksum();
-    const header = { run: this.o.run, worker: this.id, step: this.replica.step, membershipEpoch: env.membershipEpoch };
+    const header = { run: this.o.run, worker: this.id, step: this.replica.step, membershipEpoch: env.membershipEpoch, session: this.session };
     // The export above is the snapshot; sending it must not hold up the next plan.
     for (const t of q.targets) {
       const subject = t === '' ? subjects.coord(this.o.run) : subjects.worker(this.o.run, t);
@@ -261,7 +285,7 @@ export class Worker {
     const waitMs = performance.now() - this.idleSince;
     const ctx = {
       run: this.o.run, me: this.id, step: env.step, mepoch: env.membershipEpoch, members: p.members,
-      numParams: p.numParams, chunkFloats: p.chunkFloats, globalBatch: p.globalBatch,
+      numParams: p.numParams, chunkFloats: p.chunkFloats, globalBatch: p.globalBatch, session: this.session,
     };
     if (p.numParams !== r.numParams || p.shardStart.length !== p.members.length + 1 || p.chunkFloats < 1)
       throw new WireError('unexpected', `plan for ${p.numParams} params / ${p.members.length} members does not fit this replica`);
@@ -307,6 +331,7 @@ export class Worker {
   }
 
   private onGrad(env: EnvelopeOf<'grad'>, size: number): void {
+    if (env.session !== this.session || !this.session) return this.reject(new WireError('wrong_session', `grad chunk of session ${env.session}`));
     const a = this.active;
     if (a && env.step === a.env.step && env.membershipEpoch === a.env.membershipEpoch) {
       try {
