@@ -176,7 +176,7 @@ export class AllReduce {
     this.mean.set(avg, a);
     this.lossTotal = lossSum;
     const to = subjects.gather(this.ctx.run);
-    for (let o = a; o < b; o += this.ctx.chunkFloats) {
+    for (let o = a; this.n > 1 && o < b; o += this.ctx.chunkFloats) {
       const len = Math.min(this.ctx.chunkFloats, b - o);
       const msg = encode(this.header(), 'grad', { phase: Phase.GATHER, owner: this.rank, senderRank: this.rank, offset: o, data: f32Bytes(this.mean, o, len), lossSum, count });
       this.bytesSent += msg.byteLength;
