@@ -12,13 +12,13 @@ import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import {
   TORCH_KERNELS,
-  groupNormAct,
   registerTorchBackend,
   setFusedGroupNormImpl,
   torchInfo,
   torchKernelCalls,
   torchLiveTensors,
 } from '../src/core/backend/torch.js';
+import { groupNormAct } from '../src/core/backend/fused.js';
 import { ScoreNet } from '../src/core/model/scorenet.js';
 import { modelConfig } from '../src/core/model/config.js';
 import { initParams } from '../src/core/model/params.js';
@@ -474,7 +474,7 @@ function smallNet() {
   return { net, flat: initParams(net.infos, 3) };
 }
 
-test('a small ScoreNet: DSM loss and every parameter gradient match cpu', async () => {
+test('a small ScoreNet (fused GroupNorm blocks on torch, the tfjs decomposition on cpu): DSM loss and every parameter gradient match', async () => {
   const { net, flat } = smallNet();
   const n = 3;
   const x = rand(n * 784, 0, 1);
@@ -495,56 +495,6 @@ test('a small ScoreNet: DSM loss and every parameter gradient match cpu', async 
     return [value, net.apply(p, xs, ts), ...grads];
   });
   // Loss and score to 1e-4, gradients to 1e-3 of their largest magnitude (the parity tolerances).
-  assertClose(cpu.slice(0, 2), torch.slice(0, 2), 'loss and score', { rtol: 1e-4, atol: 1e-4, scaled: true });
-  assertClose(cpu.slice(2), torch.slice(2), 'gradients', { rtol: 1e-3, atol: 1e-3, scaled: true });
-});
-
-/**
- * ScoreNet.apply with each block's `swish(groupNorm(h + dense))` as one groupNormAct call: the
- * drop-in the fused kernel is for (the same network, one kernel instead of ~35 per block).
- */
-function applyFused(net: ScoreNet, p: Record<string, tf.Tensor>, x: tf.Tensor4D, t: tf.Tensor1D): tf.Tensor4D {
-  const m = net as unknown as {
-    embed(p: Record<string, tf.Tensor>, t: tf.Tensor1D): tf.Tensor2D;
-    tconv(x: tf.Tensor4D, f: tf.Tensor, s: number, op: number): tf.Tensor4D;
-    groups: Record<string, { groups: number }>;
-  };
-  const embed = m.embed(p, t);
-  const conv = (h: tf.Tensor4D, name: string, s: number) => tf.conv2d(h, p[`${name}.weight`] as tf.Tensor4D, s, 'valid');
-  const block = (h: tf.Tensor4D, dense: string, norm: string) =>
-    groupNormAct(h, tf.matMul(embed, p[`${dense}.dense.weight`]).add(p[`${dense}.dense.bias`]), p[`${norm}.weight`], p[`${norm}.bias`], m.groups[norm].groups);
-  const h1 = block(conv(x, 'conv1', 1), 'dense1', 'gnorm1');
-  const h2 = block(conv(h1, 'conv2', 2), 'dense2', 'gnorm2');
-  const h3 = block(conv(h2, 'conv3', 2), 'dense3', 'gnorm3');
-  const h4 = block(conv(h3, 'conv4', 2), 'dense4', 'gnorm4');
-  let h = block(m.tconv(h4, p['tconv4.weight'], 2, 0), 'dense5', 'tgnorm4');
-  h = block(m.tconv(tf.concat([h, h3], 3), p['tconv3.weight'], 2, 1), 'dense6', 'tgnorm3');
-  h = block(m.tconv(tf.concat([h, h2], 3), p['tconv2.weight'], 2, 1), 'dense7', 'tgnorm2');
-  h = m.tconv(tf.concat([h, h1], 3), p['tconv1.weight'], 1, 0).add(p['tconv1.bias']);
-  return h.div(net.sde.stdTensor(t).reshape([-1, 1, 1, 1]));
-}
-
-test('the ScoreNet with fused blocks on torch matches the stock ScoreNet on cpu (loss, score, gradients)', async () => {
-  const { net, flat } = smallNet();
-  const n = 3;
-  const x = rand(n * 784, 0, 1);
-  const t = rand(n, 0.01, 1);
-  const z = rand(n * 784);
-  const [cpu, torch] = await both([], () => {
-    const apply = tf.getBackend() === 'torch' ? applyFused : (nn: ScoreNet, p: Record<string, tf.Tensor>, a: tf.Tensor4D, b: tf.Tensor1D) => nn.apply(p, a, b);
-    const p = net.tensors(flat);
-    const trainable = net.infos.filter((i) => i.trainable);
-    const xs = tf.tensor4d(x, [n, 28, 28, 1]);
-    const ts = tf.tensor1d(t);
-    const zs = tf.tensor4d(z, [n, 28, 28, 1]);
-    const f = (...ws: tf.Tensor[]) => {
-      const pp = { ...p };
-      trainable.forEach((info, k) => (pp[info.name] = ws[k]));
-      return dsmLossPerSample((a, b) => apply(net, pp, a, b), net.sde, xs, ts, zs).sum() as tf.Scalar;
-    };
-    const { value, grads } = tf.valueAndGrads(f)(trainable.map((info) => p[info.name]));
-    return [value, apply(net, p, xs, ts), ...grads];
-  });
   assertClose(cpu.slice(0, 2), torch.slice(0, 2), 'loss and score', { rtol: 1e-4, atol: 1e-4, scaled: true });
   assertClose(cpu.slice(2), torch.slice(2), 'gradients', { rtol: 1e-3, atol: 1e-3, scaled: true });
 });

@@ -14,6 +14,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import * as tf from '@tensorflow/tfjs';
+import { GROUP_NORM_ACT, GROUP_NORM_ACT_GRAD } from './fused.js';
 import { packagePath } from '../paths.js';
 
 type TypedArray = Float32Array | Int32Array | Uint8Array;
@@ -261,71 +262,10 @@ export class TorchBackend extends tf.KernelBackend {
 
 // ------------------------------------------------------------------------ fused GroupNorm op
 
-/** Kernel names of the fused GroupNorm (registered for 'torch' only). */
-export const GROUP_NORM_ACT = 'ScoreflowGroupNormAct';
-export const GROUP_NORM_ACT_GRAD = 'ScoreflowGroupNormActGrad';
-
 let fusedImpl: 'native' | 'aten' = 'native';
-/** Tests: run the fused GroupNorm through its loops in fused.cc ('native') or through ATen ops. */
+/** Which implementation the fused GroupNorm kernels use on CPU: hand-vectorised loops or ATen ops. */
 export function setFusedGroupNormImpl(impl: 'native' | 'aten'): void {
   fusedImpl = impl;
-}
-
-export interface GroupNormActOptions {
-  /** Added to the variance; default 1e-5 (PyTorch's). */
-  eps?: number;
-  /** Apply swish (x * sigmoid(x)) to the result; default true. */
-  swish?: boolean;
-}
-
-/**
- * act(GroupNorm(x + shift) * gamma + beta) for NHWC x [N,H,W,C], shift [N,C] or [N,1,1,C] (or null),
- * gamma and beta [C]: the ScoreNet block after each convolution (PyTorch semantics: biased
- * variance over each group's H x W x C/G values).
- *
- * On the torch backend this is one kernel forward and one backward (the tfjs decomposition is
- * about 35 kernels over the full activation); on any other backend it is that decomposition.
- */
-export function groupNormAct(
-  x: tf.Tensor4D,
-  shift: tf.Tensor | null,
-  gamma: tf.Tensor,
-  beta: tf.Tensor,
-  groups: number,
-  opts: GroupNormActOptions = {},
-): tf.Tensor4D {
-  const eps = opts.eps ?? 1e-5;
-  const swish = opts.swish ?? true;
-  const [n, h, w, c] = x.shape;
-  return tf.tidy(() => {
-    if (tf.getBackend() === 'torch' && x.dtype === 'float32') {
-      registerFusedGradient();
-      const s = shift === null ? tf.zeros([n, c]) : shift.reshape([n, c]);
-      return tf.engine().runKernel(GROUP_NORM_ACT, { x, shift: s, gamma, beta }, { groups, eps, swish }) as tf.Tensor4D;
-    }
-    const v = shift === null ? x : x.add(shift.reshape([n, 1, 1, c]));
-    const g = v.reshape([n, h, w, groups, c / groups]);
-    const { mean, variance } = tf.moments(g, [1, 2, 4], true);
-    const z = g.sub(mean).mul(tf.rsqrt(variance.add(eps))).reshape([n, h, w, c]).mul(gamma).add(beta);
-    return (swish ? z.mul(tf.sigmoid(z)) : z) as tf.Tensor4D;
-  });
-}
-
-let fusedGradient = false;
-function registerFusedGradient(): void {
-  if (fusedGradient) return;
-  tf.registerGradient({
-    kernelName: GROUP_NORM_ACT,
-    inputsToSave: ['x', 'shift', 'gamma', 'beta'],
-    gradFunc: (dy, saved, attrs) => {
-      const [x, shift, gamma, beta] = saved;
-      const [dx, dshift, dgamma, dbeta] = tf
-        .engine()
-        .runKernel(GROUP_NORM_ACT_GRAD, { dy: dy as tf.Tensor, x, shift, gamma, beta }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor[];
-      return { x: () => dx, shift: () => dshift, gamma: () => dgamma, beta: () => dbeta };
-    },
-  });
-  fusedGradient = true;
 }
 
 // ------------------------------------------------------------------------ kernels

@@ -6,6 +6,7 @@
  * reference, so that the last layer predicts -z (unit scale) rather than -z/std.
  */
 import * as tf from '@tensorflow/tfjs';
+import { groupNormAct } from '../backend/fused.js';
 import type { SDE } from '../sde.js';
 import { type ModelConfig, groupsFor } from './config.js';
 import { type ParamInfo, paramInfos } from './params.js';
@@ -13,15 +14,6 @@ import { type ParamInfo, paramInfos } from './params.js';
 export type ParamTensors = Record<string, tf.Tensor>;
 
 const swish = (x: tf.Tensor) => tf.mul(x, tf.sigmoid(x));
-
-/** GroupNorm over channels-last activations, PyTorch semantics (biased variance, eps 1e-5). */
-export function groupNorm(x: tf.Tensor4D, groups: number, gamma: tf.Tensor, beta: tf.Tensor): tf.Tensor4D {
-  const [n, h, w, c] = x.shape;
-  const g = x.reshape([n, h, w, groups, c / groups]);
-  const { mean, variance } = tf.moments(g, [1, 2, 4], true);
-  const normed = g.sub(mean).mul(tf.rsqrt(variance.add(1e-5))).reshape([n, h, w, c]);
-  return normed.mul(gamma).add(beta) as tf.Tensor4D;
-}
 
 export class ScoreNet {
   readonly infos: ParamInfo[];
@@ -50,14 +42,9 @@ export class ScoreNet {
     return swish(tf.concat([tf.sin(proj), tf.cos(proj)], 1)) as tf.Tensor2D;
   }
 
-  /** Dense(embed) as a per-channel bias [N, 1, 1, C]. */
-  private dense(p: ParamTensors, name: string, embed: tf.Tensor2D): tf.Tensor4D {
-    const y = tf.matMul(embed, p[`${name}.dense.weight`] as tf.Tensor2D).add(p[`${name}.dense.bias`]);
-    return y.reshape([y.shape[0], 1, 1, y.shape[1] as number]);
-  }
-
-  private norm(p: ParamTensors, name: string, x: tf.Tensor4D): tf.Tensor4D {
-    return groupNorm(x, this.groups[name].groups, p[`${name}.weight`], p[`${name}.bias`]);
+  /** Dense(embed): a per-channel, per-sample bias [N, C]. */
+  private dense(p: ParamTensors, name: string, embed: tf.Tensor2D): tf.Tensor2D {
+    return tf.matMul(embed, p[`${name}.dense.weight`] as tf.Tensor2D).add(p[`${name}.dense.bias`]);
   }
 
   /**
@@ -76,8 +63,9 @@ export class ScoreNet {
   apply(p: ParamTensors, x: tf.Tensor4D, t: tf.Tensor1D): tf.Tensor4D {
     const conv = (h: tf.Tensor4D, name: string, stride: number) =>
       tf.conv2d(h, p[`${name}.weight`] as tf.Tensor4D, stride, 'valid');
+    // swish(GroupNorm(h + Dense(embed))): one fused kernel where the backend has it
     const block = (h: tf.Tensor4D, dense: string, norm: string) =>
-      swish(this.norm(p, norm, h.add(this.dense(p, dense, embed)))) as tf.Tensor4D;
+      groupNormAct(h, this.dense(p, dense, embed), p[`${norm}.weight`], p[`${norm}.bias`], this.groups[norm].groups);
 
     const embed = this.embed(p, t);
     const h1 = block(conv(x, 'conv1', 1), 'dense1', 'gnorm1');
