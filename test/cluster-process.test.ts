@@ -69,7 +69,10 @@ function assertCheckpointMatches(dir: string, ref: SyntheticReplica): void {
   assert.equal(got.step, STEPS);
   let d = 0;
   let m = 0;
-  for (let i = 0; i < got.params.length; i++) (d = Math.max(d, Math.abs(got.params[i] - ref.params[i]))), (m = Math.max(m, Math.abs(ref.params[i])));
+  for (let i = 0; i < got.params.length; i++) {
+    d = Math.max(d, Math.abs(got.params[i] - ref.params[i]));
+    m = Math.max(m, Math.abs(ref.params[i]));
+  }
   assert.ok(d / m < 1e-5, `max relative difference to the uninterrupted run ${d / m}`);
 }
 

@@ -21,7 +21,10 @@ async function reference(cfg: SyntheticConfig, steps: number): Promise<Synthetic
 function maxRelDiff(a: Float32Array, b: Float32Array): number {
   let d = 0;
   let m = 0;
-  for (let i = 0; i < a.length; i++) (d = Math.max(d, Math.abs(a[i] - b[i]))), (m = Math.max(m, Math.abs(b[i])));
+  for (let i = 0; i < a.length; i++) {
+    d = Math.max(d, Math.abs(a[i] - b[i]));
+    m = Math.max(m, Math.abs(b[i]));
+  }
   return d / m;
 }
 

@@ -51,7 +51,7 @@ test('worker telemetry drives the phase split, loss and transport bytes', async 
   const m = createMetrics({ role: 'worker', run: 'r', worker: 'w0', device: '0' });
   bindTelemetry(m, t);
   const ack = { run: 'r', worker: 'w0', checksum: 0, error: '', bytesSent: 0, bytesReceived: 0 };
-  t.emit('workerStep', { ...ack, step: 4, lossMean: 1.5, computeMs: 300, allreduceMs: 100, waitMs: 20 });
+  t.emit('workerStep', { ...ack, step: 4, lossMean: 1.5, computeMs: 300, allreduceMs: 100, waitMs: 20, images: 16 });
   t.bytesSent += 4_000_000;
   t.bytesReceived += 3_000_000;
   assert.equal(await value(m, 'scoreflow_transport_sent_bytes_total'), 4_000_000);

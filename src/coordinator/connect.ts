@@ -32,7 +32,10 @@ export function connectionOptions(o: ClientOptions): ConnectionOptions {
     noEcho: true,
   };
   if (o.token) opts.token = o.token;
-  if (o.user) (opts.user = o.user), (opts.pass = o.pass ?? '');
+  if (o.user) {
+    opts.user = o.user;
+    opts.pass = o.pass ?? '';
+  }
   if (o.nkeySeed) opts.authenticator = nkeyAuthenticator(new TextEncoder().encode(o.nkeySeed.trim()));
   if (o.tls || o.url.startsWith('tls://')) opts.tls = { caFile: o.tls?.ca, certFile: o.tls?.cert, keyFile: o.tls?.key };
   return opts;

@@ -44,10 +44,9 @@ export interface Header { version: number; run: string; worker: string; step: nu
 export type Envelope = { [K in BodyKind]: Header & { kind: K; body: Bodies[K] } }[BodyKind];
 export type EnvelopeOf<K extends BodyKind> = Header & { kind: K; body: Bodies[K] };
 
-/** Why a message was rejected; the closed set that metrics count by. */
-export type RejectReason =
-  | 'undecodable' | 'version' | 'no_body' | 'other_run' | 'unknown_worker' | 'stale_epoch'
-  | 'unexpected' | 'bad_chunk' | 'non_finite' | 'bad_state' | 'wrong_session';
+/** Why a message was rejected: the closed set that metrics count by. */
+export type { RejectReason } from '../metrics/registry.js';
+import type { RejectReason } from '../metrics/registry.js';
 
 export class WireError extends Error {
   constructor(readonly reason: RejectReason, detail: string) {

@@ -29,7 +29,7 @@ export type StepPhase = (typeof STEP_PHASES)[number];
  * first scrape; other reason strings are accepted too.
  */
 export const REJECT_REASONS = [
-  // the same strings as src/coordinator/wire.ts RejectReason (not imported: metrics depends on nothing)
+  // every reason src/coordinator/wire.ts rejects a message for (its RejectReason type is this list)
   'undecodable',
   'version',
   'no_body',
@@ -40,6 +40,7 @@ export const REJECT_REASONS = [
   'bad_chunk',
   'non_finite',
   'bad_state',
+  'wrong_session',
 ] as const;
 export type RejectReason = (typeof REJECT_REASONS)[number];
 

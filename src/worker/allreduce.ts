@@ -170,7 +170,10 @@ export class AllReduce {
     }
     let lossSum = 0;
     let count = 0;
-    for (let r = 0; r < this.n; r++) (lossSum += this.lossSums[r]), (count += this.counts[r]);
+    for (let r = 0; r < this.n; r++) {
+      lossSum += this.lossSums[r];
+      count += this.counts[r];
+    }
     if (count !== this.ctx.globalBatch) throw new Error(`step ${this.ctx.step}: shards add up to ${count} samples, the plan says ${this.ctx.globalBatch}`);
     const avg = meanOf(sum, count);
     this.mean.set(avg, a);
