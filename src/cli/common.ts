@@ -2,6 +2,7 @@
  * Shared CLI plumbing. The CLI is the only layer that turns errors into exit codes:
  * every failure is one line on stderr (`<prog>: <message>`) and a non-zero exit.
  */
+import { availableParallelism } from 'node:os';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { BACKEND_NAMES, type BackendName, initBackend } from '../core/backend/index.js';
 
@@ -48,9 +49,18 @@ export function deviceOption(): Option {
   return new Option('--device <device>', "torch device: 'cpu' or 'cuda:i'");
 }
 
-/** Start the chosen backend, logging the choice to stderr. */
-export async function startBackend(opts: { backend: string; device?: string }): Promise<string> {
-  return initBackend(opts.backend as BackendName, { device: opts.device, log: (line) => process.stderr.write(line + '\n') });
+/**
+ * Start the chosen backend, logging the choice to stderr. `threads` is the compute threads of
+ * this process: libtorch's intra-op threads on torch; on wasm/cpu, which run one thread per
+ * instance, the GradPool's worker threads (see poolThreads).
+ */
+export async function startBackend(opts: { backend: string; device?: string; threads?: number }): Promise<string> {
+  return initBackend(opts.backend as BackendName, { device: opts.device, threads: opts.threads, log: (line) => process.stderr.write(line + '\n') });
+}
+
+/** GradPool threads: one backend instance per core for single-threaded engines, else one (multi-threaded) instance. */
+export function poolThreads(backend: string, threads?: number): number {
+  return backend === 'wasm' || backend === 'cpu' ? (threads ?? availableParallelism()) : 1;
 }
 
 /** A program whose parse errors are one line and a non-zero exit. */

@@ -6,7 +6,7 @@ import { loadImages } from '../core/data/mnist.js';
 import { trainConfig, type TrainConfig } from '../core/train/config.js';
 import { GradPool } from '../core/train/pool.js';
 import { Trainer } from '../core/train/trainer.js';
-import { backendOption, deviceOption, parseChannels, parseFloatArg, parseIntArg, startBackend } from './common.js';
+import { backendOption, deviceOption, parseChannels, parseFloatArg, parseIntArg, poolThreads, startBackend } from './common.js';
 import { progressBar } from './progress.js';
 
 export const CHECKPOINT = 'checkpoint.safetensors';
@@ -31,7 +31,7 @@ export function addTrainingOptions(cmd: Command): Command {
     .option('--limit <n>', 'use only the first n images', parseIntArg(1))
     .addOption(backendOption())
     .addOption(deviceOption())
-    .option('--threads <t>', 'compute threads (default: cores for wasm/cpu, 1 for torch/tensorflow)', parseIntArg(1))
+    .option('--threads <t>', 'compute threads (default: all cores): GradPool threads on wasm/cpu, intra-op threads on torch', parseIntArg(1))
     .option('--out <dir>', 'output directory (checkpoint, log.jsonl)', 'runs/train')
     .option('--resume', 'continue from <out>/checkpoint.safetensors', false)
     .option('--ckpt-every <n>', 'write a checkpoint every n steps', parseIntArg(1), 200);
@@ -82,12 +82,6 @@ export function targetStep(f: Pick<TrainFlags, 'steps' | 'epochs'>, stepsPerEpoc
   return (f.epochs ?? 1) * stepsPerEpoch;
 }
 
-/** Threads per backend: single-threaded engines get one per core. */
-export function defaultThreads(backend: string, threads?: number): number {
-  if (threads !== undefined) return threads;
-  return backend === 'wasm' || backend === 'cpu' ? (globalThis.navigator?.hardwareConcurrency ?? 1) : 1;
-}
-
 async function train(f: TrainFlags): Promise<void> {
   const ckpt = join(f.out, CHECKPOINT);
   if (f.resume && !existsSync(ckpt)) throw new Error(`--resume: no checkpoint at ${ckpt}`);
@@ -98,11 +92,11 @@ async function train(f: TrainFlags): Promise<void> {
   const cfg = trainer.config;
   const end = targetStep(f, trainer.stepsPerEpoch());
   mkdirSync(f.out, { recursive: true });
-  const threads = defaultThreads(backend, f.threads);
+  const threads = poolThreads(backend, f.threads);
   const pool = await GradPool.create({ threads, backend, config: cfg, data });
   process.stderr.write(
     `train: ${data.source} (${data.n} images), batch ${cfg.batchSize}, ${trainer.numParams} parameters, ` +
-      `steps ${trainer.step} -> ${end}, ${threads} thread(s), out ${f.out}\n`,
+      `steps ${trainer.step} -> ${end}, ${threads} pool thread(s), out ${f.out}\n`,
   );
   const bar = progressBar('train', ' | loss {loss} | {ips} img/s');
   bar.start(end, trainer.step, { loss: '-', ips: '-' });

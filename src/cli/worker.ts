@@ -11,8 +11,7 @@ import { checkId } from '../coordinator/wire.js';
 import { bindTelemetry, createMetrics } from '../metrics/index.js';
 import { trainerReplicas } from '../worker/trainer-replica.js';
 import { defaultWorkerId, Worker } from '../worker/worker.js';
-import { backendOption, main, newProgram, parseIntArg, startBackend } from './common.js';
-import { defaultThreads } from './train.js';
+import { backendOption, main, newProgram, parseIntArg, poolThreads, startBackend } from './common.js';
 
 interface WorkerFlags extends AuthFlags {
   nats: string;
@@ -33,8 +32,8 @@ async function start(f: WorkerFlags): Promise<void> {
   const auth = clientAuth(authFlags(f));
   // One device per process: a GPU backend sees only its own device, as cuda:0.
   if (f.device >= 0 && process.env.CUDA_VISIBLE_DEVICES === undefined) process.env.CUDA_VISIBLE_DEVICES = String(f.device);
-  const backend = await startBackend({ backend: f.backend, device: f.device >= 0 && f.backend === 'torch' ? 'cuda:0' : undefined });
-  const threads = defaultThreads(backend, f.threads);
+  const backend = await startBackend({ backend: f.backend, device: f.device >= 0 && f.backend === 'torch' ? 'cuda:0' : undefined, threads: f.threads });
+  const threads = poolThreads(backend, f.threads);
   const factory = trainerReplicas({ backend, threads, log });
   const nc = await connectNats({ ...auth, url: f.nats, name: `scoreflow-worker-${id}` });
   const worker = new Worker({ nc, run: f.run, id, device: f.device, threads, backend, factory, heartbeatMs: f.heartbeatMs, log });
@@ -65,7 +64,7 @@ addAuthOptions(
     .requiredOption('--run <id>', 'run id (as given to coordinator start)', process.env.SCOREFLOW_RUN)
     .option('--id <name>', 'worker id (default: host-device-pid)', process.env.SCOREFLOW_WORKER_ID)
     .option('--device <i>', 'GPU index (-1: CPU)', parseIntArg(-1), -1)
-    .option('--threads <t>', 'compute threads (default: cores for wasm/cpu, 1 otherwise)', parseIntArg(1))
+    .option('--threads <t>', 'compute threads (default: all cores): pool threads on wasm/cpu, intra-op threads on torch', parseIntArg(1))
     .addOption(backendOption())
     .option('--metrics-port <port>', 'serve /metrics, /healthz, /readyz from this port (or the next free one)', parseIntArg(0))
     .addOption(new Option('--heartbeat-ms <ms>').argParser(parseIntArg(50)).default(500).hideHelp()),

@@ -103,9 +103,6 @@ function describe(info: BackendInfo, opts: InitBackendOptions): string[] {
   const out: string[] = [];
   if (info.name === 'wasm') {
     out.push(`${info.simd === true ? 'simd' : 'no simd'}, ${threads(info.threads)}`);
-    if (opts.threads !== undefined && opts.threads !== info.threads) {
-      out.push(`threads=${opts.threads} ignored: tfjs-backend-wasm runs single-threaded under Node`);
-    }
   }
   if (info.device !== undefined) {
     out.push(`device ${info.device}${info.threads !== undefined ? `, ${threads(info.threads)}` : ''}`);
