@@ -53,9 +53,14 @@ async function rawNats(url: string, count: number): Promise<Record<string, numbe
   return { message_bytes: size, messages: count, seconds: round(s, 3), mb_per_s: round((count * size) / s / 1e6, 1) };
 }
 
+/** Extra node flags for the worker processes, e.g. SCOREFLOW_BENCH_WORKER_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof". */
+function workerNodeArgs(): string[] {
+  return (process.env.SCOREFLOW_BENCH_WORKER_ARGS ?? '').split(/\s+/).filter(Boolean);
+}
+
 function startWorkers(n: number, url: string, run: string, backend: string, threads: number): ChildProcess[] {
   return Array.from({ length: n }, (_, i) =>
-    spawn(process.execPath, [packagePath('bin', 'worker.js'), 'start', '--nats', url, '--run', run, '--id', `${run}-${i}`, '--backend', backend, '--threads', String(threads)], {
+    spawn(process.execPath, [...workerNodeArgs(), packagePath('bin', 'worker.js'), 'start', '--nats', url, '--run', run, '--id', `${run}-${i}`, '--backend', backend, '--threads', String(threads)], {
       stdio: ['ignore', 'ignore', 'pipe'],
     }),
   );

@@ -4,18 +4,20 @@
  * forward images/s at batch 64, and forward + input-gradient images/s at batch 64 (the
  * likelihood's Hutchinson evaluation).
  */
-import { availableParallelism } from 'node:os';
 import * as tf from '@tensorflow/tfjs';
-import { initBackend, type BackendName } from '../src/core/backend/index.js';
+import { backendInfo, initBackend, type BackendName } from '../src/core/backend/index.js';
 import { loadImages } from '../src/core/data/mnist.js';
 import { Rng } from '../src/core/rng.js';
 import { trainConfig } from '../src/core/train/config.js';
-import { GradPool } from '../src/core/train/pool.js';
+import { GradPool, poolThreads } from '../src/core/train/pool.js';
 import { Trainer } from '../src/core/train/trainer.js';
 
 export interface CoreFigures {
   backend: string;
-  threads: number;
+  /** GradPool threads of the training figures. */
+  pool_threads: number;
+  /** The backend's own threads (libtorch intra-op on torch; 1 for wasm instances). */
+  backend_threads?: number;
   train_images_per_s: Record<string, number>;
   sample_forward_images_per_s: number;
   likelihood_fe_images_per_s: number;
@@ -35,8 +37,9 @@ export async function timed(fn: () => unknown | Promise<unknown>, reps: number, 
 }
 
 export async function benchCore(backend: BackendName, opts: { threads?: number; reps?: number } = {}): Promise<CoreFigures> {
-  const name = await initBackend(backend, { log: () => {} });
-  const threads = opts.threads ?? (name === 'wasm' || name === 'cpu' ? availableParallelism() : 1);
+  // threads: libtorch intra-op threads on torch; GradPool threads (one per core by default) on wasm/cpu
+  const name = await initBackend(backend, { threads: opts.threads, log: () => {} });
+  const threads = poolThreads(name, opts.threads);
   const reps = opts.reps ?? 5;
   const data = loadImages('train', { limit: 4096 });
   const train: Record<string, number> = {};
@@ -72,11 +75,36 @@ export async function benchCore(backend: BackendName, opts: { threads?: number; 
   const div = () => readBack(() => tf.grad((xg: tf.Tensor) => net.apply(p, xg as tf.Tensor4D, t).mul(eps).sum())(x));
   const out: CoreFigures = {
     backend: name,
-    threads,
+    pool_threads: threads,
+    backend_threads: backendInfo().threads,
     train_images_per_s: train,
     sample_forward_images_per_s: S / (await timed(fwd, reps)),
     likelihood_fe_images_per_s: S / (await timed(div, reps)),
   };
   tf.dispose([x, t, eps, ...Object.values(p)]);
   return out;
+}
+
+/**
+ * Leak check: `steps` training steps of the reference ScoreNet; tfjs's live tensor count (and
+ * libtorch's, on torch) and the process RSS, sampled ten times along the way.
+ */
+export async function leakCheck(backend: BackendName, steps: number, batch = 8): Promise<Record<string, unknown>> {
+  const name = await initBackend(backend, { log: () => {} });
+  const data = loadImages('train', { limit: 1024 });
+  const config = trainConfig({ batchSize: batch });
+  const trainer = Trainer.create(config, data);
+  const pool = await GradPool.create({ threads: 1, backend: name, config, data });
+  const rows: Array<Record<string, number>> = [];
+  for (let k = 0; k < steps; k++) {
+    const g = await pool.gradSum(trainer.params, trainer.paramsVersion, trainer.step, 0, batch);
+    for (let i = 0; i < g.grad.length; i++) g.grad[i] /= g.count;
+    trainer.apply(g.grad);
+    if (k % Math.max(1, Math.floor(steps / 10)) === 0 || k === steps - 1) {
+      const mem = tf.memory() as tf.MemoryInfo & { numTorchTensors?: number };
+      rows.push({ step: k + 1, tfjs_tensors: mem.numTensors, ...(mem.numTorchTensors !== undefined ? { torch_tensors: mem.numTorchTensors } : {}), rss_mib: Math.round(process.memoryUsage().rss / 2 ** 20) });
+    }
+  }
+  await pool.close();
+  return { backend: name, batch, steps, samples: rows };
 }

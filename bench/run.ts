@@ -1,11 +1,12 @@
 /**
  * `npm run bench`: prints one JSON object with this machine's figures beside the PyTorch
  * reference run in the same session. Flags: --quick (fewer repetitions), --only a,b (sections:
- * core, torch, sampling, cluster), --backends wasm,torch,...
+ * torch, core, leak; default torch,core), --backends torch,wasm,..., --threads 1,2 (the thread
+ * counts for torch and for PyTorch), --leak-steps N (default 1000).
  */
 import { spawnSync } from 'node:child_process';
 import { cpus, totalmem } from 'node:os';
-import { benchCore } from './core.js';
+import { benchCore, leakCheck } from './core.js';
 import { packagePath } from '../src/core/paths.js';
 import type { BackendName } from '../src/core/backend/index.js';
 
@@ -19,10 +20,16 @@ const only = new Set((flag('--only') ?? 'core,torch').split(','));
 const backends = (flag('--backends') ?? 'torch,wasm').split(',') as BackendName[];
 const log = (line: string) => process.stderr.write(`bench: ${line}\n`);
 
-/** The PyTorch baseline, with Debian's python3 (the one that sees python3-torch). */
-export function torchBaseline(batch: number): Record<string, unknown> {
+const threadCounts = (flag('--threads') ?? '1,2').split(',').map(Number);
+
+/**
+ * The PyTorch baseline, with Debian's python3 (the one that sees python3-torch). OMP_WAIT_POLICY
+ * is PASSIVE as for our torch backend: spinning OpenMP threads collapse on a shared 2-core box.
+ */
+export function torchBaseline(batch: number, threads: number): Record<string, unknown> {
   const script = packagePath('..', 'shared', 'reference', 'torch_baseline.py');
-  const r = spawnSync('/usr/bin/python3', [script, '--batch', String(batch), ...(quick ? ['--quick'] : [])], { encoding: 'utf8' });
+  const args = [script, '--batch', String(batch), '--threads', String(threads), ...(quick ? ['--quick'] : [])];
+  const r = spawnSync('/usr/bin/python3', args, { encoding: 'utf8', env: { ...process.env, OMP_WAIT_POLICY: process.env.OMP_WAIT_POLICY ?? 'PASSIVE' } });
   if (r.status !== 0) return { error: (r.stderr || r.error?.message || 'failed').trim().split('\n').pop() };
   return JSON.parse(r.stdout) as Record<string, unknown>;
 }
@@ -32,34 +39,57 @@ const result: Record<string, unknown> = {
   date: new Date().toISOString(),
 };
 
+type Figures = { train_images_per_s?: Record<string, number>; sample_forward_images_per_s?: number; likelihood_fe_images_per_s?: number; error?: string };
+type Baseline = { train_images_per_s?: number; sample_forward_images_per_s?: number; likelihood_fe_images_per_s?: number };
+
+/** Our figures over PyTorch's at the same thread count (batch 128 training against PyTorch's batch-128 run). */
+function ratios(ours: Figures, pt32: Baseline, pt128: Baseline): Record<string, number> | undefined {
+  if (!ours.train_images_per_s || !pt32.train_images_per_s || !pt128.train_images_per_s) return undefined;
+  return {
+    train_batch_32: ours.train_images_per_s.batch_32 / pt32.train_images_per_s,
+    train_batch_128: ours.train_images_per_s.batch_128 / pt128.train_images_per_s,
+    forward_64: (ours.sample_forward_images_per_s ?? 0) / (pt32.sample_forward_images_per_s ?? NaN),
+    forward_input_grad_64: (ours.likelihood_fe_images_per_s ?? 0) / (pt32.likelihood_fe_images_per_s ?? NaN),
+  };
+}
+
+async function tryBench(b: BackendName, threads?: number): Promise<Figures> {
+  try {
+    return (await benchCore(b, { threads, reps: quick ? 2 : 5 })) as Figures;
+  } catch (e) {
+    return { error: (e as Error).message };
+  }
+}
+
+const pytorch: Record<string, { batch_32: Baseline; batch_128: Baseline }> = {};
 if (only.has('torch')) {
-  log('PyTorch reference (torch_baseline.py) at batch 32 and 128');
-  result.pytorch = { batch_32: torchBaseline(32), batch_128: torchBaseline(128) };
+  for (const th of threadCounts) {
+    log(`PyTorch reference (torch_baseline.py), ${th} thread(s), batch 32 and 128`);
+    pytorch[`threads_${th}`] = { batch_32: torchBaseline(32, th), batch_128: torchBaseline(128, th) };
+  }
+  result.pytorch = pytorch;
 }
 if (only.has('core')) {
-  const core: Record<string, unknown> = {};
+  const core: Record<string, Figures> = {};
+  const ratio: Record<string, unknown> = {};
   for (const b of backends) {
-    log(`core figures on ${b}`);
-    try {
-      core[b] = await benchCore(b, { reps: quick ? 2 : 5 });
-    } catch (e) {
-      core[b] = { error: (e as Error).message };
+    // torch is multi-threaded: measure it at each thread count, beside PyTorch at the same count;
+    // wasm and cpu use one GradPool thread per core for training, one instance for the rest.
+    for (const th of b === 'torch' ? threadCounts : [undefined]) {
+      const key = th === undefined ? b : `${b}_threads_${th}`;
+      log(`core figures on ${key}`);
+      core[key] = await tryBench(b, th);
+      const pt = pytorch[`threads_${th ?? Math.max(...threadCounts)}`];
+      const r = pt && ratios(core[key], pt.batch_32, pt.batch_128);
+      if (r) ratio[key] = r;
     }
   }
   result.core = core;
-  const pt = result.pytorch as Record<string, Record<string, number>> | undefined;
-  if (pt?.batch_32?.train_images_per_s) {
-    const ratios: Record<string, unknown> = {};
-    for (const [b, f] of Object.entries(core) as Array<[string, { train_images_per_s?: Record<string, number>; sample_forward_images_per_s?: number; likelihood_fe_images_per_s?: number }]>) {
-      if (!f.train_images_per_s) continue;
-      ratios[b] = {
-        train_batch_32: f.train_images_per_s.batch_32 / pt.batch_32.train_images_per_s,
-        train_batch_128: f.train_images_per_s.batch_128 / pt.batch_128.train_images_per_s,
-        forward_64: (f.sample_forward_images_per_s ?? 0) / pt.batch_32.sample_forward_images_per_s,
-        forward_input_grad_64: (f.likelihood_fe_images_per_s ?? 0) / pt.batch_32.likelihood_fe_images_per_s,
-      };
-    }
-    result.ratio_to_pytorch = ratios;
-  }
+  result.ratio_to_pytorch = ratio;
+}
+if (only.has('leak')) {
+  const steps = Number(flag('--leak-steps') ?? 1000);
+  log(`leak check: ${steps} training steps on ${backends[0]}`);
+  result.leak = await leakCheck(backends[0], steps);
 }
 process.stdout.write(JSON.stringify(result, null, 2) + '\n');

@@ -2,7 +2,6 @@
  * Shared CLI plumbing. The CLI is the only layer that turns errors into exit codes:
  * every failure is one line on stderr (`<prog>: <message>`) and a non-zero exit.
  */
-import { availableParallelism } from 'node:os';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { BACKEND_NAMES, type BackendName, initBackend } from '../core/backend/index.js';
 
@@ -58,10 +57,7 @@ export async function startBackend(opts: { backend: string; device?: string; thr
   return initBackend(opts.backend as BackendName, { device: opts.device, threads: opts.threads, log: (line) => process.stderr.write(line + '\n') });
 }
 
-/** GradPool threads: one backend instance per core for single-threaded engines, else one (multi-threaded) instance. */
-export function poolThreads(backend: string, threads?: number): number {
-  return backend === 'wasm' || backend === 'cpu' ? (threads ?? availableParallelism()) : 1;
-}
+export { poolThreads } from '../core/train/pool.js';
 
 /** A program whose parse errors are one line and a non-zero exit. */
 export function newProgram(name: string, description: string): Command {

@@ -33,6 +33,11 @@ export interface ThreadTask {
   to: number;
 }
 
+/** GradPool threads: one backend instance per core for single-threaded engines (wasm, cpu), else one multi-threaded instance. */
+export function poolThreads(backend: string, threads?: number): number {
+  return backend === 'wasm' || backend === 'cpu' ? (threads ?? availableParallelism()) : 1;
+}
+
 /** Contiguous near-equal parts of [from, to), at most `parts` of them, none empty. */
 export function splitRange(from: number, to: number, parts: number): Array<[number, number]> {
   const n = to - from;
