@@ -15,6 +15,7 @@ import { spawnWorkers, type Spawned } from '../coordinator/spawn.js';
 import { checkId } from '../coordinator/wire.js';
 import { bindTelemetry, createMetrics } from '../metrics/index.js';
 import { main, newProgram, parseIntArg } from './common.js';
+import { registerJobCommands } from './jobs.js';
 import { addTrainingOptions, CHECKPOINT, configFromFlags, type TrainFlags } from './train.js';
 
 interface CoordinatorFlags extends TrainFlags, AuthFlags {
@@ -115,4 +116,5 @@ addAuthOptions(cmd)
   .option('--metrics-port <port>', 'serve /metrics, /healthz, /readyz (workers take the next ports)', parseIntArg(0))
   .addOption(new Option('--synthetic <json>').hideHelp())
   .action((f: CoordinatorFlags) => start(f));
+registerJobCommands(program);
 await main(program);

@@ -10,7 +10,7 @@ import { loadScoreModel } from '../core/sampling/model.js';
 import { backendOption, deviceOption, parseFloatArg, parseIntArg, startBackend } from './common.js';
 import { progressBar } from './progress.js';
 
-interface LikelihoodFlags {
+export interface LikelihoodFlags {
   ckpt: string;
   split: 'test' | 'train';
   data?: string;
@@ -56,39 +56,58 @@ async function likelihood(f: LikelihoodFlags): Promise<void> {
       bar.stop();
     }
     const seconds = (performance.now() - t0) / 1000;
-    const { mean, stderr } = meanAndStderr(r.bpd);
-    const nfe = Array.from(r.nfe);
-    const report = {
-      bpd: mean,
-      bpd_stderr: stderr,
-      n: images.n,
-      data: images.source,
-      ckpt: f.ckpt,
-      weights: model.which,
-      seed: f.seed,
-      hutchinson: f.hutchinson,
-      probes: f.hutchinson === 'exact' ? null : f.probes,
-      rtol: f.rtol,
-      atol: f.atol,
-      eps: f.eps,
-      nfe: nfe.reduce((a, b) => a + b, 0) / images.n,
-      seconds,
-      seconds_per_image: seconds / images.n,
-      backend,
-      per_image: Array.from(r.bpd),
-    };
-    const text = JSON.stringify(report) + '\n';
-    if (f.out !== undefined) await writeFileAtomic(f.out, text);
-    process.stdout.write(text);
+    const report = likelihoodReport(f, { bpd: r.bpd, nfe: r.nfe, n: images.n, source: images.source, weights: model.which, seconds, backend });
+    await emitLikelihoodReport(f, report);
   } finally {
     model.dispose();
   }
 }
 
+/** The JSON report: mean bits/dim with its standard error, settings, and the per-image values. */
+export function likelihoodReport(
+  f: LikelihoodFlags,
+  r: { bpd: Float64Array; nfe: ArrayLike<number>; n: number; source: string; weights: string; seconds: number; backend: string },
+) {
+  const { mean, stderr } = meanAndStderr(r.bpd);
+  const nfe = Array.from(r.nfe);
+  return {
+    bpd: mean,
+    bpd_stderr: stderr,
+    n: r.n,
+    data: r.source,
+    ckpt: f.ckpt,
+    weights: r.weights,
+    seed: f.seed,
+    hutchinson: f.hutchinson,
+    probes: f.hutchinson === 'exact' ? null : f.probes,
+    rtol: f.rtol,
+    atol: f.atol,
+    eps: f.eps,
+    nfe: nfe.reduce((a, b) => a + b, 0) / r.n,
+    seconds: r.seconds,
+    seconds_per_image: r.seconds / r.n,
+    backend: r.backend,
+    per_image: Array.from(r.bpd),
+  };
+}
+
+/** The report as one JSON line on stdout, and atomically in --out. */
+export async function emitLikelihoodReport(f: { out?: string }, report: object): Promise<void> {
+  const text = JSON.stringify(report) + '\n';
+  if (f.out !== undefined) await writeFileAtomic(f.out, text);
+  process.stdout.write(text);
+}
+
 export function registerLikelihood(program: Command): void {
-  program
-    .command('likelihood')
-    .description('bits/dim of images under the model (probability-flow ODE + Hutchinson), mean and standard error')
+  addLikelihoodOptions(program.command('likelihood').description('bits/dim of images under the model (probability-flow ODE + Hutchinson), mean and standard error'))
+    .addOption(backendOption())
+    .addOption(deviceOption())
+    .action((opts: LikelihoodFlags) => likelihood(opts));
+}
+
+/** The flags of `scoreflow likelihood` but --backend and --device (shared with `coordinator likelihood`). */
+export function addLikelihoodOptions(cmd: Command): Command {
+  return cmd
     .requiredOption('--ckpt <path>', 'training checkpoint (EMA weights) or bare PyTorch-layout state_dict (safetensors)')
     .addOption(new Option('--split <split>', 'MNIST split').choices(['test', 'train']).default('test'))
     .option('--data <source>', 'IDX image file (or .npy, or a data set name) instead of --split')
@@ -101,8 +120,5 @@ export function registerLikelihood(program: Command): void {
     .option('--eps <t>', 'integrate from t = eps', parseFloatArg({ exclusiveMin: 0, max: 0.5 }), 1e-3)
     .option('--batch-size <b>', 'images per batch', parseIntArg(1), 32)
     .option('--raw', 'use the raw parameters, not the EMA weights', false)
-    .addOption(backendOption())
-    .addOption(deviceOption())
-    .option('--out <file.json>', 'also write the JSON report here (atomically)')
-    .action((opts: LikelihoodFlags) => likelihood(opts));
+    .option('--out <file.json>', 'also write the JSON report here (atomically)');
 }

@@ -13,7 +13,7 @@ import { loadScoreModel } from '../core/sampling/model.js';
 import { backendOption, deviceOption, parseFloatArg, parseIntArg, startBackend } from './common.js';
 import { progressBar } from './progress.js';
 
-interface SampleFlags {
+export interface SampleFlags {
   ckpt: string;
   sampler: SamplerName;
   n: number;
@@ -61,22 +61,7 @@ async function sample(f: SampleFlags, cmd: Command): Promise<void> {
   const paths = outputPaths(f.out);
   // validate everything before the (slow) backend start and model load
   const nGiven = cmd.getOptionValueSource('n') === 'cli';
-  const opts: SampleOptions = {
-    sampler: f.sampler,
-    seed: f.seed,
-    steps: f.steps,
-    eps: f.eps,
-    snr: f.snr,
-    correctorSteps: f.correctorSteps,
-    rtol: f.rtol,
-    atol: f.atol,
-    rho: f.rho,
-    churn: f.churn,
-    sTmin: f.sTmin,
-    sTmax: f.sTmax,
-    sNoise: f.sNoise,
-    batchSize: f.batchSize,
-  };
+  const opts = sampleOptions(f);
   const resolved = resolveSampleOptions(opts);
   if (f.latent !== undefined && f.sampler !== 'ode') throw new Error(`--latent needs --sampler ode (got ${f.sampler})`);
   const backend = await startBackend(f);
@@ -101,36 +86,70 @@ async function sample(f: SampleFlags, cmd: Command): Promise<void> {
       bar.stop();
     }
     const seconds = (performance.now() - t0) / 1000;
-    const nfe = Array.from(r.nfe);
-    const summary = {
-      sampler: f.sampler,
-      n,
-      steps: f.sampler === 'ode' ? null : resolved.steps,
-      nfe: nfe.reduce((a, b) => a + b, 0) / n,
-      nfe_max: Math.max(...nfe),
-      network_calls: r.calls,
-      seed: f.seed,
-      seconds,
-      seconds_per_image: seconds / n,
-      backend,
-      ckpt: f.ckpt,
-      weights: model.which,
-      settings: settingsOf(resolved),
-      latent: f.latent ?? null,
-      files: paths,
-    };
-    await writeFilesAtomic([
-      [paths.npy, encodeNpyChunks({ shape: [n, 1, h, w], data: r.samples }, paths.npy)],
-      [paths.png, pngGrid(r.samples, n, h, w)],
-      [paths.json, JSON.stringify(summary, null, 2) + '\n'],
-    ]);
+    const summary = sampleSummary(f, { n, resolved, nfe: r.nfe, calls: r.calls, seconds, backend, weights: model.which, paths });
+    await writeSampleSet(paths, [n, 1, h, w], r.samples, summary);
     process.stdout.write(JSON.stringify(summary) + '\n');
   } finally {
     model.dispose();
   }
 }
 
-function settingsOf(o: ReturnType<typeof resolveSampleOptions>): Record<string, number> {
+/** The sampler options of the flags (validated by resolveSampleOptions). */
+export function sampleOptions(f: SampleFlags): SampleOptions {
+  return {
+    sampler: f.sampler,
+    seed: f.seed,
+    steps: f.steps,
+    eps: f.eps,
+    snr: f.snr,
+    correctorSteps: f.correctorSteps,
+    rtol: f.rtol,
+    atol: f.atol,
+    rho: f.rho,
+    churn: f.churn,
+    sTmin: f.sTmin,
+    sTmax: f.sTmax,
+    sNoise: f.sNoise,
+    batchSize: f.batchSize,
+  };
+}
+
+/** The JSON summary written beside the samples (and printed). */
+export function sampleSummary(
+  f: SampleFlags,
+  r: { n: number; resolved: ReturnType<typeof resolveSampleOptions>; nfe: ArrayLike<number>; calls: number; seconds: number; backend: string; weights: string; paths: ReturnType<typeof outputPaths> },
+) {
+  const nfe = Array.from(r.nfe);
+  return {
+    sampler: f.sampler,
+    n: r.n,
+    steps: f.sampler === 'ode' ? null : r.resolved.steps,
+    nfe: nfe.reduce((a, b) => a + b, 0) / r.n,
+    nfe_max: Math.max(...nfe),
+    network_calls: r.calls,
+    seed: f.seed,
+    seconds: r.seconds,
+    seconds_per_image: r.seconds / r.n,
+    backend: r.backend,
+    ckpt: f.ckpt,
+    weights: r.weights,
+    settings: settingsOf(r.resolved),
+    latent: f.latent ?? null,
+    files: r.paths,
+  };
+}
+
+/** X.npy (float32 [n,1,h,w]), X.png and X.json, written as one atomic set. */
+export async function writeSampleSet(paths: ReturnType<typeof outputPaths>, shape: [number, number, number, number], samples: Float32Array, summary: object): Promise<void> {
+  const [n, , h, w] = shape;
+  await writeFilesAtomic([
+    [paths.npy, encodeNpyChunks({ shape, data: samples }, paths.npy)],
+    [paths.png, pngGrid(samples, n, h, w)],
+    [paths.json, JSON.stringify(summary, null, 2) + '\n'],
+  ]);
+}
+
+export function settingsOf(o: ReturnType<typeof resolveSampleOptions>): Record<string, number> {
   switch (o.sampler) {
     case 'em':
       return { eps: o.eps, steps: o.steps };
@@ -144,9 +163,15 @@ function settingsOf(o: ReturnType<typeof resolveSampleOptions>): Record<string, 
 }
 
 export function registerSample(program: Command): void {
-  program
-    .command('sample')
-    .description('generate images with em, pc (predictor-corrector), ode (probability flow, RK45) or heun (EDM)')
+  addSampleOptions(program.command('sample').description('generate images with em, pc (predictor-corrector), ode (probability flow, RK45) or heun (EDM)'))
+    .addOption(backendOption())
+    .addOption(deviceOption())
+    .action((opts: SampleFlags, cmd: Command) => sample(opts, cmd));
+}
+
+/** The flags of `scoreflow sample` but --backend and --device (shared with `coordinator sample`). */
+export function addSampleOptions(cmd: Command): Command {
+  return cmd
     .requiredOption('--ckpt <path>', 'training checkpoint (EMA weights) or bare PyTorch-layout state_dict (safetensors)')
     .addOption(new Option('--sampler <name>', 'sampler').choices(SAMPLER_NAMES as unknown as string[]).default('em'))
     .option('--n <n>', 'number of images', parseIntArg(1), 64)
@@ -165,8 +190,5 @@ export function registerSample(program: Command): void {
     .option('--batch-size <b>', 'images per batch', parseIntArg(1), SAMPLE_DEFAULTS.batchSize)
     .option('--latent <file.npy>', 'ode: decode these x(1) latents [N,1,28,28] instead of prior draws')
     .option('--raw', 'use the raw parameters, not the EMA weights', false)
-    .addOption(backendOption())
-    .addOption(deviceOption())
-    .option('--out <file.npy>', 'samples; the .png grid and .json summary go beside it', 'samples.npy')
-    .action((opts: SampleFlags, cmd: Command) => sample(opts, cmd));
+    .option('--out <file.npy>', 'samples; the .png grid and .json summary go beside it', 'samples.npy');
 }

@@ -9,6 +9,7 @@ import { addAuthOptions, authFlags, clientAuth, type AuthFlags } from '../coordi
 import { connectNats } from '../coordinator/connect.js';
 import { checkId } from '../coordinator/wire.js';
 import { bindTelemetry, createMetrics } from '../metrics/index.js';
+import { JobRunner } from '../worker/jobs.js';
 import { trainerReplicas } from '../worker/trainer-replica.js';
 import { defaultWorkerId, Worker } from '../worker/worker.js';
 import { backendOption, main, newProgram, parseIntArg, poolThreads, startBackend } from './common.js';
@@ -22,6 +23,7 @@ interface WorkerFlags extends AuthFlags {
   backend: string;
   metricsPort?: number;
   heartbeatMs: number;
+  jobs: boolean;
 }
 
 const log = (line: string) => process.stderr.write(line + '\n');
@@ -37,18 +39,29 @@ async function start(f: WorkerFlags): Promise<void> {
   const factory = trainerReplicas({ backend, threads, log });
   const nc = await connectNats({ ...auth, url: f.nats, name: `scoreflow-worker-${id}` });
   const worker = new Worker({ nc, run: f.run, id, device: f.device, threads, backend, factory, heartbeatMs: f.heartbeatMs, log });
+  // Sampling/likelihood jobs of this run, pulled from its JetStream work queue while not training.
+  const jobs = f.jobs ? new JobRunner({ nc, run: f.run, id, backend, isIdle: () => !worker.training, log }) : undefined;
   if (f.metricsPort !== undefined) {
     const metrics = createMetrics({ role: 'worker', run: f.run, worker: id, device: f.device >= 0 ? String(f.device) : 'cpu' });
     bindTelemetry(metrics, worker.telemetry);
     const srv = await metrics.serve(f.metricsPort, { tries: 100 });
     log(`worker ${id}: metrics on :${srv.port}/metrics`);
+    jobs?.on('job', (e) => {
+      if (!e.ok) return;
+      if (e.kind === 'sample') {
+        metrics.samplerImages.inc(e.items);
+        metrics.samplerFunctionEvaluations.inc(e.nfe);
+      } else metrics.likelihoodImages.inc(e.items);
+    });
   }
   const stop = () => void worker.close({ ok: false, reason: 'signal', step: worker.step });
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);
   worker.telemetry.ready = true;
   worker.start();
+  jobs?.start();
   const res = await worker.done;
+  await jobs?.close();
   await factory.close();
   await nc.drain().catch(() => {});
   if (!res.ok && res.reason !== 'signal') throw new Error(`run ${f.run} stopped: ${res.reason}`);
@@ -67,6 +80,7 @@ addAuthOptions(
     .option('--threads <t>', 'compute threads (default: all cores): pool threads on wasm/cpu, intra-op threads on torch', parseIntArg(1))
     .addOption(backendOption())
     .option('--metrics-port <port>', 'serve /metrics, /healthz, /readyz from this port (or the next free one)', parseIntArg(0))
+    .option('--no-jobs', 'serve no sampling/likelihood jobs (by default: pulled from the run\'s work queue while not training)')
     .addOption(new Option('--heartbeat-ms <ms>').argParser(parseIntArg(50)).default(500).hideHelp()),
 ).action((f: WorkerFlags) => start(f));
 await main(program);

@@ -10,7 +10,7 @@ import { hostname } from 'node:os';
 import type { NatsConnection, Subscription } from 'nats';
 import { sendState, StateInbox } from '../coordinator/state-transfer.js';
 import { Telemetry } from '../coordinator/telemetry.js';
-import { checkId, decode, encode, subjects, WireError, type BodyKind, type Bodies, type Envelope, type EnvelopeOf } from '../coordinator/wire.js';
+import { allFinite, checkId, decode, encode, subjects, WireError, type BodyKind, type Bodies, type Envelope, type EnvelopeOf } from '../coordinator/wire.js';
 import { AllReduce, type Reduced } from './allreduce.js';
 import type { Replica, ReplicaFactory } from './replica.js';
 
@@ -82,6 +82,11 @@ export class Worker {
 
   get step(): number {
     return this.replica?.step ?? 0;
+  }
+
+  /** True once a training coordinator has welcomed us: the job runner stays out of the way then. */
+  get training(): boolean {
+    return this.session !== 0 && !this.closed;
   }
 
   /** The replica (for tests and for metrics). */
@@ -285,7 +290,7 @@ export class Worker {
     const waitMs = performance.now() - this.idleSince;
     const ctx = {
       run: this.o.run, me: this.id, step: env.step, mepoch: env.membershipEpoch, members: p.members,
-      numParams: p.numParams, chunkFloats: p.chunkFloats, globalBatch: p.globalBatch, session: this.session,
+      numParams: p.numParams, chunkFloats: p.chunkFloats, globalBatch: p.globalBatch, session: this.session, shardStart: p.shardStart,
     };
     if (p.numParams !== r.numParams || p.shardStart.length !== p.members.length + 1 || p.chunkFloats < 1)
       throw new WireError('unexpected', `plan for ${p.numParams} params / ${p.members.length} members does not fit this replica`);
@@ -309,9 +314,7 @@ export class Worker {
     if (this.active !== a) return;
     const t1 = performance.now();
     const ack = { lossMean: 0, checksum: a.checksum, error: '', computeMs: t1 - t0, allreduceMs: 0, waitMs, bytesSent: 0, bytesReceived: 0 };
-    let bad = !Number.isFinite(g.lossSum);
-    for (let i = 0; !bad && i < g.grad.length; i++) bad = !Number.isFinite(g.grad[i]);
-    if (bad) {
+    if (!Number.isFinite(g.lossSum) || !allFinite(g.grad)) {
       ack.error = `non-finite gradient or loss at step ${env.step} on worker ${this.id}`;
       return this.send('ack', ack, env.step, env.membershipEpoch);
     }

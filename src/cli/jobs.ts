@@ -1,0 +1,203 @@
+/**
+ * `coordinator sample` and `coordinator likelihood`: the single-process `scoreflow sample` /
+ * `scoreflow likelihood` fanned out over the worker pool. Same flags, same outputs (the
+ * summary gains a `fanout` entry), plus the cluster flags of `coordinator start`. The work
+ * is a task of index-range jobs on the run's JetStream work queue (src/coordinator/jobs/).
+ */
+import { randomBytes } from 'node:crypto';
+import { resolve } from 'node:path';
+import type { Command } from 'commander';
+import { addAuthOptions, authEnv, authFlags, clientAuth, serverAuth, type AuthFlags } from '../coordinator/auth.js';
+import { connectNats } from '../coordinator/connect.js';
+import { runTask, type TaskOptions, type TaskOutcome } from '../coordinator/jobs/fanout.js';
+import { QUEUE_DEFAULTS } from '../coordinator/jobs/queue.js';
+import type { LikelihoodSpec, SampleSpec } from '../coordinator/jobs/spec.js';
+import { fromLeBytes } from '../coordinator/jobs/wire.js';
+import { NatsServer } from '../coordinator/nats-server.js';
+import { spawnWorkers, type Spawned } from '../coordinator/spawn.js';
+import { checkId } from '../coordinator/wire.js';
+import { loadImages } from '../core/data/mnist.js';
+import { readNpy } from '../core/io/npy.js';
+import { resolveSampleOptions } from '../core/sampling/index.js';
+import { createMetrics, type Metrics } from '../metrics/index.js';
+import { backendOption, parseIntArg } from './common.js';
+import { addLikelihoodOptions, emitLikelihoodReport, likelihoodReport, type LikelihoodFlags } from './likelihood.js';
+import { progressBar } from './progress.js';
+import { addSampleOptions, outputPaths, sampleOptions, sampleSummary, writeSampleSet, type SampleFlags } from './sample.js';
+
+interface ClusterFlags extends AuthFlags {
+  gpus: number;
+  spawn: boolean;
+  nats?: string;
+  run?: string;
+  threads?: number;
+  metricsPort?: number;
+  ackWait: number;
+  maxDeliver: number;
+  jobBatches: number;
+  backend: string;
+}
+
+const log = (line: string) => process.stderr.write(line + '\n');
+
+/** The embedded server (unless --nats), a connection, spawned workers (unless --no-spawn); all torn down after `fn`. */
+async function withCluster<T>(f: ClusterFlags, kind: string, fn: (c: { nc: Awaited<ReturnType<typeof connectNats>>; run: string; metrics?: Metrics }) => Promise<T>): Promise<T> {
+  const run = checkId('run', f.run ?? (f.spawn ? `${kind}-${randomBytes(4).toString('hex')}` : missingRun()));
+  const auth = authFlags(f);
+  let server: NatsServer | undefined;
+  let url = f.nats;
+  if (!url) {
+    server = await NatsServer.start({ ...serverAuth(auth), log: process.env.SCOREFLOW_NATS_LOG ? log : undefined });
+    url = server.url;
+    log(`coordinator: started nats-server on ${url}`);
+  }
+  let spawned: Spawned | undefined;
+  try {
+    const nc = await connectNats({ ...clientAuth(auth), url, name: `scoreflow-coordinator-${run}` });
+    try {
+      let metrics: Metrics | undefined;
+      if (f.metricsPort !== undefined) {
+        metrics = createMetrics({ role: 'coordinator', run });
+        metrics.setReady(true);
+        log(`coordinator: metrics on :${(await metrics.serve(f.metricsPort, { tries: 100 })).port}/metrics`);
+      }
+      if (f.spawn) spawned = spawnWorkers({ n: f.gpus, nats: url, run, backend: f.backend, threads: f.threads, env: authEnv(auth), metricsPort: f.metricsPort, log });
+      else log(`coordinator: ${kind} on the workers of run ${run} (start more with: worker start --nats ${url} --run ${run})`);
+      return await fn({ nc, run, metrics });
+    } finally {
+      await spawned?.stop();
+      await nc.drain().catch(() => {});
+    }
+  } finally {
+    await server?.close();
+  }
+}
+
+function missingRun(): never {
+  throw new Error('--no-spawn needs --run ID: the run id the workers were started with (worker start --run ID)');
+}
+
+/** runTask with a progress bar (jobs, items, ETA) and the coordinator's metrics. */
+async function runWithProgress(label: string, f: ClusterFlags, c: { nc: TaskOptions['nc']; run: string; metrics?: Metrics }, task: Omit<TaskOptions, 'nc' | 'run'>): Promise<TaskOutcome> {
+  const bar = progressBar(label, ' | jobs {jobsDone}/{jobs}');
+  bar.start(task.n, 0, { jobsDone: 0, jobs: '?' });
+  try {
+    return await runTask({
+      ...task,
+      nc: c.nc,
+      run: c.run,
+      batchesPerJob: f.jobBatches,
+      queue: { ackWaitMs: f.ackWait * 1000, maxDeliver: f.maxDeliver },
+      log: (line) => {
+        // keep the bar intact on a terminal: log above it
+        bar.stop();
+        log(line);
+        bar.start(task.n, bar.getProgress() * task.n);
+      },
+      onJob: (job, p) => {
+        bar.update(p.itemsDone, { jobsDone: p.jobsDone, jobs: p.jobs });
+        task.onJob?.(job, p);
+      },
+      onQueueDepth: (waiting) => c.metrics?.jobQueueDepth.set(waiting),
+    });
+  } finally {
+    bar.stop();
+  }
+}
+
+function fanoutInfo(run: string, o: TaskOutcome) {
+  return { run, task: o.task, jobs: o.jobs.length, workers: Object.fromEntries(o.workers), redelivered: o.redelivered };
+}
+
+// ---- coordinator sample -------------------------------------------------------------
+
+async function sample(f: SampleFlags & ClusterFlags, cmd: Command): Promise<void> {
+  const paths = outputPaths(f.out);
+  const opts = sampleOptions(f);
+  const resolved = resolveSampleOptions(opts);
+  if (f.latent !== undefined && f.sampler !== 'ode') throw new Error(`--latent needs --sampler ode (got ${f.sampler})`);
+  let n = f.n;
+  if (f.latent !== undefined) {
+    const rows = readNpy(f.latent).shape[0];
+    const nGiven = cmd.getOptionValueSource('n') === 'cli';
+    if (nGiven && f.n > rows) throw new Error(`--n ${f.n} exceeds the ${rows} latents in ${f.latent}`);
+    n = nGiven ? f.n : rows;
+  }
+  if (!(n >= 1)) throw new Error(`nothing to sample: --n is ${n}`);
+  // Workers read the checkpoint (and latents) themselves: absolute paths, on a shared file system or volume.
+  const spec: SampleSpec = {
+    kind: 'sample', ckpt: resolve(f.ckpt), raw: f.raw, options: { ...opts, batchSize: resolved.batchSize }, latent: f.latent !== undefined ? resolve(f.latent) : undefined,
+  };
+  log(`coordinator sample: ${f.sampler}, ${n} images from ${f.ckpt}, seed ${f.seed}, batch ${resolved.batchSize}`);
+  await withCluster(f, 'sample', async (c) => {
+    const t0 = performance.now();
+    const o = await runWithProgress('sample', f, c, { spec, n });
+    const seconds = (performance.now() - t0) / 1000;
+    const [h, w, ch] = o.shape;
+    const summary = {
+      ...sampleSummary(f, { n, resolved, nfe: o.nfe, calls: o.calls, seconds, backend: [...o.backends].join(','), weights: [...o.weights].join(','), paths }),
+      fanout: fanoutInfo(c.run, o),
+    };
+    await writeSampleSet(paths, [n, ch, h, w], o.values as Float32Array, summary);
+    process.stdout.write(JSON.stringify(summary) + '\n');
+  });
+}
+
+// ---- coordinator likelihood ---------------------------------------------------------
+
+async function likelihood(f: LikelihoodFlags & ClusterFlags): Promise<void> {
+  if (f.out !== undefined && !f.out.endsWith('.json')) throw new Error(`--out must name a .json file, got '${f.out}'`);
+  // The coordinator reads the split once, for its size and the report's source; workers read it too.
+  const images = loadImages(f.data ?? f.split, { limit: f.limit });
+  if (images.n < 1) throw new Error(`no images in ${images.source}: nothing to evaluate`);
+  const spec: LikelihoodSpec = {
+    kind: 'likelihood', ckpt: resolve(f.ckpt), raw: f.raw, data: f.data !== undefined ? images.source : f.split, limit: f.limit,
+    options: { seed: f.seed, hutchinson: f.hutchinson, probes: f.probes, rtol: f.rtol, atol: f.atol, eps: f.eps, batchSize: f.batchSize },
+  };
+  log(`coordinator likelihood: ${images.n} images of ${images.source}, ${f.hutchinson}${f.hutchinson === 'exact' ? '' : ` x${f.probes}`}, rtol ${f.rtol}, atol ${f.atol}`);
+  await withCluster(f, 'likelihood', async (c) => {
+    // Running mean bits/dim over the images done so far, for the gauge.
+    let sum = 0;
+    let count = 0;
+    const t0 = performance.now();
+    const o = await runWithProgress('likelihood', f, c, {
+      spec,
+      n: images.n,
+      onJob: (job) => {
+        for (const v of fromLeBytes(job.payload, Float64Array)) sum += v;
+        count += job.to - job.from;
+        c.metrics?.likelihoodBitsPerDim.set(sum / count);
+      },
+    });
+    const bpd = o.values as Float64Array;
+    const seconds = (performance.now() - t0) / 1000;
+    const report = {
+      ...likelihoodReport(f, { bpd, nfe: o.nfe, n: images.n, source: images.source, weights: [...o.weights].join(','), seconds, backend: [...o.backends].join(',') }),
+      fanout: fanoutInfo(c.run, o),
+    };
+    await emitLikelihoodReport(f, report);
+  });
+}
+
+// ---- registration -------------------------------------------------------------------
+
+function addClusterOptions(cmd: Command): Command {
+  return addAuthOptions(cmd)
+    .addOption(backendOption())
+    .option('--gpus <n>', 'workers to start, one per device (CPU workers where there are fewer GPUs)', parseIntArg(1), 1)
+    .option('--no-spawn', 'start no workers: use those already running for --run (worker start --nats URL --run ID)')
+    .option('--nats <url>', 'NATS server with JetStream (default: start nats-server on a free loopback port)')
+    .option('--run <id>', 'run id whose workers do the jobs (default: a fresh one for the spawned workers)')
+    .option('--threads <t>', 'compute threads per spawned worker', parseIntArg(1))
+    .option('--metrics-port <port>', 'serve /metrics, /healthz, /readyz (spawned workers take the next ports)', parseIntArg(0))
+    .option('--job-batches <k>', 'whole batches per job (jobs are cut at --batch-size boundaries)', parseIntArg(1), 1)
+    .option('--ack-wait <s>', 'redeliver a job whose worker fell silent for this long', parseIntArg(1), QUEUE_DEFAULTS.ackWaitMs / 1000)
+    .option('--max-deliver <n>', 'give a job up after this many deliveries', parseIntArg(1), QUEUE_DEFAULTS.maxDeliver);
+}
+
+export function registerJobCommands(program: Command): void {
+  addClusterOptions(addSampleOptions(program.command('sample').description('scoreflow sample, fanned out over the workers (same flags and outputs)')))
+    .action((f: SampleFlags & ClusterFlags, cmd: Command) => sample(f, cmd));
+  addClusterOptions(addLikelihoodOptions(program.command('likelihood').description('scoreflow likelihood, fanned out over the workers (same flags and outputs)')))
+    .action((f: LikelihoodFlags & ClusterFlags) => likelihood(f));
+}
