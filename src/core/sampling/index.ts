@@ -23,7 +23,7 @@ export interface SampleOptions {
   sampler: SamplerName;
   /** Base seed of every random stream. */
   seed: number;
-  /** em / pc: time steps (default 500); heun: noise levels N (default 40, NFE 2N-1 = 79). */
+  /** em / pc: time steps (default 500); heun: noise levels N (default 50, NFE 2N-1 = 99). */
   steps?: number;
   /** Integration ends at t = eps (default 1e-3). */
   eps?: number;
@@ -50,7 +50,7 @@ export interface SampleOptions {
 }
 
 /** Defaults of the Heun/EDM sampler; see the README for how they were chosen. */
-export const HEUN_DEFAULTS = { steps: 40, rho: 7, churn: 10, sTmin: 0.05, sTmax: 50, sNoise: 1.003 } as const;
+export const HEUN_DEFAULTS = { steps: 50, rho: 7, churn: 50, sTmin: 0.01, sTmax: 15, sNoise: 1 } as const;
 
 export const SAMPLE_DEFAULTS = {
   eps: 1e-3,
