@@ -13,7 +13,7 @@ import { Coordinator } from '../coordinator/coordinator.js';
 import { NatsServer } from '../coordinator/nats-server.js';
 import { spawnWorkers, type Spawned } from '../coordinator/spawn.js';
 import { checkId } from '../coordinator/wire.js';
-import { bindTelemetry, createMetrics } from '../metrics/index.js';
+import { bindTelemetry, createMetrics, nextFreePorts, type MetricsServer } from '../metrics/index.js';
 import { main, newProgram, parseIntArg } from './common.js';
 import { registerJobCommands } from './jobs.js';
 import { addTrainingOptions, CHECKPOINT, configFromFlags, type TrainFlags } from './train.js';
@@ -61,8 +61,10 @@ async function start(f: CoordinatorFlags): Promise<void> {
     log(`coordinator: started nats-server on ${url}`);
   }
   let spawned: Spawned | undefined;
+  let metricsServer: MetricsServer | undefined;
   const cleanup = async () => {
     await spawned?.stop();
+    await metricsServer?.close(); // (a listening server would keep the process alive after the run)
     await server?.close();
   };
   try {
@@ -75,7 +77,8 @@ async function start(f: CoordinatorFlags): Promise<void> {
     if (f.metricsPort !== undefined) {
       const metrics = createMetrics({ role: 'coordinator', run });
       bindTelemetry(metrics, coordinator.telemetry, { globalBatch: batchSize, expectedWorkers: f.gpus });
-      log(`coordinator: metrics on :${(await metrics.serve(f.metricsPort, { tries: 100 })).port}/metrics`);
+      metricsServer = await metrics.serve(f.metricsPort, { tries: 100 });
+      log(`coordinator: metrics on :${metricsServer.port}/metrics`);
     }
     coordinator.telemetry.on('step', (r) => {
       if (r.step % 10 === 0) log(`step ${r.step + 1}: loss ${r.lossMean.toFixed(3)}, ${r.workers} worker(s), ${r.stepMs} ms, ${r.imagesPerSec.toFixed(1)} img/s`);
@@ -85,7 +88,9 @@ async function start(f: CoordinatorFlags): Promise<void> {
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
     if (f.spawn) {
-      spawned = spawnWorkers({ n: f.gpus, nats: url, run, backend: f.backend, threads: f.threads, env: authEnv(auth), metricsPort: f.metricsPort, log });
+      // Workers serve metrics on the next free ports above ours (each logged as it binds).
+      const metricsPorts = metricsServer && (await nextFreePorts(f.metricsPort ? metricsServer.port : 0, f.gpus));
+      spawned = spawnWorkers({ n: f.gpus, nats: url, run, backend: f.backend, threads: f.threads, env: authEnv(auth), metricsPorts, log });
     } else {
       log(`coordinator: start workers with: worker start --nats ${url} --run ${run}`);
     }

@@ -44,6 +44,8 @@ async function start(f: WorkerFlags): Promise<void> {
   if (f.metricsPort !== undefined) {
     const metrics = createMetrics({ role: 'worker', run: f.run, worker: id, device: f.device >= 0 ? String(f.device) : 'cpu' });
     bindTelemetry(metrics, worker.telemetry);
+    // /readyz: it can take work of its run: welcomed into its training, or (jobs on) pulling its work queue.
+    metrics.setReady(() => worker.training || jobs !== undefined);
     const srv = await metrics.serve(f.metricsPort, { tries: 100 });
     log(`worker ${id}: metrics on :${srv.port}/metrics`);
     jobs?.on('job', (e) => {
@@ -57,7 +59,6 @@ async function start(f: WorkerFlags): Promise<void> {
   const stop = () => void worker.close({ ok: false, reason: 'signal', step: worker.step });
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);
-  worker.telemetry.ready = true;
   worker.start();
   jobs?.start();
   const res = await worker.done;

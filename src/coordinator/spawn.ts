@@ -5,6 +5,7 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { availableParallelism } from 'node:os';
+import { createInterface } from 'node:readline';
 import { packagePath } from '../core/paths.js';
 
 /** Number of NVIDIA GPUs (0 when nvidia-smi is missing or fails). */
@@ -27,7 +28,13 @@ export interface SpawnOptions {
   threads?: number;
   /** Extra environment (credentials). */
   env: Record<string, string>;
+  /**
+   * The coordinator's metrics port: worker i serves from `metricsPort + 1 + i` (or the next free
+   * port); 0: each its own ephemeral port. Overridden by `metricsPorts`.
+   */
   metricsPort?: number;
+  /** Worker i's --metrics-port (e.g. from nextFreePorts in src/metrics). */
+  metricsPorts?: number[];
   log: (line: string) => void;
 }
 
@@ -47,14 +54,22 @@ export function spawnWorkers(o: SpawnOptions): Spawned {
   const children: ChildProcess[] = [];
   for (let i = 0; i < o.n; i++) {
     const gpu = i < onGpu;
-    const args = [packagePath('bin', 'worker.js'), 'start', '--nats', o.nats, '--run', o.run, '--id', `${o.run}-w${i}`,
+    const id = `${o.run}-w${i}`;
+    const args = [packagePath('bin', 'worker.js'), 'start', '--nats', o.nats, '--run', o.run, '--id', id,
       '--device', String(gpu ? i : -1), '--threads', String(gpu ? (o.threads ?? 1) : cpuThreads), '--backend', o.backend];
-    if (o.metricsPort !== undefined) args.push('--metrics-port', String(o.metricsPort ? o.metricsPort + 1 + i : 0));
+    const metricsPort = o.metricsPorts?.[i] ?? (o.metricsPort === undefined ? undefined : o.metricsPort && o.metricsPort + 1 + i);
+    if (metricsPort !== undefined) args.push('--metrics-port', String(metricsPort));
     const env = { ...process.env, ...o.env, CUDA_VISIBLE_DEVICES: gpu ? String(i) : '' };
     const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    const prefix = (b: Buffer) => b.toString().split('\n').filter(Boolean).forEach((l) => o.log(`[w${i}] ${l}`));
-    child.stdout!.on('data', prefix);
-    child.stderr!.on('data', prefix);
+    const prefix = (l: string) => {
+      if (!l) return;
+      o.log(`[w${i}] ${l}`);
+      // The port the worker bound (its --metrics-port, or the next free one): say it for scrape configs.
+      const port = /^worker \S+: metrics on :(\d+)\//.exec(l)?.[1];
+      if (port) o.log(`coordinator: worker ${id} metrics on :${port}/metrics`);
+    };
+    createInterface({ input: child.stdout!, crlfDelay: Infinity }).on('line', prefix);
+    createInterface({ input: child.stderr!, crlfDelay: Infinity }).on('line', prefix);
     child.on('exit', (code, sig) => {
       if (code !== 0) o.log(`coordinator: worker process w${i} exited (${code ?? sig})`);
     });

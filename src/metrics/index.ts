@@ -10,7 +10,7 @@
 import { createRegistry, identityLabels, type MetricsIdentity, type ScoreflowMetrics } from './registry.js';
 import { serveMetrics, type MetricsServer, type ServeOptions } from './server.js';
 
-export { DEFAULT_METRICS_PORT, findFreePort, serveMetrics, type MetricsServer, type ServeOptions } from './server.js';
+export { DEFAULT_METRICS_PORT, findFreePort, nextFreePorts, serveMetrics, type MetricsServer, type ServeOptions } from './server.js';
 export { bindTelemetry, type BindOptions, type TelemetryLike } from './telemetry.js';
 export {
   REJECT_REASONS,

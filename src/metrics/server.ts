@@ -116,3 +116,15 @@ export async function findFreePort(start: number, opts: ServeOptions = {}): Prom
   await new Promise<void>((resolve) => probe.close(() => resolve()));
   return port;
 }
+
+/**
+ * Metrics ports for `n` workers spawned beside a process that serves on `after`: the next free
+ * ports above it, in order, each checked as findFreePort does (so they do not collide with each
+ * other or with anything listening now); `n` zeros (each worker binds its own ephemeral port) when
+ * `after` is 0. The workers should still serve with `tries` > 1 and log the port they bound.
+ */
+export async function nextFreePorts(after: number, n: number, opts: ServeOptions = {}): Promise<number[]> {
+  const ports: number[] = [];
+  for (let i = 0; i < n; i++) ports.push(after === 0 ? 0 : await findFreePort((ports.at(-1) ?? after) + 1, opts));
+  return ports;
+}
