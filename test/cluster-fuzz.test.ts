@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { connectNats } from '../src/coordinator/connect.js';
-import { decode, encode, f32Bytes, Phase, subjects, WireError, type Bodies, type BodyKind } from '../src/coordinator/wire.js';
+import { decode, encode, encodeGrad, f32Bytes, Phase, PROTOCOL_VERSION, subjects, WireError, type Bodies, type BodyKind } from '../src/coordinator/wire.js';
 import { AllReduce } from '../src/worker/allreduce.js';
 import { meanOf } from '../src/worker/allreduce.js';
 import { SyntheticReplica, SYNTHETIC_DEFAULTS } from '../src/worker/synthetic.js';
@@ -82,6 +82,125 @@ describe('hostile messages', () => {
     ar.setLocal({ grad: Float32Array.from([1, 1, 1, 1, 0, 0, 0, 0]), lossSum: 1, count: 1 });
     const r = await ar.done;
     assert.deepEqual([...r.mean], [1, 1.5, 2, 2.5, 5, 6, 7, 8]);
+  });
+});
+
+describe('grad frames', () => {
+  const ctx = (me: string, extra: Partial<ConstructorParameters<typeof AllReduce>[0]> = {}) =>
+    ({ run: 'r', me, step: 0, mepoch: 1, members: ['a', 'b', 'c'], numParams: 10, chunkFloats: 2, globalBatch: 6, session: 9, ...extra });
+  const frame = (worker: string, body: Partial<Bodies['grad']> & { data: Uint8Array }) =>
+    encode({ run: 'r', worker, step: 0, membershipEpoch: 1, session: 9 }, 'grad', { phase: Phase.REDUCE, owner: 0, senderRank: 1, offset: 0, lossSum: 1, count: 2, ...body });
+  const floats = (...xs: number[]) => f32Bytes(Float32Array.from(xs), 0, xs.length);
+
+  it('round-trip, also from an unaligned buffer; version, truncation and bad lengths are rejected', () => {
+    const f = frame('b', { data: floats(1.5, -2) });
+    assert.equal(f[0], 0); // no protobuf Envelope starts with a 0 byte
+    for (const shift of [0, 1, 2, 3]) {
+      const buf = new Uint8Array(f.byteLength + shift);
+      buf.set(f, shift);
+      const env = decode(buf.subarray(shift));
+      assert.equal(env.kind, 'grad');
+      assert.deepEqual({ ...env, body: { ...env.body, data: [...new Float32Array(Uint8Array.from(env.body.data).buffer)] } }, {
+        version: PROTOCOL_VERSION, run: 'r', worker: 'b', step: 0, membershipEpoch: 1, session: 9, kind: 'grad',
+        body: { phase: Phase.REDUCE, owner: 0, senderRank: 1, offset: 0, lossSum: 1, count: 2, data: [1.5, -2] },
+      });
+    }
+    const reason = (b: Uint8Array) => { try { decode(b); return 'ok'; } catch (e) { return (e as WireError).reason; } };
+    const v1 = Uint8Array.from(f);
+    v1[4] = 1;
+    assert.equal(reason(v1), 'version');
+    assert.equal(reason(f.subarray(0, f.byteLength - 1)), 'undecodable');
+    assert.equal(reason(f.subarray(0, 20)), 'undecodable');
+    assert.equal(reason(Buffer.concat([f, new Uint8Array(4)])), 'undecodable');
+    const badH = Uint8Array.from(f);
+    badH[7] = 2;
+    assert.equal(reason(badH), 'undecodable');
+  });
+
+  it('owners add contributions in rank order whatever the arrival order: bitwise the sequential sum', async () => {
+    const rng = new Rng(3, Stream.Test, 3);
+    const P = 10;
+    const grads = [0, 1, 2].map(() => Float32Array.from({ length: P }, () => (rng.nextU32() / 2 ** 32 - 0.5) * 10 ** ((rng.nextU32() % 9) - 4)));
+    const sum = Float32Array.from(grads[0]);
+    for (const g of grads.slice(1)) for (let i = 0; i < P; i++) sum[i] += g[i];
+    const expected = meanOf(sum, 6);
+    for (let trial = 0; trial < 30; trial++) {
+      const members = ['a', 'b', 'c'];
+      const bus: { to: string; bytes: Uint8Array }[] = [];
+      const ars = members.map((m) => new AllReduce(ctx(m, { shardStart: [0, 2, 4, 6] }), (to, bytes) => bus.push({ to, bytes: Uint8Array.from(bytes) })));
+      const locals = [0, 1, 2].sort(() => (rng.nextU32() & 1) - 0.5);
+      let k = 0;
+      for (;;) {
+        // Deliver a random pending message, or set the next local gradient.
+        if (bus.length && (k >= 3 || rng.nextU32() % 3 !== 0)) {
+          const { to, bytes } = bus.splice(rng.nextU32() % bus.length, 1)[0];
+          const env = decode(bytes) as Parameters<AllReduce['accept']>[0];
+          members.forEach((m, r) => {
+            if (to === subjects.gather('r') ? m !== env.worker : to === subjects.worker('r', m)) ars[r].accept(env, bytes.byteLength);
+          });
+        } else if (k < 3) {
+          const r = locals[k++];
+          ars[r].setLocal({ grad: grads[r], lossSum: r, count: 2 });
+        } else break;
+      }
+      for (const ar of ars) {
+        const res = await ar.done;
+        assert.deepEqual([...res.mean], [...expected]);
+        assert.equal(res.lossSum, 0 + 1 + 2);
+      }
+    }
+  });
+
+  it('counts that disagree with the shard or between chunks are rejected, buffers untouched', async () => {
+    const ar = new AllReduce(ctx('a', { members: ['a', 'b'], numParams: 4, globalBatch: 3, shardStart: [0, 1, 3] }), () => {});
+    const env = (offset: number, count: number, lossSum: number, data: Uint8Array) =>
+      decode(frame('b', { offset, count, lossSum, data })) as Parameters<AllReduce['accept']>[0];
+    const expectReject = (e: Parameters<AllReduce['accept']>[0], r: string) => assert.throws(() => ar.accept(e, 1), (x: unknown) => x instanceof WireError && x.reason === r);
+    expectReject(env(0, 1, 1, floats(1, 1)), 'bad_chunk'); // rank 1's shard has 2 samples
+    ar.accept(env(0, 2, 1, floats(1, 1)), 1);
+    expectReject(env(0, 2, 1, floats(1, 1)), 'bad_chunk'); // duplicate
+    const ar2 = new AllReduce(ctx('a', { members: ['a', 'b'], numParams: 4, globalBatch: 3 }), () => {});
+    ar2.accept(env(0, 2, 1, floats(1, 1)), 1);
+    assert.throws(() => ar2.accept(decode(frame('b', { offset: 0, count: 2, lossSum: 1, data: floats(1, 1) })) as never, 1)); // duplicate
+    ar.setLocal({ grad: Float32Array.from([2, 2, 0, 0]), lossSum: 2, count: 1 });
+    ar.accept(decode(frame('b', { phase: Phase.GATHER, owner: 1, offset: 2, count: 3, lossSum: 3, data: floats(5, 6) })) as never, 1);
+    const r = await ar.done;
+    assert.deepEqual([...r.mean], [1, 1, 5, 6]);
+    assert.equal(r.lossSum, 3);
+  });
+
+  it('20000 mutated frames: the decoder and the all-reduce answer only with a result or a WireError', () => {
+    const rng = new Rng(4, Stream.Test, 4);
+    const seeds = [
+      // a owns [0, 3) (chunks at 0 and 2), b owns [3, 6) (chunks at 3 and 5)
+      frame('b', { offset: 0, owner: 0, data: floats(1, 2) }),
+      frame('b', { phase: Phase.GATHER, owner: 1, offset: 3, count: 6, lossSum: 3, data: floats(3, 4) }),
+      encodeGrad({ run: 'r', worker: 'c', step: 0, membershipEpoch: 1, session: 9 }, { phase: Phase.REDUCE, owner: 0, senderRank: 2, offset: 2, lossSum: 1, count: 2 }, Float32Array.from([7, 8, 9]), 1, 1),
+    ];
+    let ar = new AllReduce(ctx('a'), () => {});
+    const outcomes = new Map<string, number>();
+    for (let i = 0; i < 20_000; i++) {
+      if (i % 200 === 0) ar = new AllReduce(ctx('a'), () => {});
+      const t = Uint8Array.from(seeds[i % seeds.length]);
+      const r = rng.nextU32() % 4;
+      let m: Uint8Array = t;
+      // Mostly header bytes: that is where a decoder can go wrong.
+      if (r === 0) for (let k = 0; k < 1 + (rng.nextU32() % 3); k++) t[rng.nextU32() % Math.min(64, t.length)] = rng.nextU32() & 255;
+      if (r === 1) m = t.subarray(0, rng.nextU32() % t.length);
+      if (r === 2) m = Buffer.concat([t, t.subarray(rng.nextU32() % t.length)]);
+      if (r === 3) t[rng.nextU32() % t.length] ^= 1 << (rng.nextU32() % 8);
+      let outcome = 'accepted';
+      try {
+        const env = decode(m);
+        if (env.kind !== 'grad') throw new WireError('unexpected', env.kind);
+        ar.accept(env, m.byteLength);
+      } catch (e) {
+        assert.ok(e instanceof WireError, `threw ${(e as Error).stack}`);
+        outcome = e.reason;
+      }
+      outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1);
+    }
+    for (const o of ['accepted', 'undecodable', 'bad_chunk', 'unknown_worker']) assert.ok((outcomes.get(o) ?? 0) > 50, `few ${o}: ${[...outcomes]}`);
   });
 });
 
