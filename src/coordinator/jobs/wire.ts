@@ -93,7 +93,9 @@ export function decodeJob(bytes: Uint8Array): Job {
   const m = decodeAs('Job', bytes);
   const kind = (Object.keys(KINDS) as JobKind[]).find((k) => KINDS[k] === m.kind);
   if (!kind) throw new JobWireError('undecodable', `job of unknown kind ${String(m.kind)}`);
-  const j = { ...(m as unknown as Job), kind };
+  const { version, ...rest } = m;
+  void version;
+  const j = { ...(rest as unknown as Job), kind };
   if (!(j.from <= j.to && j.index < j.jobs)) throw new JobWireError('undecodable', `job ${j.index}/${j.jobs} with range [${j.from}, ${j.to})`);
   return j;
 }
