@@ -78,6 +78,7 @@ export class JobRunner extends EventEmitter<{ job: [JobEvent] }> {
   private readonly js: JetStreamClient;
   private consumer?: Consumer;
   private loaded?: Loaded;
+  private failed?: { key: string; error: string };
   private current?: JsMsg;
   private busy?: Promise<void>;
   private closed = false;
@@ -209,6 +210,17 @@ export class JobRunner extends EventEmitter<{ job: [JobEvent] }> {
   private load(key: string, spec: TaskSpec): Loaded {
     // The ranges differ between jobs, not the spec: one model (and data set) per task.
     if (this.loaded?.key === key) return this.loaded;
+    // A spec that failed to load fails again at once (the task's other jobs, until the coordinator purges them).
+    if (this.failed?.key === key) throw new Error(this.failed.error);
+    try {
+      return this.loadFresh(key, spec);
+    } catch (e) {
+      this.failed = { key, error: (e as Error).message };
+      throw e;
+    }
+  }
+
+  private loadFresh(key: string, spec: TaskSpec): Loaded {
     this.loaded?.model.dispose();
     this.loaded = undefined;
     const model = loadScoreModel(spec.ckpt, { ema: !spec.raw });
