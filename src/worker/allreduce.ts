@@ -48,6 +48,23 @@ export function meanOf(sum: Float32Array, count: number): Float32Array {
 
 export type Publish = (subject: string, bytes: Uint8Array) => void;
 
+/**
+ * Averaged-gradient buffers handed back after the update has read them (`recycleMean`), so
+ * that a worker does not allocate (and the GC chase) a parameter-sized buffer every step.
+ */
+const spareMeans: Float32Array[] = [];
+
+/** The caller is done with a Reduced.mean (the update has read it); a later all-reduce may reuse it. */
+export function recycleMean(buf: Float32Array): void {
+  if (spareMeans.length < 2 && !spareMeans.includes(buf)) spareMeans.push(buf);
+}
+
+function takeMean(n: number): Float32Array {
+  const i = spareMeans.findIndex((b) => b.length === n);
+  // Every element is written before the result is handed out, so stale values are harmless.
+  return i >= 0 ? spareMeans.splice(i, 1)[0] : new Float32Array(n);
+}
+
 // The hot loops live in small functions of their own, so that V8 optimises each loop once
 // instead of on-stack-replacing it inside a bigger function and deoptimising at the first
 // cold line after it (which it did, once per chunk).
@@ -83,7 +100,8 @@ export class AllReduce {
   private readonly maxChunks: number;
   /** The averaged gradient; our own range doubles as the accumulator of the rank-ordered sum. */
   private readonly mean: Float32Array;
-  private readonly scratch: Float32Array;
+  /** For payloads that are not 4-aligned in their buffer (copied before use). */
+  private scratchBuf?: Float32Array;
   private lossTotal = 0;
   private haveLocal = false;
   private resolve!: (r: Reduced) => void;
@@ -108,9 +126,12 @@ export class AllReduce {
     this.maxChunks = 0;
     for (let r = 0; r < this.n; r++) this.maxChunks = Math.max(this.maxChunks, this.chunksOf(r));
     this.gatherSeen = new Uint8Array(this.maxChunks * this.n);
-    this.mean = new Float32Array(ctx.numParams);
-    this.scratch = new Float32Array(Math.min(ctx.chunkFloats, ctx.numParams));
+    this.mean = takeMean(ctx.numParams);
     this.done = new Promise((r) => (this.resolve = r));
+  }
+
+  private scratch(): Float32Array {
+    return (this.scratchBuf ??= new Float32Array(Math.min(this.ctx.chunkFloats, this.ctx.numParams)));
   }
 
   private chunksOf(r: number): number {
@@ -179,7 +200,7 @@ export class AllReduce {
     if (shard !== undefined && c.count !== shard) throw new WireError('bad_chunk', `rank ${sender} claims ${c.count} samples, its shard has ${shard}`);
     if (this.counts[sender] !== 0 && (c.count !== this.counts[sender] || !Object.is(c.lossSum, this.lossSums[sender])))
       throw new WireError('bad_chunk', `rank ${sender}'s chunks disagree on its loss sum or count`);
-    const v = bytesAsF32(c.data, this.scratch);
+    const v = bytesAsF32(c.data, c.data.byteOffset % 4 === 0 ? undefined : this.scratch());
     if (!allFinite(v)) throw new WireError('non_finite', `NaN/Inf in reduce chunk at ${c.offset} from rank ${sender}`);
     this.seen[j * this.n + sender] = 1;
     this.lossSums[sender] = c.lossSum;
@@ -200,7 +221,7 @@ export class AllReduce {
     if (!Number.isFinite(c.lossSum) || c.count !== this.ctx.globalBatch)
       throw new WireError('non_finite', `gather chunk with loss sum ${c.lossSum}, count ${c.count}`);
     // Check before copying: a NaN chunk must not reach `mean`.
-    const v = bytesAsF32(c.data, this.scratch);
+    const v = bytesAsF32(c.data, c.data.byteOffset % 4 === 0 ? undefined : this.scratch());
     if (!allFinite(v)) throw new WireError('non_finite', `NaN/Inf in gather chunk at ${c.offset}`);
     this.mean.set(v, c.offset);
     this.gatherSeen[slot] = 1;

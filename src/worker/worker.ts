@@ -11,7 +11,7 @@ import type { NatsConnection, Subscription } from 'nats';
 import { sendState, StateInbox } from '../coordinator/state-transfer.js';
 import { Telemetry } from '../coordinator/telemetry.js';
 import { allFinite, checkId, decode, encode, subjects, WireError, type BodyKind, type Bodies, type Envelope, type EnvelopeOf } from '../coordinator/wire.js';
-import { AllReduce, type Reduced } from './allreduce.js';
+import { AllReduce, recycleMean, type Reduced } from './allreduce.js';
 import type { Replica, ReplicaFactory } from './replica.js';
 
 export interface WorkerOptions {
@@ -200,6 +200,7 @@ export class Worker {
     const h = this.held;
     if (h && h.step === committed - 1 && r.step === h.step && h.mepoch === commitEpoch) {
       r.apply(h.r.mean, h.r.lossSum / h.r.count);
+      recycleMean(h.r.mean);
       this.held = undefined;
     }
     if (h && h.step < committed - 1) this.held = undefined;
