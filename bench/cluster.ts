@@ -1,12 +1,18 @@
 /**
  * Cluster benchmark: `benchCluster()` returns JSON-able figures.
- *  - raw NATS publish/subscribe throughput with ~1 MB messages (the broker and client
- *    ceiling, measured in the same run);
+ *  - raw NATS publish/subscribe throughput (the broker and client ceiling, measured in the
+ *    same run) with max_payload-sized messages and with the all-reduce's chunk size; the
+ *    larger of the two is the reference the all-reduce is compared with (`of_raw`);
  *  - communication only: N = 2..8 worker processes all-reducing a 1.05M-float vector
  *    (the reference ScoreNet's size) with a near-free synthetic objective: latency and
- *    bus bandwidth (NCCL's convention: 2(N-1)/N · bytes / time);
+ *    bus bandwidth (NCCL's convention: 2(N-1)/N · bytes / time). `allreduce_ms` is the
+ *    slowest worker's time from its own gradient to the full average, so it includes
+ *    waiting for a peer whose compute finished later (compute skew, large on a shared
+ *    machine); `collective_ms` is the time of the worker that finished computing last (the
+ *    collective alone, once every input exists: what NCCL's tests time after a barrier);
  *  - training: the reference ScoreNet at batch 32 with 1 and 2 worker processes: per-step
- *    compute and all-reduce time, bytes per worker, images/s.
+ *    compute, all-reduce and wait (ack → next plan, which includes applying the update)
+ *    time, bytes per worker, images/s, and the step time over the compute time.
  * The coordinator runs in this process; workers are real `worker start` processes.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -16,6 +22,7 @@ import { Coordinator } from '../src/coordinator/coordinator.js';
 import { NatsServer } from '../src/coordinator/nats-server.js';
 import type { StepReport } from '../src/coordinator/telemetry.js';
 import { packagePath } from '../src/core/paths.js';
+import { chunkFloatsFor, decode, subjects } from '../src/coordinator/wire.js';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -33,10 +40,12 @@ export interface ClusterBenchOptions {
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
 const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d;
 
-/** Publisher and subscriber on two connections: MB/s of payload delivered. */
-async function rawNats(url: string, count: number): Promise<Record<string, number>> {
+/** Publisher and subscriber on two connections: MB/s of payload delivered (`size` 0: max_payload - 1 KiB). */
+async function rawNats(url: string, totalBytes: number, size = 0): Promise<Record<string, number>> {
   const [pub, sub] = [await connectNats({ url }), await connectNats({ url })];
-  const size = (pub.info!.max_payload - 1024) & ~3;
+  size ||= (pub.info!.max_payload - 1024) & ~3;
+  const count = Math.ceil(totalBytes / size);
+  const flushEvery = Math.max(16, Math.round((16 << 20) / size));
   const payload = new Uint8Array(size).fill(7);
   let got = 0;
   const done = new Promise<void>((r) => sub.subscribe('bench.raw', { callback: () => ++got === count && r() }));
@@ -44,7 +53,7 @@ async function rawNats(url: string, count: number): Promise<Record<string, numbe
   const t0 = performance.now();
   for (let i = 0; i < count; i++) {
     pub.publish('bench.raw', payload);
-    if (i % 16 === 15) await pub.flush();
+    if (i % flushEvery === flushEvery - 1) await pub.flush();
   }
   await done;
   const s = (performance.now() - t0) / 1000;
@@ -66,10 +75,26 @@ function startWorkers(n: number, url: string, run: string, backend: string, thre
   );
 }
 
-/** One run: in-process coordinator, n worker processes; the step reports after `warmup`. */
-async function runCluster(server: NatsServer, o: { n: number; run: string; configJson: string; batchSize: number; steps: number; backend: string; threads: number }): Promise<StepReport[]> {
+/** The workers' acks of one step: each worker's all-reduce time (the coordinator's report keeps the slowest). */
+type AckTimes = Map<number, number[]>;
+
+/** One run: in-process coordinator, n worker processes; every step's report and ack times. */
+async function runCluster(server: NatsServer, o: { n: number; run: string; configJson: string; batchSize: number; steps: number; backend: string; threads: number }): Promise<{ reports: StepReport[]; acks: AckTimes }> {
   const dir = mkdtempSync(join(tmpdir(), 'scoreflow-bench-'));
   const nc = await connectNats({ url: server.url });
+  const acks: AckTimes = new Map();
+  // A listener on the coordinator's subject (the coordinator itself only reports maxima).
+  nc.subscribe(subjects.coord(o.run), {
+    callback: (err, m) => {
+      if (err) return;
+      try {
+        const env = decode(m.data);
+        if (env.kind === 'ack' && !env.body.error) (acks.get(env.step) ?? acks.set(env.step, []).get(env.step)!).push(env.body.allreduceMs);
+      } catch {
+        // not ours to judge
+      }
+    },
+  });
   const c = new Coordinator({ nc, run: o.run, outDir: dir, configJson: o.configJson, batchSize: o.batchSize, steps: o.steps, minWorkers: o.n, checkpointEvery: 0, checksumEvery: 0, syncTimeoutMs: 120_000 });
   const reports: StepReport[] = [];
   c.telemetry.on('step', (r) => reports.push(r));
@@ -83,16 +108,19 @@ async function runCluster(server: NatsServer, o: { n: number; run: string; confi
     await nc.close();
     rmSync(dir, { recursive: true, force: true });
   }
-  return reports;
+  return { reports, acks };
 }
 
-function summarise(reports: StepReport[], warmup: number) {
+function summarise({ reports, acks }: { reports: StepReport[]; acks: AckTimes }, warmup: number) {
   const rs = reports.slice(warmup);
+  const collective = rs.map((r) => acks.get(r.step)).filter((a) => a && a.length === rs[0]?.workers).map((a) => Math.min(...a!));
   return {
     steps: rs.length,
     step_ms: round(median(rs.map((r) => r.stepMs))),
     compute_ms: round(median(rs.map((r) => r.computeMs))),
     allreduce_ms: round(median(rs.map((r) => r.allreduceMs))),
+    collective_ms: round(median(collective)),
+    wait_ms: round(median(rs.map((r) => r.waitMs))),
     bytes_sent_per_worker: Math.round(median(rs.map((r) => r.bytesSent))),
     bytes_received_per_worker: Math.round(median(rs.map((r) => r.bytesReceived))),
     images_per_s: round(median(rs.map((r) => r.imagesPerSec)), 1),
@@ -106,16 +134,25 @@ export async function benchCluster(opts: ClusterBenchOptions = {}): Promise<Reco
   const out: Record<string, unknown> = { nats_server: server.url, cores: availableParallelism() };
   try {
     log('cluster: raw NATS publish/subscribe');
-    out.raw_nats = await rawNats(server.url, quick ? 100 : 400);
+    const rawBytes = (quick ? 100 : 400) << 20;
+    const chunkBytes = 4 * chunkFloatsFor(1 << 20); // the embedded server's max_payload
+    const raw = { max_payload: await rawNats(server.url, rawBytes), chunk_size: await rawNats(server.url, rawBytes, chunkBytes) };
+    const rawMBps = Math.max(raw.max_payload.mb_per_s, raw.chunk_size.mb_per_s);
+    out.raw_nats = { ...raw, mb_per_s: rawMBps };
     const P = 1_050_000;
     const comm: Record<string, unknown> = {};
     for (const n of opts.commWorkers ?? (quick ? [2, 4] : [2, 4, 8])) {
       log(`cluster: all-reduce of ${P} floats over ${n} worker processes`);
       const cfg = { synthetic: true, params: P, batchSize: n, samples: 1024, seed: 1, lr: 1e-3 };
-      const reports = await runCluster(server, { n, run: `comm${n}`, configJson: JSON.stringify(cfg), batchSize: n, steps: quick ? 8 : 20, backend: 'cpu', threads: 1 });
-      const s = summarise(reports, 3);
+      const run = await runCluster(server, { n, run: `comm${n}`, configJson: JSON.stringify(cfg), batchSize: n, steps: quick ? 15 : 40, backend: 'cpu', threads: 1 });
+      const s = summarise(run, 3);
       const busBytes = (2 * (n - 1) / n) * P * 4;
-      comm[`workers_${n}`] = { ...s, vector_floats: P, bus_bandwidth_mb_per_s: round(busBytes / (s.allreduce_ms / 1000) / 1e6, 1) };
+      const bus = round(busBytes / (s.allreduce_ms / 1000) / 1e6, 1);
+      const busCollective = round(busBytes / (s.collective_ms / 1000) / 1e6, 1);
+      comm[`workers_${n}`] = {
+        ...s, vector_floats: P, bus_bandwidth_mb_per_s: bus, collective_bus_bandwidth_mb_per_s: busCollective,
+        of_raw: round(bus / rawMBps, 3), collective_of_raw: round(busCollective / rawMBps, 3),
+      };
     }
     out.allreduce = comm;
     if (!opts.skipTraining) {
@@ -125,8 +162,8 @@ export async function benchCluster(opts: ClusterBenchOptions = {}): Promise<Reco
       for (const n of [1, 2]) {
         const threads = Math.max(1, Math.floor(availableParallelism() / n));
         log(`cluster: ScoreNet training, batch 32, ${n} worker(s) x ${threads} thread(s) on ${backend}`);
-        const reports = await runCluster(server, { n, run: `train${n}`, configJson: cfgJson, batchSize: 32, steps: quick ? 4 : 8, backend, threads });
-        train[`workers_${n}`] = { threads_per_worker: threads, ...summarise(reports, 2) };
+        const run = await runCluster(server, { n, run: `train${n}`, configJson: cfgJson, batchSize: 32, steps: quick ? 6 : 12, backend, threads });
+        train[`workers_${n}`] = { threads_per_worker: threads, ...summarise(run, 2) };
       }
       const two = train.workers_2 as ReturnType<typeof summarise>;
       train.overhead_over_compute_2_workers = round(two.step_ms / two.compute_ms - 1, 3);

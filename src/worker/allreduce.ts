@@ -7,9 +7,9 @@
  * the N contributions of each chunk in rank order 0, 1, ..., N-1 (never in arrival order,
  * so the float sum is independent of timing): a contribution that is next in rank order is
  * added straight from the received bytes, one that arrives early is kept until its turn.
- * As soon as a chunk has all N contributions it is divided by the global batch and
- * published on the gather subject (all-gather; the broker fans it out), so the gather of
- * early chunks overlaps the reduce of later ones. Per step a worker sends about
+ * As soon as a chunk has all N contributions it is divided by the global batch (fused
+ * with the last addition) and published on the gather subject (all-gather; the broker
+ * fans it out), so the gather of early chunks overlaps the reduce of later ones. Per step a worker sends about
  * (N-1)/N + 1/N of the gradient and receives 2(N-1)/N of it, whatever N is.
  *
  * Every chunk's position and length follow from (P, N, chunkFloats), so a receiver checks
@@ -69,15 +69,28 @@ function takeMean(n: number): Float32Array {
 // instead of on-stack-replacing it inside a bigger function and deoptimising at the first
 // cold line after it (which it did, once per chunk).
 
-/** acc = src (r = 0) or acc += src, element by element in float32: the rank-ordered sum. */
-function fold(acc: Float32Array, src: Float32Array, first: boolean): void {
-  if (first) acc.set(src);
-  else for (let i = 0, n = acc.length; i < n; i++) acc[i] += src[i];
+/** acc += src, element by element in float32: one step of the rank-ordered sum. */
+function add(acc: Float32Array, src: Float32Array): void {
+  for (let i = 0, n = acc.length; i < n; i++) acc[i] += src[i];
 }
 
-/** In place, same rounding as meanOf: a[i] is float32, the quotient is rounded once. */
-function divide(a: Float32Array, count: number): void {
-  for (let i = 0, n = a.length; i < n; i++) a[i] = a[i] / count;
+/**
+ * The last step of the sum fused with the average: the float32 sum, then the quotient
+ * rounded once, exactly as meanOf does it with the sum stored first.
+ */
+function addDivide(acc: Float32Array, src: Float32Array, count: number): void {
+  for (let i = 0, n = acc.length; i < n; i++) acc[i] = Math.fround(acc[i] + src[i]) / count;
+}
+
+function copyDivide(acc: Float32Array, src: Float32Array, count: number): void {
+  for (let i = 0, n = acc.length; i < n; i++) acc[i] = src[i] / count;
+}
+
+/** Folds contribution r of n into acc (rank order); the last one also divides by count. */
+function fold(acc: Float32Array, src: Float32Array, r: number, n: number, count: number): void {
+  if (r === n - 1) (r === 0 ? copyDivide : addDivide)(acc, src, count);
+  else if (r === 0) acc.set(src);
+  else add(acc, src);
 }
 
 export class AllReduce {
@@ -231,7 +244,7 @@ export class AllReduce {
 
   private foldInto(j: number, v: Float32Array, r: number): void {
     const [o, len] = this.chunk(this.rank, j);
-    fold(this.mean.subarray(o, o + len), v, r === 0);
+    fold(this.mean.subarray(o, o + len), v, r, this.n, this.ctx.globalBatch);
     this.next[j] = r + 1;
   }
 
@@ -254,7 +267,7 @@ export class AllReduce {
     }
     if (count !== this.ctx.globalBatch) throw new Error(`step ${this.ctx.step}: shards add up to ${count} samples, the plan says ${this.ctx.globalBatch}`);
     const [o, len] = this.chunk(this.rank, j);
-    divide(this.mean.subarray(o, o + len), count);
+    // (the last fold divided by the global batch: the chunk is averaged)
     this.lossTotal = lossSum;
     if (this.n > 1) {
       const msg = encodeGrad(this.header(), { phase: Phase.GATHER, owner: this.rank, senderRank: this.rank, offset: o, lossSum, count }, this.mean, o, len);
