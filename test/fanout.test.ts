@@ -157,9 +157,10 @@ describe('coordinator sample / likelihood', { skip: skipNoNats }, () => {
     const t0 = Date.now();
     const r = runBin('coordinator', ['sample', '--gpus', '2', '--ckpt', bad, ...SAMPLE, ...FAST, '--out', out]);
     assert.equal(r.code, 1);
-    const shown = r.stderr.split('\n').filter((l) => l.startsWith('coordinator: worker '));
+    // the coordinator's own lines naming the error (workers' lines come prefixed with [wI])
+    const shown = r.stderr.split('\n').filter((l) => l.startsWith('coordinator: ') && l.includes('bad.safetensors'));
     assert.equal(shown.length, 1, r.stderr);
-    assert.match(shown[0], /bad\.safetensors|safetensors/);
+    assert.match(shown[0], /^coordinator: worker \S+: .*bad\.safetensors: .*not safetensors/);
     assert.ok(!existsSync(out) && !existsSync(join(dir, 'bad.json')));
     assert.ok(Date.now() - t0 < 30_000, 'no redelivery loop');
   });
