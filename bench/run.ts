@@ -1,12 +1,15 @@
 /**
  * `npm run bench`: prints one JSON object with this machine's figures beside the PyTorch
  * reference run in the same session. Flags: --quick (fewer repetitions), --only a,b (sections:
- * torch, core, leak; default torch,core), --backends torch,wasm,..., --threads 1,2 (the thread
- * counts for torch and for PyTorch), --leak-steps N (default 1000).
+ * torch, core, sampling, cluster, fanout, leak; default all), --backends torch,wasm,...,
+ * --threads 1,2 (the thread counts for torch and for PyTorch), --leak-steps N (default 1000).
  */
 import { spawnSync } from 'node:child_process';
 import { cpus, totalmem } from 'node:os';
+import { benchCluster } from './cluster.js';
 import { benchCore, leakCheck } from './core.js';
+import { benchFanout } from './fanout.js';
+import { benchSampling } from './sampling.js';
 import { packagePath } from '../src/core/paths.js';
 import type { BackendName } from '../src/core/backend/index.js';
 
@@ -16,7 +19,7 @@ function flag(name: string): string | undefined {
 }
 
 const quick = process.argv.includes('--quick');
-const only = new Set((flag('--only') ?? 'core,torch').split(','));
+const only = new Set((flag('--only') ?? 'torch,core,sampling,cluster,fanout,leak').split(','));
 const backends = (flag('--backends') ?? 'torch,wasm').split(',') as BackendName[];
 const log = (line: string) => process.stderr.write(`bench: ${line}\n`);
 
@@ -87,6 +90,20 @@ if (only.has('core')) {
   result.core = core;
   result.ratio_to_pytorch = ratio;
 }
+/** A section that fails reports its error instead of ending the run. */
+async function section(name: string, f: () => Promise<unknown>): Promise<void> {
+  if (!only.has(name)) return;
+  log(`${name} ...`);
+  try {
+    result[name] = await f();
+  } catch (e) {
+    result[name] = { error: (e as Error).message };
+  }
+}
+
+await section('sampling', () => benchSampling({ quick }));
+await section('cluster', () => benchCluster({ quick, log }));
+await section('fanout', () => benchFanout({ quick, log }));
 if (only.has('leak')) {
   const steps = Number(flag('--leak-steps') ?? 1000);
   log(`leak check: ${steps} training steps on ${backends[0]}`);
