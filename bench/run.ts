@@ -101,7 +101,11 @@ async function section(name: string, f: () => Promise<unknown>): Promise<void> {
   }
 }
 
-await section('sampling', () => benchSampling({ quick }));
+await section('sampling', async () => {
+  const out: Record<string, unknown> = {};
+  for (const b of backends) out[b] = await benchSampling({ quick, backend: b }).catch((e: Error) => ({ error: e.message }));
+  return out;
+});
 await section('cluster', () => benchCluster({ quick, log }));
 await section('fanout', () => benchFanout({ quick, log }));
 if (only.has('leak')) {
