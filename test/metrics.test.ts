@@ -2,11 +2,10 @@
 // and deploy/README.md name only (and, for the README, all) metrics that the code exports.
 import assert from 'node:assert/strict';
 import { createServer } from 'node:net';
-import { readFileSync, readdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import { after, describe, test } from 'node:test';
-import { parse } from 'yaml';
 import { createMetrics, findFreePort, type Metrics } from '../src/metrics/index.js';
+import { deployQueries, loadDashboards, metricNames, unknownMetrics } from '../src/metrics/queries.js';
 import { packagePath } from '../src/core/paths.js';
 
 async function get(port: number, path: string, method = 'GET') {
@@ -102,37 +101,14 @@ describe('metric names', () => {
 
   test('every dashboard query, alert rule and README row names an exported metric, and the README lists them all', async () => {
     const exported = await exportedNames([coordinator, createMetrics({ role: 'worker', run: 'r', worker: 'w', device: '0' })]);
-    // Synthesised by Prometheus itself, not exported by anyone.
-    const synthetic = new Set(['up']);
-    const known = (name: string) => exported.has(name) || synthetic.has(name) || exported.has(stripHistogramSuffix(name));
-
-    const queries: { where: string; expr: string }[] = [];
-    const dashDir = packagePath('deploy', 'grafana', 'dashboards');
-    const dashboards = readdirSync(dashDir).filter((f) => f.endsWith('.json'));
+    const dashboards = loadDashboards();
     assert.equal(dashboards.length, 3, 'training, cluster health, sampling/likelihood');
-    for (const file of dashboards) {
-      const dash = JSON.parse(readFileSync(join(dashDir, file), 'utf8')) as Dashboard;
-      assert.ok(dash.uid && dash.title, `${file}: uid and title`);
-      for (const v of dash.templating?.list ?? []) {
-        const q = typeof v.query === 'string' ? v.query : v.query?.query;
-        if (v.type === 'query' && q) queries.push({ where: `${file} variable ${v.name}`, expr: q });
-      }
-      const panels = (dash.panels ?? []).flatMap((p) => [p, ...(p.panels ?? [])]);
+    for (const { file, dashboard, panels } of dashboards) {
+      assert.ok(dashboard.uid && dashboard.title, `${file}: uid and title`);
       assert.ok(panels.length >= 6, `${file}: only ${panels.length} panels`);
-      for (const p of panels) for (const t of p.targets ?? []) queries.push({ where: `${file} panel "${p.title}"`, expr: t.expr });
     }
-    const rules = parse(readFileSync(packagePath('deploy', 'prometheus', 'alerts.yml'), 'utf8')) as { groups: { rules: { alert: string; expr: string }[] }[] };
-    for (const r of rules.groups.flatMap((g) => g.rules)) queries.push({ where: `alert ${r.alert}`, expr: r.expr });
-
-    const used = new Set<string>();
-    for (const { where, expr } of queries) {
-      const names = metricNames(expr);
-      assert.ok(names.length > 0, `${where}: no metric found in ${expr}`);
-      for (const n of names) {
-        assert.ok(known(n), `${where} queries ${n}, which the code does not export (${expr})`);
-        used.add(stripHistogramSuffix(n));
-      }
-    }
+    const { problems, used } = unknownMetrics(deployQueries(), exported);
+    assert.deepEqual(problems, []);
     // Every scoreflow metric is on some dashboard or alert.
     for (const n of exported) if (n.startsWith('scoreflow_')) assert.ok(used.has(n), `${n} appears on no dashboard or alert`);
 
@@ -153,52 +129,8 @@ describe('metric names', () => {
   });
 });
 
-interface Dashboard {
-  uid?: string;
-  title?: string;
-  templating?: { list: { name: string; type: string; query?: string | { query?: string } }[] };
-  panels?: Panel[];
-}
-interface Panel {
-  title: string;
-  panels?: Panel[];
-  targets?: { expr: string }[];
-}
-
 async function exportedNames(all: Metrics[]): Promise<Set<string>> {
   const names = new Set<string>();
   for (const m of all) for (const j of await m.registry.getMetricsAsJSON()) names.add(j.name);
-  return names;
-}
-
-function stripHistogramSuffix(name: string): string {
-  return name.replace(/_(bucket|sum|count)$/, '');
-}
-
-const PROMQL_KEYWORDS = new Set([
-  'by', 'without', 'on', 'ignoring', 'group_left', 'group_right', 'and', 'or', 'unless', 'bool', 'offset',
-  'inf', 'nan', 'atan2',
-]);
-
-/**
- * Metric names in a PromQL expression (or a Grafana `label_values(metric, label)` query), in order
- * of first appearance: every identifier that is not a function call, a keyword, a label inside
- * braces or a grouping clause, a Grafana variable, a string or a number.
- */
-export function metricNames(expr: string): string[] {
-  let e = expr
-    .replace(/"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`/g, '""') // strings
-    .replace(/\$\{[^}]*\}|\$\w+/g, ' ') // Grafana variables ($run, ${run}, $__rate_interval)
-    .replace(/\{[^}]*\}/g, ' ') // label matchers
-    .replace(/\[[^\]]*\]/g, ' ') // range and subquery selectors
-    .replace(/\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)/g, ' ') // label lists
-    .replace(/\blabel_values\s*\(\s*([a-zA-Z_:][\w:]*)\s*,[^)]*\)/g, ' $1 '); // Grafana label_values(metric, label)
-  e = e.replace(/\b\d+(\.\d+)?([eE][+-]?\d+)?\b|\b\d+[smhdwy]\b/g, ' ');
-  const names: string[] = [];
-  for (const m of e.matchAll(/[a-zA-Z_:][\w:]*(?=\s*(\()?)/g)) {
-    const [word, call] = [m[0], m[1]];
-    if (call || PROMQL_KEYWORDS.has(word.toLowerCase())) continue;
-    if (!names.includes(word)) names.push(word);
-  }
   return names;
 }
