@@ -15,7 +15,8 @@ import { packagePath } from '../src/core/paths.js';
 import { loadTrainingCheckpoint } from '../src/core/train/checkpoint.js';
 import { configFromFlags } from '../src/cli/train.js';
 import { trainerReplicas } from '../src/worker/trainer-replica.js';
-import { skipNoNats, startCluster, startNats, tempDir, type NatsServer } from './helpers/nats.js';
+import { startCluster, startNats, tempDir, type NatsServer } from './helpers/nats.js';
+import { maxRelDiff } from '../src/core/parity.js';
 
 const run = promisify(execFile);
 const K = 5;
@@ -28,17 +29,8 @@ async function reference(threads: number): Promise<State> {
   return loadTrainingCheckpoint(join(out, 'checkpoint.safetensors')).state;
 }
 
-function maxRel(a: Float32Array, b: Float32Array): number {
-  let d = 0;
-  let m = 0;
-  for (let i = 0; i < a.length; i++) {
-    d = Math.max(d, Math.abs(a[i] - b[i]));
-    m = Math.max(m, Math.abs(b[i]));
-  }
-  return d / m;
-}
 
-describe('cluster = scoreflow train (real Trainer)', { skip: skipNoNats }, () => {
+describe('cluster = scoreflow train (real Trainer)', () => {
   let server: NatsServer;
   const refs = new Map<number, State>();
   before(async () => {
@@ -64,7 +56,7 @@ describe('cluster = scoreflow train (real Trainer)', { skip: skipNoNats }, () =>
         assert.equal(got.step, K);
         const ref = refs.get(n)!;
         for (const k of ['params', 'm', 'v', 'ema'] as const) assert.deepEqual(got[k], ref[k], `${k} differs from scoreflow train --threads ${n}`);
-        const d = maxRel(got.params, refs.get(1)!.params);
+        const d = maxRelDiff(got.params, refs.get(1)!.params);
         t.diagnostic(`${n} worker(s) vs --threads 1: max relative parameter difference ${d.toExponential(2)}`);
         // Adam divides by sqrt(v): on near-zero gradient elements, summation-order noise
         // becomes a full lr-sized step, so the bound is a few lr / max|param|, not 1e-7.

@@ -11,21 +11,13 @@ import { connectNats } from '../src/coordinator/connect.js';
 import { Coordinator } from '../src/coordinator/coordinator.js';
 import { meanOf } from '../src/worker/allreduce.js';
 import { SyntheticReplica, SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../src/worker/synthetic.js';
-import { skipNoNats, startNats, syntheticCluster, tempDir, type NatsServer } from './helpers/nats.js';
+import { startNats, syntheticCluster, tempDir, type NatsServer } from './helpers/nats.js';
+import { maxRelDiff } from '../src/core/parity.js';
 
 const cfg: SyntheticConfig = { ...SYNTHETIC_DEFAULTS, params: 20_000, batchSize: 12, computeMs: 15 };
 const STEPS = 40;
 let ref: SyntheticReplica;
 
-function maxRelDiff(a: Float32Array, b: Float32Array): number {
-  let d = 0;
-  let m = 0;
-  for (let i = 0; i < a.length; i++) {
-    d = Math.max(d, Math.abs(a[i] - b[i]));
-    m = Math.max(m, Math.abs(b[i]));
-  }
-  return d / m;
-}
 
 function assertMatchesReference(r: SyntheticReplica | undefined): void {
   assert.ok(r, 'worker has no state');
@@ -43,7 +35,7 @@ async function until(f: () => boolean, ms = 10_000): Promise<void> {
   }
 }
 
-describe('cluster faults (in process)', { skip: skipNoNats }, () => {
+describe('cluster faults (in process)', () => {
   let server: NatsServer;
   before(async () => {
     server = await startNats();

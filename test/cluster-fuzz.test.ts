@@ -12,7 +12,7 @@ import { AllReduce } from '../src/worker/allreduce.js';
 import { meanOf } from '../src/worker/allreduce.js';
 import { SyntheticReplica, SYNTHETIC_DEFAULTS } from '../src/worker/synthetic.js';
 import { Rng, Stream } from '../src/core/rng.js';
-import { skipNoNats, startNats, syntheticCluster, type NatsServer } from './helpers/nats.js';
+import { startNats, syntheticCluster, type NatsServer } from './helpers/nats.js';
 
 const H = { run: 'test', worker: 'fz1', step: 3, membershipEpoch: 65537 };
 const TEMPLATES: { [K in BodyKind]: Bodies[K] } = {
@@ -204,7 +204,7 @@ describe('grad frames', () => {
   });
 });
 
-describe('a live run under hostile traffic', { skip: skipNoNats }, () => {
+describe('a live run under hostile traffic', () => {
   let server: NatsServer;
   before(async () => (server = await startNats()));
   after(async () => server?.close());

@@ -15,7 +15,7 @@ import { packagePath } from '../src/core/paths.js';
 import { loadTrainingCheckpoint } from '../src/core/train/checkpoint.js';
 import { meanOf } from '../src/worker/allreduce.js';
 import { SyntheticReplica, SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../src/worker/synthetic.js';
-import { skipNoNats, startNats, tempDir, type NatsServer } from './helpers/nats.js';
+import { startNats, tempDir, type NatsServer } from './helpers/nats.js';
 
 const exec = promisify(execFile);
 const bin = (name: string) => packagePath('bin', `${name}.js`);
@@ -89,7 +89,7 @@ const coordArgs = (dir: string, url: string, extra: string[] = []) => [
 ];
 const workerArgs = (url: string, i: number) => ['start', '--nats', url, '--run', 'proc', '--id', `p${i}`, '--backend', 'cpu', '--heartbeat-ms', '200'];
 
-describe('cluster processes', { skip: skipNoNats }, () => {
+describe('cluster processes', () => {
   let server: NatsServer;
   let ref: SyntheticReplica;
   const procs: Proc[] = [];

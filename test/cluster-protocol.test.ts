@@ -7,7 +7,8 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { meanOf } from '../src/worker/allreduce.js';
 import { SyntheticReplica, SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../src/worker/synthetic.js';
-import { skipNoNats, startNats, syntheticCluster, type NatsServer } from './helpers/nats.js';
+import { startNats, syntheticCluster, type NatsServer } from './helpers/nats.js';
+import { maxRelDiff } from '../src/core/parity.js';
 
 async function reference(cfg: SyntheticConfig, steps: number): Promise<SyntheticReplica> {
   const r = new SyntheticReplica(cfg);
@@ -18,17 +19,8 @@ async function reference(cfg: SyntheticConfig, steps: number): Promise<Synthetic
   return r;
 }
 
-function maxRelDiff(a: Float32Array, b: Float32Array): number {
-  let d = 0;
-  let m = 0;
-  for (let i = 0; i < a.length; i++) {
-    d = Math.max(d, Math.abs(a[i] - b[i]));
-    m = Math.max(m, Math.abs(b[i]));
-  }
-  return d / m;
-}
 
-describe('cluster protocol (synthetic objective)', { skip: skipNoNats }, () => {
+describe('cluster protocol (synthetic objective)', () => {
   let server: NatsServer;
   before(async () => (server = await startNats()));
   after(async () => server?.close());

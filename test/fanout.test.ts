@@ -14,7 +14,7 @@ import { writeNpySync } from '../src/core/io/npy.js';
 import { planJobs } from '../src/coordinator/jobs/spec.js';
 import { ResultAssembler, chunkResult, decodeJob, decodeResult, encodeJob, encodeResult, fromLeBytes, leBytes, type JobResultChunk } from '../src/coordinator/jobs/wire.js';
 import { runBin, spawnBin, tempDir } from './helpers/cli.js';
-import { skipNoNats, startNats, type NatsServer } from './helpers/nats.js';
+import { startNats, type NatsServer } from './helpers/nats.js';
 
 const dir = tempDir('scoreflow-fanout-');
 const ckpt = join(dir, 'train', 'checkpoint.safetensors');
@@ -63,7 +63,7 @@ describe('job wire', () => {
   });
 });
 
-describe('coordinator sample / likelihood', { skip: skipNoNats }, () => {
+describe('coordinator sample / likelihood', () => {
   let refNpy: Buffer;
   let refBpd: string;
 

@@ -15,14 +15,12 @@ import { after, before, describe, test } from 'node:test';
 import { packagePath } from '../src/core/paths.js';
 import { findFreePort } from '../src/metrics/index.js';
 import { deployQueries, exposedNames, unknownMetrics } from '../src/metrics/queries.js';
-import { skipNoNats } from './helpers/nats.js';
 
 const RUN = 'opsit';
 const promDir = packagePath('deploy', 'prometheus');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const which = (name: string) => spawnSync('sh', ['-c', `command -v ${name}`], { encoding: 'utf8' }).stdout.trim();
 const prometheusBin = which('prometheus');
-const skip = skipNoNats || (prometheusBin ? false : 'prometheus not installed (apt-get install prometheus)');
 
 interface Proc {
   child: ChildProcess;
@@ -87,7 +85,7 @@ const pidAlive = (pid: number) => {
   }
 };
 
-describe('a live coordinator start --gpus 2 with its workers', { skip, timeout: 300_000 }, () => {
+describe('a live coordinator start --gpus 2 with its workers', { timeout: 300_000 }, () => {
   const dir = mkdtempSync(join(tmpdir(), 'scoreflow-ops-'));
   let coordinator: Proc;
   let prometheus: Proc | undefined;
@@ -143,6 +141,7 @@ describe('a live coordinator start --gpus 2 with its workers', { skip, timeout: 
         `    static_configs: [{targets: [${[...ports.workers.values()].map(target).join(', ')}]}]`,
       ].join('\n') + '\n',
     );
+    assert.ok(prometheusBin, 'prometheus not installed (apt-get install prometheus)');
     prometheus = startProc(prometheusBin, [
       `--config.file=${join(dir, 'prometheus.yml')}`, `--storage.tsdb.path=${join(dir, 'prometheus-data')}`,
       `--web.listen-address=127.0.0.1:${webPort}`, '--log.level=warn',

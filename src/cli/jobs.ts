@@ -19,7 +19,7 @@ import { checkId } from '../coordinator/wire.js';
 import { loadImages } from '../core/data/mnist.js';
 import { readNpy } from '../core/io/npy.js';
 import { resolveSampleOptions } from '../core/sampling/index.js';
-import { createMetrics, type Metrics } from '../metrics/index.js';
+import { createMetrics, nextFreePorts, type Metrics, type MetricsServer } from '../metrics/index.js';
 import { backendOption, parseIntArg } from './common.js';
 import { addLikelihoodOptions, emitLikelihoodReport, likelihoodReport, type LikelihoodFlags } from './likelihood.js';
 import { progressBar } from './progress.js';
@@ -54,19 +54,25 @@ async function withCluster<T>(f: ClusterFlags, kind: string, fn: (c: { nc: Await
   let spawned: Spawned | undefined;
   try {
     const nc = await connectNats({ ...clientAuth(auth), url, name: `scoreflow-coordinator-${run}` });
+    let metricsServer: MetricsServer | undefined;
     try {
       let metrics: Metrics | undefined;
       if (f.metricsPort !== undefined) {
         metrics = createMetrics({ role: 'coordinator', run });
         metrics.setReady(true);
-        log(`coordinator: metrics on :${(await metrics.serve(f.metricsPort, { tries: 100 })).port}/metrics`);
+        metricsServer = await metrics.serve(f.metricsPort, { tries: 100 });
+        log(`coordinator: metrics on :${metricsServer.port}/metrics`);
       }
-      if (f.spawn) spawned = spawnWorkers({ n: f.gpus, nats: url, run, backend: f.backend, threads: f.threads, env: authEnv(auth), metricsPort: f.metricsPort, log });
-      else log(`coordinator: ${kind} on the workers of run ${run} (start more with: worker start --nats ${url} --run ${run})`);
+      if (f.spawn) {
+        // workers take the free ports above the coordinator's bound one (or ephemeral ports for 0)
+        const metricsPorts = metricsServer && (await nextFreePorts(f.metricsPort ? metricsServer.port : 0, f.gpus));
+        spawned = spawnWorkers({ n: f.gpus, nats: url, run, backend: f.backend, threads: f.threads, env: authEnv(auth), metricsPorts, log });
+      } else log(`coordinator: ${kind} on the workers of run ${run} (start more with: worker start --nats ${url} --run ${run})`);
       return await fn({ nc, run, metrics });
     } finally {
       await spawned?.stop();
       await nc.drain().catch(() => {});
+      await metricsServer?.close();
     }
   } finally {
     await server?.close();

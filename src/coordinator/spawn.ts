@@ -28,12 +28,7 @@ export interface SpawnOptions {
   threads?: number;
   /** Extra environment (credentials). */
   env: Record<string, string>;
-  /**
-   * The coordinator's metrics port: worker i serves from `metricsPort + 1 + i` (or the next free
-   * port); 0: each its own ephemeral port. Overridden by `metricsPorts`.
-   */
-  metricsPort?: number;
-  /** Worker i's --metrics-port (e.g. from nextFreePorts in src/metrics). */
+  /** Worker i's --metrics-port (e.g. from nextFreePorts in src/metrics); none: no metrics endpoint. */
   metricsPorts?: number[];
   log: (line: string) => void;
 }
@@ -57,7 +52,7 @@ export function spawnWorkers(o: SpawnOptions): Spawned {
     const id = `${o.run}-w${i}`;
     const args = [packagePath('bin', 'worker.js'), 'start', '--nats', o.nats, '--run', o.run, '--id', id,
       '--device', String(gpu ? i : -1), '--threads', String(gpu ? (o.threads ?? 1) : cpuThreads), '--backend', o.backend];
-    const metricsPort = o.metricsPorts?.[i] ?? (o.metricsPort === undefined ? undefined : o.metricsPort && o.metricsPort + 1 + i);
+    const metricsPort = o.metricsPorts?.[i];
     if (metricsPort !== undefined) args.push('--metrics-port', String(metricsPort));
     const env = { ...process.env, ...o.env, CUDA_VISIBLE_DEVICES: gpu ? String(i) : '' };
     const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });

@@ -26,7 +26,8 @@ export interface ParityReport {
 
 export const PARITY_TOLERANCE = { score: 1e-4, loss: 1e-4, grads: 1e-3 };
 
-function maxRel(ours: ArrayLike<number>, ref: ArrayLike<number>, scale?: number): number {
+/** max |ours - ref| over max |ref| (or over `scale`). */
+export function maxRelDiff(ours: ArrayLike<number>, ref: ArrayLike<number>, scale?: number): number {
   let d = 0;
   let m = 0;
   for (let i = 0; i < ref.length; i++) {
@@ -74,7 +75,7 @@ export function runParity(path: string, backend: string): ParityReport {
   const report: ParityReport = {
     fixture: path,
     backend,
-    score: maxRel(out.score, refScore),
+    score: maxRelDiff(out.score, refScore),
     loss: Math.abs(out.loss - refLoss) / Math.abs(refLoss),
     grads: {},
     zeroGrads: {},
@@ -82,8 +83,8 @@ export function runParity(path: string, backend: string): ParityReport {
     pass: false,
   };
   trainable.forEach((info, k) => {
-    if (zero.has(info.name)) report.zeroGrads[info.name] = maxRel(out.grads[k], refGrads[k], globalScale);
-    else report.grads[info.name] = maxRel(out.grads[k], refGrads[k]);
+    if (zero.has(info.name)) report.zeroGrads[info.name] = maxRelDiff(out.grads[k], refGrads[k], globalScale);
+    else report.grads[info.name] = maxRelDiff(out.grads[k], refGrads[k]);
   });
   const worstGrad = Math.max(...Object.values(report.grads), ...Object.values(report.zeroGrads));
   report.pass = report.score <= PARITY_TOLERANCE.score && report.loss <= PARITY_TOLERANCE.loss && worstGrad <= PARITY_TOLERANCE.grads;

@@ -3,21 +3,9 @@
  * store, ready before it resolves; stop()/restart() for fault tests, close() to clean up.
  * The process logic is the production one (src/coordinator/nats-server.ts).
  */
-import { NatsServer, findNatsServer, type NatsServerOptions } from '../../src/coordinator/nats-server.js';
+import { NatsServer, type NatsServerOptions } from '../../src/coordinator/nats-server.js';
 
 export { NatsServer };
-
-/** True when a nats-server binary is installed (tests skip with a clear reason otherwise). */
-export function haveNatsServer(): boolean {
-  try {
-    findNatsServer();
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-export const skipNoNats = haveNatsServer() ? false : 'nats-server not installed (apt-get install nats-server)';
 
 export async function startNats(opts: NatsServerOptions = {}): Promise<NatsServer> {
   return NatsServer.start({ jetstream: true, ...opts });

@@ -79,12 +79,12 @@ export async function initBackend(name: BackendName = 'auto', opts: InitBackendO
     const info = await load(name, opts).catch((e: unknown) => {
       throw new Error(`${name} backend unavailable: ${firstLine(e)}`);
     });
-    return adopt(info, [], opts, log);
+    return adopt(info, [], log);
   }
   const skipped: string[] = [];
   for (const candidate of AUTO_ORDER) {
     try {
-      return adopt(await load(candidate, opts), skipped, opts, log);
+      return adopt(await load(candidate, opts), skipped, log);
     } catch (e) {
       skipped.push(`${candidate} unavailable: ${firstLine(e)}`);
     }
@@ -92,14 +92,14 @@ export async function initBackend(name: BackendName = 'auto', opts: InitBackendO
   throw new Error(`no backend could be initialised: ${skipped.join('; ')}`);
 }
 
-function adopt(info: BackendInfo, skipped: string[], opts: InitBackendOptions, log: (line: string) => void): string {
+function adopt(info: BackendInfo, skipped: string[], log: (line: string) => void): string {
   current = info;
-  const notes = [...describe(info, opts), ...(skipped.length > 0 ? [`auto: ${skipped.join('; ')}`] : [])];
+  const notes = [...describe(info), ...(skipped.length > 0 ? [`auto: ${skipped.join('; ')}`] : [])];
   log(`backend: ${info.name}${notes.length > 0 ? ` (${notes.join('; ')})` : ''}`);
   return info.name;
 }
 
-function describe(info: BackendInfo, opts: InitBackendOptions): string[] {
+function describe(info: BackendInfo): string[] {
   const out: string[] = [];
   if (info.name === 'wasm') {
     out.push(`${info.simd === true ? 'simd' : 'no simd'}, ${threads(info.threads)}`);
