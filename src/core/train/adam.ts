@@ -52,7 +52,9 @@ export function adamStep(s: OptimState, g: Float32Array, a: AdamSettings): void 
   const stepSize = a.lr / bc1;
   const sqrtBc2 = Math.sqrt(bc2);
   const { params: p, m, v, ema } = s;
-  const decay = a.emaDecay;
+  // EMA warm-up as in score_sde (use_num_updates): early averages would otherwise keep a large
+  // share of the random initialisation (e^{-k(1-decay)} of it after k steps).
+  const decay = Math.min(a.emaDecay, (1 + t) / (10 + t));
   for (let i = 0; i < p.length; i++) {
     const gi = g[i] * scale;
     m[i] = a.beta1 * m[i] + (1 - a.beta1) * gi;
