@@ -85,6 +85,8 @@ export function serverAuth(f: AuthFlags): { auth?: ServerAuth; tls?: ServerTls }
     }
     auth = { nkeys: [pub] };
   }
+  // A CA alone makes a TLS client, and our clients would then refuse a plaintext embedded server.
+  if (f.tlsCa && !f.tlsCert) throw new Error('--tls-ca alone: the embedded nats-server needs --tls-cert and --tls-key too (or pass --nats URL of a TLS server)');
   const tls = f.tlsCert && f.tlsKey ? { cert: f.tlsCert, key: f.tlsKey, ca: f.tlsCa, verify: false } : undefined;
   return { auth, tls };
 }
