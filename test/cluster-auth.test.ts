@@ -15,10 +15,10 @@ import assert from 'node:assert/strict';
 import { execFileSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { after, before, describe, it, test } from 'node:test';
 import { createConnection } from 'node:net';
 import { connect, nkeyAuthenticator, nkeys, type ConnectionOptions, type NatsConnection } from 'nats';
-import { authEnv, clientAuth, serverAuth, type AuthFlags } from '../src/coordinator/auth.js';
+import { authEnv, clientAuth, serverAuth, splitUrlCredentials, type AuthFlags } from '../src/coordinator/auth.js';
 import { connectNats } from '../src/coordinator/connect.js';
 import { NatsServer } from '../src/coordinator/nats-server.js';
 import { errorLines, runBin, spawnBin, tempDir } from './helpers/cli.js';
@@ -337,4 +337,13 @@ describe('bad auth input', () => {
     assert.notEqual(d.code, 0);
     assert.deepEqual(errorLines(d.stderr), ['coordinator: --tls-ca alone: the embedded nats-server needs --tls-cert and --tls-key too (or pass --nats URL of a TLS server)']);
   });
+});
+
+test('credentials written into a --nats URL reach spawned workers through the environment, not argv', () => {
+  assert.deepEqual(splitUrlCredentials('nats://alice:s%40cret@10.0.0.1:4222'), {
+    url: 'nats://10.0.0.1:4222',
+    env: { SCOREFLOW_NATS_USER: 'alice', SCOREFLOW_NATS_PASS: 's@cret' },
+  });
+  assert.deepEqual(splitUrlCredentials('nats://t0ken@nats:4222'), { url: 'nats://nats:4222', env: { SCOREFLOW_NATS_TOKEN: 't0ken' } });
+  assert.deepEqual(splitUrlCredentials('nats://127.0.0.1:4222'), { url: 'nats://127.0.0.1:4222', env: {} });
 });

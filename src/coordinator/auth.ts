@@ -90,3 +90,22 @@ export function serverAuth(f: AuthFlags): { auth?: ServerAuth; tls?: ServerTls }
   const tls = f.tlsCert && f.tlsKey ? { cert: f.tlsCert, key: f.tlsKey, ca: f.tlsCa, verify: false } : undefined;
   return { auth, tls };
 }
+
+/**
+ * Credentials written into a URL (`nats://user:pass@host`, `nats://token@host`) moved into the
+ * SCOREFLOW_NATS_* environment, so that a spawned worker's command line carries none.
+ */
+export function splitUrlCredentials(url: string): { url: string; env: Record<string, string> } {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    return { url, env: {} };
+  }
+  if (!u.username && !u.password) return { url, env: {} };
+  const user = decodeURIComponent(u.username);
+  const env: Record<string, string> = u.password ? { SCOREFLOW_NATS_USER: user, SCOREFLOW_NATS_PASS: decodeURIComponent(u.password) } : { SCOREFLOW_NATS_TOKEN: user };
+  u.username = '';
+  u.password = '';
+  return { url: u.toString(), env };
+}

@@ -7,6 +7,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { availableParallelism } from 'node:os';
 import { createInterface } from 'node:readline';
 import { packagePath } from '../core/paths.js';
+import { splitUrlCredentials } from './auth.js';
 
 /** Number of NVIDIA GPUs (0 when nvidia-smi is missing or fails). */
 export function countGpus(): number {
@@ -47,14 +48,15 @@ export function spawnWorkers(o: SpawnOptions): Spawned {
   }
   const cpuThreads = o.threads ?? Math.max(1, Math.floor(availableParallelism() / Math.max(1, o.n - onGpu)));
   const children: ChildProcess[] = [];
+  const nats = splitUrlCredentials(o.nats);
   for (let i = 0; i < o.n; i++) {
     const gpu = i < onGpu;
     const id = `${o.run}-w${i}`;
-    const args = [packagePath('bin', 'worker.js'), 'start', '--nats', o.nats, '--run', o.run, '--id', id,
+    const args = [packagePath('bin', 'worker.js'), 'start', '--nats', nats.url, '--run', o.run, '--id', id,
       '--device', String(gpu ? i : -1), '--threads', String(gpu ? (o.threads ?? 1) : cpuThreads), '--backend', o.backend];
     const metricsPort = o.metricsPorts?.[i];
     if (metricsPort !== undefined) args.push('--metrics-port', String(metricsPort));
-    const env = { ...process.env, ...o.env, CUDA_VISIBLE_DEVICES: gpu ? String(i) : '' };
+    const env = { ...process.env, ...o.env, ...nats.env, CUDA_VISIBLE_DEVICES: gpu ? String(i) : '' };
     const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
     const prefix = (l: string) => {
       if (!l) return;
