@@ -10,7 +10,7 @@ import { Option } from 'commander';
 import { addAuthOptions, authEnv, authFlags, clientAuth, serverAuth, type AuthFlags } from '../coordinator/auth.js';
 import { connectNats } from '../coordinator/connect.js';
 import { Coordinator } from '../coordinator/coordinator.js';
-import { NatsServer } from '../coordinator/nats-server.js';
+import { brokerFor } from '../coordinator/nats-server.js';
 import { spawnWorkers, type Spawned } from '../coordinator/spawn.js';
 import { checkId } from '../coordinator/wire.js';
 import { bindTelemetry, createMetrics, nextFreePorts, type MetricsServer } from '../metrics/index.js';
@@ -53,13 +53,7 @@ async function start(f: CoordinatorFlags): Promise<void> {
   if (f.resume && !hasRecord && !existsSync(ckpt)) throw new Error(`--resume: no checkpoint at ${ckpt}`);
   const auth = authFlags(f);
   const { json, batchSize } = runConfig(f);
-  let server: NatsServer | undefined;
-  let url = f.nats;
-  if (!url) {
-    server = await NatsServer.start({ ...serverAuth(auth), log: process.env.SCOREFLOW_NATS_LOG ? log : undefined });
-    url = server.url;
-    log(`coordinator: started nats-server on ${url}`);
-  }
+  const { url, server } = await brokerFor(f.nats, serverAuth(auth), log);
   let spawned: Spawned | undefined;
   let metricsServer: MetricsServer | undefined;
   const cleanup = async () => {

@@ -13,7 +13,7 @@ import { runTask, type TaskOptions, type TaskOutcome } from '../coordinator/jobs
 import { QUEUE_DEFAULTS } from '../coordinator/jobs/queue.js';
 import type { LikelihoodSpec, SampleSpec } from '../coordinator/jobs/spec.js';
 import { fromLeBytes } from '../coordinator/jobs/wire.js';
-import { NatsServer } from '../coordinator/nats-server.js';
+import { brokerFor } from '../coordinator/nats-server.js';
 import { spawnWorkers, type Spawned } from '../coordinator/spawn.js';
 import { checkId } from '../coordinator/wire.js';
 import { loadImages } from '../core/data/mnist.js';
@@ -44,13 +44,7 @@ const log = (line: string) => process.stderr.write(line + '\n');
 async function withCluster<T>(f: ClusterFlags, kind: string, fn: (c: { nc: Awaited<ReturnType<typeof connectNats>>; run: string; metrics?: Metrics }) => Promise<T>): Promise<T> {
   const run = checkId('run', f.run ?? (f.spawn ? `${kind}-${randomBytes(4).toString('hex')}` : missingRun()));
   const auth = authFlags(f);
-  let server: NatsServer | undefined;
-  let url = f.nats;
-  if (!url) {
-    server = await NatsServer.start({ ...serverAuth(auth), log: process.env.SCOREFLOW_NATS_LOG ? log : undefined });
-    url = server.url;
-    log(`coordinator: started nats-server on ${url}`);
-  }
+  const { url, server } = await brokerFor(f.nats, serverAuth(auth), log);
   let spawned: Spawned | undefined;
   try {
     const nc = await connectNats({ ...clientAuth(auth), url, name: `scoreflow-coordinator-${run}` });

@@ -213,3 +213,18 @@ export class NatsServer {
     else rmSync(join(this.dir, 'nats.conf'), { force: true });
   }
 }
+
+/**
+ * The broker of a coordinator command: the given `--nats` URL, or (the embedded default) a
+ * nats-server child on a free loopback port with the same credentials the clients will use.
+ */
+export async function brokerFor(
+  given: string | undefined,
+  auth: Pick<NatsServerOptions, 'auth' | 'tls'>,
+  log: (line: string) => void,
+): Promise<{ url: string; server?: NatsServer }> {
+  if (given) return { url: given };
+  const server = await NatsServer.start({ ...auth, log: process.env.SCOREFLOW_NATS_LOG ? log : undefined });
+  log(`coordinator: started nats-server on ${server.url}`);
+  return { url: server.url, server };
+}

@@ -4,6 +4,8 @@
  * every worker that applies the same mean gradient ends with bit-identical state, whatever
  * tensor backend computed the gradient.
  */
+import type { TrainConfig } from './config.js';
+
 export interface OptimState {
   params: Float32Array;
   m: Float32Array;
@@ -13,14 +15,7 @@ export interface OptimState {
   step: number;
 }
 
-export interface AdamSettings {
-  lr: number;
-  beta1: number;
-  beta2: number;
-  adamEps: number;
-  emaDecay: number;
-  gradClip: number;
-}
+export type AdamSettings = Pick<TrainConfig, 'lr' | 'beta1' | 'beta2' | 'adamEps' | 'emaDecay' | 'gradClip'>;
 
 export function newOptimState(params: Float32Array): OptimState {
   return {
