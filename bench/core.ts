@@ -36,9 +36,9 @@ export async function timed(fn: () => unknown | Promise<unknown>, reps: number, 
   return times[Math.floor(times.length / 2)];
 }
 
-export async function benchCore(backend: BackendName, opts: { threads?: number; reps?: number } = {}): Promise<CoreFigures> {
+export async function benchCore(backend: BackendName, opts: { threads?: number; reps?: number; device?: string } = {}): Promise<CoreFigures> {
   // threads: libtorch intra-op threads on torch; GradPool threads (one per core by default) on wasm/cpu
-  const name = await initBackend(backend, { threads: opts.threads, log: () => {} });
+  const name = await initBackend(backend, { threads: opts.threads, device: opts.device, log: () => {} });
   const threads = poolThreads(name, opts.threads);
   const reps = opts.reps ?? 5;
   const data = loadImages('train', { limit: 4096 });

@@ -2,7 +2,8 @@
  * `npm run bench`: prints one JSON object with this machine's figures beside the PyTorch
  * reference run in the same session. Flags: --quick (fewer repetitions), --only a,b (sections:
  * torch, core, sampling, cluster, fanout, leak; default all), --backends torch,wasm,...,
- * --threads 1,2 (the thread counts for torch and for PyTorch), --leak-steps N (default 1000).
+ * --threads 1,2 (the thread counts for torch and for PyTorch), --device cuda:0 (torch's device),
+ * --leak-steps N (default 1000).
  */
 import { spawnSync } from 'node:child_process';
 import { cpus, totalmem } from 'node:os';
@@ -58,7 +59,7 @@ function ratios(ours: Figures, pt32: Baseline, pt128: Baseline): Record<string, 
 
 async function tryBench(b: BackendName, threads?: number): Promise<Figures> {
   try {
-    return (await benchCore(b, { threads, reps: quick ? 2 : 5 })) as Figures;
+    return (await benchCore(b, { threads, reps: quick ? 2 : 5, device: b === 'torch' ? flag('--device') : undefined })) as Figures;
   } catch (e) {
     return { error: (e as Error).message };
   }
