@@ -278,12 +278,7 @@ export class Coordinator {
   }
 
   private async onState(env: EnvelopeOf<'state'>): Promise<void> {
-    let got;
-    try {
-      got = this.inbox.add(env);
-    } catch (e) {
-      throw new WireError('bad_state', (e as Error).message);
-    }
+    const got = this.inbox.add(env); // a bad chunk throws WireError('bad_state')
     if (!got) return;
     const c = this.ckpt;
     if (!c || got.transfer !== c.transfer || got.step !== this.committed) throw new WireError('unexpected', `state transfer ${got.transfer} at step ${got.step}`);

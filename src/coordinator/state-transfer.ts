@@ -5,7 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { NatsConnection } from 'nats';
-import { CHUNK_HEADROOM, encode, type EnvelopeOf, type Header } from './wire.js';
+import { CHUNK_HEADROOM, encode, WireError, type EnvelopeOf, type Header } from './wire.js';
 
 export function sha256(bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex');
@@ -50,10 +50,10 @@ export class StateInbox {
 
   constructor(private readonly maxOpen = 2, private readonly maxBytes = 2 ** 31) {}
 
-  /** Adds a chunk; returns the state when complete. Throws Error on an inconsistent chunk. */
+  /** Adds a chunk; returns the state when complete. Throws WireError('bad_state') on an inconsistent chunk. */
   add(env: EnvelopeOf<'state'>): ReceivedState | undefined {
     const c = env.body;
-    if (!c.transfer || c.count < 1 || c.index >= c.count || c.totalBytes > this.maxBytes) throw new Error(`bad state chunk ${c.index}/${c.count}`);
+    if (!c.transfer || c.count < 1 || c.index >= c.count || c.totalBytes > this.maxBytes) throw new WireError('bad_state', `bad state chunk ${c.index}/${c.count}`);
     let t = this.open.get(c.transfer);
     if (!t) {
       if (this.open.size >= this.maxOpen) this.open.delete(this.open.keys().next().value!);
@@ -63,7 +63,7 @@ export class StateInbox {
     const f = t.first.body;
     if (f.count !== c.count || f.totalBytes !== c.totalBytes || f.sha256 !== c.sha256 || t.first.step !== env.step) {
       this.open.delete(c.transfer);
-      throw new Error(`state chunk ${c.index} of transfer ${c.transfer} disagrees with its first chunk`);
+      throw new WireError('bad_state', `state chunk ${c.index} of transfer ${c.transfer} disagrees with its first chunk`);
     }
     if (!t.parts[c.index]) {
       t.parts[c.index] = Uint8Array.from(c.data);
@@ -72,7 +72,7 @@ export class StateInbox {
     if (t.left > 0) return undefined;
     this.open.delete(c.transfer);
     const bytes = Buffer.concat(t.parts as Uint8Array[]);
-    if (bytes.byteLength !== f.totalBytes || sha256(bytes) !== f.sha256) throw new Error(`state transfer ${c.transfer} failed its length or SHA-256 check`);
+    if (bytes.byteLength !== f.totalBytes || sha256(bytes) !== f.sha256) throw new WireError('bad_state', `state transfer ${c.transfer} failed its length or SHA-256 check`);
     return { transfer: c.transfer, step: env.step, bytes, checksum: f.checksum, from: env.worker };
   }
 

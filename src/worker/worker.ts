@@ -244,12 +244,7 @@ export class Worker {
   }
 
   private async onState(env: EnvelopeOf<'state'>): Promise<void> {
-    let got;
-    try {
-      got = this.inbox.add(env);
-    } catch (e) {
-      throw new WireError('bad_state', (e as Error).message);
-    }
+    const got = this.inbox.add(env); // a bad chunk throws WireError('bad_state')
     if (!got || !this.awaiting || got.transfer !== this.awaiting.transfer) return;
     this.awaiting = undefined;
     try {
