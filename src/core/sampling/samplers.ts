@@ -62,7 +62,7 @@ async function emStep(sde: SDE, t: number, dt: number, x: Float64Array, io: Step
 }
 
 export class EulerMaruyama implements StepSampler {
-  readonly name = 'em';
+  readonly name: string = 'em';
   readonly ts: Float64Array;
   readonly dt: number;
   constructor(
@@ -100,27 +100,21 @@ export class EulerMaruyama implements StepSampler {
  * ||z|| is its expectation sqrt(d) as in the reference. alpha_t = exp(2 f(t) dt) is 1 for VE
  * and the continuous-time form of score_sde's 1 - beta_i for VP / sub-VP.
  */
-export class PredictorCorrector implements StepSampler {
-  readonly name = 'pc';
-  readonly ts: Float64Array;
-  readonly dt: number;
+export class PredictorCorrector extends EulerMaruyama {
+  override readonly name: string = 'pc';
   constructor(
-    readonly sde: SDE,
-    readonly steps: number,
-    readonly eps: number,
+    sde: SDE,
+    steps: number,
+    eps: number,
     readonly snr: number,
     readonly correctorSteps: number,
   ) {
-    this.ts = timeGrid(steps, eps);
-    this.dt = this.ts[0] - this.ts[1];
+    super(sde, steps, eps);
   }
-  get nfe(): number {
+  override get nfe(): number {
     return this.steps * (this.correctorSteps + 1);
   }
-  begin(x1: Float64Array): Float64Array {
-    return x1;
-  }
-  async step(k: number, x: Float64Array, io: StepIO): Promise<void> {
+  override async step(k: number, x: Float64Array, io: StepIO): Promise<void> {
     const t = this.ts[k];
     const alpha = Math.exp(2 * this.sde.f(t) * this.dt);
     const noiseNorm = Math.sqrt(io.d);
@@ -137,10 +131,7 @@ export class PredictorCorrector implements StepSampler {
         for (let q = j * io.d; q < (j + 1) * io.d; q++) x[q] += eta * s[q] + sd * z[q];
       }
     }
-    await emStep(this.sde, t, this.dt, x, io, k === this.steps - 1);
-  }
-  end(x: Float64Array): Float64Array {
-    return x;
+    await super.step(k, x, io); // the predictor
   }
 }
 
