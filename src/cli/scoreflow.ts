@@ -1,5 +1,6 @@
 /** `scoreflow`: train, sample, evaluate and check the score model in one process. */
 import { main, newProgram } from './common.js';
+import { registerEvaluate } from './evaluate.js';
 import { registerLikelihood } from './likelihood.js';
 import { registerParity } from './parity.js';
 import { registerSample } from './sample.js';
@@ -10,4 +11,5 @@ registerTrain(program);
 registerParity(program);
 registerSample(program);
 registerLikelihood(program);
+registerEvaluate(program);
 await main(program);
