@@ -1,6 +1,7 @@
 /** `scoreflow`: train, sample, evaluate and check the score model in one process. */
 import { main, newProgram } from './common.js';
 import { registerEncode } from './encode.js';
+import { registerEvaluate } from './evaluate.js';
 import { registerLikelihood } from './likelihood.js';
 import { registerParity } from './parity.js';
 import { registerSample } from './sample.js';
@@ -12,4 +13,5 @@ registerParity(program);
 registerSample(program);
 registerLikelihood(program);
 registerEncode(program);
+registerEvaluate(program);
 await main(program);

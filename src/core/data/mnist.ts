@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { readNpy } from '../io/npy.js';
-import { readIdxImages } from './idx.js';
+import { readIdxImages, readIdxLabels } from './idx.js';
 
 export interface ImageSet {
   n: number;
@@ -96,8 +96,8 @@ export function imageSetFromFloat(data: Float32Array, n: number, h: number, w: n
   return { n, h, w, data, source };
 }
 
-function checkLimit(limit: number | undefined): void {
-  if (limit !== undefined && !(Number.isSafeInteger(limit) && limit > 0)) throw new Error(`loadImages: limit must be a positive integer, got ${limit}`);
+function checkLimit(limit: number | undefined, who = 'loadImages'): void {
+  if (limit !== undefined && !(Number.isSafeInteger(limit) && limit > 0)) throw new Error(`${who}: limit must be a positive integer, got ${limit}`);
 }
 
 function fromNpy(path: string, limit: number | undefined): ImageSet {
@@ -122,6 +122,27 @@ export function loadImages(source: DatasetName | string, opts: { limit?: number 
   const n = Math.min(opts.limit ?? idx.n, idx.n);
   const data = bytesToUnit(idx.pixels.subarray(0, n * idx.rows * idx.cols));
   return { n, h: idx.rows, w: idx.cols, data, source: path };
+}
+
+export interface LabelSet {
+  n: number;
+  /** n class indices. */
+  labels: Uint8Array;
+  /** The file it came from. */
+  source: string;
+}
+
+/**
+ * Load class labels: `source` is a data set name ('train', 'test', 'fashion-train', ...), whose
+ * label file sits beside its images, or a path to an IDX label file (optionally gzipped).
+ * `limit` keeps the first `limit` labels (all of them if there are fewer).
+ */
+export function loadLabels(source: DatasetName | string, opts: { limit?: number } = {}): LabelSet {
+  checkLimit(opts.limit, 'loadLabels');
+  const path = isDatasetName(source) ? datasetPath(source, 'labels') : resolveSource(source);
+  const idx = readIdxLabels(path);
+  const n = Math.min(opts.limit ?? idx.n, idx.n);
+  return { n, labels: idx.labels.subarray(0, n), source: path };
 }
 
 /**
