@@ -11,8 +11,16 @@
       "cflags_cc": ["-O3", "-fno-trapping-math", "-fno-math-errno", "-fexceptions"]
     },
     {
+      # Adam + EMA, bit-identical to the JavaScript update: no FMA contraction, no target clones.
+      "target_name": "sf_exact",
+      "type": "static_library",
+      "sources": ["src/adam.cc"],
+      "cflags": ["-fPIC"],
+      "cflags_cc": ["-O3", "-ffp-contract=off", "-fno-math-errno"]
+    },
+    {
       "target_name": "scoreflow_torch",
-      "dependencies": ["sf_fused"],
+      "dependencies": ["sf_fused", "sf_exact"],
       "sources": ["src/scoreflow_torch.cc"],
       "include_dirs": ["<!@(node -p \"process.env.SCOREFLOW_TORCH_INCLUDES || ''\")"],
       "defines": ["_GLIBCXX_USE_CXX11_ABI=<!(node -p \"process.env.SCOREFLOW_TORCH_CXX11_ABI || '1'\")"],

@@ -2,7 +2,8 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { test } from 'node:test';
-import { adamStep, l2norm, newOptimState, type AdamSettings } from '../src/core/train/adam.js';
+import { adamStep, l2norm, newOptimState, setNativeAdam, type AdamSettings } from '../src/core/train/adam.js';
+import { loadTorchAddon } from '../src/core/backend/torch.js';
 import { Rng } from '../src/core/rng.js';
 
 const SETTINGS: AdamSettings = { lr: 1e-2, beta1: 0.9, beta2: 0.999, adamEps: 1e-8, emaDecay: 0.9, gradClip: 0 };
@@ -55,4 +56,46 @@ test('gradient clipping scales the global norm down to the limit and no further'
   adamStep(loose, g, { ...SETTINGS, gradClip: 10 });
   assert.ok(Math.abs(l2norm(loose.m) - 0.5) < 1e-6); // (1 - beta1) * 5
   assert.throws(() => adamStep(loose, Float32Array.from([1]), SETTINGS), /gradient has 1 values, parameters 2/);
+});
+
+test('the torch addon\'s native Adam gives the JavaScript update bit for bit, and refuses a non-finite gradient', () => {
+  const addon = loadTorchAddon(); // CI builds it; missing, this fails rather than skips
+  // more values than one thread chunk (65536), odd length, gradients spanning many magnitudes
+  const n = 200_003;
+  const rng = new Rng(7);
+  const p0 = Float32Array.from(rng.normal(n), (v, i) => v * 10 ** ((i % 9) - 4));
+  const settings = [SETTINGS, { ...SETTINGS, emaDecay: 0.999, gradClip: 3 }, { ...SETTINGS, emaDecay: 0 }];
+  for (const a of settings) {
+    const js = newOptimState(p0.slice());
+    const native = newOptimState(p0.slice());
+    for (let k = 0; k < 4; k++) {
+      const g = Float32Array.from(new Rng(8, k).normal(n), (v, i) => v * 10 ** ((i % 11) - 6));
+      adamStep(js, g, a, 'js');
+      setNativeAdam(addon.adam);
+      try {
+        adamStep(native, g, a);
+      } finally {
+        setNativeAdam(undefined);
+      }
+    }
+    for (const key of ['params', 'm', 'v', 'ema'] as const) {
+      const i = js[key].findIndex((v, j) => !Object.is(v, native[key][j]));
+      assert.equal(i, -1, `${key}[${i}]: js ${js[key][i]} vs native ${native[key][i]} (gradClip ${a.gradClip}, emaDecay ${a.emaDecay})`);
+    }
+    assert.equal(native.step, 4);
+  }
+  for (const impl of ['native', 'js'] as const) {
+    const s = newOptimState(p0.slice());
+    const g = new Float32Array(n);
+    g[123_456] = Number.NaN;
+    if (impl === 'native') setNativeAdam(addon.adam);
+    try {
+      assert.throws(() => adamStep(s, g, SETTINGS), /non-finite gradient at step 0 \(index 123456\); state left unchanged/);
+    } finally {
+      setNativeAdam(undefined);
+    }
+    assert.deepEqual(s.params, p0, impl);
+    assert.equal(s.step, 0);
+    assert.ok(s.m.every((v) => v === 0) && s.ema.every((v, i) => v === p0[i]), impl);
+  }
 });

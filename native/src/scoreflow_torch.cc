@@ -15,6 +15,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include "adam.h"
 #include "fused.h"
 
 #include <cstring>
@@ -844,6 +845,42 @@ napi_value SetThreads(napi_env env, napi_callback_info info) {
   });
 }
 
+// adam(g, p, m, v, ema: Float32Array, scalars: Float64Array [scale, beta1, beta2, stepSize, sqrtBc2,
+// eps, decay]): one Adam + EMA update in place (see adam.cc), over intra-op threads. Returns -1, or
+// the index of the first non-finite gradient value, in which case nothing was written.
+napi_value Adam(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  stateOf(env, info, &argc, argv);
+  return guarded(env, "adam", [&]() -> napi_value {
+    if (argc < 6) throw JsError("adam(g, p, m, v, ema, scalars) needs six arguments");
+    float* vec[5];
+    size_t n = 0;
+    for (int k = 0; k < 5; ++k) {
+      napi_typedarray_type type;
+      size_t length = 0;
+      void* data = nullptr;
+      NAPI_OK(napi_get_typedarray_info(env, argv[k], &type, &length, &data, nullptr, nullptr));
+      if (type != napi_float32_array) throw JsError("adam: vectors must be Float32Arrays");
+      if (k == 0) n = length;
+      if (length != n) throw JsError("adam: vectors differ in length");
+      vec[k] = static_cast<float*>(data);
+    }
+    napi_typedarray_type type;
+    size_t length = 0;
+    void* data = nullptr;
+    NAPI_OK(napi_get_typedarray_info(env, argv[5], &type, &length, &data, nullptr, nullptr));
+    if (type != napi_float64_array || length != 7) throw JsError("adam: scalars must be a Float64Array of 7");
+    const double* sc = static_cast<const double*>(data);
+    const sf::AdamScalars a{sc[0], sc[1], sc[2], sc[3], sc[4], sc[5], sc[6]};
+    const int64_t len = static_cast<int64_t>(n);
+    const int64_t bad = sf::firstNonFinite(vec[0], 0, len);
+    if (bad >= 0) return num(env, static_cast<double>(bad));
+    at::parallel_for(0, len, 1 << 16, [&](int64_t b, int64_t e) { sf::adamRange(a, vec[0], vec[1], vec[2], vec[3], vec[4], b, e); });
+    return num(env, -1);
+  });
+}
+
 // info(): { cuda: boolean, gpus: number, threads: number, mkldnn: boolean }.
 napi_value InfoFn(napi_env env, napi_callback_info info) {
   size_t argc = 0;
@@ -878,7 +915,7 @@ NAPI_MODULE_INIT() {
     const char* name;
     napi_callback cb;
   } fns[] = {{"init", Init}, {"ops", Ops}, {"run", Run}, {"create", Create}, {"read", Read},
-             {"free", Free}, {"stats", Stats}, {"setThreads", SetThreads}, {"info", InfoFn}};
+             {"free", Free}, {"stats", Stats}, {"setThreads", SetThreads}, {"info", InfoFn}, {"adam", Adam}};
   for (const auto& f : fns) {
     napi_value fn;
     if (napi_create_function(env, f.name, NAPI_AUTO_LENGTH, f.cb, s, &fn) != napi_ok) return nullptr;

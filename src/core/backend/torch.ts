@@ -16,6 +16,7 @@ import { availableParallelism } from 'node:os';
 import * as tf from '@tensorflow/tfjs';
 import { GROUP_NORM_ACT, GROUP_NORM_ACT_GRAD } from './fused.js';
 import { packagePath } from '../paths.js';
+import { setNativeAdam, type NativeAdam } from '../train/adam.js';
 
 type TypedArray = Float32Array | Int32Array | Uint8Array;
 type Attrs = Record<string, unknown>;
@@ -32,6 +33,7 @@ interface TorchAddon {
   stats(): [number, number];
   setThreads(n: number): number;
   info(): { cuda: boolean; gpus: number; threads: number; mkldnn: boolean };
+  adam: NativeAdam;
   kInts: number;
   kOut: number;
   kFloats: number;
@@ -909,6 +911,7 @@ export async function registerTorchBackend(opts: TorchBackendOptions = {}): Prom
   }
   native.setThreads(threads);
   registerKernels(native);
+  setNativeAdam(native.adam);
   if (!(await tf.setBackend('torch'))) throw new Error(`torch backend: tfjs could not initialise it on ${device}`);
 }
 

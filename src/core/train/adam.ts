@@ -34,10 +34,26 @@ export function l2norm(g: Float32Array): number {
 }
 
 /**
- * One Adam update with mean gradient g (not modified). Frozen parameters (the Fourier weights)
- * have an identically zero gradient, so m = v = 0 and their update is 0 / (0 + eps) = 0.
+ * The same update in native code (the torch addon's `adam`, native/src/adam.cc): identical
+ * double-precision arithmetic, so identical bits. Returns -1, or the index of the first
+ * non-finite gradient value (then nothing was written). `scalars`: [scale, beta1, beta2,
+ * stepSize, sqrtBc2, eps, decay].
  */
-export function adamStep(s: OptimState, g: Float32Array, a: AdamSettings): void {
+export type NativeAdam = (g: Float32Array, p: Float32Array, m: Float32Array, v: Float32Array, ema: Float32Array, scalars: Float64Array) => number;
+
+let nativeAdam: NativeAdam | undefined;
+
+/** Use `f` for every following update (the torch backend installs its addon's); undefined: JavaScript. */
+export function setNativeAdam(f: NativeAdam | undefined): void {
+  nativeAdam = f;
+}
+
+/**
+ * One Adam update with mean gradient g (not modified), then the EMA. A non-finite gradient
+ * value throws and leaves the state unchanged. Frozen parameters (the Fourier weights) have an
+ * identically zero gradient, so m = v = 0 and their update is 0 / (0 + eps) = 0.
+ */
+export function adamStep(s: OptimState, g: Float32Array, a: AdamSettings, impl: 'auto' | 'js' = 'auto'): void {
   if (g.length !== s.params.length) throw new Error(`gradient has ${g.length} values, parameters ${s.params.length}`);
   const norm = a.gradClip > 0 ? l2norm(g) : 0;
   const scale = a.gradClip > 0 && norm > a.gradClip ? a.gradClip / (norm + 1e-6) : 1;
@@ -46,21 +62,31 @@ export function adamStep(s: OptimState, g: Float32Array, a: AdamSettings): void 
   const bc2 = 1 - a.beta2 ** t;
   const stepSize = a.lr / bc1;
   const sqrtBc2 = Math.sqrt(bc2);
-  const { params: p, m, v, ema } = s;
   // EMA warm-up as in score_sde (use_num_updates): early averages would otherwise keep a large
   // share of the random initialisation (e^{-k(1-decay)} of it after k steps).
   const decay = Math.min(a.emaDecay, (1 + t) / (10 + t));
-  for (let i = 0; i < p.length; i++) {
-    const gi = g[i] * scale;
-    m[i] = a.beta1 * m[i] + (1 - a.beta1) * gi;
-    v[i] = a.beta2 * v[i] + (1 - a.beta2) * gi * gi;
-    // PyTorch: p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps)
-    p[i] -= (stepSize * m[i]) / (Math.sqrt(v[i]) / sqrtBc2 + a.adamEps);
-  }
-  if (decay > 0) {
-    for (let i = 0; i < p.length; i++) ema[i] = decay * ema[i] + (1 - decay) * p[i];
+  const { params: p, m, v, ema } = s;
+  let bad = -1;
+  if (nativeAdam !== undefined && impl === 'auto') {
+    bad = nativeAdam(g, p, m, v, ema, Float64Array.of(scale, a.beta1, a.beta2, stepSize, sqrtBc2, a.adamEps, decay));
   } else {
-    ema.set(p);
+    for (let i = 0; i < g.length && bad < 0; i++) if (!Number.isFinite(g[i])) bad = i;
+    if (bad < 0) {
+      const { beta1: b1, beta2: b2, adamEps: eps } = a;
+      const c1 = 1 - b1;
+      const c2 = 1 - b2;
+      const cd = 1 - decay;
+      const f32 = Math.fround;
+      for (let i = 0; i < p.length; i++) {
+        const gi = g[i] * scale;
+        const mi = (m[i] = b1 * m[i] + c1 * gi);
+        const vi = (v[i] = b2 * v[i] + c2 * gi * gi);
+        // PyTorch: p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps), with m and v as stored (float32)
+        const pi = (p[i] = f32(p[i] - (stepSize * f32(mi)) / (Math.sqrt(f32(vi)) / sqrtBc2 + eps)));
+        ema[i] = decay > 0 ? decay * ema[i] + cd * pi : pi;
+      }
+    }
   }
+  if (bad >= 0) throw new Error(`non-finite gradient at step ${s.step} (index ${bad}); state left unchanged`);
   s.step = t;
 }
