@@ -59,7 +59,7 @@ function ratios(ours: Figures, pt32: Baseline, pt128: Baseline): Record<string, 
 
 async function tryBench(b: BackendName, threads?: number): Promise<Figures> {
   try {
-    return (await benchCore(b, { threads, reps: quick ? 2 : 5, device: b === 'torch' ? flag('--device') : undefined })) as Figures;
+    return (await benchCore(b, { threads, reps: quick ? 2 : 20, device: b === 'torch' ? flag('--device') : undefined })) as Figures;
   } catch (e) {
     return { error: (e as Error).message };
   }
