@@ -4,9 +4,16 @@
  * torch, core, sampling, cluster, fanout, leak; default all), --backends torch,wasm,...,
  * --threads 1,2 (the thread counts for torch and for PyTorch), --device cuda:0 (torch's device),
  * --leak-steps N (default 1000).
+ *
+ * The PyTorch reference: ../shared/reference/torch_baseline.py (CPU) by default; with a CUDA
+ * --device, or --device-baseline, bench/torch_baseline_device.py on that same device instead (it
+ * imports the model from the reference folder). --reference-dir DIR moves that folder (default
+ * ../shared/reference; also $SCOREFLOW_REFERENCE_DIR), --baseline FILE names the CPU script
+ * outright, --python PATH the interpreter (default /usr/bin/python3, Debian's, which has torch).
  */
 import { spawnSync } from 'node:child_process';
 import { cpus, totalmem } from 'node:os';
+import { join, resolve } from 'node:path';
 import { benchCluster } from './cluster.js';
 import { benchCore, leakCheck } from './core.js';
 import { benchFanout } from './fanout.js';
@@ -25,15 +32,23 @@ const backends = (flag('--backends') ?? 'torch,wasm').split(',') as BackendName[
 const log = (line: string) => process.stderr.write(`bench: ${line}\n`);
 
 const threadCounts = (flag('--threads') ?? '1,2').split(',').map(Number);
+const device = flag('--device');
+const python = flag('--python') ?? '/usr/bin/python3';
+const referenceDir = resolve(flag('--reference-dir') ?? process.env.SCOREFLOW_REFERENCE_DIR ?? packagePath('..', 'shared', 'reference'));
+/** On a GPU, PyTorch on that GPU: our figures there over PyTorch's on the CPU would mean nothing. */
+const deviceBaseline = process.argv.includes('--device-baseline') || (device ?? '').startsWith('cuda');
 
 /**
- * The PyTorch baseline, with Debian's python3 (the one that sees python3-torch). OMP_WAIT_POLICY
- * is PASSIVE as for our torch backend: spinning OpenMP threads collapse on a shared 2-core box.
+ * The PyTorch baseline, with Debian's python3 (the one that sees python3-torch) unless --python.
+ * OMP_WAIT_POLICY is PASSIVE as for our torch backend: spinning OpenMP threads collapse on a
+ * shared 2-core box.
  */
 export function torchBaseline(batch: number, threads: number): Record<string, unknown> {
-  const script = packagePath('..', 'shared', 'reference', 'torch_baseline.py');
-  const args = [script, '--batch', String(batch), '--threads', String(threads), ...(quick ? ['--quick'] : [])];
-  const r = spawnSync('/usr/bin/python3', args, { encoding: 'utf8', env: { ...process.env, OMP_WAIT_POLICY: process.env.OMP_WAIT_POLICY ?? 'PASSIVE' } });
+  const common = ['--batch', String(batch), '--threads', String(threads), ...(quick ? ['--quick'] : [])];
+  const args = deviceBaseline
+    ? [packagePath('bench', 'torch_baseline_device.py'), ...common, '--device', device ?? 'cpu', '--ref-dir', referenceDir]
+    : [flag('--baseline') ?? join(referenceDir, 'torch_baseline.py'), ...common];
+  const r = spawnSync(python, args, { encoding: 'utf8', env: { ...process.env, OMP_WAIT_POLICY: process.env.OMP_WAIT_POLICY ?? 'PASSIVE' } });
   if (r.status !== 0) return { error: (r.stderr || r.error?.message || 'failed').trim().split('\n').pop() };
   return JSON.parse(r.stdout) as Record<string, unknown>;
 }
@@ -41,6 +56,7 @@ export function torchBaseline(batch: number, threads: number): Record<string, un
 const result: Record<string, unknown> = {
   machine: { cpus: cpus().length, cpu_model: cpus()[0]?.model, memory_gib: Math.round(totalmem() / 2 ** 30), node: process.version },
   date: new Date().toISOString(),
+  device: device ?? 'cpu',
 };
 
 type Figures = { train_images_per_s?: Record<string, number>; sample_forward_images_per_s?: number; likelihood_fe_images_per_s?: number; error?: string };
@@ -59,7 +75,7 @@ function ratios(ours: Figures, pt32: Baseline, pt128: Baseline): Record<string, 
 
 async function tryBench(b: BackendName, threads?: number): Promise<Figures> {
   try {
-    return (await benchCore(b, { threads, reps: quick ? 2 : 20, device: b === 'torch' ? flag('--device') : undefined })) as Figures;
+    return (await benchCore(b, { threads, reps: quick ? 2 : 20, device: b === 'torch' ? device : undefined })) as Figures;
   } catch (e) {
     return { error: (e as Error).message };
   }
@@ -68,10 +84,13 @@ async function tryBench(b: BackendName, threads?: number): Promise<Figures> {
 const pytorch: Record<string, { batch_32: Baseline; batch_128: Baseline }> = {};
 if (only.has('torch')) {
   for (const th of threadCounts) {
-    log(`PyTorch reference (torch_baseline.py), ${th} thread(s), batch 32 and 128`);
+    log(`PyTorch reference (${deviceBaseline ? `torch_baseline_device.py on ${device ?? 'cpu'}` : 'torch_baseline.py'}), ${th} thread(s), batch 32 and 128`);
     pytorch[`threads_${th}`] = { batch_32: torchBaseline(32, th), batch_128: torchBaseline(128, th) };
   }
   result.pytorch = pytorch;
+  result.pytorch_baseline = deviceBaseline
+    ? { script: 'bench/torch_baseline_device.py', device: device ?? 'cpu', reference_dir: referenceDir, python }
+    : { script: flag('--baseline') ?? join(referenceDir, 'torch_baseline.py'), device: 'cpu', python };
 }
 if (only.has('core')) {
   const core: Record<string, Figures> = {};

@@ -26,7 +26,10 @@
       "defines": ["_GLIBCXX_USE_CXX11_ABI=<!(node -p \"process.env.SCOREFLOW_TORCH_CXX11_ABI || '1'\")"],
       "cflags!": ["-O3"],
       "cflags_cc!": ["-fno-rtti", "-fno-exceptions", "-O3"],
-      "cflags_cc": ["-O2", "-fexceptions", "-frtti", "-Wno-unused-parameter", "-Wno-deprecated-declarations"],
+      # -std: what libtorch's headers ask for (build.mjs reads ATen/ATen.h); it comes after, so it
+      # overrides, the -std=gnu++17 of Node's common.gypi.
+      "cflags_cc": ["-O2", "-fexceptions", "-frtti", "-Wno-unused-parameter", "-Wno-deprecated-declarations",
+                    "-std=<!(node -p \"process.env.SCOREFLOW_TORCH_CXXSTD || 'gnu++17'\")"],
       "libraries": [
         "-L<!(node -p \"process.env.SCOREFLOW_TORCH_LIBDIR || ''\")",
         "-Wl,-rpath,<!(node -p \"process.env.SCOREFLOW_TORCH_LIBDIR || ''\")",

@@ -5,6 +5,8 @@
 //                                    one-line notice; never fails the install
 //   node native/build.mjs --force    rebuild even when up to date, and exit non-zero on failure
 //   SCOREFLOW_REQUIRE_TORCH=1        exit non-zero when libtorch is missing or the build fails (CI)
+//   SCOREFLOW_TORCH_CXXSTD=gnu++20   the C++ standard (default: what libtorch's ATen.h asks for)
+//   SCOREFLOW_BUILD_LOG=FILE         write node-gyp's whole output there
 //
 // libtorch is looked for in $LIBTORCH_DIR, then $TORCH_DIR (a folder with include/ and lib/, such
 // as libtorch's zip or the torch/ folder of a PyTorch installation:
@@ -75,6 +77,27 @@ function cxx11Abi(libdir) {
   }
 }
 
+/**
+ * The C++ standard to compile against: the one libtorch's own header guard asks for (ATen/ATen.h:
+ * `__cplusplus < 201402L` in 1.13, `201703L` in 2.1 to 2.13, `202002L` from 2.14), at least gnu++17,
+ * which is what Node's common.gypi passes anyway. SCOREFLOW_TORCH_CXXSTD overrides it.
+ */
+function cxxStd(includes) {
+  if (process.env.SCOREFLOW_TORCH_CXXSTD) return process.env.SCOREFLOW_TORCH_CXXSTD;
+  const dirs = [...includes, '/usr/include'];
+  for (const d of dirs) {
+    let text;
+    try {
+      text = readFileSync(join(d, 'ATen', 'ATen.h'), 'utf8');
+    } catch {
+      continue;
+    }
+    const m = /__cplusplus\s*<\s*(\d{6})L/.exec(text);
+    return m && Number(m[1]) >= 202002 ? 'gnu++20' : 'gnu++17';
+  }
+  return 'gnu++17';
+}
+
 function libs(libdir) {
   const has = (n) => existsSync(join(libdir, `lib${n}.so`));
   const l = ['-lc10', '-ltorch_cpu'];
@@ -110,8 +133,9 @@ if (typeof torch === 'string') {
   finish(true);
 }
 
-const config = { ...torch, abi: cxx11Abi(torch.libdir), libs: libs(torch.libdir) };
-const key = JSON.stringify(config);
+const config = { ...torch, abi: cxx11Abi(torch.libdir), libs: libs(torch.libdir), std: cxxStd(torch.includes) };
+// gnu++17 is what every build before this setting had: leave it out of the key, so it forces no rebuild.
+const key = JSON.stringify(config.std === 'gnu++17' ? { ...config, std: undefined } : config);
 if (!force && existsSync(addon) && existsSync(stampFile)) {
   const stamp = JSON.parse(readFileSync(stampFile, 'utf8'));
   if (stamp.key === key && statSync(addon).mtimeMs >= newestSource() && loads() === null) {
@@ -142,8 +166,11 @@ const r = spawnSync(process.execPath, args, {
     SCOREFLOW_TORCH_LIBDIR: config.libdir,
     SCOREFLOW_TORCH_LIBS: config.libs.join(' '),
     SCOREFLOW_TORCH_CXX11_ABI: config.abi,
+    SCOREFLOW_TORCH_CXXSTD: config.std,
   },
 });
+// SCOREFLOW_BUILD_LOG=FILE keeps node-gyp's whole output (the device script returns it).
+if (process.env.SCOREFLOW_BUILD_LOG) writeFileSync(process.env.SCOREFLOW_BUILD_LOG, `${r.stdout ?? ''}${r.stderr ?? ''}${r.error ? `\n${r.error.message}\n` : ''}`);
 if (r.status !== 0) {
   const log = `${r.stdout ?? ''}${r.stderr ?? ''}`.trim().split('\n');
   const errors = log.filter((l) => /error|Error|ERR!/.test(l)).slice(0, 20);
@@ -158,5 +185,5 @@ if (loadError !== null) {
 }
 mkdirSync(dirname(stampFile), { recursive: true });
 writeFileSync(stampFile, JSON.stringify({ key, built: new Date().toISOString() }));
-say(`torch backend built in ${((Date.now() - t0) / 1000).toFixed(0)} s (${torch.origin}, ${config.libdir})`);
+say(`torch backend built in ${((Date.now() - t0) / 1000).toFixed(0)} s (${torch.origin}, ${config.libdir}, -std=${config.std})`);
 finish(false);

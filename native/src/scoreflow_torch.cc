@@ -18,8 +18,12 @@
 #include "adam.h"
 #include "fused.h"
 
+#include <algorithm>
 #include <cstring>
+#include <functional>
+#include <stdexcept>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -181,6 +185,10 @@ napi_value num(napi_env env, double v) {
 }
 
 // ---------------------------------------------------------------- convolution helpers
+// Written for libtorch 1.13 (Debian) through 2.x (PyTorch wheels): no c10::optional / c10::nullopt
+// (aliases of std::optional that newer headers deprecate; 1.13's are not std's), so an absent
+// bias size is a default-constructed at::OptionalIntArrayRef, which both accept.
+
 // A tfjs NHWC tensor as NCHW (channels-last strides when the NHWC tensor is contiguous).
 at::Tensor asNCHW(const at::Tensor& t) { return t.permute({0, 3, 1, 2}); }
 at::Tensor asNHWC(const at::Tensor& t) { return t.permute({0, 2, 3, 1}); }
@@ -655,7 +663,7 @@ const std::vector<std::pair<const char*, OpFn>>& opTable() {
          const int64_t hp = sym ? h : h + c.pt + c.pb, wp = sym ? w : w + c.pl + c.pr;
          // Only the input's sizes and layout matter to the backward-data pass.
          at::Tensor shapeOnly = at::empty({n, ch, hp, wp}, dy.options().memory_format(at::MemoryFormat::ChannelsLast));
-         auto r = at::convolution_backward(dy, shapeOnly, asOIHW(s.in(1)), c10::nullopt, {c.sh, c.sw},
+         auto r = at::convolution_backward(dy, shapeOnly, asOIHW(s.in(1)), at::OptionalIntArrayRef(), {c.sh, c.sw},
                                            {sym ? c.pt : 0, sym ? c.pl : 0}, {c.dh, c.dw}, false, {0, 0}, 1,
                                            {true, false, false});
          at::Tensor dx = std::get<0>(r);
@@ -674,7 +682,7 @@ const std::vector<std::pair<const char*, OpFn>>& opTable() {
          }
          const int64_t kh = s.i(10), kw = s.i(11), ci = s.i(12), co = s.i(13);
          at::Tensor shapeOnly = at::empty({co, ci, kh, kw}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-         auto r = at::convolution_backward(dy, x, shapeOnly, c10::nullopt, {c.sh, c.sw}, {ph, pw}, {c.dh, c.dw},
+         auto r = at::convolution_backward(dy, x, shapeOnly, at::OptionalIntArrayRef(), {c.sh, c.sw}, {ph, pw}, {c.dh, c.dw},
                                            false, {0, 0}, 1, {false, true, false});
          s.out(std::get<1>(r).permute({2, 3, 1, 0}).contiguous());
        }},
