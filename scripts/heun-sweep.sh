@@ -33,7 +33,13 @@ settings=(
   "heun40-cap|--sampler heun --steps 40"
   "heun25-cap|--sampler heun --steps 25"
 )
-files=()
+# the floor: N real MNIST training images (FD depends on N; test images are the reference)
+[ -f "$out/real.npy" ] || node --input-type=module -e "
+  const { loadImages } = await import('./dist/src/core/data/mnist.js');
+  const { writeNpy } = await import('./dist/src/core/io/npy.js');
+  const im = loadImages('train', { limit: $n });
+  await writeNpy('$out/real.npy', { shape: [im.n, 1, im.h, im.w], data: im.data });"
+files=("$out/real.npy")
 for s in "${settings[@]}"; do
   name=${s%%|*}
   flags=${s#*|}
