@@ -28,6 +28,8 @@ settings=(
   "heun50-c10|--sampler heun --steps 50 --churn 10"
   "heun50-cap|--sampler heun --steps 50"
   "heun50-cap-tmax5|--sampler heun --steps 50 --s-tmax 5"
+  "heun50-cap-tmax2|--sampler heun --steps 50 --s-tmax 2"
+  "heun50-c10-tmax5|--sampler heun --steps 50 --churn 10 --s-tmax 5"
   "heun50-cap-tmin0.05|--sampler heun --steps 50 --s-tmin 0.05"
   "heun50-cap-noise1.007|--sampler heun --steps 50 --s-noise 1.007"
   "heun40-cap|--sampler heun --steps 40"

@@ -50,7 +50,7 @@ export interface SampleOptions {
 }
 
 /** Defaults of the Heun/EDM sampler; see the README for how they were chosen. */
-export const HEUN_DEFAULTS = { steps: 50, rho: 7, churn: 50, sTmin: 0.01, sTmax: 15, sNoise: 1 } as const;
+export const HEUN_DEFAULTS = { steps: 50, rho: 7, churn: 50, sTmin: 0.01, sTmax: 5, sNoise: 1 } as const;
 
 export const SAMPLE_DEFAULTS = {
   eps: 1e-3,
