@@ -53,27 +53,19 @@ async function encodeCommand(f: EncodeFlags): Promise<void> {
     const [h, w] = model.shape;
     if (images.h !== h || images.w !== w) throw new Error(`${images.source}: images are ${images.h}x${images.w}, the model takes ${h}x${w}`);
     const n = images.n;
-    const d = h * w;
     process.stderr.write(
       `encode: ${n} images of ${images.source} with ${f.ckpt} (${model.which} weights${model.step !== null ? `, step ${model.step}` : ''}), eps ${f.eps}, rtol ${f.rtol}, atol ${f.atol}\n`,
     );
-    const latent = new Float32Array(n * d);
-    const nfe = new Int32Array(n);
     const bar = progressBar('encode');
     bar.start(n, 0);
     const t0 = performance.now();
+    let r;
     try {
-      // one batch per call, so the bar moves batch by batch (encode's rows are independent)
-      for (let a = 0; a < n; a += f.batchSize) {
-        const b = Math.min(n, a + f.batchSize);
-        const r = await encode(model, images.data.subarray(a * d, b * d), { eps: f.eps, rtol: f.rtol, atol: f.atol, batchSize: f.batchSize });
-        latent.set(r.latent, a * d);
-        nfe.set(r.nfe, a);
-        bar.update(b);
-      }
+      r = await encode(model, images.data, { eps: f.eps, rtol: f.rtol, atol: f.atol, batchSize: f.batchSize, onProgress: (done) => bar.update(done) });
     } finally {
       bar.stop();
     }
+    const { latent, nfe } = r;
     const seconds = (performance.now() - t0) / 1000;
     const priorStd = model.sde.priorStd();
     const nfeList = Array.from(nfe);

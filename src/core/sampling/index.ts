@@ -221,7 +221,11 @@ export async function probabilityFlow(model: ScoreModel, score: BatchScore, x0: 
 }
 
 /** Latents x(1) of data rows x(eps) through the probability-flow ODE (the inverse of the ode sampler). */
-export async function encode(model: ScoreModel, x: Float32Array, opts: { eps?: number; rtol?: number; atol?: number; batchSize?: number } = {}): Promise<{ latent: Float32Array; nfe: Int32Array }> {
+export async function encode(
+  model: ScoreModel,
+  x: Float32Array,
+  opts: { eps?: number; rtol?: number; atol?: number; batchSize?: number; onProgress?: (done: number, total: number) => void } = {},
+): Promise<{ latent: Float32Array; nfe: Int32Array }> {
   const score = new BatchScore(model, opts.batchSize ?? SAMPLE_DEFAULTS.batchSize);
   const d = score.d;
   if (x.length % d !== 0) throw new Error(`encode: ${x.length} values are not whole samples of ${d}`);
@@ -237,6 +241,7 @@ export async function encode(model: ScoreModel, x: Float32Array, opts: { eps?: n
     });
     latent.set(r.y, a * d);
     nfe.set(r.nfe, a);
+    opts.onProgress?.(b, n);
   }
   return { latent, nfe };
 }
