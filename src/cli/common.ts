@@ -2,6 +2,8 @@
  * Shared CLI plumbing. The CLI is the only layer that turns errors into exit codes:
  * every failure is one line on stderr (`<prog>: <message>`) and a non-zero exit.
  */
+import { existsSync, statSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { BACKEND_NAMES, type BackendName, initBackend } from '../core/backend/index.js';
 
@@ -38,6 +40,12 @@ export function parseChannels(v: string): [number, number, number, number] {
     throw new InvalidArgumentError(`expected four positive integers like 32,64,128,256, got '${v}'`);
   }
   return parts as [number, number, number, number];
+}
+
+/** Throws one line when the folder that `out` would be written into does not exist. */
+export function checkOutDir(flag: string, out: string): void {
+  const dir = dirname(out);
+  if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new Error(`${flag}: directory '${dir}' does not exist`);
 }
 
 export function backendOption(): Option {

@@ -9,8 +9,7 @@
  * All input is read and checked before the backend starts: a bad flag or file is one line on
  * stderr, a non-zero exit, and nothing written.
  */
-import { existsSync, statSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { existsSync } from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
 import { loadImages, loadLabels } from '../core/data/mnist.js';
 import { writeFileAtomic } from '../core/io/atomic.js';
@@ -20,7 +19,7 @@ import {
   CLASSIFIER_DEFAULTS, IMAGE_SIZE, checkClassifierConfig, MnistClassifier, accuracy, decodeClassifier, saveClassifier, trainClassifier,
 } from '../core/eval/classifier.js';
 import { evaluateSamples, referenceStats, type Images } from '../core/eval/index.js';
-import { backendOption, deviceOption, parseFloatArg, parseIntArg, startBackend } from './common.js';
+import { backendOption, checkOutDir, deviceOption, parseFloatArg, parseIntArg, startBackend } from './common.js';
 import { progressBar } from './progress.js';
 
 function parseTwoInts(v: string): [number, number] {
@@ -29,11 +28,6 @@ function parseTwoInts(v: string): [number, number] {
     throw new InvalidArgumentError(`expected two positive integers like 32,64, got '${v}'`);
   }
   return parts as [number, number];
-}
-
-function checkOutDir(flag: string, out: string): void {
-  const dir = dirname(out);
-  if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new Error(`${flag}: directory '${dir}' does not exist`);
 }
 
 // ------------------------------------------------------------------ scoreflow classifier

@@ -2,15 +2,13 @@
  * `scoreflow sample`: noise -> digits with a trained ScoreNet. Writes FILE.npy (float32
  * [N,1,28,28], NumPy's format), FILE.png (a grid) and FILE.json (a summary) as one atomic set.
  */
-import { existsSync, statSync } from 'node:fs';
-import { dirname } from 'node:path';
 import { Command, Option } from 'commander';
 import { encodeNpyChunks, readNpy } from '../core/io/npy.js';
 import { writeFilesAtomic } from '../core/io/atomic.js';
 import { pngGrid } from '../core/io/png.js';
 import { HEUN_DEFAULTS, SAMPLE_DEFAULTS, SAMPLER_NAMES, resolveSampleOptions, sampleRange, type SampleOptions, type SamplerName } from '../core/sampling/index.js';
 import { loadScoreModel } from '../core/sampling/model.js';
-import { backendOption, deviceOption, parseFloatArg, parseIntArg, startBackend } from './common.js';
+import { backendOption, checkOutDir, deviceOption, parseFloatArg, parseIntArg, startBackend } from './common.js';
 import { progressBar } from './progress.js';
 
 export interface SampleFlags {
@@ -41,8 +39,7 @@ export interface SampleFlags {
 export function outputPaths(out: string): { npy: string; png: string; json: string } {
   if (!out.endsWith('.npy')) throw new Error(`--out must name a .npy file, got '${out}'`);
   const stem = out.slice(0, -4);
-  const dir = dirname(out);
-  if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new Error(`--out: directory '${dir}' does not exist`);
+  checkOutDir('--out', out);
   return { npy: out, png: `${stem}.png`, json: `${stem}.json` };
 }
 
