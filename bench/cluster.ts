@@ -17,12 +17,14 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { availableParallelism } from 'node:os';
-import { connectNats } from '../src/coordinator/connect.js';
+import { connectNats } from '../src/cluster/connect.js';
 import { Coordinator } from '../src/coordinator/coordinator.js';
-import { NatsServer } from '../src/coordinator/nats-server.js';
-import type { StepReport } from '../src/coordinator/telemetry.js';
+import { NatsServer } from '../src/cluster/nats-server.js';
+import type { StepReport } from '../src/cluster/telemetry.js';
 import { packagePath } from '../src/core/paths.js';
-import { chunkFloatsFor, decode, subjects } from '../src/coordinator/wire.js';
+import { chunkFloatsFor } from '../src/protocol/chunking.js';
+import { decode } from '../src/protocol/envelope.js';
+import { subjects } from '../src/protocol/subjects.js';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';

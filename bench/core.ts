@@ -10,6 +10,7 @@ import { loadImages } from '../src/core/data/mnist.js';
 import { Rng } from '../src/core/rng.js';
 import { trainConfig } from '../src/core/train/config.js';
 import { GradPool, poolThreads } from '../src/core/train/pool.js';
+import { trainStep } from '../src/core/train/step.js';
 import { Trainer } from '../src/core/train/trainer.js';
 
 export interface CoreFigures {
@@ -45,14 +46,9 @@ export async function benchCore(backend: BackendName, opts: { threads?: number; 
   const train: Record<string, number> = {};
   for (const batch of [32, 128]) {
     const config = trainConfig({ batchSize: batch });
-    const trainer = Trainer.create(config, data);
     const pool = await GradPool.create({ threads, backend: name, config, data });
-    const step = async () => {
-      const g = await pool.gradSum(trainer.params, trainer.paramsVersion, trainer.step, 0, batch);
-      for (let i = 0; i < g.grad.length; i++) g.grad[i] /= g.count;
-      trainer.apply(g.grad);
-    };
-    train[`batch_${batch}`] = batch / (await timed(step, reps));
+    const trainer = Trainer.create(config, data).setGradSource(pool);
+    train[`batch_${batch}`] = batch / (await timed(() => trainStep(trainer), reps));
     await pool.close();
     trainer.dispose();
   }
@@ -93,13 +89,11 @@ export async function leakCheck(backend: BackendName, steps: number, batch = 8):
   const name = await initBackend(backend, { log: () => {} });
   const data = loadImages('train', { limit: 1024 });
   const config = trainConfig({ batchSize: batch });
-  const trainer = Trainer.create(config, data);
   const pool = await GradPool.create({ threads: 1, backend: name, config, data });
+  const trainer = Trainer.create(config, data).setGradSource(pool);
   const rows: Array<Record<string, number>> = [];
   for (let k = 0; k < steps; k++) {
-    const g = await pool.gradSum(trainer.params, trainer.paramsVersion, trainer.step, 0, batch);
-    for (let i = 0; i < g.grad.length; i++) g.grad[i] /= g.count;
-    trainer.apply(g.grad);
+    await trainStep(trainer);
     if (k % Math.max(1, Math.floor(steps / 10)) === 0 || k === steps - 1) {
       const mem = tf.memory() as tf.MemoryInfo & { numTorchTensors?: number };
       rows.push({ step: k + 1, tfjs_tensors: mem.numTensors, ...(mem.numTorchTensors !== undefined ? { torch_tensors: mem.numTorchTensors } : {}), rss_mib: Math.round(process.memoryUsage().rss / 2 ** 20) });

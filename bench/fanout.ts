@@ -15,10 +15,10 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connectNats } from '../src/coordinator/connect.js';
-import { runTask } from '../src/coordinator/jobs/fanout.js';
-import type { LikelihoodSpec, SampleSpec } from '../src/coordinator/jobs/spec.js';
-import { NatsServer } from '../src/coordinator/nats-server.js';
+import { connectNats } from '../src/cluster/connect.js';
+import { runTask } from '../src/coordinator/fanout.js';
+import type { LikelihoodSpec, SampleSpec } from '../src/protocol/job-spec.js';
+import { NatsServer } from '../src/cluster/nats-server.js';
 import { initBackend } from '../src/core/backend/index.js';
 import { loadImages } from '../src/core/data/mnist.js';
 import { getFloat32, readSafetensors } from '../src/core/io/safetensors.js';
@@ -26,8 +26,8 @@ import { likelihoodRange } from '../src/core/likelihood.js';
 import { fromTorchLayout, numParams, paramInfos } from '../src/core/model/params.js';
 import { packagePath } from '../src/core/paths.js';
 import { sampleRange } from '../src/core/sampling/index.js';
-import { loadScoreModel } from '../src/core/sampling/model.js';
-import { inferModelConfig, saveWeights } from '../src/core/train/checkpoint.js';
+import { loadScoreModel } from '../src/core/score/net.js';
+import { inferModelConfig, saveWeights } from '../src/core/model/weights.js';
 
 export interface FanoutBenchOptions {
   quick?: boolean;

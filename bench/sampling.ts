@@ -18,7 +18,7 @@ import { loadImages } from '../src/core/data/mnist.js';
 import { likelihoodRange } from '../src/core/likelihood.js';
 import { packagePath } from '../src/core/paths.js';
 import { HEUN_DEFAULTS, SAMPLE_DEFAULTS, sampleRange, type SampleOptions } from '../src/core/sampling/index.js';
-import { scoreModelFromStateDict } from '../src/core/sampling/model.js';
+import { scoreModelFromStateDict } from '../src/core/score/net.js';
 
 export interface SamplingBenchOptions {
   backend?: BackendName;

@@ -10,6 +10,7 @@ command -v nats-server >/dev/null || need+=(nats-server)                       #
 command -v prometheus >/dev/null && command -v promtool >/dev/null || need+=(prometheus)  # ops tests
 [ -d /usr/include/torch ] || need+=(libtorch-dev)                              # the torch backend
 [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)      # a second real data set
+command -v protoc >/dev/null || need+=(protobuf-compiler)                      # a second protobuf decoder, for the wire tests
 # the PyTorch reference, for the interchange tests and the bench (Debian's python3, not a pyenv one)
 /usr/bin/python3 -c 'import torch, numpy, scipy' 2>/dev/null || need+=(python3-torch python3-numpy python3-scipy)
 

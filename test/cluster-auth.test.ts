@@ -18,9 +18,9 @@ import { join } from 'node:path';
 import { after, before, describe, it, test } from 'node:test';
 import { createConnection } from 'node:net';
 import { connect, nkeyAuthenticator, nkeys, type ConnectionOptions, type NatsConnection } from 'nats';
-import { authEnv, clientAuth, serverAuth, splitUrlCredentials, type AuthFlags } from '../src/coordinator/auth.js';
-import { connectNats } from '../src/coordinator/connect.js';
-import { NatsServer } from '../src/coordinator/nats-server.js';
+import { authEnv, clientAuth, serverAuth, splitUrlCredentials, type AuthFlags } from '../src/cluster/auth.js';
+import { connectNats } from '../src/cluster/connect.js';
+import { NatsServer } from '../src/cluster/nats-server.js';
 import { errorLines, runBin, spawnBin, tempDir } from './helpers/cli.js';
 
 const dir = tempDir('scoreflow-auth-');

@@ -7,9 +7,9 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { connectNats } from '../src/coordinator/connect.js';
+import { connectNats } from '../src/cluster/connect.js';
 import { Coordinator } from '../src/coordinator/coordinator.js';
-import { meanOf } from '../src/worker/allreduce.js';
+import { meanGradient } from '../src/core/train/step.js';
 import { SyntheticReplica, SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../src/worker/synthetic.js';
 import { startNats, syntheticCluster, tempDir, type NatsServer } from './helpers/nats.js';
 import { maxRelDiff } from '../src/core/parity.js';
@@ -42,7 +42,7 @@ describe('cluster faults (in process)', () => {
     ref = new SyntheticReplica(cfg);
     for (let k = 0; k < STEPS; k++) {
       const g = await ref.gradSum(k, 0, cfg.batchSize);
-      ref.apply(meanOf(g.grad, g.count));
+      ref.apply(meanGradient(g.grad, g.count));
     }
   });
   after(async () => server?.close());

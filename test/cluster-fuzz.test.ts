@@ -5,23 +5,27 @@
  * the exact result while thousands of such messages hit the coordinator and the workers.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
-import { connectNats } from '../src/coordinator/connect.js';
-import { decode, encode, encodeGrad, f32Bytes, Phase, PROTOCOL_VERSION, subjects, WireError, type Bodies, type BodyKind } from '../src/coordinator/wire.js';
-import { AllReduce } from '../src/worker/allreduce.js';
-import { meanOf } from '../src/worker/allreduce.js';
+import { connectNats } from '../src/cluster/connect.js';
+import { toLEBytes } from '../src/core/io/endian.js';
+import { packagePath } from '../src/core/paths.js';
+import { decode, encode, encodeGrad, Phase, PROTOCOL_VERSION, WireError, type Bodies, type BodyKind } from '../src/protocol/envelope.js';
+import { subjects } from '../src/protocol/subjects.js';
+import { AllReduce } from '../src/worker/collective/nats.js';
+import { meanGradient } from '../src/core/train/step.js';
 import { SyntheticReplica, SYNTHETIC_DEFAULTS } from '../src/worker/synthetic.js';
 import { Rng, Stream } from '../src/core/rng.js';
 import { startNats, syntheticCluster, type NatsServer } from './helpers/nats.js';
 
 const H = { run: 'test', worker: 'fz1', step: 3, membershipEpoch: 65537 };
 const TEMPLATES: { [K in BodyKind]: Bodies[K] } = {
-  join: { host: 'h', pid: 1, device: -1, threads: 1, backend: 'cpu', hasState: false, nonce: 1 },
+  join: { host: 'h', pid: 1, device: -1, threads: 1, backend: 'cpu', hasState: false, nonce: 1, transports: ['nats', 'gloo'], dataHost: '127.0.0.1', storePort: 4000, transportNote: '' },
   welcome: { configJson: '{}', committed: 1, init: true, transfer: '', nonce: 1 },
   heartbeat: { busy: true, reconnected: false },
-  plan: { epoch: 0, members: ['fz1', 'fz2'], shardStart: [0, 1, 2], globalBatch: 2, checksum: true, committed: 3, numParams: 8, chunkFloats: 4, commitEpoch: 1 },
-  grad: { phase: Phase.REDUCE, owner: 0, senderRank: 1, offset: 0, data: f32Bytes(new Float32Array([1, 2, 3, 4]), 0, 4), lossSum: 1, count: 1 },
-  ack: { lossMean: 1, checksum: 'abc', error: '', computeMs: 1, allreduceMs: 1, waitMs: 1, bytesSent: 1, bytesReceived: 1 },
+  plan: { epoch: 0, members: ['fz1', 'fz2'], shardStart: [0, 1, 2], globalBatch: 2, checksum: true, committed: 3, numParams: 8, chunkFloats: 4, commitEpoch: 1, transport: 'nats', store: '' },
+  grad: { phase: Phase.REDUCE, owner: 0, senderRank: 1, offset: 0, data: toLEBytes(new Float32Array([1, 2, 3, 4])), count: 1 },
+  ack: { lossSum: 1, count: 1, checksum: 'abc', error: '', computeMs: 1, allreduceMs: 1, waitMs: 1, bytesSent: 1, bytesReceived: 1 },
   stateRequest: { donor: 'fz1', targets: [''], committed: 3, transfer: 't', commitEpoch: 1 },
   state: { transfer: 't', index: 0, count: 2, totalBytes: 10, data: new Uint8Array(5), sha256: 'x', checksum: 'y' },
   synced: { checksum: 'c', stepsPerEpoch: 3, numParams: 8, transfer: '', error: '' },
@@ -62,10 +66,10 @@ describe('hostile messages', () => {
 
   it('the all-reduce rejects NaN, wrong lengths, duplicates and strangers, buffers untouched', async () => {
     const sent: Uint8Array[] = [];
-    const ar = new AllReduce({ run: 'r', me: 'a', step: 0, mepoch: 1, members: ['a', 'b'], numParams: 8, chunkFloats: 4, globalBatch: 2, session: 0 }, (_s, b) => sent.push(b));
+    const ar = new AllReduce({ run: 'r', me: 'a', step: 0, mepoch: 1, members: ['a', 'b'], numParams: 8, chunkFloats: 4, globalBatch: 2, session: 0, shardStart: [0, 1, 2], store: '' }, (_s, b) => sent.push(b));
     const chunk = (worker: string, phase: Phase, offset: number, data: number[], extra: Partial<Bodies['grad']> = {}) =>
       decode(encode({ run: 'r', worker, step: 0, membershipEpoch: 1 }, 'grad', {
-        phase, owner: phase === Phase.REDUCE ? 0 : 1, senderRank: 1, offset, data: f32Bytes(Float32Array.from(data), 0, data.length), lossSum: 1, count: phase === Phase.REDUCE ? 1 : 2, ...extra,
+        phase, owner: phase === Phase.REDUCE ? 0 : 1, senderRank: 1, offset, data: toLEBytes(Float32Array.from(data)), count: phase === Phase.REDUCE ? 1 : 2, ...extra,
       })) as Parameters<AllReduce['accept']>[0];
     const expectReject = (env: Parameters<AllReduce['accept']>[0], reason: string) =>
       assert.throws(() => ar.accept(env, 1), (e: unknown) => e instanceof WireError && e.reason === reason);
@@ -76,25 +80,35 @@ describe('hostile messages', () => {
     expectReject(chunk('z', Phase.REDUCE, 0, [1, 2, 3, 4]), 'unknown_worker');
     expectReject(chunk('a', Phase.REDUCE, 0, [1, 2, 3, 4]), 'unexpected');
     expectReject(chunk('b', Phase.REDUCE, 0, [1, 2, 3, 4], { owner: 1 }), 'bad_chunk');
+    expectReject(chunk('b', Phase.REDUCE, 0, [1, 2, 3, 4], { count: 2 }), 'bad_chunk'); // rank 1's shard has 1 sample
+    expectReject(chunk('b', Phase.GATHER, 4, [1, 2, 3, 4], { count: 1 }), 'bad_chunk'); // a gather is for the whole batch
     ar.accept(chunk('b', Phase.REDUCE, 0, [1, 2, 3, 4]), 1);
-    expectReject(chunk('b', Phase.REDUCE, 0, [1, 2, 3, 4]), 'bad_chunk'); // duplicate
+    expectReject(chunk('b', Phase.REDUCE, 0, [1, 2, 3, 4]), 'duplicate');
     ar.accept(chunk('b', Phase.GATHER, 4, [5, 6, 7, 8]), 1);
     ar.setLocal({ grad: Float32Array.from([1, 1, 1, 1, 0, 0, 0, 0]), lossSum: 1, count: 1 });
+    expectReject(chunk('b', Phase.GATHER, 4, [5, 6, 7, 8]), 'duplicate');
     const r = await ar.done;
-    assert.deepEqual([...r.mean], [1, 1.5, 2, 2.5, 5, 6, 7, 8]);
+    assert.deepEqual([...r], [2, 3, 4, 5, 5, 6, 7, 8]); // our range: the sum of both; b's range: as b gathered it
   });
 });
 
-describe('grad frames', () => {
+describe('gradient chunks', () => {
   const ctx = (me: string, extra: Partial<ConstructorParameters<typeof AllReduce>[0]> = {}) =>
-    ({ run: 'r', me, step: 0, mepoch: 1, members: ['a', 'b', 'c'], numParams: 10, chunkFloats: 2, globalBatch: 6, session: 9, ...extra });
+    ({ run: 'r', me, step: 0, mepoch: 1, members: ['a', 'b', 'c'], numParams: 10, chunkFloats: 2, globalBatch: 6, session: 9, shardStart: [0, 2, 4, 6], store: '', ...extra });
   const frame = (worker: string, body: Partial<Bodies['grad']> & { data: Uint8Array }) =>
-    encode({ run: 'r', worker, step: 0, membershipEpoch: 1, session: 9 }, 'grad', { phase: Phase.REDUCE, owner: 0, senderRank: 1, offset: 0, lossSum: 1, count: 2, ...body });
-  const floats = (...xs: number[]) => f32Bytes(Float32Array.from(xs), 0, xs.length);
+    encode({ run: 'r', worker, step: 0, membershipEpoch: 1, session: 9 }, 'grad', { phase: Phase.REDUCE, owner: 0, senderRank: 1, offset: 0, count: 2, ...body });
+  const floats = (...xs: number[]) => toLEBytes(Float32Array.from(xs));
 
-  it('round-trip, also from an unaligned buffer; version, truncation and bad lengths are rejected', () => {
+  it('round-trip, also from an unaligned buffer; the floats start 4-aligned; version and truncation are rejected', () => {
+    for (const worker of ['b', 'worker-with-a-longer-id', '']) {
+      for (const n of [1, 2, 3, 200, 40_000]) {
+        const f = frame(worker, { data: toLEBytes(Float32Array.from({ length: n }, (_, i) => i - 1.5)) });
+        const env = decode(f) as Parameters<AllReduce['accept']>[0];
+        assert.equal(env.body.data.byteOffset % 4, 0, `worker ${JSON.stringify(worker)}, ${n} floats: data at byte ${env.body.data.byteOffset}`);
+        assert.equal(f.byteLength - env.body.data.byteLength, env.body.data.byteOffset, 'the floats are the last bytes');
+      }
+    }
     const f = frame('b', { data: floats(1.5, -2) });
-    assert.equal(f[0], 0); // no protobuf Envelope starts with a 0 byte
     for (const shift of [0, 1, 2, 3]) {
       const buf = new Uint8Array(f.byteLength + shift);
       buf.set(f, shift);
@@ -102,19 +116,32 @@ describe('grad frames', () => {
       assert.equal(env.kind, 'grad');
       assert.deepEqual({ ...env, body: { ...env.body, data: [...new Float32Array(Uint8Array.from(env.body.data).buffer)] } }, {
         version: PROTOCOL_VERSION, run: 'r', worker: 'b', step: 0, membershipEpoch: 1, session: 9, kind: 'grad',
-        body: { phase: Phase.REDUCE, owner: 0, senderRank: 1, offset: 0, lossSum: 1, count: 2, data: [1.5, -2] },
+        body: { phase: Phase.REDUCE, owner: 0, senderRank: 1, offset: 0, count: 2, data: [1.5, -2], pad: (env.body as unknown as { pad: Uint8Array }).pad },
       });
     }
     const reason = (b: Uint8Array) => { try { decode(b); return 'ok'; } catch (e) { return (e as WireError).reason; } };
-    const v1 = Uint8Array.from(f);
-    v1[4] = 1;
-    assert.equal(reason(v1), 'version');
+    const v2 = Uint8Array.from(f);
+    assert.deepEqual([v2[0], v2[1]], [0x08, PROTOCOL_VERSION]); // field 1 (version), varint
+    v2[1] = 2;
+    assert.equal(reason(v2), 'version');
     assert.equal(reason(f.subarray(0, f.byteLength - 1)), 'undecodable');
     assert.equal(reason(f.subarray(0, 20)), 'undecodable');
-    assert.equal(reason(Buffer.concat([f, new Uint8Array(4)])), 'undecodable');
-    const badH = Uint8Array.from(f);
-    badH[7] = 2;
-    assert.equal(reason(badH), 'undecodable');
+    assert.equal(reason(Buffer.concat([f, Uint8Array.of(0x0f)])), 'undecodable'); // wire type 7 does not exist
+  });
+
+  it('a chunk is a protobuf Envelope that protoc (a second decoder) reads field for field', () => {
+    const f = encodeGrad({ run: 'r1', worker: 'w-7', step: 300, membershipEpoch: 65538, session: 4_000_000_000 },
+      { phase: Phase.GATHER, owner: 2, senderRank: 2, offset: 32768, count: 32 }, Float32Array.from([0, 1.5, -2, 3.25, 1e-30]), 1, 3);
+    const r = spawnSync('protoc', ['--decode=scoreflow.v1.Envelope', '-I', packagePath('proto'), 'scoreflow.proto'], { input: f, encoding: 'latin1' });
+    assert.equal(r.status, 0, `protoc: ${r.error?.message ?? r.stderr}`);
+    const text = r.stdout;
+    for (const line of ['version: 3', 'run: "r1"', 'worker: "w-7"', 'step: 300', 'membership_epoch: 65538', 'session: 4000000000', 'phase: GATHER', 'owner: 2', 'sender_rank: 2', 'offset: 32768', 'count: 32'])
+      assert.ok(text.includes(line), `protoc output lacks ${line}:\n${text}`);
+    // data: 1.5, -2, 3.25 as little-endian float32, which protoc prints as escaped bytes
+    const data = /data: "((?:[^"\\]|\\.)*)"/.exec(text)?.[1];
+    assert.ok(data, text);
+    const bytes = Buffer.from(data.replace(/\\(\d{3}|.)/g, (_, e: string) => (/^\d{3}$/.test(e) ? String.fromCharCode(parseInt(e, 8)) : ({ n: '\n', r: '\r', t: '\t' } as Record<string, string>)[e] ?? e)), 'latin1');
+    assert.deepEqual([...new Float32Array(Uint8Array.from(bytes).buffer)], [1.5, -2, 3.25]);
   });
 
   it('owners add contributions in rank order whatever the arrival order: bitwise the sequential sum', async () => {
@@ -123,7 +150,7 @@ describe('grad frames', () => {
     const grads = [0, 1, 2].map(() => Float32Array.from({ length: P }, () => (rng.nextU32() / 2 ** 32 - 0.5) * 10 ** ((rng.nextU32() % 9) - 4)));
     const sum = Float32Array.from(grads[0]);
     for (const g of grads.slice(1)) for (let i = 0; i < P; i++) sum[i] += g[i];
-    const expected = meanOf(sum, 6);
+    const expected = sum;
     for (let trial = 0; trial < 30; trial++) {
       const members = ['a', 'b', 'c'];
       const bus: { to: string; bytes: Uint8Array }[] = [];
@@ -145,28 +172,23 @@ describe('grad frames', () => {
       }
       for (const ar of ars) {
         const res = await ar.done;
-        assert.deepEqual([...res.mean], [...expected]);
-        assert.equal(res.lossSum, 0 + 1 + 2);
+        assert.deepEqual([...res], [...expected]);
       }
     }
   });
 
   it('counts that disagree with the shard or between chunks are rejected, buffers untouched', async () => {
     const ar = new AllReduce(ctx('a', { members: ['a', 'b'], numParams: 4, globalBatch: 3, shardStart: [0, 1, 3] }), () => {});
-    const env = (offset: number, count: number, lossSum: number, data: Uint8Array) =>
-      decode(frame('b', { offset, count, lossSum, data })) as Parameters<AllReduce['accept']>[0];
+    const env = (offset: number, count: number, data: Uint8Array) =>
+      decode(frame('b', { offset, count, data })) as Parameters<AllReduce['accept']>[0];
     const expectReject = (e: Parameters<AllReduce['accept']>[0], r: string) => assert.throws(() => ar.accept(e, 1), (x: unknown) => x instanceof WireError && x.reason === r);
-    expectReject(env(0, 1, 1, floats(1, 1)), 'bad_chunk'); // rank 1's shard has 2 samples
-    ar.accept(env(0, 2, 1, floats(1, 1)), 1);
-    expectReject(env(0, 2, 1, floats(1, 1)), 'bad_chunk'); // duplicate
-    const ar2 = new AllReduce(ctx('a', { members: ['a', 'b'], numParams: 4, globalBatch: 3 }), () => {});
-    ar2.accept(env(0, 2, 1, floats(1, 1)), 1);
-    assert.throws(() => ar2.accept(decode(frame('b', { offset: 0, count: 2, lossSum: 1, data: floats(1, 1) })) as never, 1)); // duplicate
+    expectReject(env(0, 1, floats(1, 1)), 'bad_chunk'); // rank 1's shard has 2 samples
+    ar.accept(env(0, 2, floats(1, 1)), 1);
+    expectReject(env(0, 2, floats(1, 1)), 'duplicate');
     ar.setLocal({ grad: Float32Array.from([2, 2, 0, 0]), lossSum: 2, count: 1 });
-    ar.accept(decode(frame('b', { phase: Phase.GATHER, owner: 1, offset: 2, count: 3, lossSum: 3, data: floats(5, 6) })) as never, 1);
+    ar.accept(decode(frame('b', { phase: Phase.GATHER, owner: 1, offset: 2, count: 3, data: floats(5, 6) })) as never, 1);
     const r = await ar.done;
-    assert.deepEqual([...r.mean], [1, 1, 5, 6]);
-    assert.equal(r.lossSum, 3);
+    assert.deepEqual([...r], [3, 3, 5, 6]);
   });
 
   it('20000 mutated frames: the decoder and the all-reduce answer only with a result or a WireError', () => {
@@ -174,8 +196,8 @@ describe('grad frames', () => {
     const seeds = [
       // a owns [0, 3) (chunks at 0 and 2), b owns [3, 6) (chunks at 3 and 5)
       frame('b', { offset: 0, owner: 0, data: floats(1, 2) }),
-      frame('b', { phase: Phase.GATHER, owner: 1, offset: 3, count: 6, lossSum: 3, data: floats(3, 4) }),
-      encodeGrad({ run: 'r', worker: 'c', step: 0, membershipEpoch: 1, session: 9 }, { phase: Phase.REDUCE, owner: 0, senderRank: 2, offset: 2, lossSum: 1, count: 2 }, Float32Array.from([7, 8, 9]), 1, 1),
+      frame('b', { phase: Phase.GATHER, owner: 1, offset: 3, count: 6, data: floats(3, 4) }),
+      encodeGrad({ run: 'r', worker: 'c', step: 0, membershipEpoch: 1, session: 9 }, { phase: Phase.REDUCE, owner: 0, senderRank: 2, offset: 2, count: 2 }, Float32Array.from([7, 8, 9]), 1, 1),
     ];
     let ar = new AllReduce(ctx('a'), () => {});
     const outcomes = new Map<string, number>();
@@ -229,7 +251,7 @@ describe('a live run under hostile traffic', () => {
       const ref = new SyntheticReplica(cfg);
       for (let k = 0; k < 40; k++) {
         const g = ref.gradSumSync(k, 0, cfg.batchSize);
-        ref.apply(meanOf(g.grad, g.count));
+        ref.apply(meanGradient(g.grad, g.count));
       }
       for (const w of c.workers) {
         const p = (w.state as SyntheticReplica).params;

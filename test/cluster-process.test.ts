@@ -13,7 +13,7 @@ import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { packagePath } from '../src/core/paths.js';
 import { loadTrainingCheckpoint } from '../src/core/train/checkpoint.js';
-import { meanOf } from '../src/worker/allreduce.js';
+import { meanGradient } from '../src/core/train/step.js';
 import { SyntheticReplica, SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../src/worker/synthetic.js';
 import { startNats, tempDir, type NatsServer } from './helpers/nats.js';
 
@@ -58,7 +58,7 @@ function syntheticReference(): SyntheticReplica {
   const r = new SyntheticReplica(SYN);
   for (let k = 0; k < STEPS; k++) {
     const g = r.gradSumSync(k, 0, SYN.batchSize);
-    r.apply(meanOf(g.grad, g.count));
+    r.apply(meanGradient(g.grad, g.count));
   }
   return r;
 }

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { meanOf } from '../src/worker/allreduce.js';
+import { meanGradient } from '../src/core/train/step.js';
 import { SyntheticReplica, SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../src/worker/synthetic.js';
 import { startNats, syntheticCluster, type NatsServer } from './helpers/nats.js';
 import { maxRelDiff } from '../src/core/parity.js';
@@ -14,7 +14,7 @@ async function reference(cfg: SyntheticConfig, steps: number): Promise<Synthetic
   const r = new SyntheticReplica(cfg);
   for (let k = 0; k < steps; k++) {
     const g = await r.gradSum(k, 0, cfg.batchSize);
-    r.apply(meanOf(g.grad, g.count));
+    r.apply(meanGradient(g.grad, g.count));
   }
   return r;
 }

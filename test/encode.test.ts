@@ -16,7 +16,7 @@ import { readNpy, writeNpySync } from '../src/core/io/npy.js';
 import { modelConfig } from '../src/core/model/config.js';
 import { initParams, paramInfos } from '../src/core/model/params.js';
 import { makeSde, SDE_DEFAULTS } from '../src/core/sde.js';
-import { saveWeights } from '../src/core/train/checkpoint.js';
+import { saveWeights } from '../src/core/model/weights.js';
 
 const BIN = 'bin/scoreflow.js';
 const dir = mkdtempSync(join(tmpdir(), 'scoreflow-encode-'));

@@ -11,8 +11,9 @@ import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { writeNpySync } from '../src/core/io/npy.js';
-import { planJobs } from '../src/coordinator/jobs/spec.js';
-import { ResultAssembler, chunkResult, decodeJob, decodeResult, encodeJob, encodeResult, fromLeBytes, leBytes, type JobResultChunk } from '../src/coordinator/jobs/wire.js';
+import { planJobs } from '../src/protocol/job-spec.js';
+import { ResultAssembler, chunkResult, decodeJob, decodeResult, encodeJob, encodeResult, payloadValues, type JobResultChunk } from '../src/protocol/jobs.js';
+import { toLEBytes } from '../src/core/io/endian.js';
 import { runBin, spawnBin, tempDir } from './helpers/cli.js';
 import { startNats, type NatsServer } from './helpers/nats.js';
 
@@ -47,7 +48,7 @@ describe('job wire', () => {
     assert.deepEqual(decodeJob(encodeJob(job)), job);
     const values = Float32Array.from({ length: 3000 }, (_, i) => Math.sin(i));
     const head = { run: 'r', task: 't1', index: 2, from: 4, to: 6, worker: 'w', attempt: 'w#1', delivery: 1, nfe: [7, 9], calls: 3, seconds: 0.5, backend: 'wasm', weights: 'ema', shape: [30, 50, 1], error: '' };
-    const chunks = chunkResult(head, leBytes(values), 4096 + 8192);
+    const chunks = chunkResult(head, toLEBytes(values), 4096 + 8192);
     assert.ok(chunks.length === 3 && chunks.every((c) => c.data.byteLength <= 4096));
     const asm = new ResultAssembler();
     // an abandoned partial attempt by another worker does not complete the job, nor spoil it
@@ -56,7 +57,7 @@ describe('job wire', () => {
     assert.equal(asm.add(decoded[2]), undefined);
     assert.equal(asm.add(decoded[0]), undefined);
     const r = asm.add(decoded[1])!;
-    assert.deepEqual(fromLeBytes(r.payload, Float32Array), values);
+    assert.deepEqual(payloadValues(r.payload, Float32Array), values);
     assert.deepEqual([r.nfe, r.calls, r.shape, r.weights], [[7, 9], 3, [30, 50, 1], 'ema']);
     assert.equal(asm.add(decoded[1]), undefined, 'a job completes once');
     assert.throws(() => decodeResult(new Uint8Array([0xff, 0xff, 0xff])), /undecodable/);

@@ -12,8 +12,8 @@ import { initBackend } from '../src/core/backend/index.js';
 import { dequantise } from '../src/core/data/mnist.js';
 import { gaussianLogp, likelihoodRange, meanAndStderr, type LikelihoodOptions } from '../src/core/likelihood.js';
 import { Rng, Stream } from '../src/core/rng.js';
-import { gaussianModel, mixtureModel, type AnalyticModel } from '../src/core/sampling/analytic.js';
-import { scoreModelFromStateDict } from '../src/core/sampling/model.js';
+import { gaussianModel, mixtureModel, type AnalyticModel } from './helpers/analytic.js';
+import { scoreModelFromStateDict } from '../src/core/score/net.js';
 import { sampleRange } from '../src/core/sampling/index.js';
 import { makeSde, type SdeName } from '../src/core/sde.js';
 

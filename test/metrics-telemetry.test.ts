@@ -2,7 +2,7 @@
 // (a compile error here means the two have drifted apart).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { Telemetry } from '../src/coordinator/telemetry.js';
+import { Telemetry } from '../src/cluster/telemetry.js';
 import { bindTelemetry, createMetrics } from '../src/metrics/index.js';
 
 const value = async (m: ReturnType<typeof createMetrics>, name: string, labels: Record<string, string> = {}) => {
@@ -23,7 +23,7 @@ test('coordinator telemetry drives the run metrics and readiness', async () => {
   t.ready = true;
   assert.equal(m.isReady(), true);
   t.emit('members', { live: 3, workers: ['a', 'b', 'c'] });
-  const step = { run: 'r', workers: 3, computeMs: 10, allreduceMs: 5, waitMs: 1, bytesSent: 0, bytesReceived: 0 };
+  const step = { run: 'r', workers: 3, computeMs: 10, allreduceMs: 5, waitMs: 1, bytesSent: 0, bytesReceived: 0, transport: 'nats' };
   t.emit('step', { ...step, step: 1, lossMean: 2.5, stepMs: 50, imagesPerSec: 2560 });
   t.emit('abort', { step: 2, reason: 'worker c died' });
   t.emit('members', { live: 2, workers: ['a', 'b'] });

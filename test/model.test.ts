@@ -13,7 +13,7 @@ import { readSafetensors } from '../src/core/io/safetensors.js';
 import { runParity } from '../src/core/parity.js';
 import { packagePath } from '../src/core/paths.js';
 import { makeSde } from '../src/core/sde.js';
-import { loadWeights, saveWeights } from '../src/core/train/checkpoint.js';
+import { loadWeights, saveWeights } from '../src/core/model/weights.js';
 import { Rng } from '../src/core/rng.js';
 import { tempDir } from './helpers/cli.js';
 

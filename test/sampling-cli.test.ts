@@ -12,7 +12,7 @@ import { after, before, describe, test } from 'node:test';
 import { readNpy, writeNpySync } from '../src/core/io/npy.js';
 import { getFloat32, readSafetensors } from '../src/core/io/safetensors.js';
 import { fromTorchLayout, numParams, paramInfos } from '../src/core/model/params.js';
-import { inferModelConfig, saveWeights } from '../src/core/train/checkpoint.js';
+import { inferModelConfig, saveWeights } from '../src/core/model/weights.js';
 
 const BIN = 'bin/scoreflow.js';
 const dir = mkdtempSync(join(tmpdir(), 'scoreflow-sample-'));

@@ -10,9 +10,9 @@ import { before, describe, test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../src/core/backend/index.js';
 import { makeSde, type SdeName } from '../src/core/sde.js';
-import { gaussianModel, mixtureModel } from '../src/core/sampling/analytic.js';
+import { gaussianModel, mixtureModel } from './helpers/analytic.js';
 import { encode, sampleRange, timeOfSigma, sigmaOf, type SampleOptions, type SamplerName } from '../src/core/sampling/index.js';
-import { scoreModelFromStateDict } from '../src/core/sampling/model.js';
+import { scoreModelFromStateDict } from '../src/core/score/net.js';
 
 const FIXTURE = 'test/fixtures/scorenet_parity.safetensors';
 

@@ -11,6 +11,7 @@ import { encodeNpy } from '../src/core/io/npy.js';
 import { loadTrainingCheckpoint } from '../src/core/train/checkpoint.js';
 import { trainConfig } from '../src/core/train/config.js';
 import { GradPool } from '../src/core/train/pool.js';
+import { trainStep } from '../src/core/train/step.js';
 import { Trainer } from '../src/core/train/trainer.js';
 import { packagePath } from '../src/core/paths.js';
 import { errorLines, runBin, spawnBin, tempDir } from './helpers/cli.js';
@@ -21,16 +22,14 @@ test('200 steps on MNIST lower the loss clearly, with tensor count and memory fl
   await initBackend('wasm', { log: () => {} });
   const data = loadImages('train', { limit: 2048 });
   const config = trainConfig({ seed: 1, batchSize: 32, lr: 1e-3, model: { channels: [16, 32, 32, 32], embedDim: 32 } });
-  const trainer = Trainer.create(config, data);
   const pool = await GradPool.create({ threads: 1, backend: 'wasm', config, data });
+  const trainer = Trainer.create(config, data).setGradSource(pool);
   const losses: number[] = [];
   const tensors: number[] = [];
   const rss: number[] = [];
   for (let s = 0; s < 200; s++) {
-    const g = await pool.gradSum(trainer.params, trainer.paramsVersion, s, 0, 32);
-    for (let i = 0; i < g.grad.length; i++) g.grad[i] /= g.count;
-    trainer.apply(g.grad);
-    losses.push(g.lossSum / g.count);
+    assert.equal(trainer.step, s);
+    losses.push((await trainStep(trainer)).loss);
     tensors.push(tf.memory().numTensors);
     if (s % 20 === 19) rss.push(process.memoryUsage().rss);
   }

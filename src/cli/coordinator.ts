@@ -7,27 +7,19 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { Option } from 'commander';
-import { addAuthOptions, authEnv, authFlags, clientAuth, serverAuth, type AuthFlags } from '../coordinator/auth.js';
-import { connectNats } from '../coordinator/connect.js';
 import { Coordinator } from '../coordinator/coordinator.js';
-import { brokerFor } from '../coordinator/nats-server.js';
-import { spawnWorkers, type Spawned } from '../coordinator/spawn.js';
-import { checkId } from '../coordinator/wire.js';
-import { bindTelemetry, createMetrics, nextFreePorts, type MetricsServer } from '../metrics/index.js';
+import { bindTelemetry } from '../metrics/index.js';
+import { checkId } from '../protocol/subjects.js';
+import { addClusterOptions, withCluster, type ClusterFlags } from './cluster.js';
 import { main, newProgram, parseIntArg } from './common.js';
 import { registerJobCommands } from './jobs.js';
 import { addTrainingOptions, CHECKPOINT, configFromFlags, type TrainFlags } from './train.js';
 
-interface CoordinatorFlags extends TrainFlags, AuthFlags {
-  gpus: number;
-  spawn: boolean;
-  nats?: string;
-  run?: string;
+interface CoordinatorFlags extends TrainFlags, ClusterFlags {
   minWorkers?: number;
   checksumEvery: number;
   heartbeatTimeout: number;
   stepTimeout: number;
-  metricsPort?: number;
   synthetic?: string;
 }
 
@@ -51,29 +43,14 @@ async function start(f: CoordinatorFlags): Promise<void> {
   const ckpt = join(out, CHECKPOINT);
   if (!hasRecord && existsSync(ckpt) && !f.resume) throw new Error(`${ckpt} exists; pass --resume to continue it, or choose another --out`);
   if (f.resume && !hasRecord && !existsSync(ckpt)) throw new Error(`--resume: no checkpoint at ${ckpt}`);
-  const auth = authFlags(f);
   const { json, batchSize } = runConfig(f);
-  const { url, server } = await brokerFor(f.nats, serverAuth(auth), log);
-  let spawned: Spawned | undefined;
-  let metricsServer: MetricsServer | undefined;
-  const cleanup = async () => {
-    await spawned?.stop();
-    await metricsServer?.close(); // (a listening server would keep the process alive after the run)
-    await server?.close();
-  };
-  try {
-    const nc = await connectNats({ ...clientAuth(auth), url, name: `scoreflow-coordinator-${run}` });
+  await withCluster(f, run, async (c) => {
     const coordinator = new Coordinator({
-      nc, run, outDir: out, configJson: json, batchSize, steps: f.steps, epochs: f.steps === undefined ? (f.epochs ?? 1) : undefined,
+      nc: c.nc, run, outDir: out, configJson: json, batchSize, steps: f.steps, epochs: f.steps === undefined ? (f.epochs ?? 1) : undefined,
       resumeFrom: !hasRecord && f.resume ? readFileSync(ckpt) : undefined, minWorkers: f.minWorkers ?? (f.spawn ? f.gpus : 1),
       checksumEvery: f.checksumEvery, checkpointEvery: f.ckptEvery, heartbeatTimeoutMs: f.heartbeatTimeout, stepTimeoutMs: f.stepTimeout, log,
     });
-    if (f.metricsPort !== undefined) {
-      const metrics = createMetrics({ role: 'coordinator', run });
-      bindTelemetry(metrics, coordinator.telemetry, { globalBatch: batchSize, expectedWorkers: f.gpus });
-      metricsServer = await metrics.serve(f.metricsPort, { tries: 100 });
-      log(`coordinator: metrics on :${metricsServer.port}/metrics`);
-    }
+    if (c.metrics) bindTelemetry(c.metrics, coordinator.telemetry, { globalBatch: batchSize, expectedWorkers: f.gpus });
     coordinator.telemetry.on('step', (r) => {
       if (r.step % 10 === 0) log(`step ${r.step + 1}: loss ${r.lossMean.toFixed(3)}, ${r.workers} worker(s), ${r.stepMs} ms, ${r.imagesPerSec.toFixed(1)} img/s`);
     });
@@ -81,38 +58,24 @@ async function start(f: CoordinatorFlags): Promise<void> {
     const stop = () => void coordinator.close();
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
-    if (f.spawn) {
-      // Workers serve metrics on the next free ports above ours (each logged as it binds).
-      const metricsPorts = metricsServer && (await nextFreePorts(f.metricsPort ? metricsServer.port : 0, f.gpus));
-      spawned = spawnWorkers({ n: f.gpus, nats: url, run, backend: f.backend, threads: f.threads, env: authEnv(auth), metricsPorts, log });
-    } else {
-      log(`coordinator: start workers with: worker start --nats ${url} --run ${run}`);
-    }
+    await c.spawnWorkers();
     const res = await coordinator.done;
-    await nc.flush().catch(() => {});
+    await c.nc.flush().catch(() => {});
     // Let spawned workers see Stop and exit on their own before we take the broker away.
-    if (spawned) await Promise.race([Promise.all(spawned.children.map((c) => c.exitCode === null && new Promise((r) => c.once('exit', r)))), new Promise((r) => setTimeout(r, 5000))]);
-    await nc.drain().catch(() => {});
+    await c.workersExited(5000);
     if (!res.ok) throw new Error(`run ${run} stopped at step ${res.step}: ${res.reason}`);
     log(`coordinator: run ${run} done at step ${res.step}; checkpoint ${ckpt}`);
-  } finally {
-    await cleanup();
-  }
+  });
 }
 
 const program = newProgram('coordinator', 'the coordinator of a scoreflow training cluster');
 const cmd = program.command('start').description('run a training job over NATS workers (one per device)');
-addTrainingOptions(cmd);
-addAuthOptions(cmd)
-  .option('--gpus <n>', 'workers to start, one per device (CPU workers where there are fewer GPUs)', parseIntArg(1), 1)
-  .option('--no-spawn', 'start no workers; they join with `worker start` (e.g. Kubernetes pods)')
-  .option('--nats <url>', 'NATS server (default: start nats-server on a free loopback port)')
+addClusterOptions(addTrainingOptions(cmd), 'they join with `worker start` (e.g. Kubernetes pods)')
   .option('--run <id>', 'run id (default: the name of --out)')
   .option('--min-workers <n>', 'workers to wait for before the first step (default: --gpus, or 1 with --no-spawn)', parseIntArg(1))
   .option('--checksum-every <n>', 'compare parameter checksums every n steps (0: never)', parseIntArg(0), 10)
   .option('--heartbeat-timeout <ms>', 'declare a silent worker lost after this long', parseIntArg(100), 3000)
   .option('--step-timeout <ms>', 're-plan a step that takes longer than this (and 10x the last one)', parseIntArg(100), 30_000)
-  .option('--metrics-port <port>', 'serve /metrics, /healthz, /readyz (workers take the next ports)', parseIntArg(0))
   .addOption(new Option('--synthetic <json>').hideHelp())
   .action((f: CoordinatorFlags) => start(f));
 registerJobCommands(program);

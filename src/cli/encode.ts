@@ -14,7 +14,7 @@ import { writeFilesAtomic } from '../core/io/atomic.js';
 import { encodeNpyChunks } from '../core/io/npy.js';
 import { pngGrid } from '../core/io/png.js';
 import { SAMPLE_DEFAULTS, encode } from '../core/sampling/index.js';
-import { loadScoreModel } from '../core/sampling/model.js';
+import { loadScoreModel } from '../core/score/net.js';
 import { backendOption, deviceOption, parseFloatArg, parseIntArg, startBackend } from './common.js';
 import { progressBar } from './progress.js';
 import { outputPaths } from './sample.js';

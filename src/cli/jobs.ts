@@ -2,75 +2,42 @@
  * `coordinator sample` and `coordinator likelihood`: the single-process `scoreflow sample` /
  * `scoreflow likelihood` fanned out over the worker pool. Same flags, same outputs (the
  * summary gains a `fanout` entry), plus the cluster flags of `coordinator start`. The work
- * is a task of index-range jobs on the run's JetStream work queue (src/coordinator/jobs/).
+ * is a task of index-range jobs on the run's JetStream work queue (src/coordinator/fanout.ts).
  */
 import { randomBytes } from 'node:crypto';
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
-import { addAuthOptions, authEnv, authFlags, clientAuth, serverAuth, type AuthFlags } from '../coordinator/auth.js';
-import { connectNats } from '../coordinator/connect.js';
-import { runTask, type TaskOptions, type TaskOutcome } from '../coordinator/jobs/fanout.js';
-import { QUEUE_DEFAULTS } from '../coordinator/jobs/queue.js';
-import type { LikelihoodSpec, SampleSpec } from '../coordinator/jobs/spec.js';
-import { fromLeBytes } from '../coordinator/jobs/wire.js';
-import { brokerFor } from '../coordinator/nats-server.js';
-import { spawnWorkers, type Spawned } from '../coordinator/spawn.js';
-import { checkId } from '../coordinator/wire.js';
+import { QUEUE_DEFAULTS } from '../cluster/jetstream.js';
+import { runTask, type TaskOptions, type TaskOutcome } from '../coordinator/fanout.js';
 import { loadImages } from '../core/data/mnist.js';
 import { readNpy } from '../core/io/npy.js';
 import { resolveSampleOptions } from '../core/sampling/index.js';
-import { createMetrics, nextFreePorts, type Metrics, type MetricsServer } from '../metrics/index.js';
+import type { LikelihoodSpec, SampleSpec } from '../protocol/job-spec.js';
+import { payloadValues } from '../protocol/jobs.js';
+import { checkId } from '../protocol/subjects.js';
+import { addClusterOptions, withCluster, type Cluster, type ClusterFlags } from './cluster.js';
 import { backendOption, parseIntArg } from './common.js';
 import { addLikelihoodOptions, emitLikelihoodReport, likelihoodReport, type LikelihoodFlags } from './likelihood.js';
 import { progressBar } from './progress.js';
 import { addSampleOptions, outputPaths, sampleOptions, sampleSummary, writeSampleSet, type SampleFlags } from './sample.js';
 
-interface ClusterFlags extends AuthFlags {
-  gpus: number;
-  spawn: boolean;
-  nats?: string;
-  run?: string;
-  threads?: number;
-  metricsPort?: number;
+interface JobFlags extends ClusterFlags {
   ackWait: number;
   maxDeliver: number;
   jobBatches: number;
-  backend: string;
 }
 
 const log = (line: string) => process.stderr.write(line + '\n');
 
-/** The embedded server (unless --nats), a connection, spawned workers (unless --no-spawn); all torn down after `fn`. */
-async function withCluster<T>(f: ClusterFlags, kind: string, fn: (c: { nc: Awaited<ReturnType<typeof connectNats>>; run: string; metrics?: Metrics }) => Promise<T>): Promise<T> {
+/** The cluster of `kind`'s task: its workers' run id (a fresh one for spawned workers), workers spawned at once. */
+async function withJobCluster<T>(f: JobFlags, kind: string, fn: (c: Cluster) => Promise<T>): Promise<T> {
   const run = checkId('run', f.run ?? (f.spawn ? `${kind}-${randomBytes(4).toString('hex')}` : missingRun()));
-  const auth = authFlags(f);
-  const { url, server } = await brokerFor(f.nats, serverAuth(auth), log);
-  let spawned: Spawned | undefined;
-  try {
-    const nc = await connectNats({ ...clientAuth(auth), url, name: `scoreflow-coordinator-${run}` });
-    let metricsServer: MetricsServer | undefined;
-    try {
-      let metrics: Metrics | undefined;
-      if (f.metricsPort !== undefined) {
-        metrics = createMetrics({ role: 'coordinator', run });
-        metrics.setReady(true);
-        metricsServer = await metrics.serve(f.metricsPort, { tries: 100 });
-        log(`coordinator: metrics on :${metricsServer.port}/metrics`);
-      }
-      if (f.spawn) {
-        // workers take the free ports above the coordinator's bound one (or ephemeral ports for 0)
-        const metricsPorts = metricsServer && (await nextFreePorts(f.metricsPort ? metricsServer.port : 0, f.gpus));
-        spawned = spawnWorkers({ n: f.gpus, nats: url, run, backend: f.backend, threads: f.threads, env: authEnv(auth), metricsPorts, log });
-      } else log(`coordinator: ${kind} on the workers of run ${run} (start more with: worker start --nats ${url} --run ${run})`);
-      return await fn({ nc, run, metrics });
-    } finally {
-      await spawned?.stop();
-      await nc.drain().catch(() => {});
-      await metricsServer?.close();
-    }
-  } finally {
-    await server?.close();
-  }
+  return withCluster(f, run, async (c) => {
+    c.metrics?.setReady(true);
+    if (f.spawn) await c.spawnWorkers();
+    else log(`coordinator: ${kind} on the workers of run ${run} (start more with: worker start --nats ${c.url} --run ${run})`);
+    return fn(c);
+  });
 }
 
 function missingRun(): never {
@@ -78,7 +45,7 @@ function missingRun(): never {
 }
 
 /** runTask with a progress bar (jobs, items, ETA) and the coordinator's metrics. */
-async function runWithProgress(label: string, f: ClusterFlags, c: { nc: TaskOptions['nc']; run: string; metrics?: Metrics }, task: Omit<TaskOptions, 'nc' | 'run'>): Promise<TaskOutcome> {
+async function runWithProgress(label: string, f: JobFlags, c: Cluster, task: Omit<TaskOptions, 'nc' | 'run'>): Promise<TaskOutcome> {
   const bar = progressBar(label, ' | jobs {jobsDone}/{jobs}');
   bar.start(task.n, 0, { jobsDone: 0, jobs: '?' });
   try {
@@ -111,7 +78,7 @@ function fanoutInfo(run: string, o: TaskOutcome) {
 
 // ---- coordinator sample -------------------------------------------------------------
 
-async function sample(f: SampleFlags & ClusterFlags, cmd: Command): Promise<void> {
+async function sample(f: SampleFlags & JobFlags, cmd: Command): Promise<void> {
   const paths = outputPaths(f.out);
   const opts = sampleOptions(f);
   const resolved = resolveSampleOptions(opts);
@@ -129,7 +96,7 @@ async function sample(f: SampleFlags & ClusterFlags, cmd: Command): Promise<void
     kind: 'sample', ckpt: resolve(f.ckpt), raw: f.raw, options: { ...opts, batchSize: resolved.batchSize }, latent: f.latent !== undefined ? resolve(f.latent) : undefined,
   };
   log(`coordinator sample: ${f.sampler}, ${n} images from ${f.ckpt}, seed ${f.seed}, batch ${resolved.batchSize}`);
-  await withCluster(f, 'sample', async (c) => {
+  await withJobCluster(f, 'sample', async (c) => {
     const t0 = performance.now();
     const o = await runWithProgress('sample', f, c, { spec, n });
     const seconds = (performance.now() - t0) / 1000;
@@ -145,7 +112,7 @@ async function sample(f: SampleFlags & ClusterFlags, cmd: Command): Promise<void
 
 // ---- coordinator likelihood ---------------------------------------------------------
 
-async function likelihood(f: LikelihoodFlags & ClusterFlags): Promise<void> {
+async function likelihood(f: LikelihoodFlags & JobFlags): Promise<void> {
   if (f.out !== undefined && !f.out.endsWith('.json')) throw new Error(`--out must name a .json file, got '${f.out}'`);
   // The coordinator reads the split once, for its size and the report's source; workers read it too.
   const images = loadImages(f.data ?? f.split, { limit: f.limit });
@@ -155,7 +122,7 @@ async function likelihood(f: LikelihoodFlags & ClusterFlags): Promise<void> {
     options: { seed: f.seed, hutchinson: f.hutchinson, probes: f.probes, rtol: f.rtol, atol: f.atol, eps: f.eps, batchSize: f.batchSize },
   };
   log(`coordinator likelihood: ${images.n} images of ${images.source}, ${f.hutchinson}${f.hutchinson === 'exact' ? '' : ` x${f.probes}`}, rtol ${f.rtol}, atol ${f.atol}`);
-  await withCluster(f, 'likelihood', async (c) => {
+  await withJobCluster(f, 'likelihood', async (c) => {
     // Running mean bits/dim over the images done so far, for the gauge.
     let sum = 0;
     let count = 0;
@@ -164,7 +131,7 @@ async function likelihood(f: LikelihoodFlags & ClusterFlags): Promise<void> {
       spec,
       n: images.n,
       onJob: (job) => {
-        for (const v of fromLeBytes(job.payload, Float64Array)) sum += v;
+        for (const v of payloadValues(job.payload, Float64Array)) sum += v;
         count += job.to - job.from;
         c.metrics?.likelihoodBitsPerDim.set(sum / count);
       },
@@ -181,23 +148,19 @@ async function likelihood(f: LikelihoodFlags & ClusterFlags): Promise<void> {
 
 // ---- registration -------------------------------------------------------------------
 
-function addClusterOptions(cmd: Command): Command {
-  return addAuthOptions(cmd)
+function addJobOptions(cmd: Command): Command {
+  return addClusterOptions(cmd, 'use those already running for --run (worker start --nats URL --run ID)')
     .addOption(backendOption())
-    .option('--gpus <n>', 'workers to start, one per device (CPU workers where there are fewer GPUs)', parseIntArg(1), 1)
-    .option('--no-spawn', 'start no workers: use those already running for --run (worker start --nats URL --run ID)')
-    .option('--nats <url>', 'NATS server with JetStream (default: start nats-server on a free loopback port)')
     .option('--run <id>', 'run id whose workers do the jobs (default: a fresh one for the spawned workers)')
     .option('--threads <t>', 'compute threads per spawned worker', parseIntArg(1))
-    .option('--metrics-port <port>', 'serve /metrics, /healthz, /readyz (spawned workers take the next ports)', parseIntArg(0))
     .option('--job-batches <k>', 'whole batches per job (jobs are cut at --batch-size boundaries)', parseIntArg(1), 1)
     .option('--ack-wait <s>', 'redeliver a job whose worker fell silent for this long', parseIntArg(1), QUEUE_DEFAULTS.ackWaitMs / 1000)
     .option('--max-deliver <n>', 'give a job up after this many deliveries', parseIntArg(1), QUEUE_DEFAULTS.maxDeliver);
 }
 
 export function registerJobCommands(program: Command): void {
-  addClusterOptions(addSampleOptions(program.command('sample').description('scoreflow sample, fanned out over the workers (same flags and outputs)')))
-    .action((f: SampleFlags & ClusterFlags, cmd: Command) => sample(f, cmd));
-  addClusterOptions(addLikelihoodOptions(program.command('likelihood').description('scoreflow likelihood, fanned out over the workers (same flags and outputs)')))
-    .action((f: LikelihoodFlags & ClusterFlags) => likelihood(f));
+  addJobOptions(addSampleOptions(program.command('sample').description('scoreflow sample, fanned out over the workers (same flags and outputs)')))
+    .action((f: SampleFlags & JobFlags, cmd: Command) => sample(f, cmd));
+  addJobOptions(addLikelihoodOptions(program.command('likelihood').description('scoreflow likelihood, fanned out over the workers (same flags and outputs)')))
+    .action((f: LikelihoodFlags & JobFlags) => likelihood(f));
 }

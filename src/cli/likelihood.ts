@@ -6,7 +6,7 @@ import { Command, Option } from 'commander';
 import { loadImages } from '../core/data/mnist.js';
 import { writeFileAtomic } from '../core/io/atomic.js';
 import { DIVERGENCE_MODES, likelihoodRange, meanAndStderr, type DivergenceMode } from '../core/likelihood.js';
-import { loadScoreModel } from '../core/sampling/model.js';
+import { loadScoreModel } from '../core/score/net.js';
 import { backendOption, deviceOption, parseFloatArg, parseIntArg, startBackend } from './common.js';
 import { progressBar } from './progress.js';
 

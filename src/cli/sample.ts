@@ -7,7 +7,7 @@ import { encodeNpyChunks, readNpy } from '../core/io/npy.js';
 import { writeFilesAtomic } from '../core/io/atomic.js';
 import { pngGrid } from '../core/io/png.js';
 import { HEUN_DEFAULTS, SAMPLE_DEFAULTS, SAMPLER_NAMES, resolveSampleOptions, sampleRange, type SampleOptions, type SamplerName } from '../core/sampling/index.js';
-import { loadScoreModel } from '../core/sampling/model.js';
+import { loadScoreModel } from '../core/score/net.js';
 import { backendOption, checkOutDir, deviceOption, parseFloatArg, parseIntArg, startBackend } from './common.js';
 import { progressBar } from './progress.js';
 

@@ -5,6 +5,7 @@ import { Command, Option } from 'commander';
 import { loadImages } from '../core/data/mnist.js';
 import { trainConfig, type TrainConfig } from '../core/train/config.js';
 import { GradPool } from '../core/train/pool.js';
+import { NonFiniteError, trainStep } from '../core/train/step.js';
 import { Trainer } from '../core/train/trainer.js';
 import { backendOption, deviceOption, parseChannels, parseFloatArg, parseIntArg, poolThreads, startBackend } from './common.js';
 import { progressBar } from './progress.js';
@@ -94,6 +95,7 @@ async function train(f: TrainFlags): Promise<void> {
   mkdirSync(f.out, { recursive: true });
   const threads = poolThreads(backend, f.threads);
   const pool = await GradPool.create({ threads, backend, config: cfg, data });
+  trainer.setGradSource(pool);
   process.stderr.write(
     `train: ${data.source} (${data.n} images), batch ${cfg.batchSize}, ${trainer.numParams} parameters, ` +
       `steps ${trainer.step} -> ${end}, ${threads} pool thread(s), out ${f.out}\n`,
@@ -104,17 +106,12 @@ async function train(f: TrainFlags): Promise<void> {
   try {
     while (trainer.step < end) {
       const t0 = performance.now();
-      const step = trainer.step;
-      const { indices, epoch } = trainer.batch(step);
-      const g = await pool.gradSum(trainer.params, trainer.paramsVersion, step, 0, indices.length);
-      const loss = g.lossSum / g.count;
-      if (!Number.isFinite(loss)) {
-        throw new Error(`loss is ${loss} at step ${step}; stopped, the last good checkpoint is ${ckpt}`);
-      }
-      for (let i = 0; i < g.grad.length; i++) g.grad[i] /= g.count;
-      trainer.apply(g.grad);
+      const { epoch } = trainer.batch(trainer.step);
+      const { loss, count } = await trainStep(trainer).catch((e: unknown) => {
+        throw e instanceof NonFiniteError ? new Error(`${e.message}; stopped, the last good checkpoint is ${ckpt}`) : e;
+      });
       const seconds = (performance.now() - t0) / 1000;
-      const ips = g.count / seconds;
+      const ips = count / seconds;
       appendFileSync(log, JSON.stringify({ step: trainer.step, epoch, loss, images_per_s: ips, seconds, time: new Date().toISOString() }) + '\n');
       bar.update(trainer.step, { loss: loss.toFixed(2), ips: ips.toFixed(1) });
       if (trainer.step % f.ckptEvery === 0 || trainer.step === end) await trainer.saveCheckpoint(ckpt, { backend });

@@ -5,9 +5,9 @@
  * was stopped).
  */
 import { Option } from 'commander';
-import { addAuthOptions, authFlags, clientAuth, type AuthFlags } from '../coordinator/auth.js';
-import { connectNats } from '../coordinator/connect.js';
-import { checkId } from '../coordinator/wire.js';
+import { addAuthOptions, authFlags, clientAuth, type AuthFlags } from '../cluster/auth.js';
+import { connectNats } from '../cluster/connect.js';
+import { checkId } from '../protocol/subjects.js';
 import { bindTelemetry, createMetrics } from '../metrics/index.js';
 import { JobRunner } from '../worker/jobs.js';
 import { trainerReplicas } from '../worker/trainer-replica.js';

@@ -16,12 +16,12 @@
 import { randomInt } from 'node:crypto';
 import type { NatsConnection, Subscription } from 'nats';
 import { RunDir, checkpointStep, type RunRecord } from './run-dir.js';
-import { sendState, StateInbox } from './state-transfer.js';
-import { Telemetry } from './telemetry.js';
-import {
-  chunkFloatsFor, decode, encode, splitRange, subjects, WireError, checkId,
-  type Ack, type Bodies, type BodyKind, type Envelope, type EnvelopeOf, type Join,
-} from './wire.js';
+import { sendState, StateInbox } from '../protocol/state-transfer.js';
+import { Telemetry } from '../cluster/telemetry.js';
+import { chunkFloatsFor, rangeBounds } from '../protocol/chunking.js';
+import { decode, encode, WireError, type Ack, type Bodies, type BodyKind, type Envelope, type EnvelopeOf, type Join } from '../protocol/envelope.js';
+import { checkId, subjects } from '../protocol/subjects.js';
+import type { TransportChoice, TransportName } from '../protocol/transports.js';
 
 export interface CoordinatorOptions {
   nc: NatsConnection;
@@ -45,6 +45,8 @@ export interface CoordinatorOptions {
   /** A step taking longer than max(this, 10 × the last step) is re-planned. */
   stepTimeoutMs?: number;
   syncTimeoutMs?: number;
+  /** How gradients move: `auto` (nccl when every member is a CUDA worker with it, gloo when every member has it, else nats) or one of them. */
+  transport?: TransportChoice;
   log?: (line: string) => void;
   telemetry?: Telemetry;
 }
@@ -56,6 +58,7 @@ export interface RunResult {
 }
 
 const DEFAULTS = {
+  transport: 'auto' as TransportChoice,
   minWorkers: 1, heartbeatTimeoutMs: 3000, checksumEvery: 10, checkpointEvery: 100, stepTimeoutMs: 30_000, syncTimeoutMs: 60_000,
 };
 
@@ -73,6 +76,8 @@ interface Plan {
   step: number;
   mepoch: number;
   view: string[];
+  shardStart: number[];
+  transport: string;
   acks: Map<string, Ack>;
   started: number;
   checksum: boolean;
@@ -90,6 +95,7 @@ export class Coordinator {
   private mepoch = 0;
   private bumpEpoch = true;
   private lastView = '';
+  private lastTransport = '';
   private plan?: Plan;
   private sync?: { transfer: string; targets: Set<string>; deadline: number; expect?: string };
   private ckpt?: { transfer: string; donor: string; deadline: number; started: number };
@@ -245,6 +251,12 @@ export class Coordinator {
     } catch (e) {
       throw new WireError('unexpected', (e as Error).message);
     }
+    const want = this.o.transport;
+    if (want !== 'auto' && want !== 'nats' && !env.body.transports.includes(want)) {
+      const why = env.body.transportNote ? ` (${env.body.transportNote})` : '';
+      this.o.log(`coordinator: worker ${env.worker} refused: the run uses --transport ${want}, the worker offers ${env.body.transports.join(', ') || 'nats'}${why}`);
+      return;
+    }
     const old = this.members.get(env.worker);
     if (old) this.drop(old.id, 'rejoined', false);
     this.members.set(env.worker, { id: env.worker, seq: this.seq++, lastSeen: Date.now(), join: env.body, phase: 'new', readyStep: -1, transfer: '' });
@@ -273,7 +285,10 @@ export class Coordinator {
     if (!p || env.step !== p.step || env.membershipEpoch !== p.mepoch || !p.view.includes(m.id))
       throw new WireError('stale_epoch', `ack of step ${env.step} epoch ${env.membershipEpoch} from ${m.id}`);
     if (env.body.error) return this.fatal(`${env.body.error}; the last good checkpoint is at step ${this.lastCkptStep}`);
-    if (!Number.isFinite(env.body.lossMean)) throw new WireError('non_finite', `ack with loss ${env.body.lossMean}`);
+    if (!Number.isFinite(env.body.lossSum)) throw new WireError('non_finite', `ack with loss sum ${env.body.lossSum}`);
+    const rank = p.view.indexOf(m.id);
+    const shard = p.shardStart[rank + 1] - p.shardStart[rank];
+    if (env.body.count !== shard) throw new WireError('bad_chunk', `ack for ${env.body.count} samples from ${m.id}, its shard has ${shard}`);
     p.acks.set(m.id, env.body);
   }
 
@@ -348,12 +363,38 @@ export class Coordinator {
     const step = this.committed;
     const B = this.o.batchSize;
     const checksum = this.o.checksumEvery > 0 && step % this.o.checksumEvery === 0;
-    this.plan = { step, mepoch: this.mepoch, view, acks: new Map(), started: Date.now(), checksum };
+    const shardStart = rangeBounds(B, view.length);
+    const { transport, store } = this.transportFor(view);
+    this.plan = { step, mepoch: this.mepoch, view, shardStart, transport, acks: new Map(), started: Date.now(), checksum };
     this.broadcast('plan', {
-      epoch: this.stepsPerEpoch ? Math.floor(step / this.stepsPerEpoch) : 0, members: view, shardStart: splitRange(B, view.length),
+      epoch: this.stepsPerEpoch ? Math.floor(step / this.stepsPerEpoch) : 0, members: view, shardStart,
       globalBatch: B, checksum, committed: this.committed, numParams: this.numParams,
-      chunkFloats: chunkFloatsFor(this.o.nc.info?.max_payload ?? 1 << 20), commitEpoch: this.commitEpoch,
+      chunkFloats: chunkFloatsFor(this.o.nc.info?.max_payload ?? 1 << 20), commitEpoch: this.commitEpoch, transport, store,
     }, step);
+  }
+
+  /**
+   * The transport of a plan over `view`, and the rendezvous of a c10d group (rank 0's store).
+   * `auto` takes nccl when every member is a CUDA worker offering it, gloo when every member
+   * offers it, else nats; the choice is logged whenever it changes, with the reason.
+   */
+  private transportFor(view: string[]): { transport: TransportName; store: string } {
+    const joins = view.map((id) => this.members.get(id)!.join);
+    const all = (t: string) => joins.every((j) => j.transports.includes(t));
+    let transport: TransportName;
+    let why: string;
+    if (this.o.transport !== 'auto') [transport, why] = [this.o.transport, '--transport'];
+    else if (all('nccl') && joins.every((j) => j.device >= 0)) [transport, why] = ['nccl', 'every member is a CUDA worker with NCCL'];
+    else if (all('gloo')) [transport, why] = ['gloo', "every member's torch addon has c10d Gloo"];
+    else {
+      transport = 'nats';
+      const lacking = joins.filter((j) => !j.transports.includes('gloo')).map((j) => j.transportNote || `${j.backend} worker without c10d`);
+      why = `not every member has c10d Gloo (${[...new Set(lacking)].join('; ')})`;
+    }
+    if (transport !== this.lastTransport) this.o.log(`coordinator: gradients over ${transport}: ${why}`);
+    this.lastTransport = transport;
+    const j0 = joins[0];
+    return { transport, store: transport === 'nats' ? '' : `${j0.dataHost}:${j0.storePort}` };
   }
 
   private commit(p: Plan): void {
@@ -383,14 +424,21 @@ export class Coordinator {
     this.lastCommitAt = now;
     this.lastStepMs = stepMs;
     const r = {
-      run: this.o.run, step: p.step, lossMean: acks[0].lossMean, workers: p.view.length, stepMs,
+      run: this.o.run, step: p.step, lossMean: this.lossMean(p), workers: p.view.length, stepMs, transport: p.transport,
       computeMs: max((a) => a.computeMs), allreduceMs: max((a) => a.allreduceMs), waitMs: max((a) => a.waitMs),
       bytesSent: acks.reduce((s, a) => s + a.bytesSent, 0) / acks.length, bytesReceived: acks.reduce((s, a) => s + a.bytesReceived, 0) / acks.length,
       imagesPerSec: (this.o.batchSize * 1000) / Math.max(1, interval),
     };
     this.telemetry.stepsCommitted++;
     this.telemetry.emit('step', r);
-    this.dir.log({ step: p.step, loss: r.lossMean, workers: r.workers, ms: stepMs, compute_ms: r.computeMs, allreduce_ms: r.allreduceMs, wait_ms: r.waitMs, bytes_sent: r.bytesSent, bytes_received: r.bytesReceived, time: new Date(now).toISOString() });
+    this.dir.log({ step: p.step, loss: r.lossMean, workers: r.workers, transport: p.transport, ms: stepMs, compute_ms: r.computeMs, allreduce_ms: r.allreduceMs, wait_ms: r.waitMs, bytes_sent: r.bytesSent, bytes_received: r.bytesReceived, time: new Date(now).toISOString() });
+  }
+
+  /** The batch's mean loss: the members' shard sums added in rank order. */
+  private lossMean(p: Plan): number {
+    let sum = 0;
+    for (const id of p.view) sum += p.acks.get(id)!.lossSum;
+    return sum / this.o.batchSize;
   }
 
   private abort(reason: string): void {

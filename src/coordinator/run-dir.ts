@@ -7,7 +7,7 @@
 import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../core/io/atomic.js';
-import { sha256 } from './state-transfer.js';
+import { sha256 } from '../protocol/state-transfer.js';
 
 export interface CheckpointRecord {
   file: string;

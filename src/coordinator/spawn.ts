@@ -7,7 +7,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { availableParallelism } from 'node:os';
 import { createInterface } from 'node:readline';
 import { packagePath } from '../core/paths.js';
-import { splitUrlCredentials } from './auth.js';
+import { splitUrlCredentials } from '../cluster/auth.js';
 
 /** Number of NVIDIA GPUs (0 when nvidia-smi is missing or fails). */
 export function countGpus(): number {
@@ -31,6 +31,8 @@ export interface SpawnOptions {
   env: Record<string, string>;
   /** Worker i's --metrics-port (e.g. from nextFreePorts in src/metrics); none: no metrics endpoint. */
   metricsPorts?: number[];
+  /** More `worker start` flags, the same for every worker. */
+  extraArgs?: string[];
   log: (line: string) => void;
 }
 
@@ -56,6 +58,7 @@ export function spawnWorkers(o: SpawnOptions): Spawned {
       '--device', String(gpu ? i : -1), '--threads', String(gpu ? (o.threads ?? 1) : cpuThreads), '--backend', o.backend];
     const metricsPort = o.metricsPorts?.[i];
     if (metricsPort !== undefined) args.push('--metrics-port', String(metricsPort));
+    args.push(...(o.extraArgs ?? []));
     const env = { ...process.env, ...o.env, ...nats.env, CUDA_VISIBLE_DEVICES: gpu ? String(i) : '' };
     const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
     const prefix = (l: string) => {

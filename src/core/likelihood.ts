@@ -24,7 +24,7 @@
 import { dequantise } from './data/mnist.js';
 import { rk45, type Rk45Options } from './ode/rk45.js';
 import { Rng, Stream } from './rng.js';
-import { BatchScore, type ScoreModel } from './sampling/score.js';
+import { BatchScore, type ScoreModel } from './score/batch.js';
 
 export const DIVERGENCE_MODES = ['gaussian', 'rademacher', 'exact'] as const;
 export type DivergenceMode = (typeof DIVERGENCE_MODES)[number];

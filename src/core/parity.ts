@@ -7,7 +7,7 @@ import { getFloat32, readSafetensors } from './io/safetensors.js';
 import { dsmLossPerSample } from './loss.js';
 import { structurallyZeroGrads } from './model/params.js';
 import { ScoreNet, type ParamTensors } from './model/scorenet.js';
-import { inferModelConfig } from './train/checkpoint.js';
+import { inferModelConfig } from './model/weights.js';
 import { fromTorchLayout, numParams } from './model/params.js';
 import { makeSde } from './sde.js';
 

@@ -11,7 +11,7 @@ import { createRegistry, identityLabels, type MetricsIdentity, type ScoreflowMet
 import { serveMetrics, type MetricsServer, type ServeOptions } from './server.js';
 
 export { DEFAULT_METRICS_PORT, findFreePort, nextFreePorts, serveMetrics, type MetricsServer, type ServeOptions } from './server.js';
-export { bindTelemetry, type BindOptions, type TelemetryLike } from './telemetry.js';
+export { bindTelemetry, type BindOptions, type TelemetryLike } from './bind.js';
 export {
   REJECT_REASONS,
   STEP_PHASES,

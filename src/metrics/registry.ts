@@ -24,25 +24,9 @@ export interface MetricsIdentity {
 export const STEP_PHASES = ['compute', 'allreduce', 'wait'] as const;
 export type StepPhase = (typeof STEP_PHASES)[number];
 
-/**
- * Reasons a message is dropped. Counters for these start at 0 so that `rate()` works from the
- * first scrape; other reason strings are accepted too.
- */
-export const REJECT_REASONS = [
-  // every reason src/coordinator/wire.ts rejects a message for (its RejectReason type is this list)
-  'undecodable',
-  'version',
-  'no_body',
-  'other_run',
-  'unknown_worker',
-  'stale_epoch',
-  'unexpected',
-  'bad_chunk',
-  'non_finite',
-  'bad_state',
-  'wrong_session',
-] as const;
-export type RejectReason = (typeof REJECT_REASONS)[number];
+/** Reasons a message is dropped (the protocol's closed set); their counters start at 0. */
+export { REJECT_REASONS, type RejectReason } from '../protocol/errors.js';
+import { REJECT_REASONS } from '../protocol/errors.js';
 
 export interface ScoreflowMetrics {
   registry: Registry;

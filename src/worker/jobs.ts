@@ -22,13 +22,13 @@ import { loadImages } from '../core/data/mnist.js';
 import { readNpy } from '../core/io/npy.js';
 import { likelihoodRange } from '../core/likelihood.js';
 import { sampleRange, type SampleOptions } from '../core/sampling/index.js';
-import { loadScoreModel, type NetScoreModel } from '../core/sampling/model.js';
-import type { ScoreModel } from '../core/sampling/score.js';
-import { isNotFound } from '../coordinator/jobs/queue.js';
-import type { LikelihoodSpec, SampleSpec, TaskSpec } from '../coordinator/jobs/spec.js';
-import {
-  JobWireError, WORKERS_CONSUMER, chunkResult, decodeJob, encodeResult, jobSubjects, leBytes, streams, type Job, type JobResultChunk,
-} from '../coordinator/jobs/wire.js';
+import { loadScoreModel, type NetScoreModel } from '../core/score/net.js';
+import type { ScoreModel } from '../core/score/batch.js';
+import { isNotFound } from '../cluster/jetstream.js';
+import type { LikelihoodSpec, SampleSpec, TaskSpec } from '../protocol/job-spec.js';
+import { toLEBytes } from '../core/io/endian.js';
+import { JobWireError, chunkResult, decodeJob, encodeResult, type Job, type JobResultChunk } from '../protocol/jobs.js';
+import { WORKERS_CONSUMER, jobSubjects, streams } from '../protocol/subjects.js';
 
 export interface JobRunnerOptions {
   nc: NatsConnection;
@@ -258,7 +258,7 @@ export class JobRunner extends EventEmitter<{ job: [JobEvent] }> {
       calls += r.calls;
       await yieldToLoop();
     }
-    return { payload: leBytes(samples), nfe, calls, shape: [...l.model.shape] };
+    return { payload: toLEBytes(samples), nfe, calls, shape: [...l.model.shape] };
   }
 
   private async likelihood(model: ScoreModel, spec: LikelihoodSpec, l: Loaded, job: Job): Promise<Computed> {
@@ -273,6 +273,6 @@ export class JobRunner extends EventEmitter<{ job: [JobEvent] }> {
       calls += r.calls;
       await yieldToLoop();
     }
-    return { payload: leBytes(bpd), nfe, calls, shape: [] };
+    return { payload: toLEBytes(bpd), nfe, calls, shape: [] };
   }
 }

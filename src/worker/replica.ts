@@ -13,7 +13,7 @@ export interface Replica {
   /** Gradient sum over samples [from, to) of `step`'s global batch, at the current parameters. */
   gradSum(step: number, from: number, to: number): Promise<GradSum>;
   /** The identical update on every replica (clip, Adam, EMA, step += 1). */
-  apply(meanGrad: Float32Array, lossMean: number): void;
+  apply(meanGrad: Float32Array): void;
   /** Equal across replicas iff their states are. */
   checksum(): string;
   exportState(): Uint8Array;

@@ -26,7 +26,7 @@ function loadDataset(dataset: string) {
 }
 
 class TrainerReplica implements Replica {
-  constructor(private readonly t: Trainer, private readonly pool: GradPool) {}
+  constructor(private readonly t: Trainer) {}
   get step(): number {
     return this.t.step;
   }
@@ -40,7 +40,7 @@ class TrainerReplica implements Replica {
     return this.t.stepsPerEpoch();
   }
   gradSum(step: number, from: number, to: number) {
-    return this.pool.gradSum(this.t.params, this.t.paramsVersion, step, from, to);
+    return this.t.gradSum(step, from, to);
   }
   apply(meanGrad: Float32Array): void {
     this.t.apply(meanGrad);
@@ -76,7 +76,7 @@ export function trainerReplicas(o: TrainerReplicaOptions): ReplicaFactory & { cl
       cached = { key, pool, data };
     }
     const t = state ? Trainer.fromState(state, cached.data) : Trainer.create(cfg, cached.data);
-    return new TrainerReplica(t, cached.pool);
+    return new TrainerReplica(t.setGradSource(cached.pool));
   };
   return Object.assign(factory, { close: async () => cached?.pool.close() });
 }

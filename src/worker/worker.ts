@@ -8,10 +8,13 @@
 import { randomInt } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { NatsConnection, Subscription } from 'nats';
-import { sendState, StateInbox } from '../coordinator/state-transfer.js';
-import { Telemetry } from '../coordinator/telemetry.js';
-import { allFinite, checkId, decode, encode, subjects, WireError, type BodyKind, type Bodies, type Envelope, type EnvelopeOf } from '../coordinator/wire.js';
-import { AllReduce, recycleMean, type Reduced } from './allreduce.js';
+import { Telemetry } from '../cluster/telemetry.js';
+import { allFinite, meanGradient, NonFiniteError } from '../core/train/step.js';
+import { decode, encode, WireError, type BodyKind, type Bodies, type Envelope, type EnvelopeOf } from '../protocol/envelope.js';
+import { sendState, StateInbox } from '../protocol/state-transfer.js';
+import { checkId, subjects } from '../protocol/subjects.js';
+import type { Collective, StepContext, TransportName } from './collective/index.js';
+import { NatsCollective } from './collective/nats.js';
 import type { Replica, ReplicaFactory } from './replica.js';
 
 export interface WorkerOptions {
@@ -26,6 +29,9 @@ export interface WorkerOptions {
   heartbeatMs?: number;
   log?: (line: string) => void;
   telemetry?: Telemetry;
+  /** c10d transports this worker offers beside nats, and where its store listens (Join). */
+  collectives?: Partial<Record<'gloo' | 'nccl', Collective>>;
+  dataPlane?: { host: string; storePort: number; note: string };
 }
 
 export interface WorkerResult {
@@ -36,12 +42,9 @@ export interface WorkerResult {
 
 interface Active {
   env: EnvelopeOf<'plan'>;
-  ar: AllReduce;
+  collective: Collective;
   checksum: string;
-  received: number;
 }
-
-const EARLY_LIMIT = 4096;
 
 export function defaultWorkerId(device: number): string {
   const host = hostname().replace(/[^A-Za-z0-9_-]/g, '_').slice(0, 32);
@@ -51,11 +54,13 @@ export function defaultWorkerId(device: number): string {
 export class Worker {
   readonly id: string;
   readonly telemetry: Telemetry;
-  private readonly o: Required<Omit<WorkerOptions, 'telemetry' | 'id'>>;
+  private readonly o: Required<Omit<WorkerOptions, 'telemetry' | 'id' | 'collectives' | 'dataPlane'>> & Pick<WorkerOptions, 'dataPlane'>;
+  private readonly nats: NatsCollective;
+  private readonly collectives: Map<TransportName, Collective>;
   private replica?: Replica;
   private configJson = '';
   private active?: Active;
-  private held?: { step: number; mepoch: number; r: Reduced };
+  private held?: { step: number; mepoch: number; mean: Float32Array };
   private epochFloor = 0;
   /** The coordinator session we were welcomed into (0: none yet), and our last Join's nonce. */
   private session = 0;
@@ -63,7 +68,6 @@ export class Worker {
   private lastForeignHello = 0;
   private awaiting?: { transfer: string; committed: number };
   private readonly inbox = new StateInbox();
-  private early: { env: EnvelopeOf<'grad'>; size: number }[] = [];
   private subs: Subscription[] = [];
   private timer?: NodeJS.Timeout;
   private idleSince = performance.now();
@@ -77,6 +81,9 @@ export class Worker {
     this.id = checkId('worker', opts.id ?? defaultWorkerId(this.o.device));
     checkId('run', opts.run);
     this.telemetry = opts.telemetry ?? new Telemetry(this.o.log);
+    this.nats = new NatsCollective((s, b) => this.o.nc.publish(s, b), (e) => this.reject(e));
+    this.collectives = new Map<TransportName, Collective>([['nats', this.nats]]);
+    for (const [name, c] of Object.entries(opts.collectives ?? {})) if (c) this.collectives.set(name as TransportName, c);
     this.done = new Promise((r) => (this.finish = r));
   }
 
@@ -111,6 +118,7 @@ export class Worker {
     this.closed = true;
     clearInterval(this.timer);
     for (const s of this.subs) s.unsubscribe();
+    for (const c of this.collectives.values()) c.close();
     // (no waiting for this.queue: close() is also called from inside it, on Stop)
     await this.replica?.close();
     this.finish(result);
@@ -137,7 +145,11 @@ export class Worker {
   private join(): void {
     const { device, threads, backend } = this.o;
     this.nonce = randomInt(1, 2 ** 32 - 1);
-    this.send('join', { host: hostname(), pid: process.pid, device, threads, backend, hasState: !!this.replica, nonce: this.nonce }, this.step);
+    const dp = this.o.dataPlane;
+    this.send('join', {
+      host: hostname(), pid: process.pid, device, threads, backend, hasState: !!this.replica, nonce: this.nonce,
+      transports: [...this.collectives.keys()], dataHost: dp?.host ?? '', storePort: dp?.storePort ?? 0, transportNote: dp?.note ?? '',
+    }, this.step);
   }
 
   private onMessage(data: Uint8Array): void {
@@ -199,8 +211,7 @@ export class Worker {
     if (!r) return false;
     const h = this.held;
     if (h && h.step === committed - 1 && r.step === h.step && h.mepoch === commitEpoch) {
-      r.apply(h.r.mean, h.r.lossSum / h.r.count);
-      recycleMean(h.r.mean);
+      r.apply(h.mean);
       this.held = undefined;
     }
     if (h && h.step < committed - 1) this.held = undefined;
@@ -284,68 +295,63 @@ export class Worker {
       return this.join();
     }
     const waitMs = performance.now() - this.idleSince;
-    const ctx = {
-      run: this.o.run, me: this.id, step: env.step, mepoch: env.membershipEpoch, members: p.members,
-      numParams: p.numParams, chunkFloats: p.chunkFloats, globalBatch: p.globalBatch, session: this.session, shardStart: p.shardStart,
-    };
-    if (p.numParams !== r.numParams || p.shardStart.length !== p.members.length + 1 || p.chunkFloats < 1)
+    if (p.numParams !== r.numParams || p.shardStart.length !== p.members.length + 1 || p.chunkFloats < 1 || p.shardStart[p.members.length] !== p.globalBatch)
       throw new WireError('unexpected', `plan for ${p.numParams} params / ${p.members.length} members does not fit this replica`);
-    const ar = new AllReduce(ctx, (s, b) => this.o.nc.publish(s, b));
-    const a: Active = { env, ar, checksum: p.checksum ? r.checksum() : '', received: 0 };
+    const collective = this.collectives.get((p.transport || 'nats') as TransportName);
+    if (!collective) throw new WireError('unexpected', `plan asks for transport '${p.transport}', which this worker does not offer`);
+    const ctx: StepContext = {
+      run: this.o.run, me: this.id, step: env.step, mepoch: env.membershipEpoch, members: p.members, numParams: p.numParams,
+      chunkFloats: p.chunkFloats, globalBatch: p.globalBatch, session: this.session, shardStart: p.shardStart, store: p.store,
+    };
+    collective.begin(ctx);
+    const a: Active = { env, collective, checksum: p.checksum ? r.checksum() : '' };
     this.active = a;
-    const early = this.early;
-    this.early = [];
-    for (const e of early) {
-      if (e.env.step === env.step && e.env.membershipEpoch === env.membershipEpoch) this.onGrad(e.env, e.size);
-      else if (e.env.membershipEpoch > env.membershipEpoch || (e.env.membershipEpoch === env.membershipEpoch && e.env.step > env.step)) this.early.push(e);
-    }
     void this.runStep(a, r, waitMs).catch((e) => this.reject(e));
   }
 
+  /**
+   * Our shard's gradient sum, the all-reduce, the mean (core/train/step.ts, as `scoreflow
+   * train` takes it), held until the coordinator commits the step. A reduce that fails (a
+   * peer died mid-collective) is only logged: the coordinator re-plans the step.
+   */
   private async runStep(a: Active, r: Replica, waitMs: number): Promise<void> {
-    const { env } = a;
-    const rank = a.ar.rank;
+    const { env, collective } = a;
+    const rank = env.body.members.indexOf(this.id);
+    const [from, to] = [env.body.shardStart[rank], env.body.shardStart[rank + 1]];
     const t0 = performance.now();
-    const g = await r.gradSum(env.step, env.body.shardStart[rank], env.body.shardStart[rank + 1]);
+    const g = await r.gradSum(env.step, from, to);
     if (this.active !== a) return;
     const t1 = performance.now();
-    const ack = { lossMean: 0, checksum: a.checksum, error: '', computeMs: t1 - t0, allreduceMs: 0, waitMs, bytesSent: 0, bytesReceived: 0 };
+    const ack = { lossSum: g.lossSum, count: g.count, checksum: a.checksum, error: '', computeMs: t1 - t0, allreduceMs: 0, waitMs, bytesSent: 0, bytesReceived: 0 };
+    // A bad local gradient is this worker's own failure: say so before it reaches any peer.
     if (!Number.isFinite(g.lossSum) || !allFinite(g.grad)) {
       ack.error = `non-finite gradient or loss at step ${env.step} on worker ${this.id}`;
       return this.send('ack', ack, env.step, env.membershipEpoch);
     }
-    a.ar.setLocal(g);
-    const red = await a.ar.done;
-    if (this.active !== a) return;
+    let mean: Float32Array;
+    try {
+      const sum = await collective.reduce(g);
+      if (this.active !== a) return;
+      mean = meanGradient(sum, env.body.globalBatch);
+    } catch (e) {
+      if (this.active !== a) return;
+      if (!(e instanceof NonFiniteError)) return this.o.log(`worker ${this.id}: step ${env.step} all-reduce (${collective.transport}) failed: ${(e as Error).message}`);
+      ack.error = `non-finite reduced gradient at step ${env.step} (${collective.transport}): ${e.message}`;
+      return this.send('ack', ack, env.step, env.membershipEpoch);
+    }
     this.active = undefined;
-    this.held = { step: env.step, mepoch: env.membershipEpoch, r: red };
+    this.held = { step: env.step, mepoch: env.membershipEpoch, mean };
     this.idleSince = performance.now();
-    Object.assign(ack, {
-      lossMean: red.lossSum / red.count, allreduceMs: this.idleSince - t1, bytesSent: a.ar.bytesSent, bytesReceived: a.ar.bytesReceived,
-    });
-    this.telemetry.bytesSent += a.ar.bytesSent;
-    this.telemetry.bytesReceived += a.ar.bytesReceived;
-    this.telemetry.emit('workerStep', { run: this.o.run, worker: this.id, step: env.step, images: g.count, ...ack });
+    Object.assign(ack, { allreduceMs: this.idleSince - t1, bytesSent: collective.bytesSent, bytesReceived: collective.bytesReceived });
+    this.telemetry.bytesSent += collective.bytesSent;
+    this.telemetry.bytesReceived += collective.bytesReceived;
+    this.telemetry.emit('workerStep', { run: this.o.run, worker: this.id, step: env.step, images: g.count, lossMean: g.lossSum / g.count, ...ack });
     this.send('ack', ack, env.step, env.membershipEpoch);
   }
 
+  /** Gradient chunks (transport nats); they can overtake the plan they belong to. */
   private onGrad(env: EnvelopeOf<'grad'>, size: number): void {
     if (env.session !== this.session || !this.session) return this.reject(new WireError('wrong_session', `grad chunk of session ${env.session}`));
-    const a = this.active;
-    if (a && env.step === a.env.step && env.membershipEpoch === a.env.membershipEpoch) {
-      try {
-        a.ar.accept(env, size);
-      } catch (e) {
-        this.reject(e);
-      }
-      return;
-    }
-    // Chunks can overtake the plan that they belong to (a faster peer got it first).
-    const h = this.held;
-    const newer = a
-      ? env.membershipEpoch > a.env.membershipEpoch || (env.membershipEpoch === a.env.membershipEpoch && env.step > a.env.step)
-      : env.membershipEpoch >= this.epochFloor && env.step >= this.step && !(h && h.step === env.step && h.mepoch === env.membershipEpoch);
-    if (!newer || this.early.length >= EARLY_LIMIT) return this.reject(new WireError('stale_epoch', `grad chunk of step ${env.step} epoch ${env.membershipEpoch}`));
-    this.early.push({ env, size });
+    this.nats.accept(env, size, { mepoch: this.epochFloor, step: this.step });
   }
 }

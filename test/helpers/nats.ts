@@ -3,7 +3,7 @@
  * store, ready before it resolves; stop()/restart() for fault tests, close() to clean up.
  * The process logic is the production one (src/coordinator/nats-server.ts).
  */
-import { NatsServer, type NatsServerOptions } from '../../src/coordinator/nats-server.js';
+import { NatsServer, type NatsServerOptions } from '../../src/cluster/nats-server.js';
 
 export { NatsServer };
 
@@ -17,7 +17,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { NatsConnection } from 'nats';
-import { connectNats } from '../../src/coordinator/connect.js';
+import { connectNats } from '../../src/cluster/connect.js';
 import { Coordinator, type CoordinatorOptions } from '../../src/coordinator/coordinator.js';
 import { Worker, type WorkerOptions } from '../../src/worker/worker.js';
 import { syntheticReplica, type SyntheticConfig } from '../../src/worker/synthetic.js';

@@ -11,9 +11,9 @@
 import { rk45, type Rk45Options } from '../ode/rk45.js';
 import { Rng, Stream } from '../rng.js';
 import { EulerMaruyama, HeunEdm, PredictorCorrector, type StepIO, type StepSampler } from './samplers.js';
-import { BatchScore, type ScoreModel } from './score.js';
+import { BatchScore, type ScoreModel } from '../score/batch.js';
 
-export { BatchScore, dimOf, type DataShape, type ScoreModel } from './score.js';
+export { BatchScore, dimOf, type DataShape, type ScoreModel } from '../score/batch.js';
 export { EulerMaruyama, HeunEdm, PredictorCorrector, sigmaOf, timeGrid, timeOfSigma, type StepIO, type StepSampler } from './samplers.js';
 
 export const SAMPLER_NAMES = ['em', 'pc', 'ode', 'heun'] as const;

@@ -12,6 +12,15 @@ export interface GradSum {
   count: number;
 }
 
+/**
+ * Whatever computes gradient sums of a slice of step `step`'s global batch at `params`
+ * (`version` changes whenever they do): a GradEngine in this thread, or a GradPool of
+ * piscina threads. The Trainer asks its source; it never computes a gradient itself.
+ */
+export interface GradSource {
+  gradSum(params: Float32Array, version: number, step: number, from: number, to: number): GradSum | Promise<GradSum>;
+}
+
 export interface ParamSpec {
   /** PyTorch state_dict name, e.g. "conv1.weight". */
   name: string;

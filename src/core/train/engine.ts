@@ -12,7 +12,7 @@ import { ScoreNet, type ParamTensors } from '../model/scorenet.js';
 import { numParams } from '../model/params.js';
 import { Rng, Stream } from '../rng.js';
 import { makeSde } from '../sde.js';
-import type { GradSum, StepBatch } from './api.js';
+import type { GradSource, GradSum, StepBatch } from './api.js';
 import { stepBatch } from '../data/batches.js';
 import type { TrainConfig } from './config.js';
 
@@ -24,7 +24,7 @@ export interface Images {
   data: Float32Array;
 }
 
-export class GradEngine {
+export class GradEngine implements GradSource {
   readonly net: ScoreNet;
   readonly numParams: number;
   private uploaded: { version: number; tensors: ParamTensors } | null = null;

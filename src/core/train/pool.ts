@@ -7,7 +7,7 @@
  */
 import { availableParallelism } from 'node:os';
 import { Piscina } from 'piscina';
-import type { GradSum } from './api.js';
+import type { GradSource, GradSum } from './api.js';
 import type { TrainConfig } from './config.js';
 import { GradEngine, type Images } from './engine.js';
 
@@ -52,7 +52,7 @@ export function addInto(a: Float32Array, b: Float32Array): void {
   for (let i = 0; i < a.length; i++) a[i] += b[i];
 }
 
-export class GradPool {
+export class GradPool implements GradSource {
   private constructor(
     readonly threads: number,
     private readonly local: GradEngine | null,

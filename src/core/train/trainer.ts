@@ -1,9 +1,10 @@
 /**
  * One replica of the training state: parameters, Adam moments and EMA as flat float32
- * vectors, plus the gradient engine. The cluster runs one per worker; `scoreflow train` one.
+ * vectors, and the source of its gradients (its own GradEngine unless given a GradPool).
+ * The cluster runs one per worker; `scoreflow train` one. A step is step.ts's.
  */
 import { createHash } from 'node:crypto';
-import type { GradSum, ParamSpec, StepBatch } from './api.js';
+import type { GradSource, GradSum, ParamSpec, StepBatch } from './api.js';
 import { adamStep, newOptimState, type OptimState } from './adam.js';
 import { encodeCheckpoint, loadCheckpointBytes, loadTrainingCheckpoint } from './checkpoint.js';
 import type { TrainConfig } from './config.js';
@@ -18,6 +19,7 @@ export class Trainer {
   private state: OptimState;
   /** Bumped on every change of the parameters, to know when to re-upload them. */
   private version = 0;
+  private source: GradSource;
 
   private constructor(
     readonly config: TrainConfig,
@@ -27,6 +29,7 @@ export class Trainer {
     this.engine = new GradEngine(config, data);
     this.specs = this.engine.net.infos.map(({ name, shape, offset, size }) => ({ name, shape, offset, size }));
     this.numParams = this.engine.numParams;
+    this.source = this.engine;
     this.state = state ?? newOptimState(initParams(this.engine.net.infos, config.seed));
     if (this.state.params.length !== this.numParams) {
       throw new Error(`state has ${this.state.params.length} parameters, the model ${this.numParams}`);
@@ -72,8 +75,15 @@ export class Trainer {
     return this.engine.batch(step);
   }
 
-  gradSum(step: number, from: number, to: number): GradSum {
-    return this.engine.gradSum(this.state.params, this.version, step, from, to);
+  /** Computes gradients with `source` from now on (e.g. a GradPool made for this config). */
+  setGradSource(source: GradSource): this {
+    this.source = source;
+    return this;
+  }
+
+  /** Sum over samples [from, to) of step `step`'s global batch of the per-sample loss gradients, at the current parameters. */
+  async gradSum(step: number, from: number, to: number): Promise<GradSum> {
+    return this.source.gradSum(this.state.params, this.version, step, from, to);
   }
 
   /** The identical update on every replica: clip, Adam, EMA, step += 1 (throws on a non-finite gradient, changing nothing). */

@@ -9,8 +9,8 @@
  * libtorch or cuDNN may pick another algorithm for another batch shape. With aligned batches
  * the outputs are byte-identical to the single-process run whatever the backend's kernels do.
  */
-import type { DivergenceMode } from '../../core/likelihood.js';
-import type { SampleOptions } from '../../core/sampling/index.js';
+import type { DivergenceMode } from '../core/likelihood.js';
+import type { SampleOptions } from '../core/sampling/index.js';
 
 export interface SampleSpec {
   kind: 'sample';

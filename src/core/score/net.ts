@@ -5,8 +5,8 @@ import { ScoreNet, type ParamTensors } from '../model/scorenet.js';
 import { makeSde, type SdeConfig } from '../sde.js';
 import { getFloat32, readSafetensors } from '../io/safetensors.js';
 import { fromTorchLayout, numParams, paramInfos } from '../model/params.js';
-import { inferModelConfig, loadWeights } from '../train/checkpoint.js';
-import type { ScoreModel } from './score.js';
+import { inferModelConfig, loadWeights } from '../model/weights.js';
+import type { ScoreModel } from './batch.js';
 
 export interface NetScoreModel extends ScoreModel {
   net: ScoreNet;

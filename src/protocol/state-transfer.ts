@@ -5,7 +5,8 @@
  */
 import { createHash } from 'node:crypto';
 import type { NatsConnection } from 'nats';
-import { CHUNK_HEADROOM, encode, WireError, type EnvelopeOf, type Header } from './wire.js';
+import { CHUNK_HEADROOM } from './chunking.js';
+import { encode, WireError, type EnvelopeOf, type Header } from './envelope.js';
 
 export function sha256(bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex');

@@ -1,11 +1,11 @@
 /**
- * The job protocol's wire format (proto/jobs.proto): Job and JobResult messages, their
- * subjects and streams, result chunking under max_payload and reassembly. Decoding never
+ * The job protocol's wire format (proto/jobs.proto): Job and JobResult messages (their
+ * subjects and streams are in ./subjects.ts), result chunking under max_payload and reassembly. Decoding never
  * throws anything but JobWireError, whose reason the receivers log and count.
  */
-import { endianness } from 'node:os';
 import protobuf from 'protobufjs';
-import { packagePath } from '../../core/paths.js';
+import { fromLEBytes } from '../core/io/endian.js';
+import { packagePath } from '../core/paths.js';
 
 export const JOBS_PROTOCOL_VERSION = 1;
 
@@ -56,23 +56,6 @@ export class JobWireError extends Error {
     super(`${reason}: ${detail}`);
   }
 }
-
-// ---- streams and subjects -----------------------------------------------------------
-// One work queue and one result stream per run; tasks are told apart by a subject token.
-
-export const WORKERS_CONSUMER = 'workers';
-
-export const streams = {
-  jobs: (run: string) => `SF_JOBS_${run}`,
-  results: (run: string) => `SF_RESULTS_${run}`,
-};
-
-export const jobSubjects = {
-  todo: (run: string, task: string) => `sf.${run}.jobs.${task}.todo`,
-  result: (run: string, task: string) => `sf.${run}.jobs.${task}.result`,
-  allTodo: (run: string) => `sf.${run}.jobs.*.todo`,
-  allResults: (run: string) => `sf.${run}.jobs.*.result`,
-};
 
 // ---- encoding -----------------------------------------------------------------------
 
@@ -127,33 +110,10 @@ function decodeAs(name: 'Job' | 'JobResult', bytes: Uint8Array): Record<string, 
 
 // ---- payloads -----------------------------------------------------------------------
 
-const LE = endianness() === 'LE';
-
-/** Little-endian bytes of a float32 or float64 array (a view on LE hosts). */
-export function leBytes(v: Float32Array | Float64Array): Uint8Array {
-  if (LE) return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
-  const out = new Uint8Array(v.byteLength);
-  const dv = new DataView(out.buffer);
-  const f64 = v instanceof Float64Array;
-  for (let i = 0; i < v.length; i++) {
-    if (f64) dv.setFloat64(i * 8, v[i], true);
-    else dv.setFloat32(i * 4, v[i], true);
-  }
-  return out;
-}
-
-/** The values of little-endian bytes. */
-export function fromLeBytes<T extends Float32ArrayConstructor | Float64ArrayConstructor>(bytes: Uint8Array, ctor: T): InstanceType<T> {
-  const size = ctor.BYTES_PER_ELEMENT;
-  if (bytes.byteLength % size !== 0) throw new JobWireError('bad_chunk', `${bytes.byteLength} bytes are not whole ${size * 8}-bit floats`);
-  const n = bytes.byteLength / size;
-  const out = new ctor(n) as InstanceType<T>;
-  if (LE) new Uint8Array(out.buffer).set(bytes);
-  else {
-    const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    for (let i = 0; i < n; i++) out[i] = size === 8 ? dv.getFloat64(i * 8, true) : dv.getFloat32(i * 4, true);
-  }
-  return out;
+/** The values of a result payload: little-endian floats (core/io/endian), whole ones or a JobWireError. */
+export function payloadValues<T extends Float32ArrayConstructor | Float64ArrayConstructor>(bytes: Uint8Array, ctor: T): InstanceType<T> {
+  if (bytes.byteLength % ctor.BYTES_PER_ELEMENT !== 0) throw new JobWireError('bad_chunk', `${bytes.byteLength} bytes are not whole ${ctor.BYTES_PER_ELEMENT * 8}-bit floats`);
+  return fromLEBytes(ctor, bytes) as InstanceType<T>;
 }
 
 /** Bytes kept free in every result chunk for the protobuf fields (nfe of up to ~1000 items included). */

@@ -13,12 +13,10 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { JsMsg, NatsConnection } from 'nats';
-import { ensureQueue, jetstreamManager, type QueueOptions } from './queue.js';
-import { batchSizeOf, planJobs, type JobRange, type TaskSpec } from './spec.js';
-import {
-  JobWireError, ResultAssembler, WORKERS_CONSUMER, decodeResult, encodeJob, fromLeBytes, jobSubjects, streams,
-  type AssembledResult, type JobResultChunk,
-} from './wire.js';
+import { ensureQueue, jetstreamManager, type QueueOptions } from '../cluster/jetstream.js';
+import { batchSizeOf, planJobs, type JobRange, type TaskSpec } from '../protocol/job-spec.js';
+import { JobWireError, ResultAssembler, decodeResult, encodeJob, payloadValues, type AssembledResult, type JobResultChunk } from '../protocol/jobs.js';
+import { WORKERS_CONSUMER, jobSubjects, streams } from '../protocol/subjects.js';
 
 export interface TaskOptions {
   nc: NatsConnection;
@@ -197,7 +195,7 @@ class Collector {
     const m = r.to - r.from;
     if (r.nfe.length !== m) throw new JobWireError('bad_chunk', `${r.nfe.length} nfe values for ${m} items`);
     if (this.o.spec.kind === 'sample') {
-      const v = fromLeBytes(r.payload, Float32Array);
+      const v = payloadValues(r.payload, Float32Array);
       if (!this.values) {
         this.itemSize = v.length / m;
         this.shape = r.shape;
@@ -209,7 +207,7 @@ class Collector {
       if (v.length !== m * this.itemSize) throw new JobWireError('bad_chunk', `${v.length} values for ${m} samples of ${this.itemSize}`);
       this.values.set(v, r.from * this.itemSize);
     } else {
-      const v = fromLeBytes(r.payload, Float64Array);
+      const v = payloadValues(r.payload, Float64Array);
       if (v.length !== m) throw new JobWireError('bad_chunk', `${v.length} bits/dim values for ${m} images`);
       this.values ??= new Float64Array(this.o.n);
       this.values.set(v, r.from);

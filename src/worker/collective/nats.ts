@@ -1,5 +1,5 @@
 /**
- * One worker's part in the all-reduce of one step (one plan, one membership epoch).
+ * Transport `nats`: the all-reduce of one step's gradient sums through the broker.
  *
  * The flat gradient of P floats is cut into N contiguous owner ranges (rank r owns range
  * r), and each range into chunks of at most chunkFloats (under the broker's max_payload).
@@ -7,63 +7,24 @@
  * the N contributions of each chunk in rank order 0, 1, ..., N-1 (never in arrival order,
  * so the float sum is independent of timing): a contribution that is next in rank order is
  * added straight from the received bytes, one that arrives early is kept until its turn.
- * As soon as a chunk has all N contributions it is divided by the global batch (fused
- * with the last addition) and published on the gather subject (all-gather; the broker
- * fans it out), so the gather of early chunks overlaps the reduce of later ones. Per step a worker sends about
- * (N-1)/N + 1/N of the gradient and receives 2(N-1)/N of it, whatever N is.
+ * As soon as a chunk has all N contributions it is published on the gather subject
+ * (all-gather; the broker fans it out), so the gather of early chunks overlaps the reduce
+ * of later ones. Per step a worker sends about (N-1)/N + 1/N of the gradient and receives
+ * 2(N-1)/N of it, whatever N is. The result is the global *sum*; averaging is the
+ * caller's (core/train/step.ts), as on every transport.
  *
  * Every chunk's position and length follow from (P, N, chunkFloats), so a receiver checks
  * them exactly; NaN/Inf payloads, duplicates, inconsistent counts and chunks from
  * non-members are rejected before they touch any buffer that the update reads.
  */
-import type { GradSum } from '../core/train/api.js';
-import { allFinite, bytesAsF32, encodeGrad, Phase, splitRange, subjects, WireError, type EnvelopeOf } from '../coordinator/wire.js';
-
-export interface StepContext {
-  run: string;
-  me: string;
-  step: number;
-  mepoch: number;
-  members: string[];
-  numParams: number;
-  chunkFloats: number;
-  globalBatch: number;
-  session: number;
-  /** The plan's shard starts (N+1 values): when given, every contribution's count is checked against its shard. */
-  shardStart?: number[];
-}
-
-export interface Reduced {
-  mean: Float32Array;
-  lossSum: number;
-  count: number;
-}
-
-/** The averaged gradient element: one rounding, identical to what `scoreflow train` does. */
-export function meanOf(sum: Float32Array, count: number): Float32Array {
-  const out = new Float32Array(sum.length);
-  for (let i = 0; i < sum.length; i++) out[i] = sum[i] / count;
-  return out;
-}
+import type { GradSum } from '../../core/train/api.js';
+import { allFinite } from '../../core/train/step.js';
+import { rangeBounds } from '../../protocol/chunking.js';
+import { encodeGrad, leF32, Phase, WireError, type EnvelopeOf } from '../../protocol/envelope.js';
+import { subjects } from '../../protocol/subjects.js';
+import { newer, type Collective, type StepContext } from './index.js';
 
 export type Publish = (subject: string, bytes: Uint8Array) => void;
-
-/**
- * Averaged-gradient buffers handed back after the update has read them (`recycleMean`), so
- * that a worker does not allocate (and the GC chase) a parameter-sized buffer every step.
- */
-const spareMeans: Float32Array[] = [];
-
-/** The caller is done with a Reduced.mean (the update has read it); a later all-reduce may reuse it. */
-export function recycleMean(buf: Float32Array): void {
-  if (spareMeans.length < 2 && !spareMeans.includes(buf)) spareMeans.push(buf);
-}
-
-function takeMean(n: number): Float32Array {
-  const i = spareMeans.findIndex((b) => b.length === n);
-  // Every element is written before the result is handed out, so stale values are harmless.
-  return i >= 0 ? spareMeans.splice(i, 1)[0] : new Float32Array(n);
-}
 
 // The hot loops live in small functions of their own, so that V8 optimises each loop once
 // instead of on-stack-replacing it inside a bigger function and deoptimising at the first
@@ -74,64 +35,47 @@ function add(acc: Float32Array, src: Float32Array): void {
   for (let i = 0, n = acc.length; i < n; i++) acc[i] += src[i];
 }
 
-/**
- * The last step of the sum fused with the average: the float32 sum, then the quotient
- * rounded once, exactly as meanOf does it with the sum stored first.
- */
-function addDivide(acc: Float32Array, src: Float32Array, count: number): void {
-  for (let i = 0, n = acc.length; i < n; i++) acc[i] = Math.fround(acc[i] + src[i]) / count;
-}
-
-function copyDivide(acc: Float32Array, src: Float32Array, count: number): void {
-  for (let i = 0, n = acc.length; i < n; i++) acc[i] = src[i] / count;
-}
-
-/** Folds contribution r of n into acc (rank order); the last one also divides by count. */
-function fold(acc: Float32Array, src: Float32Array, r: number, n: number, count: number): void {
-  if (r === n - 1) (r === 0 ? copyDivide : addDivide)(acc, src, count);
-  else if (r === 0) acc.set(src);
+/** Folds contribution r into acc (rank order: r = 0 starts the sum). */
+function fold(acc: Float32Array, src: Float32Array, r: number): void {
+  if (r === 0) acc.set(src);
   else add(acc, src);
 }
 
+/** One step's reduce-scatter + all-gather (one plan, one membership epoch). */
 export class AllReduce {
   readonly rank: number;
   readonly owners: number[];
   bytesSent = 0;
   bytesReceived = 0;
   private readonly n: number;
-  private readonly mine: [number, number];
   /** Per chunk of our range: the next rank to fold, and contributions that came early. */
   private readonly next: Int32Array;
   private readonly early: (Float32Array | undefined)[][];
   /** Per chunk of our range and sender: received (duplicates are rejected). */
   private readonly seen: Uint8Array;
-  private readonly lossSums: number[];
   private readonly counts: number[];
   private chunksLeft: number;
   private gatherLeft: number;
   private readonly gatherSeen: Uint8Array;
   private readonly maxChunks: number;
-  /** The averaged gradient; our own range doubles as the accumulator of the rank-ordered sum. */
-  private readonly mean: Float32Array;
+  /** The global sum; our own range doubles as the accumulator of the rank-ordered sum. */
+  private readonly sum: Float32Array;
   /** For payloads that are not 4-aligned in their buffer (copied before use). */
   private scratchBuf?: Float32Array;
-  private lossTotal = 0;
   private haveLocal = false;
-  private resolve!: (r: Reduced) => void;
-  readonly done: Promise<Reduced>;
+  private resolve!: (sum: Float32Array) => void;
+  readonly done: Promise<Float32Array>;
 
-  constructor(private readonly ctx: StepContext, private readonly publish: Publish) {
+  constructor(readonly ctx: StepContext, private readonly publish: Publish) {
     this.n = ctx.members.length;
     this.rank = ctx.members.indexOf(ctx.me);
     if (this.rank < 0) throw new Error(`worker ${ctx.me} is not a member of step ${ctx.step}`);
-    if (ctx.shardStart && ctx.shardStart.length !== this.n + 1) throw new Error(`plan has ${ctx.shardStart.length} shard starts for ${this.n} members`);
-    this.owners = splitRange(ctx.numParams, this.n);
-    this.mine = [this.owners[this.rank], this.owners[this.rank + 1]];
+    if (ctx.shardStart.length !== this.n + 1) throw new Error(`plan has ${ctx.shardStart.length} shard starts for ${this.n} members`);
+    this.owners = rangeBounds(ctx.numParams, this.n);
     const chunks = this.chunksOf(this.rank);
     this.next = new Int32Array(chunks);
     this.early = Array.from({ length: chunks }, () => new Array<Float32Array | undefined>(this.n));
     this.seen = new Uint8Array(chunks * this.n);
-    this.lossSums = new Array<number>(this.n).fill(NaN);
     this.counts = new Array<number>(this.n).fill(0);
     this.chunksLeft = chunks;
     this.gatherLeft = 0;
@@ -139,7 +83,7 @@ export class AllReduce {
     this.maxChunks = 0;
     for (let r = 0; r < this.n; r++) this.maxChunks = Math.max(this.maxChunks, this.chunksOf(r));
     this.gatherSeen = new Uint8Array(this.maxChunks * this.n);
-    this.mean = takeMean(ctx.numParams);
+    this.sum = new Float32Array(ctx.numParams);
     this.done = new Promise((r) => (this.resolve = r));
   }
 
@@ -161,12 +105,15 @@ export class AllReduce {
     return [o, Math.min(this.ctx.chunkFloats, this.owners[r + 1] - o)];
   }
 
+  private shard(r: number): number {
+    return this.ctx.shardStart[r + 1] - this.ctx.shardStart[r];
+  }
+
   /** Our gradient sum is ready: send each owner its range, then fold it into ours. */
   setLocal(g: GradSum): void {
     if (g.grad.length !== this.ctx.numParams) throw new Error(`gradient has ${g.grad.length} values, the plan says ${this.ctx.numParams}`);
     if (this.haveLocal) throw new Error('setLocal called twice');
     this.haveLocal = true;
-    this.lossSums[this.rank] = g.lossSum;
     this.counts[this.rank] = g.count;
     const h = this.header();
     // Chunk-major, starting at the next rank: every owner gets its first chunk early.
@@ -175,7 +122,7 @@ export class AllReduce {
         const r = (this.rank + k) % this.n;
         if (j >= this.chunksOf(r)) continue;
         const [o, len] = this.chunk(r, j);
-        const msg = encodeGrad(h, { phase: Phase.REDUCE, owner: r, senderRank: this.rank, offset: o, lossSum: g.lossSum, count: g.count }, g.grad, o, len);
+        const msg = encodeGrad(h, { phase: Phase.REDUCE, owner: r, senderRank: this.rank, offset: o, count: g.count }, g.grad, o, len);
         this.bytesSent += msg.byteLength;
         this.publish(subjects.worker(this.ctx.run, this.ctx.members[r]), msg);
       }
@@ -207,16 +154,11 @@ export class AllReduce {
   }
 
   private acceptReduce(sender: number, j: number, c: EnvelopeOf<'grad'>['body']): void {
-    if (this.seen[j * this.n + sender]) throw new WireError('bad_chunk', `duplicate chunk at ${c.offset} from rank ${sender}`);
-    if (!Number.isFinite(c.lossSum) || c.count < 1) throw new WireError('non_finite', `loss sum ${c.lossSum}, count ${c.count}`);
-    const shard = this.ctx.shardStart ? this.ctx.shardStart[sender + 1] - this.ctx.shardStart[sender] : undefined;
-    if (shard !== undefined && c.count !== shard) throw new WireError('bad_chunk', `rank ${sender} claims ${c.count} samples, its shard has ${shard}`);
-    if (this.counts[sender] !== 0 && (c.count !== this.counts[sender] || !Object.is(c.lossSum, this.lossSums[sender])))
-      throw new WireError('bad_chunk', `rank ${sender}'s chunks disagree on its loss sum or count`);
-    const v = bytesAsF32(c.data, c.data.byteOffset % 4 === 0 ? undefined : this.scratch());
+    if (this.seen[j * this.n + sender]) throw new WireError('duplicate', `chunk at ${c.offset} from rank ${sender} again`);
+    if (c.count !== this.shard(sender)) throw new WireError('bad_chunk', `rank ${sender} claims ${c.count} samples, its shard has ${this.shard(sender)}`);
+    const v = leF32(c.data, c.data.byteOffset % 4 === 0 ? undefined : this.scratch());
     if (!allFinite(v)) throw new WireError('non_finite', `NaN/Inf in reduce chunk at ${c.offset} from rank ${sender}`);
     this.seen[j * this.n + sender] = 1;
-    this.lossSums[sender] = c.lossSum;
     this.counts[sender] = c.count;
     if (this.next[j] === sender) {
       // Next in rank order: add straight from the received bytes.
@@ -230,13 +172,12 @@ export class AllReduce {
 
   private acceptGather(owner: number, j: number, c: EnvelopeOf<'grad'>['body']): void {
     const slot = owner + j * this.n;
-    if (this.gatherSeen[slot]) throw new WireError('bad_chunk', `duplicate gather chunk at ${c.offset}`);
-    if (!Number.isFinite(c.lossSum) || c.count !== this.ctx.globalBatch)
-      throw new WireError('non_finite', `gather chunk with loss sum ${c.lossSum}, count ${c.count}`);
-    // Check before copying: a NaN chunk must not reach `mean`.
-    const v = bytesAsF32(c.data, c.data.byteOffset % 4 === 0 ? undefined : this.scratch());
+    if (this.gatherSeen[slot]) throw new WireError('duplicate', `gather chunk at ${c.offset} again`);
+    if (c.count !== this.ctx.globalBatch) throw new WireError('bad_chunk', `gather chunk for ${c.count} samples, the batch has ${this.ctx.globalBatch}`);
+    // Check before copying: a NaN chunk must not reach the sum.
+    const v = leF32(c.data, c.data.byteOffset % 4 === 0 ? undefined : this.scratch());
     if (!allFinite(v)) throw new WireError('non_finite', `NaN/Inf in gather chunk at ${c.offset}`);
-    this.mean.set(v, c.offset);
+    this.sum.set(v, c.offset);
     this.gatherSeen[slot] = 1;
     this.gatherLeft--;
     this.maybeFinish();
@@ -244,11 +185,11 @@ export class AllReduce {
 
   private foldInto(j: number, v: Float32Array, r: number): void {
     const [o, len] = this.chunk(this.rank, j);
-    fold(this.mean.subarray(o, o + len), v, r, this.n, this.ctx.globalBatch);
+    fold(this.sum.subarray(o, o + len), v, r);
     this.next[j] = r + 1;
   }
 
-  /** Folds whatever is ready in rank order; a chunk with all N contributions is averaged and published. */
+  /** Folds whatever is ready in rank order; a chunk with all N contributions is published. */
   private advance(j: number): void {
     const early = this.early[j];
     for (let r = this.next[j]; r < this.n; r = this.next[j]) {
@@ -259,18 +200,9 @@ export class AllReduce {
     }
     if (this.next[j] !== this.n) return;
     this.next[j] = this.n + 1; // done
-    let lossSum = 0;
-    let count = 0;
-    for (let r = 0; r < this.n; r++) {
-      lossSum += this.lossSums[r];
-      count += this.counts[r];
-    }
-    if (count !== this.ctx.globalBatch) throw new Error(`step ${this.ctx.step}: shards add up to ${count} samples, the plan says ${this.ctx.globalBatch}`);
     const [o, len] = this.chunk(this.rank, j);
-    // (the last fold divided by the global batch: the chunk is averaged)
-    this.lossTotal = lossSum;
     if (this.n > 1) {
-      const msg = encodeGrad(this.header(), { phase: Phase.GATHER, owner: this.rank, senderRank: this.rank, offset: o, lossSum, count }, this.mean, o, len);
+      const msg = encodeGrad(this.header(), { phase: Phase.GATHER, owner: this.rank, senderRank: this.rank, offset: o, count: this.ctx.globalBatch }, this.sum, o, len);
       this.bytesSent += msg.byteLength;
       this.publish(subjects.gather(this.ctx.run), msg);
     }
@@ -280,7 +212,71 @@ export class AllReduce {
 
   private maybeFinish(): void {
     if (this.chunksLeft > 0 || this.gatherLeft > 0) return;
-    // Every owner computes the same rank-ordered loss sum; ours is as good as any.
-    this.resolve({ mean: this.mean, lossSum: this.lossTotal, count: this.ctx.globalBatch });
+    this.resolve(this.sum);
+  }
+}
+
+/** Chunks that overtook their plan are kept (up to this many) until it arrives. */
+const EARLY_LIMIT = 4096;
+
+/**
+ * The nats transport as a worker uses it: one AllReduce per plan, gradient chunks routed
+ * to it by the worker's subscription, chunks of a plan not yet seen kept until it comes.
+ */
+export class NatsCollective implements Collective {
+  readonly transport = 'nats';
+  private ar?: AllReduce;
+  private early: { env: EnvelopeOf<'grad'>; size: number }[] = [];
+
+  constructor(private readonly publish: Publish, private readonly reject: (e: unknown) => void) {}
+
+  get bytesSent(): number {
+    return this.ar?.bytesSent ?? 0;
+  }
+
+  get bytesReceived(): number {
+    return this.ar?.bytesReceived ?? 0;
+  }
+
+  begin(ctx: StepContext): void {
+    const ar = new AllReduce(ctx, this.publish);
+    this.ar = ar;
+    const early = this.early;
+    this.early = [];
+    for (const e of early) {
+      if (e.env.step === ctx.step && e.env.membershipEpoch === ctx.mepoch) this.accept(e.env, e.size);
+      else if (newer(e.env, ctx)) this.early.push(e);
+    }
+  }
+
+  reduce(local: GradSum): Promise<Float32Array> {
+    if (!this.ar) throw new Error('reduce before begin');
+    this.ar.setLocal(local);
+    return this.ar.done;
+  }
+
+  /**
+   * A gradient chunk. `current` is the plan in flight (if any) and `floor` the oldest
+   * (membership epoch, step) that can still come; anything older is stale.
+   */
+  accept(env: EnvelopeOf<'grad'>, size: number, floor?: { mepoch: number; step: number }): void {
+    const ar = this.ar;
+    const ctx = ar?.ctx;
+    if (ar && ctx && env.step === ctx.step && env.membershipEpoch === ctx.mepoch) {
+      try {
+        ar.accept(env, size);
+      } catch (e) {
+        this.reject(e);
+      }
+      return;
+    }
+    const later = ctx ? newer(env, ctx) : floor !== undefined && (env.membershipEpoch > floor.mepoch || (env.membershipEpoch === floor.mepoch && env.step >= floor.step));
+    if (!later || this.early.length >= EARLY_LIMIT) return this.reject(new WireError('stale_epoch', `grad chunk of step ${env.step} epoch ${env.membershipEpoch}`));
+    this.early.push({ env, size });
+  }
+
+  close(): void {
+    this.ar = undefined;
+    this.early = [];
   }
 }

@@ -3,7 +3,7 @@
  * events; src/metrics (prom-client) subscribes. Nothing in here knows about Prometheus.
  */
 import { EventEmitter } from 'node:events';
-import type { RejectReason } from './wire.js';
+import type { RejectReason } from '../protocol/envelope.js';
 
 /** One committed step, as the coordinator saw it (worker figures are the slowest worker's). */
 export interface StepReport {
@@ -18,6 +18,8 @@ export interface StepReport {
   bytesSent: number;
   bytesReceived: number;
   imagesPerSec: number;
+  /** How the step's gradients moved (nats, gloo, nccl). */
+  transport: string;
 }
 
 /** One step as a worker did it. */

@@ -7,8 +7,8 @@
  * log-densities are plain float64 for the checks.
  */
 import * as tf from '@tensorflow/tfjs';
-import type { SDE } from '../sde.js';
-import type { DataShape, ScoreModel } from './score.js';
+import type { SDE } from '../../src/core/sde.js';
+import type { DataShape, ScoreModel } from '../../src/core/score/batch.js';
 
 export interface AnalyticModel extends ScoreModel {
   /** log p_t(x) of one sample (d values). */

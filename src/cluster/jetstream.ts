@@ -12,7 +12,7 @@
  *               the coordinator purges its task's subject when it is done.
  */
 import { AckPolicy, DiscardPolicy, RetentionPolicy, StorageType, nanos, type JetStreamManager, type NatsConnection } from 'nats';
-import { WORKERS_CONSUMER, jobSubjects, streams } from './wire.js';
+import { WORKERS_CONSUMER, jobSubjects, streams } from '../protocol/subjects.js';
 
 export interface QueueOptions {
   /** Redeliver a job not acked (nor marked working) for this long (default 30 s). */

@@ -1,0 +1,51 @@
+/**
+ * The seam between a worker's step and how gradient sums move between workers. A step's
+ * all-reduce is: `begin(ctx)` when the plan arrives (a transport may get ready while the
+ * gradient is computed), `reduce(local)` with this worker's shard sum, resolving to the
+ * *sum* over all members (averaging is core/train/step.ts's, the same on every transport).
+ * A reduce that cannot finish (a peer gone) rejects or never resolves; either
+ * way the coordinator re-plans the step under a new membership epoch, and the worker begins
+ * again.
+ *
+ *   nats        reduce-scatter to rank-owned ranges and all-gather through the broker,
+ *               summed in rank order (./nats.ts). Works wherever the broker is reachable.
+ *   gloo, nccl  a c10d process group of the plan's members (./c10d.ts): direct TCP between
+ *               workers on CPUs (Gloo), NCCL on GPUs.
+ */
+import type { GradSum } from '../../core/train/api.js';
+
+import type { TransportName } from '../../protocol/transports.js';
+
+export type { TransportName } from '../../protocol/transports.js';
+
+/** What one step's all-reduce needs to know, all of it from the plan. */
+export interface StepContext {
+  run: string;
+  me: string;
+  step: number;
+  mepoch: number;
+  members: string[];
+  numParams: number;
+  chunkFloats: number;
+  globalBatch: number;
+  session: number;
+  /** The plan's shard bounds (N+1 values): every contribution's count is checked against its shard. */
+  shardStart: number[];
+  /** gloo/nccl: rank 0's store, host:port. */
+  store: string;
+}
+
+export interface Collective {
+  readonly transport: TransportName;
+  /** Bytes this worker sent and received in the current (or last) step, for its ack. */
+  readonly bytesSent: number;
+  readonly bytesReceived: number;
+  begin(ctx: StepContext): void;
+  reduce(local: GradSum): Promise<Float32Array>;
+  close(): void;
+}
+
+/** Whether traffic of (membershipEpoch, step) belongs to a plan after ctx's. */
+export function newer(m: { membershipEpoch: number; step: number }, ctx: { mepoch: number; step: number }): boolean {
+  return m.membershipEpoch > ctx.mepoch || (m.membershipEpoch === ctx.mepoch && m.step > ctx.step);
+}
