@@ -322,6 +322,35 @@ for (const c of CASES) {
   });
 }
 
+describe('no credentials given', () => {
+  it('the embedded nats-server gets a random token of its own: other local clients are refused, the join command names it', async () => {
+    const child = spawnBin('coordinator', ['start', ...TINY, '--no-spawn', '--out', join(dir, 'default-token')]);
+    let output = '';
+    child.stderr!.on('data', (b) => (output += b));
+    try {
+      const deadline = Date.now() + 30_000;
+      let m: RegExpExecArray | null = null;
+      while (!(m = /start workers with: SCOREFLOW_NATS_TOKEN=(\S+) worker start --nats (\S+) --run \S+/.exec(output))) {
+        assert.ok(Date.now() < deadline && child.exitCode === null, `no join command with a token:\n${output}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const [, token, url] = m;
+      assert.ok(token.length >= 32, `token ${token} is short`);
+      await assert.rejects(connectNats({ url, connectTimeoutMs: 5000 }), /refused our credentials/);
+      await assert.rejects(connectNats({ url, token: 'guess', connectTimeoutMs: 5000 }), /refused our credentials/);
+      const nc = await connectNats({ url, token, connectTimeoutMs: 5000 });
+      await nc.close();
+    } finally {
+      // SIGTERM: the coordinator stops its run and its nats-server
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      await exited;
+      clearTimeout(t);
+    }
+  });
+});
+
 describe('bad auth input', () => {
   it('an nkey file that holds no seed, --tls-cert without --tls-key, --tls-ca without a server certificate: one clear line each', () => {
     const bad = join(dir, 'bad.nk');

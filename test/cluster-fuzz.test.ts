@@ -6,17 +6,21 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { connectNats } from '../src/cluster/connect.js';
 import { toLEBytes } from '../src/core/io/endian.js';
 import { packagePath } from '../src/core/paths.js';
 import { decode, encode, encodeGrad, Phase, PROTOCOL_VERSION, WireError, type Bodies, type BodyKind } from '../src/protocol/envelope.js';
+import { ReplayGuard, Sender } from '../src/protocol/sequence.js';
 import { subjects } from '../src/protocol/subjects.js';
 import { AllReduce } from '../src/worker/collective/nats.js';
 import { meanGradient } from '../src/core/train/step.js';
 import { SyntheticReplica, SYNTHETIC_DEFAULTS } from '../src/worker/synthetic.js';
 import { Rng, Stream } from '../src/core/rng.js';
-import { startNats, syntheticCluster, type NatsServer } from './helpers/nats.js';
+import { startNats, syntheticCluster, tempDir, type NatsServer } from './helpers/nats.js';
+import { maxRelDiff } from '../src/core/parity.js';
 
 const H = { run: 'test', worker: 'fz1', step: 3, membershipEpoch: 65537 };
 const TEMPLATES: { [K in BodyKind]: Bodies[K] } = {
@@ -115,7 +119,7 @@ describe('gradient chunks', () => {
       const env = decode(buf.subarray(shift));
       assert.equal(env.kind, 'grad');
       assert.deepEqual({ ...env, body: { ...env.body, data: [...new Float32Array(Uint8Array.from(env.body.data).buffer)] } }, {
-        version: PROTOCOL_VERSION, run: 'r', worker: 'b', step: 0, membershipEpoch: 1, session: 9, kind: 'grad',
+        version: PROTOCOL_VERSION, run: 'r', worker: 'b', step: 0, membershipEpoch: 1, session: 9, origin: 0, seq: 0, kind: 'grad',
         body: { phase: Phase.REDUCE, owner: 0, senderRank: 1, offset: 0, count: 2, data: [1.5, -2], pad: (env.body as unknown as { pad: Uint8Array }).pad },
       });
     }
@@ -130,12 +134,12 @@ describe('gradient chunks', () => {
   });
 
   it('a chunk is a protobuf Envelope that protoc (a second decoder) reads field for field', () => {
-    const f = encodeGrad({ run: 'r1', worker: 'w-7', step: 300, membershipEpoch: 65538, session: 4_000_000_000 },
+    const f = encodeGrad({ run: 'r1', worker: 'w-7', step: 300, membershipEpoch: 65538, session: 4_000_000_000, origin: 1764625000123456, seq: 77 },
       { phase: Phase.GATHER, owner: 2, senderRank: 2, offset: 32768, count: 32 }, Float32Array.from([0, 1.5, -2, 3.25, 1e-30]), 1, 3);
     const r = spawnSync('protoc', ['--decode=scoreflow.v1.Envelope', '-I', packagePath('proto'), 'scoreflow.proto'], { input: f, encoding: 'latin1' });
     assert.equal(r.status, 0, `protoc: ${r.error?.message ?? r.stderr}`);
     const text = r.stdout;
-    for (const line of ['version: 3', 'run: "r1"', 'worker: "w-7"', 'step: 300', 'membership_epoch: 65538', 'session: 4000000000', 'phase: GATHER', 'owner: 2', 'sender_rank: 2', 'offset: 32768', 'count: 32'])
+    for (const line of ['version: 3', 'run: "r1"', 'worker: "w-7"', 'step: 300', 'membership_epoch: 65538', 'session: 4000000000', 'origin: 1764625000123456', 'seq: 77', 'phase: GATHER', 'owner: 2', 'sender_rank: 2', 'offset: 32768', 'count: 32'])
       assert.ok(text.includes(line), `protoc output lacks ${line}:\n${text}`);
     // data: 1.5, -2, 3.25 as little-endian float32, which protoc prints as escaped bytes
     const data = /data: "((?:[^"\\]|\\.)*)"/.exec(text)?.[1];
@@ -242,7 +246,7 @@ describe('a live run under hostile traffic', () => {
       while (c.coordinator.step < 40 && i < 8000) {
         for (let k = 0; k < 50; k++, i++) nc.publish(targets[i % targets.length], hostile(rng, i));
         nc.publish(targets[0], encode({ ...H, run: 'other' }, 'heartbeat', TEMPLATES.heartbeat));
-        nc.publish(targets[0], encode({ ...H, worker: 'nobody' }, 'ack', TEMPLATES.ack));
+        nc.publish(targets[0], encode({ ...H, worker: 'nobody', origin: 1, seq: i }, 'ack', TEMPLATES.ack));
         await nc.flush();
         await new Promise((r) => setTimeout(r, 2));
       }
@@ -259,11 +263,66 @@ describe('a live run under hostile traffic', () => {
       }
       const rej = c.coordinator.telemetry.rejected;
       assert.ok(i > 1000, `only ${i} hostile messages were sent`);
-      for (const reason of ['undecodable', 'other_run', 'unknown_worker'] as const) assert.ok((rej.get(reason) ?? 0) > 0, `no ${reason} counted: ${[...rej]}`);
+      for (const reason of ['undecodable', 'other_run', 'unknown_worker', 'duplicate'] as const) assert.ok((rej.get(reason) ?? 0) > 0, `no ${reason} counted: ${[...rej]}`);
       assert.ok(c.workers.every((w) => w.telemetry.rejectedTotal() > 0));
     } finally {
       await nc.close();
       await c.close();
     }
+  });
+
+  it('a replay of a whole live capture changes nothing: every copy is refused, each step applied once', async () => {
+    const cfg = { ...SYNTHETIC_DEFAULTS, params: 2000, batchSize: 8, computeMs: 5 };
+    const outDir = tempDir();
+    const logs: string[] = [];
+    const c = await syntheticCluster(server, 2, cfg, { run: 'replay', steps: 60, checksumEvery: 4, checkpointEvery: 10, outDir, log: (l) => logs.push(l) });
+    const spy = await connectNats({ url: server.url, name: 'replayer' });
+    try {
+      // Capture everything of the run for a while (plans, acks, gradient chunks, state, joins) ...
+      const captured: { subject: string; data: Uint8Array }[] = [];
+      const sub = spy.subscribe('sf.replay.>', { callback: (_e, m) => captured.push({ subject: m.subject, data: Uint8Array.from(m.data) }) });
+      while (c.coordinator.step < 25) await new Promise((r) => setTimeout(r, 10));
+      sub.unsubscribe();
+      // ... then play it back verbatim while the run goes on, twice.
+      for (let round = 0; round < 2; round++) {
+        for (const m of captured) spy.publish(m.subject, m.data);
+        await spy.flush();
+      }
+      const res = await c.coordinator.done;
+      assert.ok(res.ok, res.reason);
+      const ref = new SyntheticReplica(cfg);
+      for (let k = 0; k < 60; k++) {
+        const g = ref.gradSumSync(k, 0, cfg.batchSize);
+        ref.apply(meanGradient(g.grad, g.count));
+      }
+      for (const w of c.workers) assert.equal(w.state!.checksum(), c.workers[0].state!.checksum());
+      const d = maxRelDiff((c.workers[0].state as SyntheticReplica).params, ref.params);
+      assert.ok(d < 1e-5, `max relative difference to a clean run ${d}`);
+      const steps = readFileSync(join(outDir, 'train.jsonl'), 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { step: number }).step);
+      assert.deepEqual(steps, Array.from({ length: 60 }, (_, k) => k), 'each step logged once, in order');
+      assert.ok(captured.length > 100, `captured only ${captured.length} messages`);
+      const dup = (c.coordinator.telemetry.rejected.get('duplicate') ?? 0) + c.workers.reduce((s, w) => s + (w.telemetry.rejected.get('duplicate') ?? 0), 0);
+      assert.ok(dup >= captured.length, `${dup} copies refused of ${2 * captured.length} replayed`);
+      assert.equal(c.coordinator.telemetry.stepsAborted, 0, 'a replay aborted a step');
+      assert.deepEqual(logs.filter((l) => /removed|rolling back|asking for the state/.test(l)), []);
+    } finally {
+      await spy.close();
+      await c.close();
+    }
+  });
+});
+
+describe('replay guard', () => {
+  it('refuses copies and older origins, accepts gaps and a newer origin', () => {
+    const g = new ReplayGuard(2);
+    g.check('a', 10, 1);
+    g.check('a', 10, 5); // a gap: messages sent elsewhere
+    for (const [o, s] of [[10, 5], [10, 4], [9, 100], [0, 7], [10, 0]]) assert.throws(() => g.check('a', o, s), (e: unknown) => e instanceof WireError && e.reason === 'duplicate');
+    g.check('a', 11, 1); // a new life of the same sender
+    g.check('b', 3, 1);
+    g.check('c', 3, 1); // forgets a, the oldest
+    g.check('a', 1, 1);
+    const s = new Sender(42);
+    assert.deepEqual([s.stamp({ x: 1 }), s.stamp({ x: 2 })], [{ x: 1, origin: 42, seq: 1 }, { x: 2, origin: 42, seq: 2 }]);
   });
 });

@@ -4,6 +4,7 @@
  * --metrics-port, and local workers unless --no-spawn; all torn down in reverse order after
  * the command's body, however it ends.
  */
+import { randomBytes } from 'node:crypto';
 import type { Command } from 'commander';
 import type { NatsConnection } from 'nats';
 import { addAuthOptions, authEnv, authFlags, clientAuth, serverAuth, type AuthFlags } from '../cluster/auth.js';
@@ -37,6 +38,8 @@ export interface Cluster {
   /** The broker's URL as workers reach it. */
   url: string;
   run: string;
+  /** How a worker elsewhere joins (with the generated token of an embedded server, if any). */
+  joinCommand: string;
   /** The coordinator's metrics, when --metrics-port was given. */
   metrics?: Metrics;
   /** Starts the local workers (unless --no-spawn: then it says how to start them). */
@@ -47,8 +50,21 @@ export interface Cluster {
 
 const log = (line: string) => process.stderr.write(line + '\n');
 
-export async function withCluster<T>(f: ClusterFlags, run: string, fn: (c: Cluster) => Promise<T>): Promise<T> {
+/**
+ * The credentials of the run: the flags' (or environment's), or, for an embedded server with
+ * none given, a random token of its own, so that no other local process can join or listen
+ * in. Spawned workers get it in their environment; `worker start` elsewhere needs it too.
+ */
+function runAuth(f: ClusterFlags): AuthFlags {
   const auth = authFlags(f);
+  const given = auth.natsToken || auth.natsUser || auth.natsNkey || auth.tlsCert;
+  if (f.nats || given) return auth;
+  return { ...auth, natsToken: randomBytes(24).toString('base64url') };
+}
+
+export async function withCluster<T>(f: ClusterFlags, run: string, fn: (c: Cluster) => Promise<T>): Promise<T> {
+  const auth = runAuth(f);
+  const generated = !f.nats && auth.natsToken !== authFlags(f).natsToken;
   const { url, server } = await brokerFor(f.nats, serverAuth(auth), log);
   let spawned: Spawned | undefined;
   let metricsServer: MetricsServer | undefined;
@@ -61,11 +77,13 @@ export async function withCluster<T>(f: ClusterFlags, run: string, fn: (c: Clust
       metricsServer = await metrics.serve(f.metricsPort, { tries: 100 });
       log(`coordinator: metrics on :${metricsServer.port}/metrics`);
     }
+    // (a generated token is the only way in: the command says it, on this terminal only)
+    const joinCommand = `${generated ? `SCOREFLOW_NATS_TOKEN=${auth.natsToken} ` : ''}worker start --nats ${url} --run ${run}`;
     const cluster: Cluster = {
-      nc, url, run, metrics,
+      nc, url, run, metrics, joinCommand,
       async spawnWorkers(extraArgs = []) {
         if (!f.spawn) {
-          log(`coordinator: start workers with: worker start --nats ${url} --run ${run}`);
+          log(`coordinator: start workers with: ${cluster.joinCommand}`);
           return;
         }
         // Workers serve metrics on the free ports above the coordinator's bound one (each logged as it binds).

@@ -35,7 +35,7 @@ async function withJobCluster<T>(f: JobFlags, kind: string, fn: (c: Cluster) => 
   return withCluster(f, run, async (c) => {
     c.metrics?.setReady(true);
     if (f.spawn) await c.spawnWorkers();
-    else log(`coordinator: ${kind} on the workers of run ${run} (start more with: worker start --nats ${c.url} --run ${run})`);
+    else log(`coordinator: ${kind} on the workers of run ${run} (start more with: ${c.joinCommand})`);
     return fn(c);
   });
 }

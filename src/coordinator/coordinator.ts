@@ -20,6 +20,7 @@ import { sendState, StateInbox } from '../protocol/state-transfer.js';
 import { Telemetry } from '../cluster/telemetry.js';
 import { chunkFloatsFor, rangeBounds } from '../protocol/chunking.js';
 import { decode, encode, WireError, type Ack, type Bodies, type BodyKind, type Envelope, type EnvelopeOf, type Join } from '../protocol/envelope.js';
+import { ReplayGuard, Sender } from '../protocol/sequence.js';
 import { checkId, subjects } from '../protocol/subjects.js';
 import type { TransportChoice, TransportName } from '../protocol/transports.js';
 
@@ -113,6 +114,8 @@ export class Coordinator {
   private timer?: NodeJS.Timeout;
   private finished = false;
   private readonly session = randomInt(1, 2 ** 32 - 1);
+  private readonly sender = Sender.now();
+  private readonly guard = new ReplayGuard();
   private resolve!: (r: RunResult) => void;
   readonly done: Promise<RunResult>;
 
@@ -180,7 +183,7 @@ export class Coordinator {
   // ---------------------------------------------------------------- messages
 
   private send<K extends BodyKind>(subject: string, kind: K, body: Bodies[K], step = this.committed): void {
-    this.o.nc.publish(subject, encode({ run: this.o.run, worker: '', step, membershipEpoch: this.mepoch, session: this.session }, kind, body));
+    this.o.nc.publish(subject, encode(this.sender.stamp({ run: this.o.run, worker: '', step, membershipEpoch: this.mepoch, session: this.session }), kind, body));
   }
 
   private broadcast<K extends BodyKind>(kind: K, body: Bodies[K], step = this.committed): void {
@@ -192,6 +195,8 @@ export class Coordinator {
     try {
       const env = decode(data);
       if (env.run !== this.o.run) throw new WireError('other_run', `message for run ${env.run}`);
+      if (env.worker === '') throw new WireError('unexpected', `${env.kind} that claims to come from a coordinator`);
+      this.guard.check(env.worker, env.origin, env.seq);
       this.handle(env);
     } catch (e) {
       if (e instanceof WireError) this.telemetry.reject(e.reason, e.message);
@@ -473,7 +478,7 @@ export class Coordinator {
     if (init) return;
     if (source === 'coordinator') {
       const header = { run: this.o.run, worker: '', step: this.state!.step, membershipEpoch: this.mepoch, session: this.session };
-      for (const m of targets) void sendState(this.o.nc, subjects.worker(this.o.run, m.id), header, transfer, this.state!.bytes, this.state!.checksum).catch(() => {});
+      for (const m of targets) void sendState(this.o.nc, subjects.worker(this.o.run, m.id), header, this.sender, transfer, this.state!.bytes, this.state!.checksum).catch(() => {});
     } else {
       const ids = targets.map((m) => m.id);
       this.broadcast('stateRequest', { donor: source!.id, targets: ids, committed: this.committed, transfer, commitEpoch: this.commitEpoch });

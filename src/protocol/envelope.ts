@@ -48,11 +48,15 @@ export interface Bodies {
 }
 export type BodyKind = keyof Bodies;
 
-export interface Header { version: number; run: string; worker: string; step: number; membershipEpoch: number; session: number }
+export interface Header {
+  version: number; run: string; worker: string; step: number; membershipEpoch: number; session: number;
+  /** The sender's origin and its message number within it (./sequence.ts). */
+  origin: number; seq: number;
+}
 /** A decoded message: the header plus exactly one body, named by `kind`. */
 export type Envelope = { [K in BodyKind]: Header & { kind: K; body: Bodies[K] } }[BodyKind];
 export type EnvelopeOf<K extends BodyKind> = Header & { kind: K; body: Bodies[K] };
-export type HeaderIn = Omit<Header, 'version' | 'session'> & { session?: number };
+export type HeaderIn = Omit<Header, 'version' | 'session' | 'origin' | 'seq'> & { session?: number; origin?: number; seq?: number };
 
 const BODY_TYPES: Record<BodyKind, string> = {
   join: 'Join', welcome: 'Welcome', heartbeat: 'Heartbeat', plan: 'StepPlan', grad: 'GradChunk', ack: 'Ack',
@@ -90,7 +94,7 @@ export function decode(bytes: Uint8Array): Envelope {
   const body = type(BODY_TYPES[kind]).toObject(m[kind] as protobuf.Message, { defaults: true, arrays: true }) as never;
   return {
     version: m.version as number, run: m.run as string, worker: m.worker as string, step: m.step as number,
-    membershipEpoch: m.membershipEpoch as number, session: m.session as number, kind, body,
+    membershipEpoch: m.membershipEpoch as number, session: m.session as number, origin: m.origin as number, seq: m.seq as number, kind, body,
   } as Envelope;
 }
 
@@ -98,7 +102,7 @@ export function decode(bytes: Uint8Array): Envelope {
 //
 // The bytes of an Envelope with a GradChunk body, written in field order:
 //   Envelope 1 version, 2 run, 3 worker, 4 step, 5 membership_epoch, 6 session,
-//            21 grad (length-delimited):
+//            7 origin, 8 seq (doubles), 21 grad (length-delimited):
 //     GradChunk 1 phase, 2 owner, 3 sender_rank, 4 offset, 5 count, 14 pad, 15 data
 // `pad` (0-3 zero bytes, chosen here) puts the first float at a multiple of 4 bytes from the
 // start of the message, so a receiver whose buffer is aligned reads the floats in place.
@@ -120,6 +124,14 @@ class Bytes {
   /** A varint field (proto3: zero is the default and left out). */
   uint(field: number, v: number): this {
     return v === 0 ? this : this.varint(field << 3).varint(v);
+  }
+  /** A double field (proto3: zero left out). */
+  double(field: number, v: number): this {
+    if (v === 0) return this;
+    this.varint((field << 3) | 1);
+    new DataView(this.out.buffer, this.out.byteOffset).setFloat64(this.at, v, true);
+    this.at += 8;
+    return this;
   }
   bytes(field: number, b: Uint8Array | number): this {
     const n = typeof b === 'number' ? b : b.byteLength;
@@ -148,8 +160,9 @@ export function encodeGrad(h: HeaderIn, body: Omit<GradChunk, 'data'>, src: Floa
   const run = UTF8.encode(h.run);
   const worker = UTF8.encode(h.worker);
   const session = h.session ?? 0;
+  const [origin, seq] = [h.origin ?? 0, h.seq ?? 0];
   const head = uintLen(1, PROTOCOL_VERSION) + bytesLen(2, run.byteLength) + (worker.byteLength ? bytesLen(3, worker.byteLength) : 0)
-    + uintLen(4, h.step) + uintLen(5, h.membershipEpoch) + uintLen(6, session);
+    + uintLen(4, h.step) + uintLen(5, h.membershipEpoch) + uintLen(6, session) + (origin ? 9 : 0) + (seq ? 9 : 0);
   const fields = uintLen(1, body.phase) + uintLen(2, body.owner) + uintLen(3, body.senderRank) + uintLen(4, body.offset) + uintLen(5, body.count);
   const data = bytesLen(15, 4 * n);
   // The float offset from the start is head + tag(21) + len(inner) + fields + pad field + data's tag and length.
@@ -163,7 +176,7 @@ export function encodeGrad(h: HeaderIn, body: Omit<GradChunk, 'data'>, src: Floa
   const out = new Uint8Array(head + varintLen((21 << 3) | 2) + varintLen(inner) + inner);
   const w = new Bytes(out).uint(1, PROTOCOL_VERSION).bytes(2, run);
   if (worker.byteLength) w.bytes(3, worker);
-  w.uint(4, h.step).uint(5, h.membershipEpoch).uint(6, session).varint((21 << 3) | 2).varint(inner);
+  w.uint(4, h.step).uint(5, h.membershipEpoch).uint(6, session).double(7, origin).double(8, seq).varint((21 << 3) | 2).varint(inner);
   w.uint(1, body.phase).uint(2, body.owner).uint(3, body.senderRank).uint(4, body.offset).uint(5, body.count).bytes(14, pad);
   w.varint((15 << 3) | 2).varint(4 * n);
   if (HOST_LE) new Uint8Array(out.buffer, w.at, 4 * n).set(new Uint8Array(src.buffer, src.byteOffset + 4 * from, 4 * n));

@@ -6,7 +6,8 @@
 import { createHash } from 'node:crypto';
 import type { NatsConnection } from 'nats';
 import { CHUNK_HEADROOM } from './chunking.js';
-import { encode, WireError, type EnvelopeOf, type Header } from './envelope.js';
+import { encode, WireError, type EnvelopeOf, type HeaderIn } from './envelope.js';
+import type { Sender } from './sequence.js';
 
 export function sha256(bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex');
@@ -16,7 +17,8 @@ export function sha256(bytes: Uint8Array): string {
 export async function sendState(
   nc: NatsConnection,
   subject: string,
-  header: Omit<Header, 'version' | 'session'> & { session?: number },
+  header: HeaderIn,
+  sender: Sender,
   transfer: string,
   bytes: Uint8Array,
   checksum: string,
@@ -27,7 +29,7 @@ export async function sendState(
   let sent = 0;
   for (let i = 0; i < count; i++) {
     const data = bytes.subarray(i * per, Math.min(bytes.byteLength, (i + 1) * per));
-    const msg = encode(header, 'state', { transfer, index: i, count, totalBytes: bytes.byteLength, data, sha256: hash, checksum });
+    const msg = encode(sender.stamp(header), 'state', { transfer, index: i, count, totalBytes: bytes.byteLength, data, sha256: hash, checksum });
     nc.publish(subject, msg);
     sent += msg.byteLength;
     // let the socket drain between big chunks instead of buffering the whole state

@@ -12,6 +12,7 @@ import { Telemetry } from '../cluster/telemetry.js';
 import { allFinite, meanGradient, NonFiniteError } from '../core/train/step.js';
 import { decode, encode, WireError, type BodyKind, type Bodies, type Envelope, type EnvelopeOf } from '../protocol/envelope.js';
 import { sendState, StateInbox } from '../protocol/state-transfer.js';
+import { ReplayGuard, Sender } from '../protocol/sequence.js';
 import { checkId, subjects } from '../protocol/subjects.js';
 import type { Collective, StepContext, TransportName } from './collective/index.js';
 import { NatsCollective } from './collective/nats.js';
@@ -56,6 +57,8 @@ export class Worker {
   readonly telemetry: Telemetry;
   private readonly o: Required<Omit<WorkerOptions, 'telemetry' | 'id' | 'collectives' | 'dataPlane'>> & Pick<WorkerOptions, 'dataPlane'>;
   private readonly nats: NatsCollective;
+  private readonly sender = Sender.now();
+  private readonly guard = new ReplayGuard();
   private readonly collectives: Map<TransportName, Collective>;
   private replica?: Replica;
   private configJson = '';
@@ -81,7 +84,7 @@ export class Worker {
     this.id = checkId('worker', opts.id ?? defaultWorkerId(this.o.device));
     checkId('run', opts.run);
     this.telemetry = opts.telemetry ?? new Telemetry(this.o.log);
-    this.nats = new NatsCollective((s, b) => this.o.nc.publish(s, b), (e) => this.reject(e));
+    this.nats = new NatsCollective((s, b) => this.o.nc.publish(s, b), this.sender, (e) => this.reject(e));
     this.collectives = new Map<TransportName, Collective>([['nats', this.nats]]);
     for (const [name, c] of Object.entries(opts.collectives ?? {})) if (c) this.collectives.set(name as TransportName, c);
     this.done = new Promise((r) => (this.finish = r));
@@ -126,7 +129,7 @@ export class Worker {
 
   private send<K extends BodyKind>(kind: K, body: Bodies[K], step: number, mepoch = 0, subject = subjects.coord(this.o.run)): void {
     if (this.closed) return;
-    const bytes = encode({ run: this.o.run, worker: this.id, step, membershipEpoch: mepoch, session: this.session }, kind, body);
+    const bytes = encode(this.sender.stamp({ run: this.o.run, worker: this.id, step, membershipEpoch: mepoch, session: this.session }), kind, body);
     this.o.nc.publish(subject, bytes);
   }
 
@@ -158,6 +161,8 @@ export class Worker {
     try {
       env = decode(data);
       if (env.run !== this.o.run) throw new WireError('other_run', `message for run ${env.run}`);
+      if (env.worker === this.id) throw new WireError('unexpected', `${env.kind} that claims to come from this worker`);
+      this.guard.check(env.worker, env.origin, env.seq);
     } catch (e) {
       return this.reject(e);
     }
@@ -216,6 +221,12 @@ export class Worker {
     }
     if (h && h.step < committed - 1) this.held = undefined;
     if (r.step === committed) return true;
+    // Within a session the committed count never falls (a rollback re-welcomes everyone), so
+    // a message saying otherwise is stale: it must not cost us our state.
+    if (r.step > committed) {
+      this.reject(new WireError('stale_epoch', `message says ${committed} steps are committed, this replica holds ${r.step}`));
+      return false;
+    }
     this.o.log(`worker ${this.id}: state at step ${r.step} but ${committed} are committed; asking for the state`);
     this.replica = undefined;
     void r.close();
@@ -280,7 +291,7 @@ export class Worker {
     // The export above is the snapshot; sending it must not hold up the next plan.
     for (const t of q.targets) {
       const subject = t === '' ? subjects.coord(this.o.run) : subjects.worker(this.o.run, t);
-      void sendState(this.o.nc, subject, header, q.transfer, bytes, checksum).then((n) => (this.telemetry.bytesSent += n), (e) => this.reject(e));
+      void sendState(this.o.nc, subject, header, this.sender, q.transfer, bytes, checksum).then((n) => (this.telemetry.bytesSent += n), (e) => this.reject(e));
     }
   }
 

@@ -21,6 +21,7 @@ import type { GradSum } from '../../core/train/api.js';
 import { allFinite } from '../../core/train/step.js';
 import { rangeBounds } from '../../protocol/chunking.js';
 import { encodeGrad, leF32, Phase, WireError, type EnvelopeOf } from '../../protocol/envelope.js';
+import { Sender } from '../../protocol/sequence.js';
 import { subjects } from '../../protocol/subjects.js';
 import { newer, type Collective, type StepContext } from './index.js';
 
@@ -66,7 +67,7 @@ export class AllReduce {
   private resolve!: (sum: Float32Array) => void;
   readonly done: Promise<Float32Array>;
 
-  constructor(readonly ctx: StepContext, private readonly publish: Publish) {
+  constructor(readonly ctx: StepContext, private readonly publish: Publish, private readonly sender = Sender.now()) {
     this.n = ctx.members.length;
     this.rank = ctx.members.indexOf(ctx.me);
     if (this.rank < 0) throw new Error(`worker ${ctx.me} is not a member of step ${ctx.step}`);
@@ -95,8 +96,9 @@ export class AllReduce {
     return Math.ceil((this.owners[r + 1] - this.owners[r]) / this.ctx.chunkFloats);
   }
 
+  /** Every chunk is stamped by the worker's Sender: a copy of it is refused as a duplicate. */
   private header() {
-    return { run: this.ctx.run, worker: this.ctx.me, step: this.ctx.step, membershipEpoch: this.ctx.mepoch, session: this.ctx.session };
+    return this.sender.stamp({ run: this.ctx.run, worker: this.ctx.me, step: this.ctx.step, membershipEpoch: this.ctx.mepoch, session: this.ctx.session });
   }
 
   /** Chunk j of owner range r: [offset, length]. */
@@ -115,14 +117,13 @@ export class AllReduce {
     if (this.haveLocal) throw new Error('setLocal called twice');
     this.haveLocal = true;
     this.counts[this.rank] = g.count;
-    const h = this.header();
     // Chunk-major, starting at the next rank: every owner gets its first chunk early.
     for (let j = 0; j < this.maxChunks; j++) {
       for (let k = 1; k < this.n; k++) {
         const r = (this.rank + k) % this.n;
         if (j >= this.chunksOf(r)) continue;
         const [o, len] = this.chunk(r, j);
-        const msg = encodeGrad(h, { phase: Phase.REDUCE, owner: r, senderRank: this.rank, offset: o, count: g.count }, g.grad, o, len);
+        const msg = encodeGrad(this.header(), { phase: Phase.REDUCE, owner: r, senderRank: this.rank, offset: o, count: g.count }, g.grad, o, len);
         this.bytesSent += msg.byteLength;
         this.publish(subjects.worker(this.ctx.run, this.ctx.members[r]), msg);
       }
@@ -228,7 +229,7 @@ export class NatsCollective implements Collective {
   private ar?: AllReduce;
   private early: { env: EnvelopeOf<'grad'>; size: number }[] = [];
 
-  constructor(private readonly publish: Publish, private readonly reject: (e: unknown) => void) {}
+  constructor(private readonly publish: Publish, private readonly sender: Sender, private readonly reject: (e: unknown) => void) {}
 
   get bytesSent(): number {
     return this.ar?.bytesSent ?? 0;
@@ -239,7 +240,7 @@ export class NatsCollective implements Collective {
   }
 
   begin(ctx: StepContext): void {
-    const ar = new AllReduce(ctx, this.publish);
+    const ar = new AllReduce(ctx, this.publish, this.sender);
     this.ar = ar;
     const early = this.early;
     this.early = [];
