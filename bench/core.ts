@@ -1,6 +1,6 @@
 /**
  * Core throughput of the reference ScoreNet, the same quantities as the PyTorch baseline
- * (shared/reference/torch_baseline.py): training images/s (DSM loss, backward, Adam),
+ * (reference/torch_baseline.py): training images/s (DSM loss, backward, Adam),
  * forward images/s at batch 64, and forward + input-gradient images/s at batch 64 (the
  * likelihood's Hutchinson evaluation).
  */

@@ -5,11 +5,12 @@
  * --threads 1,2 (the thread counts for torch and for PyTorch), --device cuda:0 (torch's device),
  * --leak-steps N (default 1000).
  *
- * The PyTorch reference: ../shared/reference/torch_baseline.py (CPU) by default; with a CUDA
- * --device, or --device-baseline, bench/torch_baseline_device.py on that same device instead (it
- * imports the model from the reference folder). --reference-dir DIR moves that folder (default
- * ../shared/reference; also $SCOREFLOW_REFERENCE_DIR), --baseline FILE names the CPU script
- * outright, --python PATH the interpreter (default /usr/bin/python3, Debian's, which has torch).
+ * The PyTorch reference: reference/torch_baseline.py (CPU) by default; with a CUDA --device, or
+ * --device-baseline, reference/torch_baseline_device.py on that same device instead (both import
+ * the model from their own folder). --reference-dir DIR takes both from another copy of that folder
+ * (default the package's reference/; also $SCOREFLOW_REFERENCE_DIR; scripts/device-bench.sh passes
+ * .device/reference), --baseline FILE names the CPU script outright, --python PATH the interpreter
+ * (default /usr/bin/python3, Debian's, which has torch).
  */
 import { spawnSync } from 'node:child_process';
 import { cpus, totalmem } from 'node:os';
@@ -34,7 +35,7 @@ const log = (line: string) => process.stderr.write(`bench: ${line}\n`);
 const threadCounts = (flag('--threads') ?? '1,2').split(',').map(Number);
 const device = flag('--device');
 const python = flag('--python') ?? '/usr/bin/python3';
-const referenceDir = resolve(flag('--reference-dir') ?? process.env.SCOREFLOW_REFERENCE_DIR ?? packagePath('..', 'shared', 'reference'));
+const referenceDir = resolve(flag('--reference-dir') ?? process.env.SCOREFLOW_REFERENCE_DIR ?? packagePath('reference'));
 /** On a GPU, PyTorch on that GPU: our figures there over PyTorch's on the CPU would mean nothing. */
 const deviceBaseline = process.argv.includes('--device-baseline') || (device ?? '').startsWith('cuda');
 
@@ -46,7 +47,7 @@ const deviceBaseline = process.argv.includes('--device-baseline') || (device ?? 
 export function torchBaseline(batch: number, threads: number): Record<string, unknown> {
   const common = ['--batch', String(batch), '--threads', String(threads), ...(quick ? ['--quick'] : [])];
   const args = deviceBaseline
-    ? [packagePath('bench', 'torch_baseline_device.py'), ...common, '--device', device ?? 'cpu', '--ref-dir', referenceDir]
+    ? [join(referenceDir, 'torch_baseline_device.py'), ...common, '--device', device ?? 'cpu']
     : [flag('--baseline') ?? join(referenceDir, 'torch_baseline.py'), ...common];
   const r = spawnSync(python, args, { encoding: 'utf8', env: { ...process.env, OMP_WAIT_POLICY: process.env.OMP_WAIT_POLICY ?? 'PASSIVE' } });
   if (r.status !== 0) return { error: (r.stderr || r.error?.message || 'failed').trim().split('\n').pop() };
@@ -89,7 +90,7 @@ if (only.has('torch')) {
   }
   result.pytorch = pytorch;
   result.pytorch_baseline = deviceBaseline
-    ? { script: 'bench/torch_baseline_device.py', device: device ?? 'cpu', reference_dir: referenceDir, python }
+    ? { script: join(referenceDir, 'torch_baseline_device.py'), device: device ?? 'cpu', reference_dir: referenceDir, python }
     : { script: flag('--baseline') ?? join(referenceDir, 'torch_baseline.py'), device: 'cpu', python };
 }
 if (only.has('core')) {

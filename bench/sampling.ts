@@ -1,8 +1,8 @@
 /**
  * Sampling and likelihood speed: seconds per image for each sampler at its default settings, and
- * bits/dim seconds per image, beside the reference PyTorch samplers (shared/reference/
- * sampling_ref.py via bench/sampling_ref.py, Debian's /usr/bin/python3) on the same machine and
- * the same weights (the reference architecture from the parity fixture).
+ * bits/dim seconds per image, beside the reference PyTorch samplers (reference/samplers.py and
+ * likelihood.py, timed by reference/sampling_baseline.py with Debian's /usr/bin/python3) on the
+ * same machine and the same weights (the reference architecture from the parity fixture).
  *
  * What is measured and what is extrapolated:
  * - em, pc, heun: a few steps on `n` images, timed; every step of these samplers costs the same
@@ -104,9 +104,9 @@ export async function benchSampling(opts: SamplingBenchOptions = {}): Promise<Re
   return out;
 }
 
-/** bench/sampling_ref.py with Debian's python3 (the one that imports torch and scipy). */
+/** reference/sampling_baseline.py with Debian's python3 (the one that imports torch and scipy). */
 function referenceFigures(weights: string, n: number, rtol: number, few: { em: number; pc: number }, threads: number): Record<string, unknown> {
-  const script = packagePath('bench', 'sampling_ref.py');
+  const script = packagePath('reference', 'sampling_baseline.py');
   const args = [script, weights, '--n', String(n), '--threads', String(threads), '--em-steps', String(few.em), '--pc-steps', String(few.pc), '--rtol', String(rtol), '--bpd-rtol', String(rtol)];
   const r = spawnSync('/usr/bin/python3', args, { encoding: 'utf8' });
   if (r.status !== 0) return { error: (r.stderr || r.error?.message || 'failed').trim().split('\n').pop() };

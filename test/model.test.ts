@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../src/core/backend/index.js';
+import { datasetPath } from '../src/core/data/mnist.js';
 import { modelConfig } from '../src/core/model/config.js';
 import { fromTorchLayout, initParams, numParams, paramInfos, permute, structurallyZeroGrads, toTorchLayout } from '../src/core/model/params.js';
 import { ScoreNet } from '../src/core/model/scorenet.js';
@@ -60,6 +61,21 @@ for (const backend of ['wasm', 'cpu'] as const) {
   });
 }
 
+test('a fixture freshly made by reference/make_fixture.py (other seed, other images) passes parity on wasm', async () => {
+  await initBackend('wasm', { log: () => {} });
+  const out = join(tempDir(), 'fresh.safetensors');
+  const args = [packagePath('reference', 'make_fixture.py'), datasetPath('test'), out, '--seed', '3', '--batch', '2', '--offset', '100'];
+  const r = spawnSync('/usr/bin/python3', args, { encoding: 'utf8', timeout: 120_000 });
+  assert.equal(r.status, 0, `make_fixture.py failed (needs Debian's python3 with python3-torch): ${r.stderr || r.error}`);
+  const fresh = readSafetensors(out);
+  assert.deepEqual(fresh.tensors.get('input.x')?.shape, [2, 1, 28, 28]);
+  assert.deepEqual(fresh.tensors.get('output.loss')?.shape, [1]);
+  assert.notDeepEqual(fresh.tensors.get('conv1.weight')?.data, readSafetensors(FIXTURE).tensors.get('conv1.weight')?.data, 'seed 3 made the seed-0 weights');
+  const report = runParity(out, 'wasm');
+  assert.ok(report.score <= 1e-4 && report.loss <= 1e-4, `score ${report.score}, loss ${report.loss}`);
+  assert.equal(report.pass, true, JSON.stringify(report));
+});
+
 test('a checkpoint written here gives the same score in PyTorch', async () => {
   await initBackend('wasm', { log: () => {} });
   const cfg = modelConfig();
@@ -73,12 +89,12 @@ test('a checkpoint written here gives the same score in PyTorch', async () => {
   const t = Float32Array.from([0.05, 0.4, 0.9]);
   const net = new ScoreNet(cfg, sde);
   const ours = tf.tidy(() => net.apply(net.tensors(params), tf.tensor4d(x, [n, 28, 28, 1]), tf.tensor1d(t)).dataSync());
-  const ref = packagePath('..', 'shared', 'reference');
-  assert.ok(existsSync(ref), `the PyTorch reference is expected at ${ref}`);
+  const ref = packagePath('reference');
+  assert.ok(existsSync(join(ref, 'checkpoint.py')), `the PyTorch reference is expected at ${ref}`);
   const py = `
 import sys, json, numpy as np, torch
 sys.path.insert(0, ${JSON.stringify(ref)})
-from sbgm_ref import load_model
+from checkpoint import load_model
 m = load_model(sys.argv[1])
 d = json.loads(sys.stdin.read())
 x = torch.tensor(d['x'], dtype=torch.float32).reshape(${n}, 1, 28, 28)

@@ -1,13 +1,12 @@
 """The PyTorch side of `npm run bench` on any torch device (a CUDA GPU above all).
 
-usage: python3 bench/torch_baseline_device.py [--device cuda:0] [--batch 32] [--threads N]
-           [--ref-dir DIR] [--quick] [--channels-last] [--no-tf32]
+usage: python3 reference/torch_baseline_device.py [--device cuda:0] [--batch 32] [--threads N]
+           [--quick] [--channels-last] [--no-tf32]
 
-The same three figures, under the same JSON keys, as the CPU reference torch_baseline.py (in
-shared/reference/), so bench/run.ts can set our figures beside them: training images/s (DSM loss,
-backward, Adam) at --batch, forward images/s at batch 64, and forward + input-gradient images/s at
-batch 64. The model and the loss are imported from that folder's sbgm_ref.py (--ref-dir, else
-$SCOREFLOW_REFERENCE_DIR, else ../../shared/reference beside this file), not copied here.
+The same three figures, under the same JSON keys, as torch_baseline.py (the CPU baseline beside
+it), from the same workloads (workloads.py), so bench/run.ts can set our figures beside them:
+training images/s (DSM loss, backward, Adam) at --batch, forward images/s at batch 64, and
+forward + input-gradient images/s at batch 64.
 
 What differs from the CPU script, for a device whose kernels run asynchronously:
   - every timing brackets its calls with torch.cuda.synchronize(), so the kernels are counted;
@@ -20,35 +19,40 @@ Plain float32, no autocast: what the torch backend computes. cuDNN's defaults ar
 (TF32 convolutions allowed, benchmark mode off), the same defaults libtorch gives the addon;
 --no-tf32 turns TF32 off, --channels-last converts the model and inputs to channels-last.
 """
-import argparse
-import json
-import math
 import os
-import statistics
-import sys
-import time
 
-ap = argparse.ArgumentParser()
+# Debian's OpenBLAS starts a thread that spins in sched_yield and burns a core; our addon sets the
+# same, so the comparison stays fair. It must be set before torch (and its OpenBLAS) is loaded.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+from workloads import make_workloads  # noqa: E402
+
+ap = argparse.ArgumentParser(description="throughput of the reference ScoreNet on a torch device")
 ap.add_argument("--device", default="cpu")
 ap.add_argument("--batch", type=int, default=32)
 ap.add_argument("--threads", type=int, default=0)
-ap.add_argument("--ref-dir", default=os.environ.get("SCOREFLOW_REFERENCE_DIR"))
 ap.add_argument("--quick", action="store_true")
 ap.add_argument("--channels-last", action="store_true")
 ap.add_argument("--no-tf32", action="store_true")
 a = ap.parse_args()
-
-ref_dir = a.ref_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "reference")
-if not os.path.exists(os.path.join(ref_dir, "sbgm_ref.py")):
-    sys.exit(f"torch_baseline_device.py: no sbgm_ref.py in {ref_dir} (pass --ref-dir or set SCOREFLOW_REFERENCE_DIR)")
-sys.path.insert(0, os.path.abspath(ref_dir))
-
-import torch  # noqa: E402
-from sbgm_ref import ScoreNet, dsm_loss  # noqa: E402
+if a.threads < 0 or a.batch < 1:
+    ap.error("--threads must be >= 0 and --batch >= 1")
 
 if a.threads:
     torch.set_num_threads(a.threads)
-dev = torch.device(a.device)
+try:
+    dev = torch.device(a.device)
+except RuntimeError as e:
+    sys.exit(f"torch_baseline_device.py: bad --device {a.device!r}: {str(e).splitlines()[0]}")
 cuda = dev.type == "cuda"
 if cuda:
     if not torch.cuda.is_available():
@@ -58,10 +62,6 @@ if cuda:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
 fmt = torch.channels_last if a.channels_last else torch.contiguous_format
-
-torch.manual_seed(0)
-m = ScoreNet().to(dev, memory_format=fmt)
-opt = torch.optim.Adam(m.parameters(), lr=1e-4)
 
 
 def sync():
@@ -105,53 +105,21 @@ def timed(fn):
     return mean, statistics.median(single), reps
 
 
-B = a.batch
-x = torch.rand(B, 1, 28, 28, device=dev).contiguous(memory_format=fmt)
-
-
-def train_step():
-    t = torch.rand(B, device=dev) * (1 - 1e-3) + 1e-3
-    z = torch.randn_like(x)
-    opt.zero_grad()
-    dsm_loss(m, x, t, z).backward()
-    opt.step()
-
-
-S = 64
-xs = torch.randn(S, 1, 28, 28, device=dev).contiguous(memory_format=fmt)
-ts = torch.full((S,), 0.5, device=dev)
-
-
-def fwd():
-    with torch.no_grad():
-        m(xs, ts)
-
-
-eps = torch.randn_like(xs)
-
-
-def div_eval():
-    xg = xs.clone().requires_grad_(True)
-    sc = m(xg, ts)
-    torch.autograd.grad(torch.sum(sc * eps), xg)
-
-
-tr, tr1, tr_reps = timed(train_step)
-fw, fw1, fw_reps = timed(fwd)
-dv, dv1, dv_reps = timed(div_eval)
+fns, images = make_workloads(a.batch, dev, fmt)
+res = {k: timed(fn) for k, fn in fns.items()}
 out = {
     "torch": torch.__version__,
     "threads": torch.get_num_threads(),
-    "batch": B,
-    "train_images_per_s": B / tr,
-    "sample_forward_images_per_s": S / fw,
-    "likelihood_fe_images_per_s": S / dv,
+    "batch": a.batch,
+    "train_images_per_s": images["train"] / res["train"][0],
+    "sample_forward_images_per_s": images["forward"] / res["forward"][0],
+    "likelihood_fe_images_per_s": images["forward_input_grad"] / res["forward_input_grad"][0],
     "device": str(dev),
     "device_name": torch.cuda.get_device_name(dev) if cuda else "cpu",
-    "train_images_per_s_synced_median": B / tr1,
-    "sample_forward_images_per_s_synced_median": S / fw1,
-    "likelihood_fe_images_per_s_synced_median": S / dv1,
-    "reps": {"train": tr_reps, "forward": fw_reps, "forward_input_grad": dv_reps},
+    "train_images_per_s_synced_median": images["train"] / res["train"][1],
+    "sample_forward_images_per_s_synced_median": images["forward"] / res["forward"][1],
+    "likelihood_fe_images_per_s_synced_median": images["forward_input_grad"] / res["forward_input_grad"][1],
+    "reps": {k: r[2] for k, r in res.items()},
     "float32": {
         "channels_last": a.channels_last,
         "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32) if cuda else None,
