@@ -7,7 +7,7 @@ export function registerParity(program: Command): void {
   program
     .command('parity')
     .description('check score, DSM loss and gradients against a PyTorch fixture; exits 1 over tolerance')
-    .argument('<fixture>', 'safetensors file made by make_fixture.py')
+    .argument('<fixture>', 'safetensors file made by reference/make_fixture.py')
     .addOption(backendOption())
     .addOption(deviceOption())
     .action(async (fixture: string, opts: { backend: string; device?: string }) => {

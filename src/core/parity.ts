@@ -1,5 +1,5 @@
 /**
- * Parity against a PyTorch-made fixture (format: shared/reference/make_fixture.py): the same
+ * Parity against a PyTorch-made fixture (format: reference/make_fixture.py): the same
  * weights and inputs must give the same score, DSM loss and parameter gradients.
  */
 import * as tf from '@tensorflow/tfjs';

@@ -1,6 +1,6 @@
 /**
  * safetensors, the checkpoint interchange format (as written by `save_safetensors` in
- * ../shared/reference/sbgm_ref.py):
+ * reference/safetensors_io.py):
  *
  *   u64 LE  N                   header length in bytes
  *   N bytes JSON header         { name: {dtype, shape, data_offsets: [begin, end]}, ..., "__metadata__": {str: str} }
