@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { test } from 'node:test';
 import { adamStep, l2norm, newOptimState, setNativeAdam, type AdamSettings } from '../src/core/train/adam.js';
-import { loadTorchAddon } from '../src/core/backend/torch.js';
+import { loadTorchAddon } from '../src/core/backend/torch/index.js';
 import { Rng } from '../src/core/rng.js';
 
 const SETTINGS: AdamSettings = { lr: 1e-2, beta1: 0.9, beta2: 0.999, adamEps: 1e-8, emaDecay: 0.9, gradClip: 0 };

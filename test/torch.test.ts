@@ -17,7 +17,7 @@ import {
   torchInfo,
   torchKernelCalls,
   torchLiveTensors,
-} from '../src/core/backend/torch.js';
+} from '../src/core/backend/torch/index.js';
 import { groupNormAct } from '../src/core/backend/fused.js';
 import { ScoreNet } from '../src/core/model/scorenet.js';
 import { modelConfig } from '../src/core/model/config.js';

@@ -1,0 +1,62 @@
+/**
+ * Loading the torch addon (native/src/scoreflow_torch.cc, built by native/build.mjs into
+ * native/build/Release/scoreflow_torch.node), and the environment libtorch's libraries must find
+ * when they load.
+ */
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { packagePath } from '../../paths.js';
+import type { NativeAdam } from '../../train/adam.js';
+
+export type TypedArray = Float32Array | Int32Array | Uint8Array;
+
+/** The addon's exports (see the N-API functions at the end of scoreflow_torch.cc). */
+export interface TorchAddon {
+  init(buffer: ArrayBuffer, device: string): number;
+  ops(): string[];
+  run(op: number): number;
+  create(values: TypedArray): number;
+  read(id: number, into: TypedArray): void;
+  free(id: number): void;
+  stats(): [number, number];
+  setThreads(n: number): number;
+  info(): { cuda: boolean; gpus: number; threads: number; mkldnn: boolean };
+  adam: NativeAdam;
+  kInts: number;
+  kOut: number;
+  kFloats: number;
+}
+
+export const ADDON_PATH = ['native', 'build', 'Release', 'scoreflow_torch.node'] as const;
+
+let addon: TorchAddon | undefined;
+
+/**
+ * Settings read once, when the libraries load, so they must be in the environment first; a value
+ * the user set is kept.
+ */
+function setLoadTimeEnv(): void {
+  // libtorch's OpenMP threads spin between kernels by default; on a machine shared with other
+  // processes (or several workers) that spinning starves everyone: with 2 threads on 2 busy cores
+  // a training step ran 7x slower than with passive waits. libgomp reads this when it loads.
+  process.env.OMP_WAIT_POLICY ??= 'PASSIVE';
+}
+
+/** Loads the addon once; throws one line saying what to do when it is missing or broken. */
+export function loadTorchAddon(): TorchAddon {
+  if (addon) return addon;
+  const file = packagePath(...ADDON_PATH);
+  if (!existsSync(file)) {
+    throw new Error(
+      `the torch addon is not built (${ADDON_PATH.join('/')} is missing): install libtorch-dev or set LIBTORCH_DIR, then run node native/build.mjs --force`,
+    );
+  }
+  setLoadTimeEnv();
+  try {
+    addon = createRequire(import.meta.url)(file) as TorchAddon;
+  } catch (e) {
+    const msg = (e instanceof Error ? e.message : String(e)).split('\n')[0];
+    throw new Error(`the torch addon does not load (${msg}); rebuild it with node native/build.mjs --force`);
+  }
+  return addon;
+}
