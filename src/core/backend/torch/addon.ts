@@ -6,7 +6,7 @@
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { packagePath } from '../../paths.js';
-import type { NativeAdam } from '../../train/adam.js';
+import type { NativeAdam } from '../native-adam.js';
 
 export type TypedArray = Float32Array | Int32Array | Uint8Array;
 

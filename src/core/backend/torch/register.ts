@@ -4,7 +4,7 @@
  */
 import { availableParallelism } from 'node:os';
 import * as tf from '@tensorflow/tfjs';
-import { setNativeAdam } from '../../train/adam.js';
+import { offerNativeAdam } from '../native-adam.js';
 import { loadTorchAddon, type TorchAddon } from './addon.js';
 import { TorchBackend } from './backend.js';
 import { ADDON_OP, KERNELS, type Attrs, type Inputs } from './kernels.js';
@@ -74,7 +74,8 @@ function registerKernels(native: TorchAddon): void {
 }
 
 /**
- * Registers tfjs backend 'torch' on `device` and makes it the active backend.
+ * Registers tfjs backend 'torch' on `device` and makes it the active backend; from then on the
+ * addon's Adam is on offer to the optimiser (see ../native-adam.ts).
  * Throws one line when the addon is not built or does not load, or the device is not available.
  * Calling it again with another device replaces the backend (tensors on the old one are lost).
  */
@@ -91,7 +92,7 @@ export async function registerTorchBackend(opts: TorchBackendOptions = {}): Prom
   }
   native.setThreads(threads);
   registerKernels(native);
-  setNativeAdam(native.adam);
+  offerNativeAdam(native.adam);
   if (!(await tf.setBackend('torch'))) throw new Error(`torch backend: tfjs could not initialise it on ${device}`);
 }
 
