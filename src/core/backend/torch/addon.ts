@@ -40,6 +40,11 @@ function setLoadTimeEnv(): void {
   // processes (or several workers) that spinning starves everyone: with 2 threads on 2 busy cores
   // a training step ran 7x slower than with passive waits. libgomp reads this when it loads.
   process.env.OMP_WAIT_POLICY ??= 'PASSIVE';
+  // Debian's libtorch does its matMuls in OpenBLAS (the pthread build), whose worker threads spin
+  // in sched_yield between calls and burn a core: a 150-step `scoreflow train --threads 1` spent
+  // 20 s in the kernel out of 25 s wall, 1 s with this. The price: BLAS calls run on one thread
+  // (the convolutions, most of the work, run in oneDNN on libtorch's own threads).
+  process.env.OPENBLAS_NUM_THREADS ??= '1';
 }
 
 /** Loads the addon once; throws one line saying what to do when it is missing or broken. */
