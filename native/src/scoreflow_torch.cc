@@ -18,6 +18,7 @@
 #include <ATen/Parallel.h>
 
 #include "adam.h"
+#include "c10d.h"
 #include "fused.h"
 
 #include <algorithm>
@@ -938,5 +939,6 @@ NAPI_MODULE_INIT() {
   napi_set_named_property(env, exports, "kOut", v);
   napi_create_int32(env, kFloats, &v);
   napi_set_named_property(env, exports, "kFloats", v);
+  if (sf::registerC10d(env, exports) != napi_ok) return nullptr;
   return exports;
 }
