@@ -10,7 +10,25 @@ import type { NativeAdam } from '../native-adam.js';
 
 export type TypedArray = Float32Array | Int32Array | Uint8Array;
 
-/** The addon's exports (see the N-API functions at the end of scoreflow_torch.cc). */
+/** An object the addon made (a store server, a process group); opaque to JS. */
+export type NativeHandle = object & { readonly __nativeHandle?: never };
+
+/** The addon's c10d functions (native/src/c10d.cc); ./c10d.ts is the typed surface. */
+export interface C10dOps {
+  listen(host: string, port: number): Promise<NativeHandle>;
+  storePort(store: NativeHandle): number;
+  storeClose(store: NativeHandle): void;
+  create(backend: string, storeHost: string, storePort: number, prefix: string, rank: number, worldSize: number, timeoutMs: number, iface: string, device: number): Promise<NativeHandle>;
+  allreduce(group: NativeHandle, values: Float32Array): Promise<void>;
+  close(group: NativeHandle): void;
+}
+
+/** Built without c10d, the addon has `info` alone. */
+export interface C10dNative extends Partial<C10dOps> {
+  info(): { gloo: boolean; nccl: boolean };
+}
+
+/** The addon's exports (see the N-API functions at the end of scoreflow_torch.cc, and c10d.cc). */
 export interface TorchAddon {
   init(buffer: ArrayBuffer, device: string): number;
   ops(): string[];
@@ -22,6 +40,7 @@ export interface TorchAddon {
   setThreads(n: number): number;
   info(): { cuda: boolean; gpus: number; threads: number; mkldnn: boolean };
   adam: NativeAdam;
+  c10d: C10dNative;
   kInts: number;
   kOut: number;
   kFloats: number;

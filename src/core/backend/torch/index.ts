@@ -8,6 +8,7 @@
  *   c10d.ts      c10d process groups (Gloo, NCCL) for all-reduce between processes
  */
 export { ADDON_PATH, loadTorchAddon, type TorchAddon } from './addon.js';
+export { ProcessGroup, StoreServer, c10dInfo, type C10dInfo, type GroupOptions } from './c10d.js';
 export { TorchBackend } from './backend.js';
 export { TORCH_KERNELS, setFusedGroupNormImpl } from './kernels.js';
 export {
