@@ -94,9 +94,9 @@ function options(port: number, prefix: string, rank: number, worldSize: number, 
   return { backend: 'gloo', storeHost: '127.0.0.1', storePort: port, prefix, rank, worldSize, timeoutMs };
 }
 
-/** Every peer joins group `id` under `prefix`, peer k as rank k. */
-async function join(peers: Peer[], port: number, id: string, prefix: string, timeoutMs?: number): Promise<void> {
-  await Promise.all(peers.map((p, rank) => p.call('create', { id, options: options(port, prefix, rank, peers.length, timeoutMs) })));
+/** Every peer joins group `id` under `prefix`, peer k as rank k (with Gloo bound to iface[k]). */
+async function join(peers: Peer[], port: number, id: string, prefix: string, timeoutMs?: number, iface?: string[]): Promise<void> {
+  await Promise.all(peers.map((p, rank) => p.call('create', { id, options: { ...options(port, prefix, rank, peers.length, timeoutMs), iface: iface?.[rank] } })));
 }
 
 /**
@@ -139,7 +139,7 @@ test('3 ranks sum 1,049,633 floats whose sums are exact: every rank gets the exa
   });
 });
 
-test('several all-reduces on one group, issued without waiting, run in order; a second group under a new prefix shares the store', async () => {
+test('several all-reduces on one group, issued without waiting, run in order; more groups under new prefixes share the store; iface by name or address', async () => {
   await withRanks(2, async (peers, port) => {
     await join(peers, port, 'a', 'epoch-1');
     await allreduceAndCheck(peers, [{ id: 'a', seed: 3 }, { id: 'a', seed: 4 }, { id: 'a', seed: 5 }], 'normal', 100_003);
@@ -147,6 +147,9 @@ test('several all-reduces on one group, issued without waiting, run in order; a 
     await allreduceAndCheck(peers, [{ id: 'b', seed: 6 }, { id: 'a', seed: 7 }, { id: 'b', seed: 8 }], 'normal', 100_003);
     await Promise.all(peers.map((p) => p.call('close', { id: 'a' })));
     await allreduceAndCheck(peers, [{ id: 'b', seed: 9 }], 'normal', 100_003);
+    // Gloo bound by interface name on one rank, by address on the other
+    await join(peers, port, 'c', 'epoch-3', undefined, ['lo', '127.0.0.1']);
+    await allreduceAndCheck(peers, [{ id: 'c', seed: 12 }], 'normal', 100_003);
   });
 });
 

@@ -325,6 +325,7 @@ void requestClose(Group& g) {
   g.cv.notify_one();
 }
 
+#ifdef USE_C10D_GLOO
 // The address this machine reaches `host` from: a UDP socket connected there (which sends
 // nothing) gets the local address the routing table picks. For a store on this machine that is
 // the store's own address (127.0.0.1 for 127.0.0.1); across machines, ours on that network.
@@ -353,7 +354,6 @@ std::string localAddressToward(const std::string& host, uint16_t port) {
   return out;
 }
 
-#ifdef USE_C10D_GLOO
 // Gloo's transport endpoint: `iface` as a network interface name, else as a hostname or address;
 // by default the address this machine reaches the store from.
 std::shared_ptr<::gloo::transport::Device> glooDevice(const GroupSpec& s) {

@@ -40,7 +40,8 @@ export interface TorchAddon {
   setThreads(n: number): number;
   info(): { cuda: boolean; gpus: number; threads: number; mkldnn: boolean };
   adam: NativeAdam;
-  c10d: C10dNative;
+  /** Absent from an addon built before c10d was added. */
+  c10d?: C10dNative;
   kInts: number;
   kOut: number;
   kFloats: number;

@@ -8,7 +8,7 @@
  * every rank has arrived, or rejects after the timeout. Nothing here blocks the JS thread, and an
  * idle group or server does not keep Node running (a call in flight does).
  */
-import { loadTorchAddon, type C10dNative, type C10dOps, type NativeHandle } from './addon.js';
+import { loadTorchAddon, type C10dOps, type NativeHandle } from './addon.js';
 
 export interface C10dInfo {
   gloo: boolean;
@@ -43,21 +43,16 @@ function firstLine(e: unknown): string {
 
 /** Why each back-end is missing ('' where it is there). */
 function missing(): { gloo: string; nccl: string } {
-  let native: C10dNative;
-  let cuda: boolean;
+  const both = (why: string) => ({ gloo: why, nccl: why });
   try {
     const addon = loadTorchAddon();
-    native = addon.c10d;
-    cuda = addon.info().cuda;
+    if (addon.c10d === undefined) return both(`the addon was built before c10d existed (rebuild it: ${REBUILD})`);
+    const { gloo, nccl } = addon.c10d.info();
+    const noNccl = addon.info().cuda ? `built without c10d nccl (rebuild where NCCL's headers are: ${REBUILD})` : 'libtorch without CUDA (or no GPU visible)';
+    return { gloo: gloo ? '' : `built without c10d gloo (install libgloo-dev and rebuild: ${REBUILD})`, nccl: nccl ? '' : noNccl };
   } catch (e) {
-    const why = `addon not built or not loading: ${firstLine(e)}`;
-    return { gloo: why, nccl: why };
+    return both(`addon not built or not loading: ${firstLine(e)}`);
   }
-  const { gloo, nccl } = native.info();
-  return {
-    gloo: gloo ? '' : `built without c10d gloo (install libgloo-dev and rebuild: ${REBUILD})`,
-    nccl: nccl ? '' : cuda ? `built without c10d nccl (rebuild where NCCL's headers are: ${REBUILD})` : 'libtorch without CUDA (or no GPU visible)',
-  };
 }
 
 /** Which c10d back-ends this addon has, and why not; never throws. */
@@ -105,7 +100,10 @@ export class StoreServer {
     return new StoreServer(native, handle, host, native.storePort(handle));
   }
 
-  /** Stops the server (off the JS thread); groups still using it fail their next rendezvous. */
+  /**
+   * Stops the server off the JS thread (so its port is free a moment later, not at once). Groups
+   * already made keep working (their all-reduces go peer to peer); new rendezvous on it fail.
+   */
   close(): void {
     if (this.handle !== undefined) this.native.storeClose(this.handle);
     this.handle = undefined;
