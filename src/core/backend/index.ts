@@ -2,7 +2,7 @@
  * Chooses and initialises the tfjs backend. Model code is written once against
  * `@tensorflow/tfjs`; this module only decides which engine runs the kernels.
  *
- *   torch       our libtorch N-API addon (./torch.js), CPU or CUDA
+ *   torch       our libtorch N-API addon (./torch/index.js), CPU or CUDA
  *   tensorflow  @tensorflow/tfjs-node-gpu or @tensorflow/tfjs-node, when the user installed one
  *   wasm        @tensorflow/tfjs-backend-wasm (XNNPACK), always there; plus our extra kernels
  *   cpu         pure JS reference
@@ -130,8 +130,8 @@ async function activate(name: string): Promise<void> {
   await tf.ready();
 }
 
-// A variable, so that tsc neither resolves nor requires the file before torch.ts exists.
-const TORCH_MODULE: string = './torch.js';
+// A variable, so that tsc neither resolves nor requires the file before torch/ exists.
+const TORCH_MODULE: string = './torch/index.js';
 
 interface TorchModule {
   registerTorchBackend?: (opts: { device?: string; threads?: number }) => unknown;
@@ -143,10 +143,10 @@ async function loadTorch(opts: InitBackendOptions): Promise<BackendInfo> {
   try {
     mod = (await import(TORCH_MODULE)) as TorchModule;
   } catch (e) {
-    if (isMissingModule(e, 'torch.js')) throw new Error('not part of this build (no src/core/backend/torch.ts)');
+    if (isMissingModule(e, 'torch/index.js')) throw new Error('not part of this build (no src/core/backend/torch/)');
     throw e;
   }
-  if (typeof mod.registerTorchBackend !== 'function') throw new Error('./torch.js exports no registerTorchBackend');
+  if (typeof mod.registerTorchBackend !== 'function') throw new Error('./torch/index.js exports no registerTorchBackend');
   await mod.registerTorchBackend({ device: opts.device, threads: opts.threads });
   await activate('torch');
   const threads = typeof mod.torchInfo === 'function' ? mod.torchInfo().threads : undefined;

@@ -4,6 +4,7 @@
  * every worker that applies the same mean gradient ends with bit-identical state, whatever
  * tensor backend computed the gradient.
  */
+import { nativeAdam } from '../backend/native-adam.js';
 import type { TrainConfig } from './config.js';
 
 export interface OptimState {
@@ -34,21 +35,6 @@ export function l2norm(g: Float32Array): number {
 }
 
 /**
- * The same update in native code (the torch addon's `adam`, native/src/adam.cc): identical
- * double-precision arithmetic, so identical bits. Returns -1, or the index of the first
- * non-finite gradient value (then nothing was written). `scalars`: [scale, beta1, beta2,
- * stepSize, sqrtBc2, eps, decay].
- */
-export type NativeAdam = (g: Float32Array, p: Float32Array, m: Float32Array, v: Float32Array, ema: Float32Array, scalars: Float64Array) => number;
-
-let nativeAdam: NativeAdam | undefined;
-
-/** Use `f` for every following update (the torch backend installs its addon's); undefined: JavaScript. */
-export function setNativeAdam(f: NativeAdam | undefined): void {
-  nativeAdam = f;
-}
-
-/**
  * One Adam update with mean gradient g (not modified), then the EMA. A non-finite gradient
  * value throws and leaves the state unchanged. Frozen parameters (the Fourier weights) have an
  * identically zero gradient, so m = v = 0 and their update is 0 / (0 + eps) = 0.
@@ -67,8 +53,10 @@ export function adamStep(s: OptimState, g: Float32Array, a: AdamSettings, impl: 
   const decay = Math.min(a.emaDecay, (1 + t) / (10 + t));
   const { params: p, m, v, ema } = s;
   let bad = -1;
-  if (nativeAdam !== undefined && impl === 'auto') {
-    bad = nativeAdam(g, p, m, v, ema, Float64Array.of(scale, a.beta1, a.beta2, stepSize, sqrtBc2, a.adamEps, decay));
+  // A backend's native Adam (the torch addon's, once that backend is registered) gives the same bits.
+  const native = impl === 'auto' ? nativeAdam() : undefined;
+  if (native !== undefined) {
+    bad = native(g, p, m, v, ema, Float64Array.of(scale, a.beta1, a.beta2, stepSize, sqrtBc2, a.adamEps, decay));
   } else {
     for (let i = 0; i < g.length && bad < 0; i++) if (!Number.isFinite(g[i])) bad = i;
     if (bad < 0) {
