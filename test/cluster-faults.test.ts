@@ -14,6 +14,8 @@ import { SyntheticReplica, SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../s
 import { startNats, syntheticCluster, tempDir, type NatsServer } from './helpers/nats.js';
 import { maxRelDiff } from '../src/core/parity.js';
 
+const TRANSPORTS = ['nats', 'gloo'] as const;
+
 const cfg: SyntheticConfig = { ...SYNTHETIC_DEFAULTS, params: 20_000, batchSize: 12, computeMs: 15 };
 const STEPS = 40;
 let ref: SyntheticReplica;
@@ -35,65 +37,67 @@ async function until(f: () => boolean, ms = 10_000): Promise<void> {
   }
 }
 
-describe('cluster faults (in process)', () => {
-  let server: NatsServer;
-  before(async () => {
-    server = await startNats();
-    ref = new SyntheticReplica(cfg);
-    for (let k = 0; k < STEPS; k++) {
-      const g = await ref.gradSum(k, 0, cfg.batchSize);
-      ref.apply(meanGradient(g.grad, g.count));
-    }
-  });
-  after(async () => server?.close());
+for (const transport of TRANSPORTS) {
+  describe(`cluster faults (in process, transport ${transport})`, () => {
+    let server: NatsServer;
+    before(async () => {
+      server = await startNats();
+      ref = new SyntheticReplica(cfg);
+      for (let k = 0; k < STEPS; k++) {
+        const g = await ref.gradSum(k, 0, cfg.batchSize);
+        ref.apply(meanGradient(g.grad, g.count));
+      }
+    });
+    after(async () => server?.close());
 
-  it('a worker that vanishes mid-step: the step is re-planned over the survivors', async () => {
-    const c = await syntheticCluster(server, 3, cfg, { steps: STEPS, checksumEvery: 5, heartbeatTimeoutMs: 600 });
-    try {
-      await until(() => c.coordinator.step >= 5 + Math.floor(Math.random() * 10));
-      await sleep(Math.random() * 15);
-      await c.workers[1].close(); // stops answering, like a killed process
-      const res = await c.coordinator.done;
-      assert.ok(res.ok, res.reason);
-      assert.ok(c.coordinator.telemetry.stepsAborted >= 1, 'expected an aborted step');
-      for (const w of [c.workers[0], c.workers[2]]) assertMatchesReference((await w.done, w.state) as SyntheticReplica);
-    } finally {
-      await c.close();
-    }
-  });
+    it('a worker that vanishes mid-step: the step is re-planned over the survivors', async () => {
+      const c = await syntheticCluster(server, 3, cfg, { steps: STEPS, checksumEvery: 5, heartbeatTimeoutMs: 600, transport });
+      try {
+        await until(() => c.coordinator.step >= 5 + Math.floor(Math.random() * 10));
+        await sleep(Math.random() * 15);
+        await c.workers[1].close(); // stops answering, like a killed process
+        const res = await c.coordinator.done;
+        assert.ok(res.ok, res.reason);
+        assert.ok(c.coordinator.telemetry.stepsAborted >= 1, 'expected an aborted step');
+        for (const w of [c.workers[0], c.workers[2]]) assertMatchesReference((await w.done, w.state) as SyntheticReplica);
+      } finally {
+        await c.close();
+      }
+    });
 
-  it('the NATS server restarts mid-run: clients reconnect and the run continues', async () => {
-    const c = await syntheticCluster(server, 2, cfg, { steps: STEPS, checksumEvery: 5 });
-    try {
-      await until(() => c.coordinator.step >= 10);
-      await server.restart(200);
-      const res = await c.coordinator.done;
-      assert.ok(res.ok, res.reason);
-      for (const w of c.workers) assertMatchesReference((await w.done, w.state) as SyntheticReplica);
-    } finally {
-      await c.close();
-    }
-  });
+    it('the NATS server restarts mid-run: clients reconnect and the run continues', async () => {
+      const c = await syntheticCluster(server, 2, cfg, { steps: STEPS, checksumEvery: 5, transport });
+      try {
+        await until(() => c.coordinator.step >= 10);
+        await server.restart(200);
+        const res = await c.coordinator.done;
+        assert.ok(res.ok, res.reason);
+        for (const w of c.workers) assertMatchesReference((await w.done, w.state) as SyntheticReplica);
+      } finally {
+        await c.close();
+      }
+    });
 
-  it('the coordinator dies; a new one on the same run directory resumes and workers re-attach', async () => {
-    const outDir = tempDir();
-    const c = await syntheticCluster(server, 2, cfg, { steps: STEPS, checkpointEvery: 10, outDir, run: 'restart' });
-    let second: Coordinator | undefined;
-    try {
-      await until(() => c.coordinator.step >= 14);
-      await c.coordinator.close(); // no Stop: workers just stop hearing from it
-      await sleep(300);
-      const nc = await connectNats({ url: server.url });
-      c.conns.push(nc);
-      second = new Coordinator({ nc, run: 'restart', outDir, configJson: '{}', batchSize: cfg.batchSize, checkpointEvery: 10 });
-      await second.start();
-      assert.equal(second.step, 10, 'resumes from the last checkpoint');
-      const res = await second.done;
-      assert.ok(res.ok, res.reason);
-      for (const w of c.workers) assertMatchesReference((await w.done, w.state) as SyntheticReplica);
-    } finally {
-      await second?.close();
-      await c.close();
-    }
+    it('the coordinator dies; a new one on the same run directory resumes and workers re-attach', async () => {
+      const outDir = tempDir();
+      const c = await syntheticCluster(server, 2, cfg, { steps: STEPS, checkpointEvery: 10, outDir, run: 'restart', transport });
+      let second: Coordinator | undefined;
+      try {
+        await until(() => c.coordinator.step >= 14);
+        await c.coordinator.close(); // no Stop: workers just stop hearing from it
+        await sleep(300);
+        const nc = await connectNats({ url: server.url });
+        c.conns.push(nc);
+        second = new Coordinator({ nc, run: 'restart', outDir, configJson: '{}', batchSize: cfg.batchSize, checkpointEvery: 10, transport });
+        await second.start();
+        assert.equal(second.step, 10, 'resumes from the last checkpoint');
+        const res = await second.done;
+        assert.ok(res.ok, res.reason);
+        for (const w of c.workers) assertMatchesReference((await w.done, w.state) as SyntheticReplica);
+      } finally {
+        await second?.close();
+        await c.close();
+      }
+    });
   });
-});
+}

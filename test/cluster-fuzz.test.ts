@@ -34,7 +34,7 @@ const TEMPLATES: { [K in BodyKind]: Bodies[K] } = {
   state: { transfer: 't', index: 0, count: 2, totalBytes: 10, data: new Uint8Array(5), sha256: 'x', checksum: 'y' },
   synced: { checksum: 'c', stepsPerEpoch: 3, numParams: 8, transfer: '', error: '' },
   hello: { committed: 2 },
-  stop: { reason: 'x', ok: true, committed: 3, commitEpoch: 1 },
+  stop: { reason: 'x', ok: true, committed: 3, commitEpoch: 1, nonce: 0 },
 };
 const templates = (Object.keys(TEMPLATES) as BodyKind[]).map((k) => encode(H, k, TEMPLATES[k] as never));
 

@@ -102,53 +102,59 @@ describe('cluster processes', () => {
     await server?.close();
   });
 
-  it('coordinator start --gpus 2 trains end to end, bitwise equal to scoreflow train --threads 2', async () => {
-    const flags = ['--channels', '8,16,16,16', '--embed-dim', '16', '--limit', '64', '--batch-size', '8', '--steps', '3', '--seed', '5', '--backend', 'wasm'];
-    const [a, b] = [tempDir(), tempDir()];
-    await exec(process.execPath, [bin('scoreflow'), 'train', ...flags, '--threads', '2', '--out', a]);
-    const c = start('coordinator', ['start', '--gpus', '2', ...flags, '--threads', '1', '--out', b]);
-    procs.push(c);
-    assert.equal(await c.exited, 0, c.output());
-    assert.match(c.output(), /found 0 GPU\(s\): running 2 worker\(s\) on the CPU|GPU/);
-    const x = loadTrainingCheckpoint(join(a, 'checkpoint.safetensors')).state;
-    const y = loadTrainingCheckpoint(join(b, 'checkpoint.safetensors')).state;
-    assert.equal(y.step, 3);
-    for (const k of ['params', 'm', 'v', 'ema'] as const) assert.deepEqual(y[k], x[k], k);
-  });
+  for (const [k, transport] of (['nats', 'auto'] as const).entries()) {
+    const offset = 100 * k; // worker ids of one transport's runs never meet the other's
+    it(`coordinator start --gpus 2 --transport ${transport} trains end to end, bitwise equal to scoreflow train --threads 2`, async () => {
+      const flags = ['--channels', '8,16,16,16', '--embed-dim', '16', '--limit', '64', '--batch-size', '8', '--steps', '3', '--seed', '5', '--backend', 'wasm'];
+      const [a, b] = [tempDir(), tempDir()];
+      await exec(process.execPath, [bin('scoreflow'), 'train', ...flags, '--threads', '2', '--out', a]);
+      const c = start('coordinator', ['start', '--gpus', '2', ...flags, '--threads', '1', '--transport', transport, '--out', b]);
+      procs.push(c);
+      assert.equal(await c.exited, 0, c.output());
+      assert.match(c.output(), /found 0 GPU\(s\): running 2 worker\(s\) on the CPU|GPU/);
+      // auto takes gloo on this machine (every worker's addon has c10d Gloo) and says why
+      const why = transport === 'auto' ? "gloo: every member's torch addon has c10d Gloo" : 'nats: --transport';
+      assert.ok(c.output().includes(`coordinator: gradients over ${why}`), c.output());
+      const x = loadTrainingCheckpoint(join(a, 'checkpoint.safetensors')).state;
+      const y = loadTrainingCheckpoint(join(b, 'checkpoint.safetensors')).state;
+      assert.equal(y.step, 3);
+      for (const k of ['params', 'm', 'v', 'ema'] as const) assert.deepEqual(y[k], x[k], k);
+    });
 
-  it('a worker SIGKILLed at a random moment: its step is re-planned, no step lost or applied twice', async () => {
-    const dir = tempDir();
-    const c = start('coordinator', coordArgs(dir, server.url, ['--min-workers', '3']));
-    const ws = [0, 1, 2].map((i) => start('worker', workerArgs(server.url, i)));
-    procs.push(c, ...ws);
-    await until(() => logged(dir).length >= 4 + Math.floor(Math.random() * 8), 30_000, 'the first steps');
-    await sleep(Math.random() * 60);
-    ws[1].child.kill('SIGKILL');
-    assert.equal(await c.exited, 0, c.output());
-    assert.match(c.output(), /worker p1 removed: no heartbeat/);
-    assertEveryStepOnce(logged(dir));
-    assertCheckpointMatches(dir, ref);
-    assert.equal(await ws[0].exited, 0);
-    assert.equal(await ws[2].exited, 0);
-  });
+    it(`${transport}: a worker SIGKILLed at a random moment (mid-step or mid-collective): its step is re-planned, no step lost or applied twice`, async () => {
+      const dir = tempDir();
+      const c = start('coordinator', coordArgs(dir, server.url, ['--min-workers', '3', '--transport', transport]));
+      const ws = [0, 1, 2].map((i) => start('worker', workerArgs(server.url, i + offset)));
+      procs.push(c, ...ws);
+      await until(() => logged(dir).length >= 4 + Math.floor(Math.random() * 8), 30_000, 'the first steps');
+      await sleep(Math.random() * 60);
+      ws[1].child.kill('SIGKILL');
+      assert.equal(await c.exited, 0, c.output());
+      assert.match(c.output(), new RegExp(`worker p${1 + offset} removed: no heartbeat`));
+      assertEveryStepOnce(logged(dir));
+      assertCheckpointMatches(dir, ref);
+      assert.equal(await ws[0].exited, 0);
+      assert.equal(await ws[2].exited, 0);
+    });
 
-  it('the coordinator SIGKILLed and restarted on its run directory resumes; workers re-attach', async () => {
-    const dir = tempDir();
-    const c1 = start('coordinator', coordArgs(dir, server.url, ['--min-workers', '2']));
-    const ws = [0, 1].map((i) => start('worker', workerArgs(server.url, 10 + i)));
-    procs.push(c1, ...ws);
-    await until(() => logged(dir).length >= 12 + Math.floor(Math.random() * 6), 30_000, 'steps past the first checkpoint');
-    c1.child.kill('SIGKILL');
-    await c1.exited;
-    const before = logged(dir);
-    const c2 = start('coordinator', coordArgs(dir, server.url));
-    procs.push(c2);
-    assert.equal(await c2.exited, 0, c2.output());
-    assert.match(c2.output(), /resuming run proc from its checkpoint at step (8|16)/);
-    const resumedAt = Number(/checkpoint at step (\d+)/.exec(c2.output())![1]);
-    assert.ok(before.length >= resumedAt);
-    assertEveryStepOnce(logged(dir), resumedAt);
-    assertCheckpointMatches(dir, ref);
-    for (const w of ws) assert.equal(await w.exited, 0);
-  });
+    it(`${transport}: the coordinator SIGKILLed and restarted on its run directory resumes; workers re-attach`, async () => {
+      const dir = tempDir();
+      const c1 = start('coordinator', coordArgs(dir, server.url, ['--min-workers', '2', '--transport', transport]));
+      const ws = [0, 1].map((i) => start('worker', workerArgs(server.url, 10 + i + offset)));
+      procs.push(c1, ...ws);
+      await until(() => logged(dir).length >= 12 + Math.floor(Math.random() * 6), 30_000, 'steps past the first checkpoint');
+      c1.child.kill('SIGKILL');
+      await c1.exited;
+      const before = logged(dir);
+      const c2 = start('coordinator', coordArgs(dir, server.url, ['--transport', transport]));
+      procs.push(c2);
+      assert.equal(await c2.exited, 0, c2.output());
+      assert.match(c2.output(), /resuming run proc from its checkpoint at step (8|16)/);
+      const resumedAt = Number(/checkpoint at step (\d+)/.exec(c2.output())![1]);
+      assert.ok(before.length >= resumedAt);
+      assertEveryStepOnce(logged(dir), resumedAt);
+      assertCheckpointMatches(dir, ref);
+      for (const w of ws) assert.equal(await w.exited, 0);
+    });
+  }
 });

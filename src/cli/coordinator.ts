@@ -10,6 +10,8 @@ import { Option } from 'commander';
 import { Coordinator } from '../coordinator/coordinator.js';
 import { bindTelemetry } from '../metrics/index.js';
 import { checkId } from '../protocol/subjects.js';
+import { TRANSPORT_CHOICES, type TransportChoice } from '../protocol/transports.js';
+import { c10dAvailable } from '../worker/collective/c10d.js';
 import { addClusterOptions, withCluster, type ClusterFlags } from './cluster.js';
 import { main, newProgram, parseIntArg } from './common.js';
 import { registerJobCommands } from './jobs.js';
@@ -20,6 +22,7 @@ interface CoordinatorFlags extends TrainFlags, ClusterFlags {
   checksumEvery: number;
   heartbeatTimeout: number;
   stepTimeout: number;
+  transport: TransportChoice;
   synthetic?: string;
 }
 
@@ -44,11 +47,16 @@ async function start(f: CoordinatorFlags): Promise<void> {
   if (!hasRecord && existsSync(ckpt) && !f.resume) throw new Error(`${ckpt} exists; pass --resume to continue it, or choose another --out`);
   if (f.resume && !hasRecord && !existsSync(ckpt)) throw new Error(`--resume: no checkpoint at ${ckpt}`);
   const { json, batchSize } = runConfig(f);
+  // Spawned workers share this machine's addon: a transport it lacks is refused before anything starts.
+  if (f.spawn && (f.transport === 'gloo' || f.transport === 'nccl')) {
+    const a = c10dAvailable(f.transport);
+    if (!a.ok) throw new Error(`--transport ${f.transport} is unavailable here: ${a.why}`);
+  }
   await withCluster(f, run, async (c) => {
     const coordinator = new Coordinator({
       nc: c.nc, run, outDir: out, configJson: json, batchSize, steps: f.steps, epochs: f.steps === undefined ? (f.epochs ?? 1) : undefined,
       resumeFrom: !hasRecord && f.resume ? readFileSync(ckpt) : undefined, minWorkers: f.minWorkers ?? (f.spawn ? f.gpus : 1),
-      checksumEvery: f.checksumEvery, checkpointEvery: f.ckptEvery, heartbeatTimeoutMs: f.heartbeatTimeout, stepTimeoutMs: f.stepTimeout, log,
+      checksumEvery: f.checksumEvery, checkpointEvery: f.ckptEvery, heartbeatTimeoutMs: f.heartbeatTimeout, stepTimeoutMs: f.stepTimeout, transport: f.transport, log,
     });
     if (c.metrics) bindTelemetry(c.metrics, coordinator.telemetry, { globalBatch: batchSize, expectedWorkers: f.gpus });
     coordinator.telemetry.on('step', (r) => {
@@ -76,6 +84,7 @@ addClusterOptions(addTrainingOptions(cmd), 'they join with `worker start` (e.g. 
   .option('--checksum-every <n>', 'compare parameter checksums every n steps (0: never)', parseIntArg(0), 10)
   .option('--heartbeat-timeout <ms>', 'declare a silent worker lost after this long', parseIntArg(100), 3000)
   .option('--step-timeout <ms>', 're-plan a step that takes longer than this (and 10x the last one)', parseIntArg(100), 30_000)
+  .addOption(new Option('--transport <t>', 'how gradients move: nats (through the broker), gloo (c10d, worker to worker), nccl (GPUs), auto (nccl, else gloo when every worker has it, else nats)').choices([...TRANSPORT_CHOICES]).default('auto'))
   .addOption(new Option('--synthetic <json>').hideHelp())
   .action((f: CoordinatorFlags) => start(f));
 registerJobCommands(program);

@@ -11,6 +11,7 @@ import { checkId } from '../protocol/subjects.js';
 import { bindTelemetry, createMetrics } from '../metrics/index.js';
 import { JobRunner } from '../worker/jobs.js';
 import { trainerReplicas } from '../worker/trainer-replica.js';
+import { defaultDataHost, startC10d } from '../worker/collective/c10d.js';
 import { defaultWorkerId, Worker } from '../worker/worker.js';
 import { backendOption, main, newProgram, parseIntArg, poolThreads, startBackend } from './common.js';
 
@@ -24,6 +25,11 @@ interface WorkerFlags extends AuthFlags {
   metricsPort?: number;
   heartbeatMs: number;
   jobs: boolean;
+  c10d: boolean;
+  dataHost?: string;
+  dataIface?: string;
+  dataPort: number;
+  collectiveTimeout: number;
 }
 
 const log = (line: string) => process.stderr.write(line + '\n');
@@ -38,7 +44,14 @@ async function start(f: WorkerFlags): Promise<void> {
   const threads = poolThreads(backend, f.threads);
   const factory = trainerReplicas({ backend, threads, log });
   const nc = await connectNats({ ...auth, url: f.nats, name: `scoreflow-worker-${id}` });
-  const worker = new Worker({ nc, run: f.run, id, device: f.device, threads, backend, factory, heartbeatMs: f.heartbeatMs, log });
+  // The c10d data plane (gloo, nccl), when the addon has it: a store for rendezvous, bound to one address.
+  const c10d = f.c10d
+    ? await startC10d({ host: f.dataHost ?? (await defaultDataHost(f.nats)), port: f.dataPort, iface: f.dataIface, timeoutMs: f.collectiveTimeout, cuda: f.device >= 0 })
+    : undefined;
+  if (c10d) log(`worker ${id}: transports nats${Object.keys(c10d.collectives).map((t) => `, ${t}`).join('')}${c10d.dataPlane.storePort ? ` (c10d store on ${c10d.dataPlane.host}:${c10d.dataPlane.storePort})` : ` (${c10d.dataPlane.note})`}`);
+  const worker = new Worker({
+    nc, run: f.run, id, device: f.device, threads, backend, factory, heartbeatMs: f.heartbeatMs, log, collectives: c10d?.collectives, dataPlane: c10d?.dataPlane,
+  });
   // Sampling/likelihood jobs of this run, pulled from its JetStream work queue while not training.
   const jobs = f.jobs ? new JobRunner({ nc, run: f.run, id, backend, isIdle: () => !worker.training, log }) : undefined;
   if (f.metricsPort !== undefined) {
@@ -63,6 +76,7 @@ async function start(f: WorkerFlags): Promise<void> {
   jobs?.start();
   const res = await worker.done;
   await jobs?.close();
+  c10d?.close();
   await factory.close();
   await nc.drain().catch(() => {});
   if (!res.ok && res.reason !== 'signal') throw new Error(`run ${f.run} stopped: ${res.reason}`);
@@ -82,6 +96,11 @@ addAuthOptions(
     .addOption(backendOption())
     .option('--metrics-port <port>', 'serve /metrics, /healthz, /readyz from this port (or the next free one)', parseIntArg(0))
     .option('--no-jobs', 'serve no sampling/likelihood jobs (by default: pulled from the run\'s work queue while not training)')
+    .option('--data-host <addr>', 'address the c10d data plane (gloo/nccl) binds to and announces (default: $SCOREFLOW_DATA_HOST, or this host\'s address towards the NATS server)', process.env.SCOREFLOW_DATA_HOST)
+    .option('--data-iface <name>', 'network interface for Gloo (default: the one --data-host is on)')
+    .option('--data-port <port>', 'port of this worker\'s c10d store (0: any free one)', parseIntArg(0), 0)
+    .option('--collective-timeout <ms>', 'a c10d all-reduce or rendezvous waiting this long on a peer fails (a dead peer fails it at once)', parseIntArg(100), 10_000)
+    .option('--no-c10d', 'offer only the nats transport (no c10d store, no direct worker-to-worker traffic)')
     .addOption(new Option('--heartbeat-ms <ms>').argParser(parseIntArg(50)).default(500).hideHelp()),
 ).action((f: WorkerFlags) => start(f));
 await main(program);

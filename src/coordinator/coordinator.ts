@@ -259,8 +259,9 @@ export class Coordinator {
     const want = this.o.transport;
     if (want !== 'auto' && want !== 'nats' && !env.body.transports.includes(want)) {
       const why = env.body.transportNote ? ` (${env.body.transportNote})` : '';
-      this.o.log(`coordinator: worker ${env.worker} refused: the run uses --transport ${want}, the worker offers ${env.body.transports.join(', ') || 'nats'}${why}`);
-      return;
+      const reason = `the run uses --transport ${want}, the worker offers ${env.body.transports.join(', ') || 'nats'}${why}`;
+      this.o.log(`coordinator: worker ${env.worker} refused: ${reason}`);
+      return this.send(subjects.worker(this.o.run, env.worker), 'stop', { reason: `refused: ${reason}`, ok: false, committed: 0, commitEpoch: 0, nonce: env.body.nonce });
     }
     const old = this.members.get(env.worker);
     if (old) this.drop(old.id, 'rejoined', false);
@@ -546,7 +547,7 @@ export class Coordinator {
     if (this.finished) return;
     this.finished = true;
     clearInterval(this.timer);
-    if (announce) this.broadcast('stop', { reason: r.reason, ok: r.ok, committed: this.committed, commitEpoch: this.commitEpoch });
+    if (announce) this.broadcast('stop', { reason: r.reason, ok: r.ok, committed: this.committed, commitEpoch: this.commitEpoch, nonce: 0 });
     this.telemetry.emit('done', r);
     this.resolve(r);
   }

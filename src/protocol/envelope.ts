@@ -40,7 +40,7 @@ export interface Ack {
 export interface StateRequest { donor: string; targets: string[]; committed: number; transfer: string; commitEpoch: number }
 export interface StateChunk { transfer: string; index: number; count: number; totalBytes: number; data: Uint8Array; sha256: string; checksum: string }
 export interface Hello { committed: number }
-export interface Stop { reason: string; ok: boolean; committed: number; commitEpoch: number }
+export interface Stop { reason: string; ok: boolean; committed: number; commitEpoch: number; nonce: number }
 
 export interface Bodies {
   join: Join; welcome: Welcome; heartbeat: Heartbeat; plan: StepPlan; grad: GradChunk; ack: Ack;

@@ -179,7 +179,9 @@ export class Worker {
   private async onControl(env: Envelope): Promise<void> {
     const fromCoordinator = env.worker === '';
     if (!fromCoordinator && env.kind !== 'state') throw new WireError('unexpected', `${env.kind} from worker ${env.worker}`);
-    if (env.kind !== 'hello' && env.kind !== 'welcome' && env.session !== this.session)
+    // A refusal answers our Join (its nonce) before any session is ours.
+    const refusal = env.kind === 'stop' && env.body.nonce !== 0 && env.body.nonce === this.nonce && fromCoordinator;
+    if (env.kind !== 'hello' && env.kind !== 'welcome' && !refusal && env.session !== this.session)
       throw new WireError('wrong_session', `${env.kind} of session ${env.session}`);
     if (fromCoordinator && env.kind !== 'welcome' && env.kind !== 'hello' && env.membershipEpoch < this.epochFloor)
       throw new WireError('stale_epoch', `${env.kind} of membership epoch ${env.membershipEpoch} < ${this.epochFloor}`);

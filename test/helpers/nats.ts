@@ -22,6 +22,7 @@ import { Coordinator, type CoordinatorOptions } from '../../src/coordinator/coor
 import { Worker, type WorkerOptions } from '../../src/worker/worker.js';
 import { syntheticReplica, type SyntheticConfig } from '../../src/worker/synthetic.js';
 import type { ReplicaFactory } from '../../src/worker/replica.js';
+import { startC10d, type C10dSide } from '../../src/worker/collective/c10d.js';
 
 export function tempDir(prefix = 'scoreflow-test-'): string {
   return mkdtempSync(join(tmpdir(), prefix));
@@ -58,8 +59,15 @@ export async function startCluster(
   });
   await coordinator.start();
   const workers: Worker[] = [];
+  const sides: C10dSide[] = [];
+  // transport gloo (or auto): every worker gets its own c10d store and Gloo groups, as `worker start` does
+  const c10d = copts.transport !== undefined && copts.transport !== 'nats';
   const addWorker = async (opts: Partial<WorkerOptions> = {}) => {
-    const w = new Worker({ nc: await conn('worker'), run, id: `w${workers.length}`, factory, heartbeatMs: 200, log: quiet, ...opts });
+    const side = c10d ? await startC10d({ host: '127.0.0.1', timeoutMs: 5000 }) : undefined;
+    if (side) sides.push(side);
+    const w = new Worker({
+      nc: await conn('worker'), run, id: `w${workers.length}`, factory, heartbeatMs: 200, log: quiet, collectives: side?.collectives, dataPlane: side?.dataPlane, ...opts,
+    });
     workers.push(w);
     w.start();
     return w;
@@ -70,6 +78,7 @@ export async function startCluster(
     async close() {
       await coordinator.close();
       for (const w of workers) await w.close();
+      for (const s of sides) s.close();
       for (const c of conns) await c.close().catch(() => {});
     },
   };

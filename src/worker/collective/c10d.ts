@@ -1,0 +1,152 @@
+/**
+ * Transports `gloo` and `nccl`: a c10d process group of the plan's members (the engine
+ * under PyTorch DDP), in the torch addon. One group per membership epoch: the plan names
+ * the members in rank order and rank 0's store (every worker hosts a c10d TCPStore for its
+ * whole life and announces host:port in its Join), and the group's keys in that store are
+ * prefixed with (run, coordinator session, membership epoch), so groups of different epochs
+ * never meet. Nothing here needs configuration beyond the address to bind: the control
+ * plane carries the rest.
+ *
+ * When membership changes the coordinator plans a new epoch: the old group is dropped
+ * (closed off the JS thread once its pending work ends or fails) and a new one formed. A
+ * peer that dies mid-collective makes the survivors' all-reduce fail (its sockets close;
+ * a peer that hangs instead is given up after `timeoutMs`), and the coordinator re-plans.
+ *
+ * Security: the c10d data plane has no authentication (neither has DDP's). The store and
+ * Gloo bind only to `host`/`iface`; their addresses travel only over the (authenticated)
+ * control plane; deploy/k8s has a NetworkPolicy that lets only the run's workers reach them.
+ */
+import { createSocket } from 'node:dgram';
+import { lookup } from 'node:dns/promises';
+import type { GradSum } from '../../core/train/api.js';
+import { ProcessGroup, StoreServer, c10dInfo } from '../../core/backend/torch/c10d.js';
+import type { Collective, StepContext } from './index.js';
+
+export interface C10dOptions {
+  /** Address the store and Gloo bind to and announce. */
+  host: string;
+  /** Store port (0: any free one). */
+  port?: number;
+  /** Network interface for Gloo (default: the one `host` is on). */
+  iface?: string;
+  /** A collective (and a rendezvous) waiting longer than this on a peer fails. */
+  timeoutMs: number;
+  /** The worker's GPU (NCCL is offered only with one). */
+  cuda?: boolean;
+}
+
+/** Whether this process can take part in `transport`, and if not, one line saying why. */
+export function c10dAvailable(transport: 'gloo' | 'nccl'): { ok: boolean; why: string } {
+  const info = c10dInfo();
+  const ok = transport === 'gloo' ? info.gloo : info.nccl;
+  return { ok, why: ok ? '' : info.why || `the torch addon has no c10d ${transport}` };
+}
+
+/** A worker's c10d side: its store, the transports it offers, what its Join announces. */
+export interface C10dSide {
+  collectives: Partial<Record<'gloo' | 'nccl', Collective>>;
+  dataPlane: { host: string; storePort: number; note: string };
+  close(): void;
+}
+
+/**
+ * Starts this worker's store and the c10d transports its addon has (none, with the reason
+ * in `dataPlane.note`, when it has none: the worker then offers nats only).
+ */
+export async function startC10d(o: C10dOptions): Promise<C10dSide> {
+  const gloo = c10dAvailable('gloo');
+  const nccl = c10dAvailable('nccl');
+  if (!gloo.ok && !(nccl.ok && o.cuda)) return { collectives: {}, dataPlane: { host: o.host, storePort: 0, note: gloo.why }, close: () => {} };
+  const store = await StoreServer.listen(o.host, o.port ?? 0);
+  const collectives: C10dSide['collectives'] = {};
+  if (gloo.ok) collectives.gloo = new C10dCollective('gloo', o);
+  if (nccl.ok && o.cuda) collectives.nccl = new C10dCollective('nccl', o);
+  return {
+    collectives,
+    dataPlane: { host: o.host, storePort: store.port, note: gloo.ok ? '' : gloo.why },
+    close: () => {
+      for (const c of Object.values(collectives)) c?.close();
+      store.close();
+    },
+  };
+}
+
+/**
+ * The address this worker's data plane binds to: $SCOREFLOW_DATA_HOST, else 127.0.0.1 when
+ * the broker is on this machine, else the local address of the route to the broker (a UDP
+ * socket is "connected" to it, which sends nothing, and asked for its own address).
+ */
+export async function defaultDataHost(natsUrl: string): Promise<string> {
+  if (process.env.SCOREFLOW_DATA_HOST) return process.env.SCOREFLOW_DATA_HOST;
+  let host = '127.0.0.1';
+  try {
+    host = new URL(natsUrl.includes('://') ? natsUrl : `nats://${natsUrl}`).hostname.replace(/^\[(.*)\]$/, '$1');
+  } catch {
+    /* not a URL: loopback */
+  }
+  if (host === 'localhost' || /^127\./.test(host) || host === '::1') return '127.0.0.1';
+  const { address } = await lookup(host);
+  return new Promise((resolve) => {
+    const s = createSocket(address.includes(':') ? 'udp6' : 'udp4');
+    s.once('error', () => (s.close(), resolve('127.0.0.1')));
+    s.connect(4222, address, () => {
+      const local = s.address().address;
+      s.close();
+      resolve(local);
+    });
+  });
+}
+
+export class C10dCollective implements Collective {
+  bytesSent = 0;
+  bytesReceived = 0;
+  private group?: { key: string; pg: Promise<ProcessGroup> };
+  private ctx?: StepContext;
+
+  constructor(readonly transport: 'gloo' | 'nccl', private readonly o: C10dOptions) {}
+
+  begin(ctx: StepContext): void {
+    this.ctx = ctx;
+    const key = `sf/${ctx.run}/${ctx.session}/${ctx.mepoch}`;
+    if (this.group?.key === key) return;
+    this.dropGroup();
+    const [storeHost, storePort] = splitHostPort(ctx.store);
+    // Forming the group is a rendezvous with every member: start it now, while the gradient is computed.
+    const pg = ProcessGroup.create({
+      backend: this.transport, storeHost, storePort, prefix: key, rank: ctx.members.indexOf(ctx.me), worldSize: ctx.members.length,
+      timeoutMs: this.o.timeoutMs, iface: this.o.iface, device: this.transport === 'nccl' ? 0 : undefined,
+    });
+    pg.catch(() => {}); // (a failed rendezvous surfaces in reduce)
+    this.group = { key, pg };
+  }
+
+  async reduce(local: GradSum): Promise<Float32Array> {
+    const g = this.group;
+    const ctx = this.ctx;
+    if (!g || !ctx) throw new Error('reduce before begin');
+    if (local.grad.length !== ctx.numParams) throw new Error(`gradient has ${local.grad.length} values, the plan says ${ctx.numParams}`);
+    const pg = await g.pg;
+    await pg.allreduceSum(local.grad);
+    // A ring all-reduce moves 2(N-1)/N of the vector each way per worker (Gloo's and NCCL's algorithms for this size).
+    const n = ctx.members.length;
+    this.bytesSent = this.bytesReceived = n > 1 ? Math.round((2 * (n - 1) * 4 * ctx.numParams) / n) : 0;
+    return local.grad;
+  }
+
+  private dropGroup(): void {
+    const g = this.group;
+    this.group = undefined;
+    void g?.pg.then((pg) => pg.close(), () => {});
+  }
+
+  close(): void {
+    this.dropGroup();
+  }
+}
+
+function splitHostPort(s: string): [string, number] {
+  const i = s.lastIndexOf(':');
+  const port = Number(s.slice(i + 1));
+  if (i <= 0 || !Number.isInteger(port) || port < 1 || port > 65535) throw new Error(`bad c10d store address '${s}' in the plan`);
+  return [s.slice(0, i).replace(/^\[(.*)\]$/, '$1'), port];
+}
