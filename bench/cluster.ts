@@ -25,6 +25,7 @@ import { packagePath } from '../src/core/paths.js';
 import { chunkFloatsFor } from '../src/protocol/chunking.js';
 import { decode } from '../src/protocol/envelope.js';
 import { subjects } from '../src/protocol/subjects.js';
+import type { TransportChoice } from '../src/protocol/transports.js';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -39,8 +40,8 @@ export interface ClusterBenchOptions {
   log?: (line: string) => void;
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
-const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d;
+export const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
+export const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d;
 
 /** Publisher and subscriber on two connections: MB/s of payload delivered (`size` 0: max_payload - 1 KiB). */
 async function rawNats(url: string, totalBytes: number, size = 0): Promise<Record<string, number>> {
@@ -69,9 +70,9 @@ function workerNodeArgs(): string[] {
   return (process.env.SCOREFLOW_BENCH_WORKER_ARGS ?? '').split(/\s+/).filter(Boolean);
 }
 
-function startWorkers(n: number, url: string, run: string, backend: string, threads: number): ChildProcess[] {
+export function startWorkers(n: number, url: string, run: string, backend: string, threads: number): ChildProcess[] {
   return Array.from({ length: n }, (_, i) =>
-    spawn(process.execPath, [...workerNodeArgs(), packagePath('bin', 'worker.js'), 'start', '--nats', url, '--run', run, '--id', `${run}-${i}`, '--backend', backend, '--threads', String(threads)], {
+    spawn(process.execPath, [...workerNodeArgs(), packagePath('bin', 'worker.js'), 'start', '--nats', url, '--run', run, '--id', `${run}-${i}`, '--backend', backend, '--threads', String(threads), '--no-jobs'], {
       stdio: ['ignore', 'ignore', 'pipe'],
     }),
   );
@@ -80,8 +81,10 @@ function startWorkers(n: number, url: string, run: string, backend: string, thre
 /** The workers' acks of one step: each worker's all-reduce time (the coordinator's report keeps the slowest). */
 type AckTimes = Map<number, number[]>;
 
+export interface RunOptions { n: number; run: string; configJson: string; batchSize: number; steps: number; backend: string; threads: number; transport?: TransportChoice }
+
 /** One run: in-process coordinator, n worker processes; every step's report and ack times. */
-async function runCluster(server: NatsServer, o: { n: number; run: string; configJson: string; batchSize: number; steps: number; backend: string; threads: number }): Promise<{ reports: StepReport[]; acks: AckTimes }> {
+export async function runCluster(server: NatsServer, o: RunOptions): Promise<{ reports: StepReport[]; acks: AckTimes }> {
   const dir = mkdtempSync(join(tmpdir(), 'scoreflow-bench-'));
   const nc = await connectNats({ url: server.url });
   const acks: AckTimes = new Map();
@@ -97,7 +100,10 @@ async function runCluster(server: NatsServer, o: { n: number; run: string; confi
       }
     },
   });
-  const c = new Coordinator({ nc, run: o.run, outDir: dir, configJson: o.configJson, batchSize: o.batchSize, steps: o.steps, minWorkers: o.n, checkpointEvery: 0, checksumEvery: 0, syncTimeoutMs: 120_000 });
+  const c = new Coordinator({
+    nc, run: o.run, outDir: dir, configJson: o.configJson, batchSize: o.batchSize, steps: o.steps, minWorkers: o.n, checkpointEvery: 0, checksumEvery: 0,
+    syncTimeoutMs: 120_000, transport: o.transport ?? 'nats',
+  });
   const reports: StepReport[] = [];
   c.telemetry.on('step', (r) => reports.push(r));
   await c.start();
@@ -113,7 +119,7 @@ async function runCluster(server: NatsServer, o: { n: number; run: string; confi
   return { reports, acks };
 }
 
-function summarise({ reports, acks }: { reports: StepReport[]; acks: AckTimes }, warmup: number) {
+export function summarise({ reports, acks }: { reports: StepReport[]; acks: AckTimes }, warmup: number) {
   const rs = reports.slice(warmup);
   const collective = rs.map((r) => acks.get(r.step)).filter((a) => a && a.length === rs[0]?.workers).map((a) => Math.min(...a!));
   return {

@@ -1,7 +1,7 @@
 /**
  * `npm run bench`: prints one JSON object with this machine's figures beside the PyTorch
  * reference run in the same session. Flags: --quick (fewer repetitions), --only a,b (sections:
- * torch, core, sampling, cluster, fanout, leak; default all), --backends torch,wasm,...,
+ * torch, core, sampling, cluster, collective, fanout, leak; default all), --backends torch,wasm,...,
  * --threads 1,2 (the thread counts for torch and for PyTorch), --device cuda:0 (torch's device),
  * --leak-steps N (default 1000).
  *
@@ -16,6 +16,7 @@ import { spawnSync } from 'node:child_process';
 import { cpus, totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
 import { benchCluster } from './cluster.js';
+import { benchCollective } from './collective.js';
 import { benchCore, leakCheck } from './core.js';
 import { benchFanout } from './fanout.js';
 import { benchSampling } from './sampling.js';
@@ -28,7 +29,7 @@ function flag(name: string): string | undefined {
 }
 
 const quick = process.argv.includes('--quick');
-const only = new Set((flag('--only') ?? 'torch,core,sampling,cluster,fanout,leak').split(','));
+const only = new Set((flag('--only') ?? 'torch,core,sampling,cluster,collective,fanout,leak').split(','));
 const backends = (flag('--backends') ?? 'torch,wasm').split(',') as BackendName[];
 const log = (line: string) => process.stderr.write(`bench: ${line}\n`);
 
@@ -128,6 +129,7 @@ await section('sampling', async () => {
   return out;
 });
 await section('cluster', () => benchCluster({ quick, log }));
+await section('collective', () => benchCollective({ quick, log, python, referenceDir }));
 await section('fanout', () => benchFanout({ quick, log }));
 if (only.has('leak')) {
   const steps = Number(flag('--leak-steps') ?? 1000);

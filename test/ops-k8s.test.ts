@@ -352,7 +352,7 @@ describe('kubernetes manifests', () => {
   test('render to the expected objects, in the right namespace, with the right images', () => {
     const kinds = (objs: Obj[]) => objs.map((o) => `${o.kind}/${o.metadata.name}`).sort();
     assert.deepEqual(kinds(rendered.base), [
-      'ConfigMap/scoreflow-nats-config', 'Job/scoreflow-coordinator', 'Namespace/scoreflow',
+      'ConfigMap/scoreflow-nats-config', 'Job/scoreflow-coordinator', 'Namespace/scoreflow', 'NetworkPolicy/scoreflow-worker-data-plane',
       'PersistentVolumeClaim/scoreflow-checkpoints', 'PodMonitor/scoreflow-worker', 'PrometheusRule/scoreflow',
       'Service/scoreflow-coordinator', 'Service/scoreflow-nats', 'Service/scoreflow-worker',
       'ServiceMonitor/scoreflow-coordinator', 'StatefulSet/scoreflow-nats', 'StatefulSet/scoreflow-worker',
@@ -367,6 +367,23 @@ describe('kubernetes manifests', () => {
     const workers = rendered.example.find((o) => o.kind === 'StatefulSet' && o.metadata.name === 'scoreflow-worker')!;
     assert.equal(workers.spec.replicas, 4);
     assert.equal(workers.spec.template.spec.containers[0].resources.limits['nvidia.com/gpu'], 1, 'the patch kept the base fields');
+  });
+
+  test('the c10d data plane: workers bind their pod IP, and only the run\'s workers reach them (besides metrics)', () => {
+    for (const objs of Object.values(rendered)) {
+      const sts = objs.find((o) => o.kind === 'StatefulSet' && o.metadata.name === 'scoreflow-worker')!;
+      const c = sts.spec.template.spec.containers[0];
+      const port = c.args[c.args.indexOf('--data-port') + 1];
+      assert.ok(c.ports.some((p: { name: string; containerPort: number }) => p.name === 'c10d' && String(p.containerPort) === port), 'the store port is not a named container port');
+      assert.deepEqual(c.env.find((e: { name: string }) => e.name === 'SCOREFLOW_DATA_HOST')?.valueFrom, { fieldRef: { fieldPath: 'status.podIP' } });
+      const np = objs.find((o) => o.kind === 'NetworkPolicy')!;
+      assert.ok(matches(np.spec.podSelector.matchLabels, sts.spec.template.metadata.labels), 'the policy does not select the worker pods');
+      assert.deepEqual(np.spec.policyTypes, ['Ingress']);
+      const [peers, metrics] = np.spec.ingress;
+      assert.equal(np.spec.ingress.length, 2);
+      assert.ok(matches(peers.from[0].podSelector.matchLabels, sts.spec.template.metadata.labels) && peers.from.length === 1 && !peers.ports, 'rule 1: every port, from worker pods only');
+      assert.ok(!metrics.from && metrics.ports.length === 1 && String(metrics.ports[0].port) === c.ports.find((p: { name: string }) => p.name === 'metrics').containerPort.toString(), 'rule 2: the metrics port only');
+    }
   });
 
   test('every object validates against the Kubernetes schemas', async () => {

@@ -21,6 +21,12 @@ export interface SyntheticConfig {
   computeMs?: number;
   /** Makes the gradient of this step NaN (fault tests). */
   nanAtStep?: number;
+  /**
+   * A device does the arithmetic (the scaling benchmark): the gradient is one cheap pass
+   * (theta - 0.5 per sample) and the update plain SGD, so what a step costs this process is
+   * `computeMs` of sleep and the communication, as on a GPU worker.
+   */
+  simulated?: boolean;
 }
 
 export const SYNTHETIC_DEFAULTS: SyntheticConfig = { synthetic: true, params: 1000, batchSize: 16, samples: 256, seed: 1, lr: 0.01 };
@@ -69,6 +75,11 @@ export class SyntheticReplica implements Replica {
   gradSumSync(step: number, from: number, to: number): GradSum {
     const P = this.numParams;
     const grad = new Float32Array(P);
+    if (this.config.simulated) {
+      const n = to - from;
+      for (let j = 0; j < P; j++) grad[j] = n * (this.theta[j] - 0.5);
+      return { grad, lossSum: n, count: n };
+    }
     let lossSum = 0;
     for (let b = from; b < to; b++) {
       const i = this.index(step, b);
@@ -86,6 +97,11 @@ export class SyntheticReplica implements Replica {
 
   apply(meanGrad: Float32Array): void {
     if (meanGrad.length !== this.numParams) throw new Error(`gradient has ${meanGrad.length} values, expected ${this.numParams}`);
+    if (this.config.simulated) {
+      for (let j = 0; j < this.numParams; j++) this.theta[j] -= this.config.lr * meanGrad[j];
+      this.step++;
+      return;
+    }
     const t = this.step + 1;
     const { lr } = this.config;
     const b1 = 0.9, b2 = 0.999, c1 = 1 - b1 ** t, c2 = 1 - b2 ** t;
