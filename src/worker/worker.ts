@@ -44,7 +44,6 @@ export interface WorkerResult {
 interface Active {
   env: EnvelopeOf<'plan'>;
   collective: Collective;
-  checksum: string;
 }
 
 export function defaultWorkerId(device: number): string {
@@ -317,7 +316,7 @@ export class Worker {
       chunkFloats: p.chunkFloats, globalBatch: p.globalBatch, session: this.session, shardStart: p.shardStart, store: p.store,
     };
     collective.begin(ctx);
-    const a: Active = { env, collective, checksum: p.checksum ? r.checksum() : '' };
+    const a: Active = { env, collective };
     this.active = a;
     void this.runStep(a, r, waitMs).catch((e) => this.reject(e));
   }
@@ -335,7 +334,7 @@ export class Worker {
     const g = await r.gradSum(env.step, from, to);
     if (this.active !== a) return;
     const t1 = performance.now();
-    const ack = { lossSum: g.lossSum, count: g.count, checksum: a.checksum, error: '', computeMs: t1 - t0, allreduceMs: 0, waitMs, bytesSent: 0, bytesReceived: 0 };
+    const ack = { lossSum: g.lossSum, count: g.count, checksum: '', error: '', computeMs: t1 - t0, allreduceMs: 0, waitMs, bytesSent: 0, bytesReceived: 0 };
     // A bad local gradient is this worker's own failure: say so before it reaches any peer.
     if (!Number.isFinite(g.lossSum) || !allFinite(g.grad)) {
       ack.error = `non-finite gradient or loss at step ${env.step} on worker ${this.id}`;
@@ -343,7 +342,11 @@ export class Worker {
     }
     let mean: Float32Array;
     try {
-      const sum = await collective.reduce(g);
+      const reduced = collective.reduce(g);
+      // The checksum is of the state before this step's update, which nothing changes until the
+      // commit: hash it while the peers' contributions are on their way, not before computing.
+      if (env.body.checksum) ack.checksum = r.checksum();
+      const sum = await reduced;
       if (this.active !== a) return;
       mean = meanGradient(sum, env.body.globalBatch);
     } catch (e) {
