@@ -32,7 +32,7 @@ const TEMPLATES: { [K in BodyKind]: Bodies[K] } = {
   ack: { lossSum: 1, count: 1, checksum: 'abc', error: '', computeMs: 1, allreduceMs: 1, waitMs: 1, bytesSent: 1, bytesReceived: 1 },
   stateRequest: { donor: 'fz1', targets: [''], committed: 3, transfer: 't', commitEpoch: 1 },
   state: { transfer: 't', index: 0, count: 2, totalBytes: 10, data: new Uint8Array(5), sha256: 'x', checksum: 'y' },
-  synced: { checksum: 'c', stepsPerEpoch: 3, numParams: 8, transfer: '', error: '' },
+  synced: { checksum: 'c', stepsPerEpoch: 3, numParams: 8, transfer: '', error: '', lastBatch: 2 },
   hello: { committed: 2 },
   stop: { reason: 'x', ok: true, committed: 3, commitEpoch: 1, nonce: 0 },
 };

@@ -103,6 +103,7 @@ export class Coordinator {
   private state?: { bytes: Uint8Array; step: number; checksum: string };
   private lastCkptStep = 0;
   private stepsPerEpoch = 0;
+  private lastBatch = 0;
   private numParams = 0;
   private lastStepMs = 0;
   private lastCommitAt = 0;
@@ -278,6 +279,7 @@ export class Coordinator {
     if (this.numParams && s.numParams !== this.numParams) return this.drop(m.id, `has ${s.numParams} parameters, the run ${this.numParams}`);
     this.numParams = s.numParams;
     this.stepsPerEpoch ||= s.stepsPerEpoch;
+    this.lastBatch ||= s.lastBatch;
     if (this.sync?.expect === undefined && this.sync) this.sync.expect = s.checksum;
     if (this.sync?.expect && s.checksum !== this.sync.expect)
       return this.fatal(`worker ${m.id} loaded a state with checksum ${s.checksum}, expected ${this.sync.expect}`);
@@ -367,7 +369,7 @@ export class Coordinator {
     this.bumpEpoch = false;
     this.lastView = key;
     const step = this.committed;
-    const B = this.o.batchSize;
+    const B = this.batchOf(step);
     const checksum = this.o.checksumEvery > 0 && step % this.o.checksumEvery === 0;
     const shardStart = rangeBounds(B, view.length);
     const { transport, store } = this.transportFor(view);
@@ -433,7 +435,7 @@ export class Coordinator {
       run: this.o.run, step: p.step, lossMean: this.lossMean(p), workers: p.view.length, stepMs, transport: p.transport,
       computeMs: max((a) => a.computeMs), allreduceMs: max((a) => a.allreduceMs), waitMs: max((a) => a.waitMs),
       bytesSent: acks.reduce((s, a) => s + a.bytesSent, 0) / acks.length, bytesReceived: acks.reduce((s, a) => s + a.bytesReceived, 0) / acks.length,
-      imagesPerSec: (this.o.batchSize * 1000) / Math.max(1, interval),
+      imagesPerSec: (this.batchOf(p.step) * 1000) / Math.max(1, interval),
     };
     this.telemetry.stepsCommitted++;
     this.telemetry.emit('step', r);
@@ -444,7 +446,13 @@ export class Coordinator {
   private lossMean(p: Plan): number {
     let sum = 0;
     for (const id of p.view) sum += p.acks.get(id)!.lossSum;
-    return sum / this.o.batchSize;
+    return sum / this.batchOf(p.step);
+  }
+
+  /** Samples in step k's global batch: --batch-size, but an epoch's last batch holds the data set's remainder. */
+  private batchOf(step: number): number {
+    const spe = this.stepsPerEpoch;
+    return spe && this.lastBatch && step % spe === spe - 1 ? this.lastBatch : this.o.batchSize;
   }
 
   private abort(reason: string): void {

@@ -27,7 +27,7 @@ export interface Join {
 }
 export interface Welcome { configJson: string; committed: number; init: boolean; transfer: string; nonce: number }
 export interface Heartbeat { busy: boolean; reconnected: boolean }
-export interface Synced { checksum: string; stepsPerEpoch: number; numParams: number; transfer: string; error: string }
+export interface Synced { checksum: string; stepsPerEpoch: number; numParams: number; transfer: string; error: string; lastBatch: number }
 export interface StepPlan {
   epoch: number; members: string[]; shardStart: number[]; globalBatch: number; checksum: boolean;
   committed: number; numParams: number; chunkFloats: number; commitEpoch: number; transport: string; store: string;

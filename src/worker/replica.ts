@@ -10,6 +10,8 @@ export interface Replica {
   readonly step: number;
   readonly numParams: number;
   stepsPerEpoch(): number;
+  /** Samples in the global batch of an epoch's last step (the whole batch when it divides the data set). */
+  lastBatch(): number;
   /** Gradient sum over samples [from, to) of `step`'s global batch, at the current parameters. */
   gradSum(step: number, from: number, to: number): Promise<GradSum>;
   /** The identical update on every replica (clip, Adam, EMA, step += 1). */

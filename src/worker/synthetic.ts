@@ -57,6 +57,11 @@ export class SyntheticReplica implements Replica {
     return this.theta;
   }
 
+  /** Batches wrap around the data set, so every batch is whole. */
+  lastBatch(): number {
+    return this.config.batchSize;
+  }
+
   stepsPerEpoch(): number {
     return Math.ceil(this.config.samples / this.config.batchSize);
   }

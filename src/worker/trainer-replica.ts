@@ -39,6 +39,9 @@ class TrainerReplica implements Replica {
   stepsPerEpoch(): number {
     return this.t.stepsPerEpoch();
   }
+  lastBatch(): number {
+    return this.t.batch(this.t.stepsPerEpoch() - 1).indices.length;
+  }
   gradSum(step: number, from: number, to: number) {
     return this.t.gradSum(step, from, to);
   }

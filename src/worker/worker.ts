@@ -273,14 +273,14 @@ export class Worker {
     try {
       await this.replace(await this.o.factory(this.configJson, got.bytes), got.transfer);
     } catch (e) {
-      this.send('synced', { checksum: '', stepsPerEpoch: 0, numParams: 0, transfer: got.transfer, error: (e as Error).message }, 0);
+      this.send('synced', { checksum: '', stepsPerEpoch: 0, numParams: 0, transfer: got.transfer, error: (e as Error).message, lastBatch: 0 }, 0);
     }
   }
 
   private async replace(r: Replica, transfer: string): Promise<void> {
     await this.replica?.close();
     this.replica = r;
-    this.send('synced', { checksum: r.checksum(), stepsPerEpoch: r.stepsPerEpoch(), numParams: r.numParams, transfer, error: '' }, r.step);
+    this.send('synced', { checksum: r.checksum(), stepsPerEpoch: r.stepsPerEpoch(), numParams: r.numParams, transfer, error: '', lastBatch: r.lastBatch() }, r.step);
   }
 
   private onStateRequest(env: EnvelopeOf<'stateRequest'>): void {
