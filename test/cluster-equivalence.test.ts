@@ -41,22 +41,30 @@ describe('cluster = scoreflow train (real Trainer)', () => {
   });
   after(async () => server?.close());
 
-  for (const n of [1, 2, 3]) {
-    it(`${n} worker(s): bitwise equal to --threads ${n}, close to --threads 1`, async (t) => {
+  const cases = [[1, 'nats'], [2, 'nats'], [3, 'nats'], [2, 'gloo'], [3, 'gloo']] as const;
+  for (const [n, transport] of cases) {
+    // Gloo's ring adds in another order than the rank order once there are more than two terms.
+    const bitwise = transport === 'nats' || n <= 2;
+    it(`${n} worker(s) over ${transport}: ${bitwise ? 'bitwise equal' : 'within float re-association of'} --threads ${n}, close to --threads 1`, async (t) => {
       const cfg = configFromFlags({
         seed: 7, batchSize: 12, lr: 1e-4, ema: 0.999, gradClip: 0, weighting: 'sigma2', sde: 've', sigmaMin: 0.01, sigmaMax: 22,
         channels: [8, 16, 16, 16], embedDim: 16, data: 'train', limit: 100, backend: 'wasm', out: '', resume: false, ckptEvery: 100,
       });
       const factory = trainerReplicas({ backend: 'wasm', threads: 1 });
       const outDir = tempDir();
-      const c = await startCluster(server, n, JSON.stringify(cfg), cfg.batchSize, factory, { steps: K, checksumEvery: 2, outDir });
+      const c = await startCluster(server, n, JSON.stringify(cfg), cfg.batchSize, factory, { steps: K, checksumEvery: 2, outDir, transport });
       try {
         const res = await c.coordinator.done;
         assert.ok(res.ok, res.reason);
         const got = loadTrainingCheckpoint(join(outDir, 'checkpoint.safetensors')).state;
         assert.equal(got.step, K);
         const ref = refs.get(n)!;
-        for (const k of ['params', 'm', 'v', 'ema'] as const) assert.deepEqual(got[k], ref[k], `${k} differs from scoreflow train --threads ${n}`);
+        if (bitwise) for (const k of ['params', 'm', 'v', 'ema'] as const) assert.deepEqual(got[k], ref[k], `${k} differs from scoreflow train --threads ${n}`);
+        else {
+          const dn = maxRelDiff(got.params, ref.params);
+          t.diagnostic(`${n} workers over ${transport} vs --threads ${n}: max relative parameter difference ${dn.toExponential(2)}`);
+          assert.ok(dn < 2e-3, `max relative difference to --threads ${n}: ${dn}`);
+        }
         const d = maxRelDiff(got.params, refs.get(1)!.params);
         t.diagnostic(`${n} worker(s) vs --threads 1: max relative parameter difference ${d.toExponential(2)}`);
         // Adam divides by sqrt(v): on near-zero gradient elements, summation-order noise

@@ -235,41 +235,43 @@ describe('a live run under hostile traffic', () => {
   before(async () => (server = await startNats()));
   after(async () => server?.close());
 
-  it('finishes with the exact result; the junk is counted by reason', async () => {
-    const cfg = { ...SYNTHETIC_DEFAULTS, params: 3000, batchSize: 8, computeMs: 5 };
-    const c = await syntheticCluster(server, 2, cfg, { steps: 40, checksumEvery: 4, syncTimeoutMs: 1000 });
-    const nc = await connectNats({ url: server.url });
-    try {
-      const rng = new Rng(2, Stream.Test, 2);
-      const targets = [subjects.coord('test'), subjects.worker('test', 'w0'), subjects.worker('test', 'w1'), subjects.gather('test')];
-      let i = 0;
-      while (c.coordinator.step < 40 && i < 8000) {
-        for (let k = 0; k < 50; k++, i++) nc.publish(targets[i % targets.length], hostile(rng, i));
-        nc.publish(targets[0], encode({ ...H, run: 'other' }, 'heartbeat', TEMPLATES.heartbeat));
-        nc.publish(targets[0], encode({ ...H, worker: 'nobody', origin: 1, seq: i }, 'ack', TEMPLATES.ack));
-        await nc.flush();
-        await new Promise((r) => setTimeout(r, 2));
+  for (const transport of ['nats', 'gloo'] as const) {
+    it(`${transport}: finishes with the exact result; the junk is counted by reason`, async () => {
+      const cfg = { ...SYNTHETIC_DEFAULTS, params: 3000, batchSize: 8, computeMs: 5 };
+      const c = await syntheticCluster(server, 2, cfg, { steps: 40, checksumEvery: 4, syncTimeoutMs: 1000, transport });
+      const nc = await connectNats({ url: server.url });
+      try {
+        const rng = new Rng(2, Stream.Test, 2);
+        const targets = [subjects.coord('test'), subjects.worker('test', 'w0'), subjects.worker('test', 'w1'), subjects.gather('test')];
+        let i = 0;
+        while (c.coordinator.step < 40 && i < 8000) {
+          for (let k = 0; k < 50; k++, i++) nc.publish(targets[i % targets.length], hostile(rng, i));
+          nc.publish(targets[0], encode({ ...H, run: 'other' }, 'heartbeat', TEMPLATES.heartbeat));
+          nc.publish(targets[0], encode({ ...H, worker: 'nobody', origin: 1, seq: i }, 'ack', TEMPLATES.ack));
+          await nc.flush();
+          await new Promise((r) => setTimeout(r, 2));
+        }
+        const res = await c.coordinator.done;
+        assert.ok(res.ok, res.reason);
+        const ref = new SyntheticReplica(cfg);
+        for (let k = 0; k < 40; k++) {
+          const g = ref.gradSumSync(k, 0, cfg.batchSize);
+          ref.apply(meanGradient(g.grad, g.count));
+        }
+        for (const w of c.workers) {
+          const p = (w.state as SyntheticReplica).params;
+          for (let j = 0; j < p.length; j++) assert.ok(Math.abs(p[j] - ref.params[j]) <= 1e-5 * Math.max(1, Math.abs(ref.params[j])), `param ${j}`);
+        }
+        const rej = c.coordinator.telemetry.rejected;
+        assert.ok(i > 1000, `only ${i} hostile messages were sent`);
+        for (const reason of ['undecodable', 'other_run', 'unknown_worker', 'duplicate'] as const) assert.ok((rej.get(reason) ?? 0) > 0, `no ${reason} counted: ${[...rej]}`);
+        assert.ok(c.workers.every((w) => w.telemetry.rejectedTotal() > 0));
+      } finally {
+        await nc.close();
+        await c.close();
       }
-      const res = await c.coordinator.done;
-      assert.ok(res.ok, res.reason);
-      const ref = new SyntheticReplica(cfg);
-      for (let k = 0; k < 40; k++) {
-        const g = ref.gradSumSync(k, 0, cfg.batchSize);
-        ref.apply(meanGradient(g.grad, g.count));
-      }
-      for (const w of c.workers) {
-        const p = (w.state as SyntheticReplica).params;
-        for (let j = 0; j < p.length; j++) assert.ok(Math.abs(p[j] - ref.params[j]) <= 1e-5 * Math.max(1, Math.abs(ref.params[j])), `param ${j}`);
-      }
-      const rej = c.coordinator.telemetry.rejected;
-      assert.ok(i > 1000, `only ${i} hostile messages were sent`);
-      for (const reason of ['undecodable', 'other_run', 'unknown_worker', 'duplicate'] as const) assert.ok((rej.get(reason) ?? 0) > 0, `no ${reason} counted: ${[...rej]}`);
-      assert.ok(c.workers.every((w) => w.telemetry.rejectedTotal() > 0));
-    } finally {
-      await nc.close();
-      await c.close();
-    }
-  });
+    });
+  }
 
   it('a replay of a whole live capture changes nothing: every copy is refused, each step applied once', async () => {
     const cfg = { ...SYNTHETIC_DEFAULTS, params: 2000, batchSize: 8, computeMs: 5 };
