@@ -94,15 +94,16 @@ export interface TrainFlags {
 
 /** The run's config: the recipe's values (seed: none), then the flags (which applyRecipe filled from the recipe where not given). */
 export function configFromFlags(f: TrainFlags): TrainConfig {
+  const recipe = recipeValues(f.recipe ?? 'seed');
   return trainConfig({
-    ...recipeValues(f.recipe ?? 'seed'),
+    ...recipe,
     seed: f.seed,
     batchSize: f.batchSize,
     lr: f.lr,
     emaDecay: f.ema,
     gradClip: f.gradClip,
     weighting: f.weighting,
-    model: { channels: f.channels, embedDim: f.embedDim },
+    model: { ...recipe.model, channels: f.channels, embedDim: f.embedDim },
     sde: { name: f.sde, sigmaMin: f.sigmaMin, sigmaMax: f.sigmaMax },
     dataset: f.limit ? `${f.data}[:${f.limit}]` : f.data,
   });

@@ -60,6 +60,11 @@ export const TRAIN_DEFAULTS: TrainConfig = {
   dataset: 'mnist:train',
 };
 
+export type TrainConfigInput = Partial<Omit<TrainConfig, 'model' | 'sde'>> & {
+  model?: Partial<ModelConfig>;
+  sde?: SdeConfig;
+};
+
 export type RecipeName = 'seed' | 'fast';
 
 /**
@@ -68,7 +73,7 @@ export type RecipeName = 'seed' | 'fast';
  * batch at a 20x larger peak learning rate with warm-up and a horizon-free 1/sqrt decay.
  * Explicit command-line flags override a recipe's values; the result is what the checkpoint records.
  */
-export const RECIPES: Record<RecipeName, Partial<TrainConfig>> = {
+export const RECIPES: Record<RecipeName, TrainConfigInput> = {
   seed: {},
   fast: {
     recipe: 'fast',
@@ -82,19 +87,16 @@ export const RECIPES: Record<RecipeName, Partial<TrainConfig>> = {
     pStd: 1.2,
     weighting: 'edm',
     sigmaData: 0.31,
+    model: { precond: 'edm', sigmaData: 0.31 },
   },
 };
 
 /** The recipe's values over the defaults; one-line error for an unknown name. */
-export function recipeValues(name: string): Partial<TrainConfig> {
+export function recipeValues(name: string): TrainConfigInput {
   if (!Object.hasOwn(RECIPES, name)) throw new Error(`unknown recipe '${name}' (expected ${Object.keys(RECIPES).join(' or ')})`);
   return { ...RECIPES[name as RecipeName] };
 }
 
-type TrainConfigInput = Partial<Omit<TrainConfig, 'model' | 'sde'>> & {
-  model?: Partial<ModelConfig>;
-  sde?: SdeConfig;
-};
 
 /** Fill defaults and validate, with one-line errors. */
 export function trainConfig(input: TrainConfigInput = {}): TrainConfig {
@@ -120,7 +122,7 @@ export function trainConfig(input: TrainConfigInput = {}): TrainConfig {
   check(Number.isFinite(cfg.pMean) && cfg.pStd > 0 && Number.isFinite(cfg.pStd), `lognormal noise needs finite P_mean and P_std > 0, got ${cfg.pMean}, ${cfg.pStd}`);
   check(cfg.sigmaData > 0 && Number.isFinite(cfg.sigmaData), `sigma_data must be positive, got ${cfg.sigmaData}`);
   // both are written for the VE SDE (x(t) = x(0) + std(t) z, sigma(t) inverted in closed form)
-  check(cfg.sde.name === 've' || (cfg.noise === 'uniform' && cfg.weighting !== 'edm'), `lognormal noise and edm weighting need the VE SDE, got ${cfg.sde.name}`);
+  check(cfg.sde.name === 've' || (cfg.noise === 'uniform' && cfg.weighting !== 'edm' && cfg.model.precond === 'std'), `lognormal noise, edm weighting and edm preconditioning need the VE SDE, got ${cfg.sde.name}`);
   check(Number.isInteger(cfg.lrWarmup) && cfg.lrWarmup >= 0, `lr warm-up must be a non-negative integer of steps, got ${cfg.lrWarmup}`);
   check(['constant', 'rsqrt', 'cosine'].includes(cfg.lrDecay), `lr decay must be constant, rsqrt or cosine, got ${cfg.lrDecay}`);
   check(cfg.lrDecay === 'constant' || (Number.isInteger(cfg.lrDecaySteps) && cfg.lrDecaySteps >= 1), `lr decay ${cfg.lrDecay} needs lrDecaySteps >= 1, got ${cfg.lrDecaySteps}`);
