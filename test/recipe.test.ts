@@ -6,6 +6,9 @@ import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../src/core/backend/index.js';
 import { readSafetensors } from '../src/core/io/safetensors.js';
 import { dsmLossPerSample } from '../src/core/loss.js';
+import { modelConfig } from '../src/core/model/config.js';
+import { initParams } from '../src/core/model/params.js';
+import { ScoreNet } from '../src/core/model/scorenet.js';
 import { makeSde } from '../src/core/sde.js';
 import { adamStep, newOptimState } from '../src/core/train/adam.js';
 import { loadTrainingCheckpoint } from '../src/core/train/checkpoint.js';
@@ -151,6 +154,8 @@ test('--recipe fast is recorded in the checkpoint, flags override it, and 3 + 3 
   assert.equal(state.step, 6);
   assert.equal(config.recipe, 'fast');
   assert.equal(config.batchSize, 16, 'the explicit --batch-size wins over the recipe');
+  assert.equal(config.model.precond, 'edm');
+  assert.equal(config.model.sigmaData, FAST.model.sigmaData);
   for (const k of ['lr', 'lrWarmup', 'lrDecay', 'lrDecaySteps', 'noise', 'pMean', 'pStd', 'weighting', 'sigmaData', 'emaDecay'] as const) {
     assert.equal(config[k], FAST[k], k);
   }
@@ -171,4 +176,31 @@ test('an unknown recipe is one clear line and a non-zero exit', () => {
     assert.match(lines[0], /unknown recipe 'turbo' \(expected seed or fast\)/);
   }
   assert.throws(() => trainConfig({ ...RECIPES.fast, sde: { name: 'vp' } }), /lognormal noise and edm weighting need the VE SDE, got vp/);
+});
+
+test('edm preconditioning: s = -x/(std^2 + sd^2) + sd F / (std sqrt(std^2 + sd^2)) with F the reference net output', async () => {
+  await initBackend('cpu', { log: () => {} });
+  const sde = makeSde({ name: 've' });
+  const model = { channels: [8, 16, 16, 16] as [number, number, number, number], embedDim: 16 };
+  const ref = new ScoreNet(modelConfig(model), sde);
+  const edm = new ScoreNet(modelConfig({ ...model, precond: 'edm', sigmaData: 0.31 }), sde);
+  const params = initParams(ref.infos, 3);
+  const x = Float32Array.from({ length: 3 * 784 }, (_, i) => Math.sin(i * 0.37) * 2);
+  const ts = [0.05, 0.5, 0.95];
+  const [a, b] = tf.tidy(() => {
+    const p = ref.tensors(params);
+    const xs = tf.tensor4d(x, [3, 28, 28, 1]);
+    const t = tf.tensor1d(ts);
+    return [ref.apply(p, xs, t).dataSync(), edm.apply(p, xs, t).dataSync()];
+  });
+  for (let i = 0; i < 3; i++) {
+    const s = sde.std(ts[i]);
+    const v = s * s + 0.31 * 0.31;
+    for (let k = i * 784; k < (i + 1) * 784; k += 97) {
+      const F = a[k] * s; // the reference divides F by std
+      const want = -x[k] / v + (0.31 * F) / (s * Math.sqrt(v));
+      assert.ok(Math.abs(b[k] - want) <= 1e-5 * (Math.abs(want) + 1e-3), `t ${ts[i]}, pixel ${k}: ${b[k]} vs ${want}`);
+    }
+  }
+  assert.throws(() => modelConfig({ precond: 'nope' as 'edm' }), /model preconditioning must be std or edm, got nope/);
 });
