@@ -77,7 +77,7 @@ export const RECIPES: Record<RecipeName, TrainConfigInput> = {
   seed: {},
   fast: {
     recipe: 'fast',
-    batchSize: 128,
+    batchSize: 120,
     lr: 2e-3,
     lrWarmup: 200,
     lrDecay: 'rsqrt',
