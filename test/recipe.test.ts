@@ -175,7 +175,7 @@ test('an unknown recipe is one clear line and a non-zero exit', () => {
     assert.equal(lines.length, 1, r.stderr);
     assert.match(lines[0], /unknown recipe 'turbo' \(expected seed or fast\)/);
   }
-  assert.throws(() => trainConfig({ ...RECIPES.fast, sde: { name: 'vp' } }), /lognormal noise and edm weighting need the VE SDE, got vp/);
+  assert.throws(() => trainConfig({ ...RECIPES.fast, sde: { name: 'vp' } }), /lognormal noise, edm weighting and edm preconditioning need the VE SDE, got vp/);
 });
 
 test('edm preconditioning: s = -x/(std^2 + sd^2) + sd F / (std sqrt(std^2 + sd^2)) with F the reference net output', async () => {
