@@ -1,9 +1,9 @@
 /** `scoreflow train`: single-process DSM training with resumable checkpoints. */
 import { appendFileSync, existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { Command, Option } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { loadImages } from '../core/data/mnist.js';
-import { trainConfig, type TrainConfig } from '../core/train/config.js';
+import { RECIPES, recipeValues, trainConfig, type RecipeName, type TrainConfig } from '../core/train/config.js';
 import { GradPool } from '../core/train/pool.js';
 import { NonFiniteError, trainStep } from '../core/train/step.js';
 import { Trainer } from '../core/train/trainer.js';
@@ -12,9 +12,38 @@ import { progressBar } from './progress.js';
 
 export const CHECKPOINT = 'checkpoint.safetensors';
 
+function parseRecipe(v: string): RecipeName {
+  try {
+    recipeValues(v);
+  } catch (e) {
+    throw new InvalidArgumentError((e as Error).message);
+  }
+  return v as RecipeName;
+}
+
+/** Flags that a recipe sets, and the TrainConfig field behind each. */
+const RECIPE_FLAGS = { batchSize: 'batchSize', lr: 'lr', ema: 'emaDecay', gradClip: 'gradClip', weighting: 'weighting' } as const;
+
+/**
+ * Before the action runs: every recipe-controlled flag not given on the command line (or in
+ * the environment) takes the recipe's value instead of the seed default, so explicit flags
+ * override the recipe and `--help` still shows the seed defaults.
+ */
+function applyRecipe(cmd: Command): void {
+  const name = (cmd.getOptionValue('recipe') as RecipeName | undefined) ?? 'seed';
+  const values = RECIPES[name];
+  for (const [flag, field] of Object.entries(RECIPE_FLAGS)) {
+    const v = values[field];
+    const source = cmd.getOptionValueSource(flag);
+    if (v !== undefined && source !== 'cli' && source !== 'env') cmd.setOptionValueWithSource(flag, v, 'default');
+  }
+}
+
 /** Training flags shared by `scoreflow train` and `coordinator start`. */
 export function addTrainingOptions(cmd: Command): Command {
   return cmd
+    .option('--recipe <name>', 'training preset: seed (the notebook\'s) or fast (README: "Training recipes"); explicit flags override it', parseRecipe, 'seed')
+    .hook('preAction', (c) => applyRecipe(c))
     .option('--steps <n>', 'train until this many steps in total (counting resumed ones)', parseIntArg(1))
     .option('--epochs <n>', 'train until this many epochs in total', parseIntArg(1))
     .option('--seed <s>', 'seed of every random stream', parseIntArg(0), 0)
@@ -22,7 +51,7 @@ export function addTrainingOptions(cmd: Command): Command {
     .option('--lr <lr>', 'Adam learning rate', parseFloatArg({ exclusiveMin: 0 }), 1e-4)
     .option('--ema <decay>', 'EMA decay of the sampling weights (0: none)', parseFloatArg({ min: 0, max: 0.999999 }), 0.999)
     .option('--grad-clip <norm>', 'clip the global gradient norm (0: off)', parseFloatArg({ min: 0 }), 0)
-    .addOption(new Option('--weighting <w>', 'DSM weighting lambda(t)').choices(['sigma2', 'likelihood']).default('sigma2'))
+    .addOption(new Option('--weighting <w>', 'DSM weighting lambda(t)').choices(['sigma2', 'likelihood', 'edm']).default('sigma2'))
     .addOption(new Option('--sde <name>', 'forward SDE').choices(['ve', 'vp', 'subvp']).default('ve'))
     .option('--sigma-min <s>', 'VE sigma_min', parseFloatArg({ exclusiveMin: 0 }), 0.01)
     .option('--sigma-max <s>', 'VE sigma_max', parseFloatArg({ exclusiveMin: 0 }), 22)
@@ -39,6 +68,7 @@ export function addTrainingOptions(cmd: Command): Command {
 }
 
 export interface TrainFlags {
+  recipe?: RecipeName;
   steps?: number;
   epochs?: number;
   seed: number;
@@ -46,7 +76,7 @@ export interface TrainFlags {
   lr: number;
   ema: number;
   gradClip: number;
-  weighting: 'sigma2' | 'likelihood';
+  weighting: 'sigma2' | 'likelihood' | 'edm';
   sde: 've' | 'vp' | 'subvp';
   sigmaMin: number;
   sigmaMax: number;
@@ -62,15 +92,18 @@ export interface TrainFlags {
   ckptEvery: number;
 }
 
+/** The run's config: the recipe's values (seed: none), then the flags (which applyRecipe filled from the recipe where not given). */
 export function configFromFlags(f: TrainFlags): TrainConfig {
+  const recipe = recipeValues(f.recipe ?? 'seed');
   return trainConfig({
+    ...recipe,
     seed: f.seed,
     batchSize: f.batchSize,
     lr: f.lr,
     emaDecay: f.ema,
     gradClip: f.gradClip,
     weighting: f.weighting,
-    model: { channels: f.channels, embedDim: f.embedDim },
+    model: { ...recipe.model, channels: f.channels, embedDim: f.embedDim },
     sde: { name: f.sde, sigmaMin: f.sigmaMin, sigmaMax: f.sigmaMax },
     dataset: f.limit ? `${f.data}[:${f.limit}]` : f.data,
   });
@@ -97,7 +130,7 @@ async function train(f: TrainFlags): Promise<void> {
   const pool = await GradPool.create({ threads, backend, config: cfg, data });
   trainer.setGradSource(pool);
   process.stderr.write(
-    `train: ${data.source} (${data.n} images), batch ${cfg.batchSize}, ${trainer.numParams} parameters, ` +
+    `train: recipe ${cfg.recipe}, ${data.source} (${data.n} images), batch ${cfg.batchSize}, lr ${cfg.lr}, ${trainer.numParams} parameters, ` +
       `steps ${trainer.step} -> ${end}, ${threads} pool thread(s), out ${f.out}\n`,
   );
   const bar = progressBar('train', ' | loss {loss} | {ips} img/s');

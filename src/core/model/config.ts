@@ -9,6 +9,15 @@ export interface ModelConfig {
   /** Image height, width (single channel). */
   height: number;
   width: number;
+  /**
+   * How the network's output F becomes a score. 'std' (the reference): s = F / std(t), F predicts -z.
+   * 'edm' (Karras et al. 2022, sec. 5, VE only): the denoiser D = c_skip x + c_out F with
+   * c_skip = sd^2/(std^2 + sd^2), c_out = std sd / sqrt(std^2 + sd^2), read as a score by Tweedie,
+   * s = (D - x)/std^2 = -x/(std^2 + sd^2) + sd F / (std sqrt(std^2 + sd^2)), sd = sigmaData.
+   */
+  precond: 'std' | 'edm';
+  /** sigma_data of the 'edm' preconditioning. */
+  sigmaData: number;
 }
 
 export const MODEL_DEFAULTS: ModelConfig = {
@@ -17,6 +26,8 @@ export const MODEL_DEFAULTS: ModelConfig = {
   fourierScale: 8,
   height: 28,
   width: 28,
+  precond: 'std',
+  sigmaData: 0.31,
 };
 
 export function modelConfig(partial: Partial<ModelConfig> = {}): ModelConfig {
@@ -31,6 +42,8 @@ export function modelConfig(partial: Partial<ModelConfig> = {}): ModelConfig {
     // The strides and output_padding of the reference U-Net are fixed for 28x28 inputs.
     throw new Error(`ScoreNet is built for 28x28 images, got ${cfg.height}x${cfg.width}`);
   }
+  if (cfg.precond !== 'std' && cfg.precond !== 'edm') throw new Error(`model preconditioning must be std or edm, got ${String(cfg.precond)}`);
+  if (!(cfg.sigmaData > 0 && Number.isFinite(cfg.sigmaData))) throw new Error(`model sigma_data must be positive, got ${cfg.sigmaData}`);
   groupsFor(cfg); // validates divisibility
   return cfg;
 }

@@ -77,6 +77,12 @@ export class ScoreNet {
     h = block(this.tconv(tf.concat([h, h2], 3), p['tconv2.weight'], 2, 1), 'dense7', 'tgnorm2');
     h = this.tconv(tf.concat([h, h1], 3), p['tconv1.weight'], 1, 0).add(p['tconv1.bias']);
     const std = this.sde.stdTensor(t).reshape([-1, 1, 1, 1]);
-    return h.div(std) as tf.Tensor4D;
+    if (this.config.precond === 'std') return h.div(std) as tf.Tensor4D;
+    // edm (config.ts): s = -x/(std^2 + sd^2) + sd F / (std sqrt(std^2 + sd^2)). The skip term is the
+    // score of N(0, (std^2 + sd^2) I), exact where noise dominates, so F only carries what the
+    // data adds, at unit scale for every std (GroupNorm after conv1 hides the scale of x from F).
+    const sd = this.config.sigmaData;
+    const v = std.square().add(sd * sd);
+    return h.mul(sd).div(std.mul(v.sqrt())).sub(x.div(v)) as tf.Tensor4D;
   }
 }

@@ -6,6 +6,7 @@
  */
 import { nativeAdam } from '../backend/native-adam.js';
 import type { TrainConfig } from './config.js';
+import { lrAt } from './noise.js';
 
 export interface OptimState {
   params: Float32Array;
@@ -16,7 +17,9 @@ export interface OptimState {
   step: number;
 }
 
-export type AdamSettings = Pick<TrainConfig, 'lr' | 'beta1' | 'beta2' | 'adamEps' | 'emaDecay' | 'gradClip'>;
+/** `lr` is the peak rate; the optional schedule fields (noise.ts lrAt) scale it per step, none: constant. */
+export type AdamSettings = Pick<TrainConfig, 'lr' | 'beta1' | 'beta2' | 'adamEps' | 'emaDecay' | 'gradClip'> &
+  Partial<Pick<TrainConfig, 'lrWarmup' | 'lrDecay' | 'lrDecaySteps'>>;
 
 export function newOptimState(params: Float32Array): OptimState {
   return {
@@ -46,7 +49,8 @@ export function adamStep(s: OptimState, g: Float32Array, a: AdamSettings, impl: 
   const t = s.step + 1;
   const bc1 = 1 - a.beta1 ** t;
   const bc2 = 1 - a.beta2 ** t;
-  const stepSize = a.lr / bc1;
+  // the schedule's rate for this update (a function of the step alone, so resume and replicas agree)
+  const stepSize = lrAt(a, s.step) / bc1;
   const sqrtBc2 = Math.sqrt(bc2);
   // EMA warm-up as in score_sde (use_num_updates): early averages would otherwise keep a large
   // share of the random initialisation (e^{-k(1-decay)} of it after k steps).

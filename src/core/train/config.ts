@@ -15,9 +15,21 @@ export interface TrainConfig {
   emaDecay: number;
   /** Clip the global gradient norm to this; 0 = off. */
   gradClip: number;
-  /** Smallest diffusion time drawn in training, t ~ U(eps, 1). */
+  /** Smallest diffusion time drawn in training (t ~ U(eps, 1), or the lognormal draw clipped to [eps, 1]). */
   eps: number;
   weighting: Weighting;
+  /** The preset these values started from ('seed' or 'fast', see RECIPES); recorded, not interpreted. */
+  recipe: RecipeName;
+  /** How t is drawn: 'uniform' U(eps, 1), or 'lognormal' (EDM: ln sigma ~ N(pMean, pStd^2), VE only); see noise.ts. */
+  noise: 'uniform' | 'lognormal';
+  pMean: number;
+  pStd: number;
+  /** sigma_data of the 'edm' weighting (the data's standard deviation; MNIST in [0, 1]: 0.31). */
+  sigmaData: number;
+  /** Learning-rate schedule (noise.ts lrAt): linear warm-up over lrWarmup steps, then lrDecay with scale lrDecaySteps. */
+  lrWarmup: number;
+  lrDecay: 'constant' | 'rsqrt' | 'cosine';
+  lrDecaySteps: number;
   model: ModelConfig;
   sde: Required<SdeConfig>;
   /** Where the images come from ('mnist:train', or a path); recorded, not interpreted here. */
@@ -35,15 +47,56 @@ export const TRAIN_DEFAULTS: TrainConfig = {
   gradClip: 0,
   eps: 1e-3,
   weighting: 'sigma2',
+  recipe: 'seed',
+  noise: 'uniform',
+  pMean: -1.2,
+  pStd: 1.2,
+  sigmaData: 0.31,
+  lrWarmup: 0,
+  lrDecay: 'constant',
+  lrDecaySteps: 0,
   model: modelConfig(),
   sde: { ...SDE_DEFAULTS },
   dataset: 'mnist:train',
 };
 
-type TrainConfigInput = Partial<Omit<TrainConfig, 'model' | 'sde'>> & {
+export type TrainConfigInput = Partial<Omit<TrainConfig, 'model' | 'sde'>> & {
   model?: Partial<ModelConfig>;
   sde?: SdeConfig;
 };
+
+export type RecipeName = 'seed' | 'fast';
+
+/**
+ * Named presets of TrainConfig values. `seed` is TRAIN_DEFAULTS (the notebook's recipe). `fast`
+ * (README, "Training recipes"): EDM's log-normal noise levels with their loss weight, a 4x larger
+ * batch at a 20x larger peak learning rate with warm-up and a horizon-free 1/sqrt decay.
+ * Explicit command-line flags override a recipe's values; the result is what the checkpoint records.
+ */
+export const RECIPES: Record<RecipeName, TrainConfigInput> = {
+  seed: {},
+  fast: {
+    recipe: 'fast',
+    batchSize: 120,
+    lr: 2e-3,
+    lrWarmup: 200,
+    lrDecay: 'rsqrt',
+    lrDecaySteps: 400,
+    noise: 'lognormal',
+    pMean: -1.2,
+    pStd: 1.2,
+    weighting: 'edm',
+    sigmaData: 0.31,
+    model: { precond: 'edm', sigmaData: 0.31 },
+  },
+};
+
+/** The recipe's values over the defaults; one-line error for an unknown name. */
+export function recipeValues(name: string): TrainConfigInput {
+  if (!Object.hasOwn(RECIPES, name)) throw new Error(`unknown recipe '${name}' (expected ${Object.keys(RECIPES).join(' or ')})`);
+  return { ...RECIPES[name as RecipeName] };
+}
+
 
 /** Fill defaults and validate, with one-line errors. */
 export function trainConfig(input: TrainConfigInput = {}): TrainConfig {
@@ -63,6 +116,15 @@ export function trainConfig(input: TrainConfigInput = {}): TrainConfig {
   check(cfg.emaDecay >= 0 && cfg.emaDecay < 1, `EMA decay must be in [0, 1), got ${cfg.emaDecay}`);
   check(cfg.gradClip >= 0, `gradient clip must be >= 0, got ${cfg.gradClip}`);
   check(cfg.eps > 0 && cfg.eps < 1, `eps must be in (0, 1), got ${cfg.eps}`);
-  check(cfg.weighting === 'sigma2' || cfg.weighting === 'likelihood', `weighting must be sigma2 or likelihood, got ${cfg.weighting}`);
+  check(['sigma2', 'likelihood', 'edm'].includes(cfg.weighting), `weighting must be sigma2, likelihood or edm, got ${cfg.weighting}`);
+  check(Object.hasOwn(RECIPES, cfg.recipe), `unknown recipe '${cfg.recipe}' (expected ${Object.keys(RECIPES).join(' or ')})`);
+  check(cfg.noise === 'uniform' || cfg.noise === 'lognormal', `noise must be uniform or lognormal, got ${cfg.noise}`);
+  check(Number.isFinite(cfg.pMean) && cfg.pStd > 0 && Number.isFinite(cfg.pStd), `lognormal noise needs finite P_mean and P_std > 0, got ${cfg.pMean}, ${cfg.pStd}`);
+  check(cfg.sigmaData > 0 && Number.isFinite(cfg.sigmaData), `sigma_data must be positive, got ${cfg.sigmaData}`);
+  // both are written for the VE SDE (x(t) = x(0) + std(t) z, sigma(t) inverted in closed form)
+  check(cfg.sde.name === 've' || (cfg.noise === 'uniform' && cfg.weighting !== 'edm' && cfg.model.precond === 'std'), `lognormal noise, edm weighting and edm preconditioning need the VE SDE, got ${cfg.sde.name}`);
+  check(Number.isInteger(cfg.lrWarmup) && cfg.lrWarmup >= 0, `lr warm-up must be a non-negative integer of steps, got ${cfg.lrWarmup}`);
+  check(['constant', 'rsqrt', 'cosine'].includes(cfg.lrDecay), `lr decay must be constant, rsqrt or cosine, got ${cfg.lrDecay}`);
+  check(cfg.lrDecay === 'constant' || (Number.isInteger(cfg.lrDecaySteps) && cfg.lrDecaySteps >= 1), `lr decay ${cfg.lrDecay} needs lrDecaySteps >= 1, got ${cfg.lrDecaySteps}`);
   return cfg;
 }

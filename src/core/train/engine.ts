@@ -1,8 +1,8 @@
 /**
  * Gradient sums of the DSM loss over any slice of a global batch.
  *
- * The randomness of sample j of step k (its time t and noise z) comes from the stream
- * (seed, TrainNoise, k, j) and the images from the epoch's seeded permutation, so a slice
+ * The randomness of sample j of step k (its time t, from one uniform through the recipe's
+ * noise-level law in noise.ts, and its noise z) comes from the stream (seed, TrainNoise, k, j) and the images from the epoch's seeded permutation, so a slice
  * computed on any worker or thread gives the same terms; only the order of float additions
  * differs between ways of slicing.
  */
@@ -12,6 +12,7 @@ import { ScoreNet, type ParamTensors } from '../model/scorenet.js';
 import { numParams } from '../model/params.js';
 import { Rng, Stream } from '../rng.js';
 import { makeSde } from '../sde.js';
+import { trainTime } from './noise.js';
 import type { GradSource, GradSum, StepBatch } from './api.js';
 import { stepBatch } from '../data/batches.js';
 import type { TrainConfig } from './config.js';
@@ -67,12 +68,11 @@ export class GradEngine implements GradSource {
     const x = new Float32Array(count * d);
     const t = new Float32Array(count);
     const z = new Float32Array(count * d);
-    const eps = this.config.eps;
     for (let j = 0; j < count; j++) {
       const i = indices[from + j];
       x.set(this.data.data.subarray(i * d, (i + 1) * d), j * d);
       const rng = new Rng(this.config.seed, Stream.TrainNoise, step, from + j);
-      t[j] = eps + (1 - eps) * rng.uniform();
+      t[j] = trainTime(this.config, rng.uniform());
       rng.fillNormal(z.subarray(j * d, (j + 1) * d));
     }
     return { x, t, z };
@@ -94,7 +94,7 @@ export class GradEngine implements GradSource {
         const pp: ParamTensors = { ...p };
         trainable.forEach((info, k) => (pp[info.name] = ws[k]));
         const score = (a: tf.Tensor4D, b: tf.Tensor1D) => this.net.apply(pp, a, b);
-        return dsmLossPerSample(score, this.net.sde, xs, ts, zs, this.config.weighting).sum() as tf.Scalar;
+        return dsmLossPerSample(score, this.net.sde, xs, ts, zs, this.config.weighting, this.config.sigmaData).sum() as tf.Scalar;
       };
       const { value, grads } = tf.valueAndGrads(f)(trainable.map((info) => p[info.name]));
       trainable.forEach((info, k) => grad.set(grads[k].dataSync() as Float32Array, info.offset));

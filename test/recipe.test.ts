@@ -1,0 +1,206 @@
+/** Training recipes: the fast recipe's noise-level law, loss weight and lr schedule against closed forms; recorded and resumed exactly; bad names fail cleanly. */
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import * as tf from '@tensorflow/tfjs';
+import { initBackend } from '../src/core/backend/index.js';
+import { readSafetensors } from '../src/core/io/safetensors.js';
+import { dsmLossPerSample } from '../src/core/loss.js';
+import { modelConfig } from '../src/core/model/config.js';
+import { initParams } from '../src/core/model/params.js';
+import { ScoreNet } from '../src/core/model/scorenet.js';
+import { makeSde } from '../src/core/sde.js';
+import { adamStep, newOptimState } from '../src/core/train/adam.js';
+import { loadTrainingCheckpoint } from '../src/core/train/checkpoint.js';
+import { RECIPES, TRAIN_DEFAULTS, trainConfig } from '../src/core/train/config.js';
+import { GradEngine } from '../src/core/train/engine.js';
+import { lrAt, normalCdf, normalQuantile, trainTimeCdf } from '../src/core/train/noise.js';
+import { errorLines, runBin, tempDir } from './helpers/cli.js';
+
+const FAST = trainConfig(RECIPES.fast);
+
+test('normal quantile and CDF agree with tabulated values and invert each other', () => {
+  // Phi^-1(0.975) = 1.959963984540054, Phi^-1(0.5) = 0, Phi^-1(1e-6) = -4.753424308822899
+  assert.ok(Math.abs(normalQuantile(0.975) - 1.959963984540054) < 1e-8);
+  assert.equal(normalQuantile(0.5), 0);
+  assert.ok(Math.abs(normalQuantile(1e-6) + 4.753424308822899) < 1e-7);
+  assert.ok(Math.abs(normalCdf(1) - 0.8413447460685429) < 2e-7);
+  for (const p of [1e-9, 1e-4, 0.01, 0.3, 0.7, 0.99, 1 - 1e-7]) {
+    assert.ok(Math.abs(normalCdf(normalQuantile(p)) - p) < 2e-7 * Math.max(p, 1e-3), `p = ${p}`);
+  }
+  assert.equal(normalQuantile(0), -Infinity);
+});
+
+/**
+ * Kolmogorov-Smirnov distance of samples to a CDF that may have atoms: at each distinct value v,
+ * |F_n(v) - F(v)| and |F_n(v-) - F(v-)| with F(v-) = F(v) - (the atom at v, given by atomAt).
+ */
+function ksDistance(samples: Float64Array, cdf: (x: number) => number, atomAt: (x: number) => number): number {
+  const s = Float64Array.from(samples).sort();
+  const n = s.length;
+  let d = 0;
+  for (let i = 0; i < n; ) {
+    let j = i;
+    while (j < n && s[j] === s[i]) j++;
+    const f = cdf(s[i]);
+    d = Math.max(d, Math.abs(j / n - f), Math.abs(i / n - (f - atomAt(s[i]))));
+    i = j;
+  }
+  return d;
+}
+
+test('fast recipe: t over many (step, index) draws follows the clipped log-normal law (KS)', () => {
+  // the engine's own path: GradEngine.inputs draws t for sample j of step k from (seed, k, j)
+  const cfg = trainConfig({ ...RECIPES.fast, batchSize: 100, model: { channels: [8, 16, 16, 16], embedDim: 16 } });
+  const images = { n: 100, h: 28, w: 28, data: new Float32Array(100 * 784) };
+  const engine = new GradEngine(cfg, images);
+  const steps = 100;
+  const t = new Float64Array(steps * 100);
+  for (let k = 0; k < steps; k++) t.set(engine.inputs(k, 0, 100).t, k * 100);
+  engine.dispose();
+  const eps32 = Math.fround(cfg.eps);
+  // the atom at eps is P(sigma <= sigma(eps)) = F(eps); the one at 1 is 1 - F(1-)
+  const cdf = (x: number) => trainTimeCdf(cfg, x === eps32 ? cfg.eps : x);
+  const atom = (x: number) => (x === eps32 ? trainTimeCdf(cfg, cfg.eps) : x === 1 ? 1 - trainTimeCdf(cfg, 1 - 1e-12) : 0);
+  const d = ksDistance(t, cdf, atom);
+  // P(sqrt(n) D > 1.95) ~ 0.001 for a sample of the law; a uniform t would give D ~ 0.4
+  assert.ok(d * Math.sqrt(t.length) < 1.95, `KS distance ${d.toFixed(4)} (n = ${t.length})`);
+  // the test has power: the same draws reject a law whose P_mean is off by 0.1
+  const off = { ...cfg, pMean: cfg.pMean + 0.1 };
+  const dOff = ksDistance(t, (x) => trainTimeCdf(off, x === eps32 ? cfg.eps : x), (x) => (x === eps32 ? trainTimeCdf(off, cfg.eps) : 0));
+  assert.ok(dOff * Math.sqrt(t.length) > 1.95, `KS distance to a shifted law ${dOff.toFixed(4)}`);
+  const median = Float64Array.from(t).sort()[t.length / 2];
+  const sigma = 0.01 * Math.exp(median * Math.log(2200));
+  assert.ok(Math.abs(Math.log(sigma) - cfg.pMean) < 0.05, `median sigma ${sigma}, expected exp(${cfg.pMean})`);
+  // the seed recipe's draw is still U(eps, 1)
+  const seed = new GradEngine(trainConfig({ batchSize: 100, model: cfg.model }), images);
+  const u = new Float64Array(50 * 100);
+  for (let k = 0; k < 50; k++) u.set(seed.inputs(k, 0, 100).t, k * 100);
+  seed.dispose();
+  const du = ksDistance(u, (x) => Math.min(1, Math.max(0, (x - 1e-3) / (1 - 1e-3))), () => 0);
+  assert.ok(du * Math.sqrt(u.length) < 1.95, `uniform KS distance ${du.toFixed(4)}`);
+});
+
+test('edm weighting equals EDM lambda(sigma) ||D - x0||^2 at several sigmas', async () => {
+  await initBackend('cpu', { log: () => {} });
+  const sde = makeSde({ name: 've' });
+  const sigmaData = 0.31;
+  const n = 4;
+  const d = 6;
+  // t with std(t) = 0.05, 0.5, 3, 20: std^2 = sigma(t)^2 - sigma_min^2
+  const stds = [0.05, 0.5, 3, 20];
+  const ts = stds.map((s) => Math.log(Math.sqrt(s * s + 1e-4) / 0.01) / Math.log(2200));
+  const x0 = Float32Array.from({ length: n * d }, (_, i) => ((i * 37) % 11) / 11);
+  const z = Float32Array.from({ length: n * d }, (_, i) => Math.sin(i * 1.7) * 1.3);
+  // any score will do; this one is the exact score of N(0.4, 0.3^2 + std^2) per pixel
+  const score = (x: tf.Tensor4D, t: tf.Tensor1D) => {
+    const v = sde.stdTensor(t).square().add(0.09).reshape([-1, 1, 1, 1]);
+    return x.sub(0.4).neg().div(v) as tf.Tensor4D;
+  };
+  const got = tf.tidy(() =>
+    dsmLossPerSample(score, sde, tf.tensor4d(x0, [n, 2, 3, 1]), tf.tensor1d(ts), tf.tensor4d(z, [n, 2, 3, 1]), 'edm', sigmaData).dataSync(),
+  );
+  for (let i = 0; i < n; i++) {
+    const s = sde.std(ts[i]);
+    const lambda = (s * s + sigmaData * sigmaData) / (s * sigmaData) ** 2;
+    let sum = 0;
+    for (let k = i * d; k < (i + 1) * d; k++) {
+      const x = x0[k] + s * z[k];
+      const D = x + s * s * (-(x - 0.4) / (0.09 + s * s)); // Tweedie's denoiser from the same score
+      sum += (D - x0[k]) ** 2;
+    }
+    const want = lambda * sum;
+    assert.ok(Math.abs(got[i] - want) <= 1e-5 * want, `std ${s}: ${got[i]} vs ${want}`);
+  }
+});
+
+test('lr schedule: closed-form values, and Adam takes its first step at lrAt(0)', () => {
+  // fast: peak 2e-3, linear warm-up over 200 updates, then sqrt(400 / max(k, 400))
+  const want: [number, number][] = [[0, 1e-5], [99, 1e-3], [199, 2e-3], [300, 2e-3], [400, 2e-3], [1600, 1e-3], [6400, 5e-4]];
+  for (const [k, lr] of want) assert.ok(Math.abs(lrAt(FAST, k) - lr) < 1e-15, `step ${k}: ${lrAt(FAST, k)} vs ${lr}`);
+  const cos = { lr: 1, lrWarmup: 0, lrDecay: 'cosine' as const, lrDecaySteps: 100 };
+  assert.ok(Math.abs(lrAt(cos, 50) - 0.5) < 1e-15);
+  assert.ok(Math.abs(lrAt(cos, 25) - (1 + Math.SQRT1_2) / 2) < 1e-15);
+  assert.equal(lrAt(cos, 100), 0);
+  assert.equal(lrAt(cos, 500), 0);
+  // the seed recipe: the configured rate itself at every step
+  for (const k of [0, 1, 1e6]) assert.equal(lrAt(TRAIN_DEFAULTS, k), TRAIN_DEFAULTS.lr);
+  // Adam's first update is lr * g / (|g| + eps): about -lrAt(0) sign(g) per parameter
+  const s = newOptimState(new Float32Array(3));
+  adamStep(s, Float32Array.of(0.5, -2, 1), FAST, 'js');
+  const lr0 = lrAt(FAST, 0);
+  [-lr0, lr0, -lr0].forEach((want, i) => assert.ok(Math.abs(s.params[i] - want) < 1e-6 * lr0, `parameter ${i}: ${s.params[i]} vs ${want}`));
+});
+
+const SMALL = ['--channels', '8,16,16,16', '--embed-dim', '16', '--limit', '256', '--batch-size', '16', '--backend', 'wasm'];
+
+test('--recipe fast is recorded in the checkpoint, flags override it, and 3 + 3 resumed steps == 6 straight', () => {
+  const straight = tempDir();
+  const split = tempDir();
+  let r = runBin('scoreflow', ['train', '--recipe', 'fast', ...SMALL, '--steps', '6', '--out', straight]);
+  assert.equal(r.code, 0, r.stderr);
+  r = runBin('scoreflow', ['train', '--recipe', 'fast', ...SMALL, '--steps', '3', '--out', split]);
+  assert.equal(r.code, 0, r.stderr);
+  r = runBin('scoreflow', ['train', '--resume', '--steps', '6', '--out', split, '--backend', 'wasm', '--data', 'train', '--limit', '256']);
+  assert.equal(r.code, 0, r.stderr);
+  const a = readSafetensors(join(straight, 'checkpoint.safetensors'));
+  const b = readSafetensors(join(split, 'checkpoint.safetensors'));
+  assert.deepEqual([...a.tensors.keys()], [...b.tensors.keys()]);
+  for (const [name, t] of a.tensors) {
+    const u = b.tensors.get(name)!;
+    assert.ok(Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength).equals(Buffer.from(u.data.buffer, u.data.byteOffset, u.data.byteLength)), `${name} differs`);
+  }
+  const { config, state } = loadTrainingCheckpoint(join(split, 'checkpoint.safetensors'));
+  assert.equal(state.step, 6);
+  assert.equal(config.recipe, 'fast');
+  assert.equal(config.batchSize, 16, 'the explicit --batch-size wins over the recipe');
+  assert.equal(config.model.precond, 'edm');
+  assert.equal(config.model.sigmaData, FAST.model.sigmaData);
+  for (const k of ['lr', 'lrWarmup', 'lrDecay', 'lrDecaySteps', 'noise', 'pMean', 'pStd', 'weighting', 'sigmaData', 'emaDecay'] as const) {
+    assert.equal(config[k], FAST[k], k);
+  }
+  // and the seed recipe stays the default
+  const seedOut = tempDir();
+  r = runBin('scoreflow', ['train', ...SMALL, '--steps', '1', '--out', seedOut]);
+  assert.equal(r.code, 0, r.stderr);
+  const seed = loadTrainingCheckpoint(join(seedOut, 'checkpoint.safetensors')).config;
+  assert.deepEqual({ ...seed, model: undefined, dataset: undefined, batchSize: undefined }, { ...TRAIN_DEFAULTS, model: undefined, dataset: undefined, batchSize: undefined });
+});
+
+test('an unknown recipe is one clear line and a non-zero exit', () => {
+  for (const bin of ['scoreflow', 'coordinator'] as const) {
+    const r = runBin(bin, bin === 'scoreflow' ? ['train', '--recipe', 'turbo'] : ['start', '--recipe', 'turbo']);
+    assert.notEqual(r.code, 0);
+    const lines = errorLines(r.stderr);
+    assert.equal(lines.length, 1, r.stderr);
+    assert.match(lines[0], /unknown recipe 'turbo' \(expected seed or fast\)/);
+  }
+  assert.throws(() => trainConfig({ ...RECIPES.fast, sde: { name: 'vp' } }), /lognormal noise, edm weighting and edm preconditioning need the VE SDE, got vp/);
+});
+
+test('edm preconditioning: s = -x/(std^2 + sd^2) + sd F / (std sqrt(std^2 + sd^2)) with F the reference net output', async () => {
+  await initBackend('cpu', { log: () => {} });
+  const sde = makeSde({ name: 've' });
+  const model = { channels: [8, 16, 16, 16] as [number, number, number, number], embedDim: 16 };
+  const ref = new ScoreNet(modelConfig(model), sde);
+  const edm = new ScoreNet(modelConfig({ ...model, precond: 'edm', sigmaData: 0.31 }), sde);
+  const params = initParams(ref.infos, 3);
+  const x = Float32Array.from({ length: 3 * 784 }, (_, i) => Math.sin(i * 0.37) * 2);
+  const ts = [0.05, 0.5, 0.95];
+  const [a, b] = tf.tidy(() => {
+    const p = ref.tensors(params);
+    const xs = tf.tensor4d(x, [3, 28, 28, 1]);
+    const t = tf.tensor1d(ts);
+    return [ref.apply(p, xs, t).dataSync(), edm.apply(p, xs, t).dataSync()];
+  });
+  for (let i = 0; i < 3; i++) {
+    const s = sde.std(ts[i]);
+    const v = s * s + 0.31 * 0.31;
+    for (let k = i * 784; k < (i + 1) * 784; k += 97) {
+      const F = a[k] * s; // the reference divides F by std
+      const want = -x[k] / v + (0.31 * F) / (s * Math.sqrt(v));
+      assert.ok(Math.abs(b[k] - want) <= 1e-5 * (Math.abs(want) + 1e-3), `t ${ts[i]}, pixel ${k}: ${b[k]} vs ${want}`);
+    }
+  }
+  assert.throws(() => modelConfig({ precond: 'nope' as 'edm' }), /model preconditioning must be std or edm, got nope/);
+});
