@@ -88,7 +88,8 @@ for (const transport of TRANSPORTS) {
         await sleep(300);
         const nc = await connectNats({ url: server.url });
         c.conns.push(nc);
-        second = new Coordinator({ nc, run: 'restart', outDir, configJson: '{}', batchSize: cfg.batchSize, checkpointEvery: 10, transport });
+        // (flags that say another batch size: the run's recorded config wins)
+        second = new Coordinator({ nc, run: 'restart', outDir, configJson: '{}', batchSize: 5, checkpointEvery: 10, transport });
         await second.start();
         assert.equal(second.step, 10, 'resumes from the last checkpoint');
         const res = await second.done;

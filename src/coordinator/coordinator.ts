@@ -160,6 +160,9 @@ export class Coordinator {
     const prev = this.dir.read();
     if (prev && prev.run !== this.o.run) throw new Error(`${this.o.outDir} holds run ${prev.run}, not ${this.o.run}: pass --run ${prev.run} or another --out`);
     this.record = prev ? { ...prev, incarnation: prev.incarnation + 1 } : { run: this.o.run, incarnation: 1, configJson: this.o.configJson };
+    // The run's config is the recorded one (workers train with it): plan with its batch size too.
+    const recorded = (JSON.parse(this.record.configJson) as { batchSize?: unknown }).batchSize;
+    if (typeof recorded === 'number' && Number.isInteger(recorded) && recorded >= 1) this.o.batchSize = recorded;
     if (this.o.steps === undefined && this.o.epochs === undefined && prev?.totalSteps) this.o.steps = prev.totalSteps;
     this.mepoch = (this.record.incarnation & 0xffff) * 0x10000;
     if (prev?.checkpoint) {
