@@ -66,3 +66,9 @@ export function trainConfig(input: TrainConfigInput = {}): TrainConfig {
   check(cfg.weighting === 'sigma2' || cfg.weighting === 'likelihood', `weighting must be sigma2 or likelihood, got ${cfg.weighting}`);
   return cfg;
 }
+
+/** A recorded `dataset` ('train', 'train[:256]', a path with a limit) as the source and limit it was loaded with. */
+export function parseDataset(dataset: string): { source: string; limit?: number } {
+  const m = /^(.*)\[:(\d+)\]$/.exec(dataset);
+  return m ? { source: m[1], limit: Number(m[2]) } : { source: dataset };
+}
