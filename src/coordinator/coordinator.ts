@@ -108,6 +108,8 @@ export class Coordinator {
   private started = false;
   private transfers = 0;
   private readonly helloAt = new Map<string, number>();
+  /** Workers kept out because the batch has no sample left for them (logged once each). */
+  private readonly idle = new Set<string>();
   private readonly inbox = new StateInbox();
   private subs: Subscription[] = [];
   private timer?: NodeJS.Timeout;
@@ -258,6 +260,15 @@ export class Coordinator {
       return;
     }
     const old = this.members.get(env.worker);
+    // Every member of a plan takes a non-empty shard of the global batch, so a run has at most
+    // batchSize members; a worker beyond that stays out (idle) and, since its heartbeats get a
+    // Hello, joins as soon as a member leaves.
+    if (!old && this.members.size >= this.o.batchSize) {
+      if (!this.idle.has(env.worker)) this.o.log(`coordinator: worker ${env.worker} left idle: the global batch of ${this.o.batchSize} is split over ${this.members.size} worker(s) already; it joins when one leaves`);
+      this.idle.add(env.worker);
+      return;
+    }
+    this.idle.delete(env.worker);
     if (old) this.drop(old.id, 'rejoined', false);
     this.members.set(env.worker, { id: env.worker, seq: this.seq++, lastSeen: Date.now(), join: env.body, phase: 'new', readyStep: -1, transfer: '' });
     // `session` is in every message we send; a Welcome also echoes the Join's nonce.
