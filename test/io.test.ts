@@ -14,7 +14,9 @@ import { PNG } from 'pngjs';
 import { cleanAtomicTemps, parseTempName, writeFileAtomic, writeFileAtomicSync, writeFilesAtomic, writeFilesAtomicSync } from '../src/core/io/atomic.js';
 import { decodeNpy, encodeNpy, readNpy, writeNpy, writeNpySync } from '../src/core/io/npy.js';
 import { gridPixels, pngGrid, writePng } from '../src/core/io/png.js';
-import { decodeSafetensors, encodeSafetensors, getFloat32, readSafetensors, writeSafetensors, writeSafetensorsSync, type TensorInput } from '../src/core/io/safetensors.js';
+import {
+  CorruptDataError, DIGEST_KEY, decodeSafetensors, encodeSafetensors, getFloat32, inspectSafetensors, readSafetensors, withMetadata, writeSafetensors, writeSafetensorsSync, type TensorInput,
+} from '../src/core/io/safetensors.js';
 import { loadImages } from '../src/core/data/mnist.js';
 import { packagePath } from '../src/core/paths.js';
 
@@ -237,6 +239,36 @@ describe('safetensors', () => {
       throwsOneLine(() => readSafetensors(p), p, msg);
     }
     throwsOneLine(() => readSafetensors(join(dir, 'absent.safetensors')), 'absent.safetensors', 'ENOENT');
+  });
+
+  test('a digest (data_sha256) is verified on every read: one flipped data bit is one line naming the file', async () => {
+    const p = join(dir, 'digest.safetensors');
+    await writeSafetensors(p, sample(), META, { digest: true });
+    const f = readSafetensors(p);
+    assert.equal(f.digest, 'verified');
+    assert.match(f.metadata[DIGEST_KEY], /^[0-9a-f]{64}$/);
+    assert.equal(readSafetensors(join(dir, 'rt.safetensors')).digest, 'none'); // written without: loads as before
+    const bytes = readFileSync(p);
+    for (const at of [bytes.length - 1, bytes.length - 40]) {
+      const bad = Buffer.from(bytes);
+      bad[at] ^= 1;
+      writeFileSync(join(dir, 'flipped.safetensors'), bad);
+      throwsOneLine(() => readSafetensors(join(dir, 'flipped.safetensors')), join(dir, 'flipped.safetensors'), 'corrupt', DIGEST_KEY);
+      assert.throws(() => inspectSafetensors(bad, 'x'), CorruptDataError);
+    }
+    // metadata stamped in afterwards (the coordinator's run id) leaves the data and their digest valid
+    const stamped = Buffer.concat(withMetadata(bytes, { run: 'r1' }, p));
+    const g = decodeSafetensors(stamped, 'stamped');
+    assert.equal(g.digest, 'verified');
+    assert.equal(g.metadata.run, 'r1');
+    assert.equal(g.metadata.step, META.step);
+    assert.deepEqual(g.tensors.get('conv1.weight')!.data, sample()['conv1.weight'].data);
+  });
+
+  test('devices, pipes and directories are refused before reading (a read of /dev/zero never ends)', () => {
+    throwsOneLine(() => readSafetensors('/dev/zero'), '/dev/zero', 'character device, not a regular file');
+    throwsOneLine(() => readSafetensors(dir), 'a directory, not a regular file');
+    throwsOneLine(() => readNpy('/dev/zero'), '/dev/zero', 'not a regular file');
   });
 });
 

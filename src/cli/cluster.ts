@@ -12,7 +12,7 @@ import { connectNats } from '../cluster/connect.js';
 import { brokerFor } from '../cluster/nats-server.js';
 import { spawnWorkers, type Spawned } from '../coordinator/spawn.js';
 import { createMetrics, nextFreePorts, type Metrics, type MetricsServer } from '../metrics/index.js';
-import { parseIntArg } from './common.js';
+import { parseIntArg, parsePort } from './common.js';
 
 export interface ClusterFlags extends AuthFlags {
   gpus: number;
@@ -27,10 +27,10 @@ export interface ClusterFlags extends AuthFlags {
 /** The flags every coordinator command shares. */
 export function addClusterOptions(cmd: Command, what: string): Command {
   return addAuthOptions(cmd)
-    .option('--gpus <n>', 'workers to start, one per device (CPU workers where there are fewer GPUs)', parseIntArg(1), 1)
+    .option('--gpus <n>', 'workers to start, one per device (CPU workers where there are fewer GPUs)', parseIntArg(1, 4096), 1)
     .option('--no-spawn', `start no workers: ${what}`)
     .option('--nats <url>', 'NATS server (default: start nats-server with JetStream on a free loopback port)')
-    .option('--metrics-port <port>', 'serve /metrics, /healthz, /readyz (spawned workers take the next free ports)', parseIntArg(0));
+    .option('--metrics-port <port>', 'serve /metrics, /healthz, /readyz (spawned workers take the next free ports)', parsePort);
 }
 
 export interface Cluster {

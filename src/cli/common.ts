@@ -2,17 +2,28 @@
  * Shared CLI plumbing. The CLI is the only layer that turns errors into exit codes:
  * every failure is one line on stderr (`<prog>: <message>`) and a non-zero exit.
  */
-import { existsSync, statSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { accessSync, constants, existsSync, statSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { BACKEND_NAMES, type BackendName, initBackend } from '../core/backend/index.js';
+import { cleanAtomicTemps, describeError } from '../core/io/atomic.js';
 
-export function parseIntArg(min: number) {
+/** An integer flag in [min, max] (max: a plausible bound, so a slip of the keyboard is caught here, not hours later). */
+export function parseIntArg(min: number, max = Number.MAX_SAFE_INTEGER) {
   return (v: string): number => {
     const n = Number(v);
-    if (!/^-?\d+$/.test(v.trim()) || !Number.isSafeInteger(n) || n < min) throw new InvalidArgumentError(`expected an integer >= ${min}, got '${v}'`);
+    if (!/^-?\d+$/.test(v.trim()) || !Number.isSafeInteger(n) || n < min || n > max) {
+      throw new InvalidArgumentError(`expected an integer >= ${min}${max < Number.MAX_SAFE_INTEGER ? ` and <= ${max}` : ''}, got '${v}'`);
+    }
     return n;
   };
+}
+
+/** A TCP port, 0 (any free one) to 65535. */
+export function parsePort(v: string): number {
+  const n = Number(v);
+  if (!/^\d+$/.test(v.trim()) || n > 65535) throw new InvalidArgumentError(`expected a TCP port from 0 to 65535 (0: any free one), got '${v}'`);
+  return n;
 }
 
 export function parseFloatArg(opts: { min?: number; exclusiveMin?: number; max?: number } = {}) {
@@ -42,10 +53,51 @@ export function parseChannels(v: string): [number, number, number, number] {
   return parts as [number, number, number, number];
 }
 
-/** Throws one line when the folder that `out` would be written into does not exist. */
+/** Throws one line when the folder that `out` would be written into does not exist or is not writable. */
 export function checkOutDir(flag: string, out: string): void {
   const dir = dirname(out);
   if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new Error(`${flag}: directory '${dir}' does not exist`);
+  checkWritable(flag, out, dir);
+}
+
+function checkWritable(flag: string, out: string, dir: string): void {
+  try {
+    // access(2) answers EROFS on a read-only file system even for root, EACCES on permissions.
+    accessSync(dir, constants.W_OK | constants.X_OK);
+  } catch (e) {
+    throw new Error(`${flag} ${out}: not writable: ${dir} refuses new files (${describeError(e)}); choose another ${flag}`);
+  }
+}
+
+/**
+ * Throws one line unless directory `dir` exists and is writable, or can be created: the
+ * nearest existing ancestor must be a writable directory. Nothing is created here.
+ */
+export function checkOutputDir(flag: string, dir: string): void {
+  let at = resolve(dir);
+  while (!existsSync(at)) {
+    const up = dirname(at);
+    if (up === at) break;
+    at = up;
+  }
+  if (!statSync(at).isDirectory()) throw new Error(`${flag} ${dir}: ${at} is not a directory; choose another ${flag}`);
+  checkWritable(flag, dir, at);
+}
+
+/** Removes temp files of atomic writes that killed processes left in `dir` (see atomic.ts), saying so on stderr. */
+export function removeStaleTemps(prog: string, dir: string): void {
+  if (!existsSync(dir)) return;
+  // Called before this command has written anything: temps with our own pid are a dead predecessor's.
+  for (const p of cleanAtomicTemps(dir, { ownAreStale: true })) process.stderr.write(`${prog}: removed ${p}, the temp file of a write that never finished\n`);
+}
+
+const noted = new Set<string>();
+
+/** Says once per file that a scoreflow checkpoint without a data digest was loaded unverified. */
+export function noteUnverified(prog: string, path: string, unverified: boolean): void {
+  if (!unverified || noted.has(path)) return;
+  noted.add(path);
+  process.stderr.write(`${prog}: note: ${path} has no data digest (written before checkpoints carried one); loaded without verifying its bytes\n`);
 }
 
 export function backendOption(): Option {

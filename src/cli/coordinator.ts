@@ -4,18 +4,24 @@
  * spawns N workers (unless --no-spawn), and drives the run to its end. Restarted on the
  * same --out directory, it resumes from the last checkpoint and the workers re-attach.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
-import { Option } from 'commander';
+import { Option, type Command } from 'commander';
 import { Coordinator } from '../coordinator/coordinator.js';
+import { readRunRecord } from '../coordinator/run-dir.js';
+import { isDatasetName, loadImages } from '../core/data/mnist.js';
+import { readSafetensorsBytes } from '../core/io/safetensors.js';
+import { inspectCheckpoint } from '../core/train/checkpoint.js';
+import { parseDataset, trainConfig } from '../core/train/config.js';
 import { bindTelemetry } from '../metrics/index.js';
 import { checkId } from '../protocol/subjects.js';
 import { TRANSPORT_CHOICES, type TransportChoice } from '../protocol/transports.js';
 import { c10dAvailable } from '../worker/collective/c10d.js';
 import { addClusterOptions, withCluster, type ClusterFlags } from './cluster.js';
-import { main, newProgram, parseIntArg } from './common.js';
+import { checkOutputDir, main, newProgram, parseIntArg, removeStaleTemps } from './common.js';
 import { registerJobCommands } from './jobs.js';
-import { addTrainingOptions, CHECKPOINT, configFromFlags, type TrainFlags } from './train.js';
+import { refuseConflicts, syntheticConflicts, trainConflicts } from './resume.js';
+import { addTrainingOptions, CHECKPOINT, checkBatchFits, checkTrainFlags, configFromFlags, type TrainFlags } from './train.js';
 
 interface CoordinatorFlags extends TrainFlags, ClusterFlags {
   minWorkers?: number;
@@ -28,34 +34,78 @@ interface CoordinatorFlags extends TrainFlags, ClusterFlags {
 
 const log = (line: string) => process.stderr.write(line + '\n');
 
-/** The run's config: the training flags, or (hidden, for tests and benchmarks) a synthetic objective. */
-function runConfig(f: CoordinatorFlags): { json: string; batchSize: number } {
+/**
+ * The run's config: what the run directory or the --resume checkpoint recorded when there is
+ * one (flags given on the command line must agree with it), else the training flags, or
+ * (hidden, for tests and benchmarks) a synthetic objective.
+ */
+function runConfig(f: CoordinatorFlags, cmd: Command, out: string, resumeFrom: Uint8Array | undefined): { json: string; batchSize: number; synthetic: boolean; recorded: boolean } {
+  const ckpt = join(out, CHECKPOINT);
+  let recorded: { json: string; what: string; holder: string } | undefined;
+  const record = readRunRecord(out);
+  if (record) recorded = { json: record.configJson, what: `run ${record.run} in ${out}`, holder: 'the run' };
+  else if (resumeFrom) {
+    const info = inspectCheckpoint(resumeFrom, ckpt);
+    if (!info) throw new Error(`--resume: ${ckpt} is not a training checkpoint (no step in its metadata)`);
+    if (info.configJson) recorded = { json: info.configJson, what: `--resume: ${ckpt}`, holder: 'the checkpoint' };
+  }
+  if (recorded) {
+    const raw = JSON.parse(recorded.json) as { synthetic?: boolean; batchSize: number };
+    if (raw.synthetic) {
+      refuseConflicts(recorded.what, syntheticConflicts(cmd, f, raw.batchSize, recorded.holder));
+      return { json: recorded.json, batchSize: raw.batchSize, synthetic: true, recorded: true };
+    }
+    const cfg = trainConfig(raw as Parameters<typeof trainConfig>[0]);
+    refuseConflicts(recorded.what, trainConflicts(cmd, f, cfg, recorded.holder));
+    return { json: JSON.stringify(cfg), batchSize: cfg.batchSize, synthetic: false, recorded: true };
+  }
   if (f.synthetic) {
     const s = { synthetic: true, batchSize: f.batchSize, ...(JSON.parse(f.synthetic) as object) };
-    return { json: JSON.stringify(s), batchSize: s.batchSize };
+    return { json: JSON.stringify(s), batchSize: s.batchSize, synthetic: true, recorded: false };
   }
+  checkTrainFlags(f);
   const cfg = configFromFlags(f);
-  return { json: JSON.stringify(cfg), batchSize: cfg.batchSize };
+  return { json: JSON.stringify(cfg), batchSize: cfg.batchSize, synthetic: false, recorded: false };
 }
 
-async function start(f: CoordinatorFlags): Promise<void> {
+async function start(f: CoordinatorFlags, cmd: Command): Promise<void> {
   if (f.steps !== undefined && f.epochs !== undefined) throw new Error('give --steps or --epochs, not both');
   const out = resolve(f.out);
   const run = checkId('run', f.run ?? basename(out).replace(/[^A-Za-z0-9_-]/g, '_'));
+  checkOutputDir('--out', f.out);
   const hasRecord = existsSync(join(out, 'cluster.json'));
   const ckpt = join(out, CHECKPOINT);
   if (!hasRecord && existsSync(ckpt) && !f.resume) throw new Error(`${ckpt} exists; pass --resume to continue it, or choose another --out`);
   if (f.resume && !hasRecord && !existsSync(ckpt)) throw new Error(`--resume: no checkpoint at ${ckpt}`);
-  const { json, batchSize } = runConfig(f);
+  const resumeFrom = !hasRecord && f.resume ? readSafetensorsBytes(ckpt) : undefined;
+  const { json, batchSize, synthetic, recorded } = runConfig(f, cmd, out, resumeFrom);
+  // Every worker of a plan takes a non-empty shard of the global batch (the coordinator also
+  // keeps workers beyond the batch size out of the run: see Coordinator.onJoin).
+  const minWorkers = f.minWorkers ?? (f.spawn ? f.gpus : 1);
+  const batch = recorded ? `the run's global batch of ${batchSize} (from its checkpoint)` : `--batch-size ${batchSize}`;
+  for (const [flag, n] of [['--gpus', f.spawn ? f.gpus : 0], ['--min-workers', minWorkers]] as const) {
+    if (batchSize < n) throw new Error(`${batch} is smaller than ${flag} ${n}: each worker needs at least one sample of the global batch; use fewer workers${recorded ? '' : ` or --batch-size >= ${n}`}`);
+  }
+  if (!synthetic) {
+    // The workers load the data themselves; check it here first, so that a bad --data is one line, not N worker traces.
+    // (Workers of --no-spawn may see files this machine does not, e.g. a volume mounted on their pods only.)
+    const cfg = trainConfig(JSON.parse(json) as Parameters<typeof trainConfig>[0]);
+    const { source, limit } = parseDataset(cfg.dataset);
+    if (f.spawn || isDatasetName(source) || existsSync(source)) {
+      const data = loadImages(source, { limit });
+      checkBatchFits(batchSize, data.n, data.source);
+    } else log(`coordinator: ${source} is not on this machine; the workers load it (the batch size is not checked against it here)`);
+  }
   // Spawned workers share this machine's addon: a transport it lacks is refused before anything starts.
   if (f.spawn && (f.transport === 'gloo' || f.transport === 'nccl')) {
     const a = c10dAvailable(f.transport);
     if (!a.ok) throw new Error(`--transport ${f.transport} is unavailable here: ${a.why}`);
   }
+  removeStaleTemps('coordinator', out);
   await withCluster(f, run, async (c) => {
     const coordinator = new Coordinator({
       nc: c.nc, run, outDir: out, configJson: json, batchSize, steps: f.steps, epochs: f.steps === undefined ? (f.epochs ?? 1) : undefined,
-      resumeFrom: !hasRecord && f.resume ? readFileSync(ckpt) : undefined, minWorkers: f.minWorkers ?? (f.spawn ? f.gpus : 1),
+      resumeFrom, minWorkers,
       checksumEvery: f.checksumEvery, checkpointEvery: f.ckptEvery, heartbeatTimeoutMs: f.heartbeatTimeout, stepTimeoutMs: f.stepTimeout, transport: f.transport, log,
     });
     if (c.metrics) bindTelemetry(c.metrics, coordinator.telemetry, { globalBatch: batchSize, expectedWorkers: f.gpus });
@@ -80,12 +130,12 @@ const program = newProgram('coordinator', 'the coordinator of a scoreflow traini
 const cmd = program.command('start').description('run a training job over NATS workers (one per device)');
 addClusterOptions(addTrainingOptions(cmd), 'they join with `worker start` (e.g. Kubernetes pods)')
   .option('--run <id>', 'run id (default: the name of --out)')
-  .option('--min-workers <n>', 'workers to wait for before the first step (default: --gpus, or 1 with --no-spawn)', parseIntArg(1))
-  .option('--checksum-every <n>', 'compare parameter checksums every n steps (0: never)', parseIntArg(0), 10)
-  .option('--heartbeat-timeout <ms>', 'declare a silent worker lost after this long', parseIntArg(100), 3000)
-  .option('--step-timeout <ms>', 're-plan a step that takes longer than this (and 10x the last one)', parseIntArg(100), 30_000)
+  .option('--min-workers <n>', 'workers to wait for before the first step (default: --gpus, or 1 with --no-spawn)', parseIntArg(1, 4096))
+  .option('--checksum-every <n>', 'compare parameter checksums every n steps (0: never)', parseIntArg(0, 1e9), 10)
+  .option('--heartbeat-timeout <ms>', 'declare a silent worker lost after this long', parseIntArg(100, 3_600_000), 3000)
+  .option('--step-timeout <ms>', 're-plan a step that takes longer than this (and 10x the last one)', parseIntArg(100, 86_400_000), 30_000)
   .addOption(new Option('--transport <t>', 'how gradients move: nats (through the broker), gloo (c10d, worker to worker), nccl (GPUs), auto (nccl, else gloo when every worker has it, else nats)').choices([...TRANSPORT_CHOICES]).default('auto'))
   .addOption(new Option('--synthetic <json>').hideHelp())
-  .action((f: CoordinatorFlags) => start(f));
+  .action((f: CoordinatorFlags, cmd: Command) => start(f, cmd));
 registerJobCommands(program);
 await main(program);

@@ -15,7 +15,7 @@ import { encodeNpyChunks } from '../core/io/npy.js';
 import { pngGrid } from '../core/io/png.js';
 import { SAMPLE_DEFAULTS, encode } from '../core/sampling/index.js';
 import { loadScoreModel } from '../core/score/net.js';
-import { backendOption, deviceOption, parseFloatArg, parseIntArg, startBackend } from './common.js';
+import { backendOption, deviceOption, noteUnverified, parseFloatArg, parseIntArg, startBackend } from './common.js';
 import { progressBar } from './progress.js';
 import { outputPaths } from './sample.js';
 
@@ -49,6 +49,7 @@ async function encodeCommand(f: EncodeFlags): Promise<void> {
   const images = loadImages(f.data ?? f.split, { limit: f.limit });
   const backend = await startBackend(f);
   const model = loadScoreModel(f.ckpt, { ema: !f.raw });
+  noteUnverified('encode', f.ckpt, model.unverified);
   try {
     const [h, w] = model.shape;
     if (images.h !== h || images.w !== w) throw new Error(`${images.source}: images are ${images.h}x${images.w}, the model takes ${h}x${w}`);

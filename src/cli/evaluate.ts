@@ -19,7 +19,7 @@ import {
   CLASSIFIER_DEFAULTS, IMAGE_SIZE, checkClassifierConfig, MnistClassifier, accuracy, decodeClassifier, saveClassifier, trainClassifier,
 } from '../core/eval/classifier.js';
 import { evaluateSamples, referenceStats, type Images } from '../core/eval/index.js';
-import { backendOption, checkOutDir, deviceOption, parseFloatArg, parseIntArg, startBackend } from './common.js';
+import { backendOption, checkOutDir, deviceOption, noteUnverified, parseFloatArg, parseIntArg, startBackend } from './common.js';
 import { progressBar } from './progress.js';
 
 function parseTwoInts(v: string): [number, number] {
@@ -142,7 +142,9 @@ async function evaluate(f: EvaluateFlags): Promise<void> {
     checkOutDir('--out', f.out);
   }
   const sets = f.samples.map(readSamples);
-  const weights = decodeClassifier(readSafetensors(f.classifier));
+  const classifierFile = readSafetensors(f.classifier);
+  const weights = decodeClassifier(classifierFile); // checks it is ours first: then a missing digest means an old file
+  noteUnverified('evaluate', f.classifier, classifierFile.digest === 'none');
   const ref = loadImages(f.ref, { limit: f.refLimit });
   if (ref.h !== IMAGE_SIZE || ref.w !== IMAGE_SIZE) throw new Error(`${ref.source}: reference images are ${ref.h}x${ref.w}, the classifier takes ${IMAGE_SIZE}x${IMAGE_SIZE}`);
   if (ref.n < 2) throw new Error(`${ref.source}: the reference needs at least 2 images, got ${ref.n}`);

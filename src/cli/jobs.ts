@@ -5,21 +5,22 @@
  * is a task of index-range jobs on the run's JetStream work queue (src/coordinator/fanout.ts).
  */
 import { randomBytes } from 'node:crypto';
-import { resolve } from 'node:path';
+import { dirname, resolve } from 'node:path';
 import type { Command } from 'commander';
 import { QUEUE_DEFAULTS } from '../cluster/jetstream.js';
 import { runTask, type TaskOptions, type TaskOutcome } from '../coordinator/fanout.js';
 import { loadImages } from '../core/data/mnist.js';
 import { readNpy } from '../core/io/npy.js';
+import { MODEL_DEFAULTS } from '../core/model/config.js';
 import { resolveSampleOptions } from '../core/sampling/index.js';
 import type { LikelihoodSpec, SampleSpec } from '../protocol/job-spec.js';
 import { payloadValues } from '../protocol/jobs.js';
 import { checkId } from '../protocol/subjects.js';
 import { addClusterOptions, withCluster, type Cluster, type ClusterFlags } from './cluster.js';
-import { backendOption, parseIntArg } from './common.js';
+import { backendOption, checkOutDir, parseIntArg, removeStaleTemps } from './common.js';
 import { addLikelihoodOptions, emitLikelihoodReport, likelihoodReport, type LikelihoodFlags } from './likelihood.js';
 import { progressBar } from './progress.js';
-import { addSampleOptions, outputPaths, sampleOptions, sampleSummary, writeSampleSet, type SampleFlags } from './sample.js';
+import { addSampleOptions, checkSampleOutput, outputPaths, sampleOptions, sampleSummary, writeSampleSet, type SampleFlags } from './sample.js';
 
 interface JobFlags extends ClusterFlags {
   ackWait: number;
@@ -91,6 +92,10 @@ async function sample(f: SampleFlags & JobFlags, cmd: Command): Promise<void> {
     n = nGiven ? f.n : rows;
   }
   if (!(n >= 1)) throw new Error(`nothing to sample: --n is ${n}`);
+  // An output too large for this machine is one line before any worker starts. (The workers
+  // load and verify the checkpoint; ScoreNet images are always MODEL_DEFAULTS' 28x28.)
+  checkSampleOutput(f.out, n, MODEL_DEFAULTS.height, MODEL_DEFAULTS.width);
+  removeStaleTemps('coordinator', dirname(f.out));
   // Workers read the checkpoint (and latents) themselves: absolute paths, on a shared file system or volume.
   const spec: SampleSpec = {
     kind: 'sample', ckpt: resolve(f.ckpt), raw: f.raw, options: { ...opts, batchSize: resolved.batchSize }, latent: f.latent !== undefined ? resolve(f.latent) : undefined,
@@ -114,6 +119,7 @@ async function sample(f: SampleFlags & JobFlags, cmd: Command): Promise<void> {
 
 async function likelihood(f: LikelihoodFlags & JobFlags): Promise<void> {
   if (f.out !== undefined && !f.out.endsWith('.json')) throw new Error(`--out must name a .json file, got '${f.out}'`);
+  if (f.out !== undefined) checkOutDir('--out', f.out);
   // The coordinator reads the split once, for its size and the report's source; workers read it too.
   const images = loadImages(f.data ?? f.split, { limit: f.limit });
   if (images.n < 1) throw new Error(`no images in ${images.source}: nothing to evaluate`);

@@ -7,7 +7,7 @@ import { loadImages } from '../core/data/mnist.js';
 import { writeFileAtomic } from '../core/io/atomic.js';
 import { DIVERGENCE_MODES, likelihoodRange, meanAndStderr, type DivergenceMode } from '../core/likelihood.js';
 import { loadScoreModel } from '../core/score/net.js';
-import { backendOption, deviceOption, parseFloatArg, parseIntArg, startBackend } from './common.js';
+import { backendOption, checkOutDir, deviceOption, noteUnverified, parseFloatArg, parseIntArg, startBackend } from './common.js';
 import { progressBar } from './progress.js';
 
 export interface LikelihoodFlags {
@@ -30,9 +30,11 @@ export interface LikelihoodFlags {
 
 async function likelihood(f: LikelihoodFlags): Promise<void> {
   if (f.out !== undefined && !f.out.endsWith('.json')) throw new Error(`--out must name a .json file, got '${f.out}'`);
+  if (f.out !== undefined) checkOutDir('--out', f.out);
   const images = loadImages(f.data ?? f.split, { limit: f.limit });
   const backend = await startBackend(f);
   const model = loadScoreModel(f.ckpt, { ema: !f.raw });
+  noteUnverified('likelihood', f.ckpt, model.unverified);
   try {
     const [h, w] = model.shape;
     if (images.h !== h || images.w !== w) throw new Error(`${images.source}: images are ${images.h}x${images.w}, the model takes ${h}x${w}`);
@@ -113,12 +115,12 @@ export function addLikelihoodOptions(cmd: Command): Command {
     .option('--data <source>', 'IDX image file (or .npy, or a data set name) instead of --split')
     .option('--limit <n>', 'the first n images', parseIntArg(1))
     .option('--seed <s>', 'seed of the dequantisation noise and probes (image i: (seed, i))', parseIntArg(0), 0)
-    .option('--probes <k>', 'Hutchinson probes per image', parseIntArg(1), 1)
+    .option('--probes <k>', 'Hutchinson probes per image', parseIntArg(1, 10_000), 1)
     .addOption(new Option('--hutchinson <kind>', 'divergence estimator (exact: one backward pass per dimension)').choices(DIVERGENCE_MODES as unknown as string[]).default('gaussian'))
-    .option('--rtol <r>', 'RK45 relative tolerance', parseFloatArg({ exclusiveMin: 0 }), 1e-5)
-    .option('--atol <a>', 'RK45 absolute tolerance', parseFloatArg({ exclusiveMin: 0 }), 1e-5)
+    .option('--rtol <r>', 'RK45 relative tolerance, in (0, 1]', parseFloatArg({ exclusiveMin: 0, max: 1 }), 1e-5)
+    .option('--atol <a>', 'RK45 absolute tolerance, in (0, 1]', parseFloatArg({ exclusiveMin: 0, max: 1 }), 1e-5)
     .option('--eps <t>', 'integrate from t = eps', parseFloatArg({ exclusiveMin: 0, max: 0.5 }), 1e-3)
-    .option('--batch-size <b>', 'images per batch', parseIntArg(1), 32)
+    .option('--batch-size <b>', 'images per batch', parseIntArg(1, 65536), 32)
     .option('--raw', 'use the raw parameters, not the EMA weights', false)
     .option('--out <file.json>', 'also write the JSON report here (atomically)');
 }

@@ -2,13 +2,15 @@
  * `scoreflow sample`: noise -> digits with a trained ScoreNet. Writes FILE.npy (float32
  * [N,1,28,28], NumPy's format), FILE.png (a grid) and FILE.json (a summary) as one atomic set.
  */
+import { dirname } from 'node:path';
 import { Command, Option } from 'commander';
+import { availableMemory, formatBytes, freeDisk } from '../core/io/limits.js';
 import { encodeNpyChunks, readNpy } from '../core/io/npy.js';
 import { writeFilesAtomic } from '../core/io/atomic.js';
 import { pngGrid } from '../core/io/png.js';
 import { HEUN_DEFAULTS, SAMPLE_DEFAULTS, SAMPLER_NAMES, resolveSampleOptions, sampleRange, type SampleOptions, type SamplerName } from '../core/sampling/index.js';
 import { loadScoreModel } from '../core/score/net.js';
-import { backendOption, checkOutDir, deviceOption, parseFloatArg, parseIntArg, startBackend } from './common.js';
+import { backendOption, checkOutDir, deviceOption, noteUnverified, parseFloatArg, parseIntArg, removeStaleTemps, startBackend } from './common.js';
 import { progressBar } from './progress.js';
 
 export interface SampleFlags {
@@ -61,8 +63,10 @@ async function sample(f: SampleFlags, cmd: Command): Promise<void> {
   const opts = sampleOptions(f);
   const resolved = resolveSampleOptions(opts);
   if (f.latent !== undefined && f.sampler !== 'ode') throw new Error(`--latent needs --sampler ode (got ${f.sampler})`);
+  removeStaleTemps('sample', dirname(f.out));
   const backend = await startBackend(f);
   const model = loadScoreModel(f.ckpt, { ema: !f.raw });
+  noteUnverified('sample', f.ckpt, model.unverified);
   try {
     const [h, w] = model.shape;
     let n = f.n;
@@ -72,7 +76,10 @@ async function sample(f: SampleFlags, cmd: Command): Promise<void> {
       n = nGiven ? f.n : lat.n;
       opts.latent = lat.data;
     }
-    process.stderr.write(`sample: ${f.sampler}, ${n} images from ${f.ckpt} (${model.which} weights${model.step !== null ? `, step ${model.step}` : ''}), seed ${f.seed}\n`);
+    const bytes = checkSampleOutput(f.out, n, h, w);
+    process.stderr.write(
+      `sample: ${f.sampler}, ${n} images from ${f.ckpt} (${model.which} weights${model.step !== null ? `, step ${model.step}` : ''}), seed ${f.seed}, ${formatBytes(bytes)} of output\n`,
+    );
     const bar = progressBar('sample');
     bar.start(n, 0);
     const t0 = performance.now();
@@ -136,12 +143,36 @@ export function sampleSummary(
   };
 }
 
-/** X.npy (float32 [n,1,h,w]), X.png and X.json, written as one atomic set. */
+/** The PNG grid shows at most this many images (the first ones): a grid of millions would not fit in a Buffer. */
+export const PNG_MAX_IMAGES = 10_000;
+
+/**
+ * Throws one line unless n images of h x w fit in memory now (the float32 samples, the PNG
+ * grid) and on the file system of the output (the .npy, the .png); else returns the bytes of
+ * the .npy, for the start line. Checked before any sampling, so a --n too large for the
+ * machine fails at once, not after hours or with "Invalid typed array length".
+ */
+export function checkSampleOutput(out: string, n: number, h: number, w: number): number {
+  const npy = 4 * n * h * w + 128;
+  const png = Math.min(n, PNG_MAX_IMAGES) * (h + 2) * (w + 2);
+  const fits = (need: number, have: number) => `use --n ${Math.floor((n * have) / need)} or less`;
+  const memory = npy + 3 * png; // the samples, the grid's pixels, the PNG encoder's copies
+  const free = availableMemory();
+  if (memory > free) throw new Error(`--n ${n}: ${n} images of ${h}x${w} need ${formatBytes(memory)} of memory, ${formatBytes(free)} is available; ${fits(memory, free)}`);
+  const disk = npy + png;
+  const dir = dirname(out);
+  const space = freeDisk(dir);
+  if (disk > space) throw new Error(`--n ${n}: the outputs need ${formatBytes(disk)} on disk in ${dir}, ${formatBytes(space)} is free; ${fits(disk, space)}`);
+  return npy;
+}
+
+/** X.npy (float32 [n,1,h,w]), X.png (the first PNG_MAX_IMAGES) and X.json, written as one atomic set. */
 export async function writeSampleSet(paths: ReturnType<typeof outputPaths>, shape: [number, number, number, number], samples: Float32Array, summary: object): Promise<void> {
   const [n, , h, w] = shape;
+  const shown = Math.min(n, PNG_MAX_IMAGES);
   await writeFilesAtomic([
     [paths.npy, encodeNpyChunks({ shape, data: samples }, paths.npy)],
-    [paths.png, pngGrid(samples, n, h, w)],
+    [paths.png, pngGrid(samples.subarray(0, shown * h * w), shown, h, w)],
     [paths.json, JSON.stringify(summary, null, 2) + '\n'],
   ]);
 }
@@ -171,20 +202,20 @@ export function addSampleOptions(cmd: Command): Command {
   return cmd
     .requiredOption('--ckpt <path>', 'training checkpoint (EMA weights) or bare PyTorch-layout state_dict (safetensors)')
     .addOption(new Option('--sampler <name>', 'sampler').choices(SAMPLER_NAMES as unknown as string[]).default('em'))
-    .option('--n <n>', 'number of images', parseIntArg(1), 64)
-    .option('--steps <n>', `em/pc time steps (default ${SAMPLE_DEFAULTS.emSteps}); heun noise levels N, NFE 2N-1 (default ${HEUN_DEFAULTS.steps})`, parseIntArg(1))
+    .option('--n <n>', 'number of images (checked against free memory and disk)', parseIntArg(1), 64)
+    .option('--steps <n>', `em/pc time steps (default ${SAMPLE_DEFAULTS.emSteps}); heun noise levels N, NFE 2N-1 (default ${HEUN_DEFAULTS.steps})`, parseIntArg(1, 1e6))
     .option('--snr <r>', 'pc: Langevin signal-to-noise ratio', parseFloatArg({ exclusiveMin: 0 }), SAMPLE_DEFAULTS.snr)
-    .option('--corrector-steps <n>', 'pc: Langevin steps per time step', parseIntArg(0), SAMPLE_DEFAULTS.correctorSteps)
+    .option('--corrector-steps <n>', 'pc: Langevin steps per time step', parseIntArg(0, 1000), SAMPLE_DEFAULTS.correctorSteps)
     .option('--churn <s>', 'heun: EDM S_churn (0: deterministic)', parseFloatArg({ min: 0 }), HEUN_DEFAULTS.churn)
     .option('--s-tmin <s>', 'heun: churn only at noise levels >= this', parseFloatArg({ min: 0 }), HEUN_DEFAULTS.sTmin)
     .option('--s-tmax <s>', 'heun: churn only at noise levels <= this', parseFloatArg({ min: 0 }), HEUN_DEFAULTS.sTmax)
     .option('--s-noise <s>', 'heun: churn noise scale', parseFloatArg({ exclusiveMin: 0 }), HEUN_DEFAULTS.sNoise)
     .option('--rho <r>', 'heun: time discretisation exponent', parseFloatArg({ exclusiveMin: 0 }), HEUN_DEFAULTS.rho)
-    .option('--rtol <r>', 'ode: RK45 relative tolerance', parseFloatArg({ exclusiveMin: 0 }), SAMPLE_DEFAULTS.rtol)
-    .option('--atol <a>', 'ode: RK45 absolute tolerance', parseFloatArg({ exclusiveMin: 0 }), SAMPLE_DEFAULTS.atol)
+    .option('--rtol <r>', 'ode: RK45 relative tolerance, in (0, 1]', parseFloatArg({ exclusiveMin: 0, max: 1 }), SAMPLE_DEFAULTS.rtol)
+    .option('--atol <a>', 'ode: RK45 absolute tolerance, in (0, 1]', parseFloatArg({ exclusiveMin: 0, max: 1 }), SAMPLE_DEFAULTS.atol)
     .option('--eps <t>', 'integrate down to t = eps', parseFloatArg({ exclusiveMin: 0, max: 0.5 }), SAMPLE_DEFAULTS.eps)
     .option('--seed <s>', 'seed: image i depends only on (seed, i)', parseIntArg(0), 0)
-    .option('--batch-size <b>', 'images per batch', parseIntArg(1), SAMPLE_DEFAULTS.batchSize)
+    .option('--batch-size <b>', 'images per batch', parseIntArg(1, 65536), SAMPLE_DEFAULTS.batchSize)
     .option('--latent <file.npy>', 'ode: decode these x(1) latents [N,1,28,28] instead of prior draws')
     .option('--raw', 'use the raw parameters, not the EMA weights', false)
     .option('--out <file.npy>', 'samples; the .png grid and .json summary go beside it', 'samples.npy');

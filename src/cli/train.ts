@@ -1,13 +1,17 @@
 /** `scoreflow train`: single-process DSM training with resumable checkpoints. */
-import { appendFileSync, existsSync, mkdirSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { loadImages } from '../core/data/mnist.js';
-import { RECIPES, recipeValues, trainConfig, type RecipeName, type TrainConfig } from '../core/train/config.js';
+import { StepLog } from '../core/io/jsonl.js';
+import { loadTrainingCheckpoint } from '../core/train/checkpoint.js';
+import { parseDataset, RECIPES, recipeValues, trainConfig, type RecipeName, type TrainConfig } from '../core/train/config.js';
 import { GradPool } from '../core/train/pool.js';
 import { NonFiniteError, trainStep } from '../core/train/step.js';
 import { Trainer } from '../core/train/trainer.js';
-import { backendOption, deviceOption, parseChannels, parseFloatArg, parseIntArg, poolThreads, startBackend } from './common.js';
+import { backendOption, checkOutputDir, deviceOption, noteUnverified, parseChannels, parseFloatArg, parseIntArg, poolThreads, removeStaleTemps, startBackend } from './common.js';
+import { refuseConflicts, trainConflicts } from './resume.js';
 import { progressBar } from './progress.js';
 
 export const CHECKPOINT = 'checkpoint.safetensors';
@@ -44,27 +48,27 @@ export function addTrainingOptions(cmd: Command): Command {
   return cmd
     .option('--recipe <name>', 'training preset: seed (the notebook\'s) or fast (README: "Training recipes"); explicit flags override it', parseRecipe, 'seed')
     .hook('preAction', (c) => applyRecipe(c))
-    .option('--steps <n>', 'train until this many steps in total (counting resumed ones)', parseIntArg(1))
-    .option('--epochs <n>', 'train until this many epochs in total', parseIntArg(1))
+    .option('--steps <n>', 'train until this many steps in total (counting resumed ones)', parseIntArg(1, 1e9))
+    .option('--epochs <n>', 'train until this many epochs in total', parseIntArg(1, 1e6))
     .option('--seed <s>', 'seed of every random stream', parseIntArg(0), 0)
-    .option('--batch-size <b>', 'global batch size', parseIntArg(1), 32)
-    .option('--lr <lr>', 'Adam learning rate', parseFloatArg({ exclusiveMin: 0 }), 1e-4)
+    .option('--batch-size <b>', 'global batch size (at most the data set size)', parseIntArg(1), 32)
+    .option('--lr <lr>', 'Adam learning rate, in (0, 1]', parseFloatArg({ exclusiveMin: 0, max: 1 }), 1e-4)
     .option('--ema <decay>', 'EMA decay of the sampling weights (0: none)', parseFloatArg({ min: 0, max: 0.999999 }), 0.999)
-    .option('--grad-clip <norm>', 'clip the global gradient norm (0: off)', parseFloatArg({ min: 0 }), 0)
+    .option('--grad-clip <norm>', 'clip the global gradient norm (0: off)', parseFloatArg({ min: 0, max: 1e9 }), 0)
     .addOption(new Option('--weighting <w>', 'DSM weighting lambda(t)').choices(['sigma2', 'likelihood', 'edm']).default('sigma2'))
     .addOption(new Option('--sde <name>', 'forward SDE').choices(['ve', 'vp', 'subvp']).default('ve'))
-    .option('--sigma-min <s>', 'VE sigma_min', parseFloatArg({ exclusiveMin: 0 }), 0.01)
-    .option('--sigma-max <s>', 'VE sigma_max', parseFloatArg({ exclusiveMin: 0 }), 22)
+    .option('--sigma-min <s>', 'VE sigma_min, in (0, 1]', parseFloatArg({ exclusiveMin: 0, max: 1 }), 0.01)
+    .option('--sigma-max <s>', 'VE sigma_max, above sigma_min and at most 1e4', parseFloatArg({ exclusiveMin: 0, max: 1e4 }), 22)
     .option('--channels <c>', 'ScoreNet channels, four comma-separated', parseChannels)
-    .option('--embed-dim <d>', 'time embedding width', parseIntArg(2))
+    .option('--embed-dim <d>', 'time embedding width (even)', parseIntArg(2, 4096))
     .option('--data <source>', 'train | test | fashion-train | path to an IDX/.npy image file', 'train')
     .option('--limit <n>', 'use only the first n images', parseIntArg(1))
     .addOption(backendOption())
     .addOption(deviceOption())
-    .option('--threads <t>', 'compute threads (default: all cores): GradPool threads on wasm/cpu, intra-op threads on torch', parseIntArg(1))
+    .option('--threads <t>', 'compute threads (default: all cores): GradPool threads on wasm/cpu, intra-op threads on torch', parseIntArg(1, 1024))
     .option('--out <dir>', 'output directory (checkpoint, log.jsonl)', 'runs/train')
     .option('--resume', 'continue from <out>/checkpoint.safetensors', false)
-    .option('--ckpt-every <n>', 'write a checkpoint every n steps', parseIntArg(1), 200);
+    .option('--ckpt-every <n>', 'write a checkpoint every n steps', parseIntArg(1, 1e9), 200);
 }
 
 export interface TrainFlags {
@@ -116,16 +120,33 @@ export function targetStep(f: Pick<TrainFlags, 'steps' | 'epochs'>, stepsPerEpoc
   return (f.epochs ?? 1) * stepsPerEpoch;
 }
 
-async function train(f: TrainFlags): Promise<void> {
+async function train(f: TrainFlags, cmd: Command): Promise<void> {
   const ckpt = join(f.out, CHECKPOINT);
+  if (f.steps !== undefined && f.epochs !== undefined) throw new Error('give --steps or --epochs, not both');
   if (f.resume && !existsSync(ckpt)) throw new Error(`--resume: no checkpoint at ${ckpt}`);
   if (!f.resume && existsSync(ckpt)) throw new Error(`${ckpt} exists; pass --resume to continue it, or choose another --out`);
-  const data = loadImages(f.data, { limit: f.limit });
+  checkOutputDir('--out', f.out);
+  checkTrainFlags(f);
+  // A resumed run takes its settings, data set included, from the checkpoint (verified as it loads).
+  const resumed = f.resume ? loadTrainingCheckpoint(ckpt) : undefined;
+  if (resumed) {
+    refuseConflicts(`--resume: ${ckpt}`, trainConflicts(cmd, f, resumed.config));
+    noteUnverified('train', ckpt, resumed.digest === 'none');
+  }
+  const dataset = resumed ? parseDataset(resumed.config.dataset) : { source: f.data, limit: f.limit };
+  const data = loadImages(dataset.source, { limit: dataset.limit });
+  const cfg = resumed?.config ?? configFromFlags(f);
+  checkBatchFits(cfg.batchSize, data.n, data.source);
   const backend = await startBackend(f);
-  const trainer = f.resume ? Trainer.load(ckpt, data) : Trainer.create(configFromFlags(f), data);
-  const cfg = trainer.config;
+  const trainer = resumed ? Trainer.fromCheckpoint(resumed, data) : Trainer.create(cfg, data);
+  // The run id travels in every checkpoint, so a checkpoint says which run it continues.
+  const run = resumed?.run ?? `train-${randomBytes(6).toString('hex')}`;
   const end = targetStep(f, trainer.stepsPerEpoch());
   mkdirSync(f.out, { recursive: true });
+  removeStaleTemps('train', f.out);
+  // The log holds each step once: lines past the checkpoint (steps a killed run did after it) go.
+  const log = new StepLog(join(f.out, 'log.jsonl'));
+  log.cut((step) => step <= trainer.step);
   const threads = poolThreads(backend, f.threads);
   const pool = await GradPool.create({ threads, backend, config: cfg, data });
   trainer.setGradSource(pool);
@@ -135,7 +156,6 @@ async function train(f: TrainFlags): Promise<void> {
   );
   const bar = progressBar('train', ' | loss {loss} | {ips} img/s');
   bar.start(end, trainer.step, { loss: '-', ips: '-' });
-  const log = join(f.out, 'log.jsonl');
   try {
     while (trainer.step < end) {
       const t0 = performance.now();
@@ -145,9 +165,9 @@ async function train(f: TrainFlags): Promise<void> {
       });
       const seconds = (performance.now() - t0) / 1000;
       const ips = count / seconds;
-      appendFileSync(log, JSON.stringify({ step: trainer.step, epoch, loss, images_per_s: ips, seconds, time: new Date().toISOString() }) + '\n');
+      log.append({ step: trainer.step, epoch, loss, images_per_s: ips, seconds, time: new Date().toISOString() });
       bar.update(trainer.step, { loss: loss.toFixed(2), ips: ips.toFixed(1) });
-      if (trainer.step % f.ckptEvery === 0 || trainer.step === end) await trainer.saveCheckpoint(ckpt, { backend });
+      if (trainer.step % f.ckptEvery === 0 || trainer.step === end) await trainer.saveCheckpoint(ckpt, { backend, run });
     }
   } finally {
     bar.stop();
@@ -156,8 +176,18 @@ async function train(f: TrainFlags): Promise<void> {
   process.stderr.write(`train: done at step ${trainer.step}; checkpoint ${ckpt}\n`);
 }
 
+/** Cross-flag checks the parsers cannot make alone. */
+export function checkTrainFlags(f: Pick<TrainFlags, 'sigmaMin' | 'sigmaMax'>): void {
+  if (!(f.sigmaMax > f.sigmaMin)) throw new Error(`--sigma-max ${f.sigmaMax} must be larger than --sigma-min ${f.sigmaMin}`);
+}
+
+/** A global batch is drawn without replacement from one epoch: it cannot exceed the data set. */
+export function checkBatchFits(batchSize: number, n: number, source: string): void {
+  if (batchSize > n) throw new Error(`--batch-size ${batchSize} is larger than the ${n} images of ${source}: use at most ${n}`);
+}
+
 export function registerTrain(program: Command): void {
   addTrainingOptions(program.command('train').description('train the ScoreNet with denoising score matching (one process)')).action(
-    (opts: TrainFlags) => train(opts),
+    (opts: TrainFlags, cmd: Command) => train(opts, cmd),
   );
 }

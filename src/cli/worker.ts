@@ -13,7 +13,7 @@ import { JobRunner } from '../worker/jobs.js';
 import { trainerReplicas } from '../worker/trainer-replica.js';
 import { defaultDataHost, startC10d } from '../worker/collective/c10d.js';
 import { defaultWorkerId, Worker } from '../worker/worker.js';
-import { backendOption, main, newProgram, parseIntArg, poolThreads, startBackend } from './common.js';
+import { backendOption, main, newProgram, parseIntArg, parsePort, poolThreads, startBackend } from './common.js';
 
 interface WorkerFlags extends AuthFlags {
   nats: string;
@@ -30,11 +30,28 @@ interface WorkerFlags extends AuthFlags {
   dataIface?: string;
   dataPort: number;
   collectiveTimeout: number;
+  parentPipe: boolean;
 }
 
 const log = (line: string) => process.stderr.write(line + '\n');
 
+/**
+ * --parent-pipe (set by `coordinator start` for the workers it spawns): stdin is a pipe from
+ * the coordinator, closed by the kernel when it dies, however it dies; then there is no run
+ * left to serve, so exit rather than linger as an orphan holding a device.
+ */
+function exitWhenParentGoes(): void {
+  const gone = () => {
+    log('worker: the coordinator that started this worker is gone (its pipe closed); exiting');
+    process.exit(1);
+  };
+  process.stdin.on('end', gone);
+  process.stdin.on('error', gone);
+  process.stdin.resume();
+}
+
 async function start(f: WorkerFlags): Promise<void> {
+  if (f.parentPipe) exitWhenParentGoes();
   checkId('run', f.run);
   const id = checkId('worker', f.id ?? defaultWorkerId(f.device));
   const auth = clientAuth(authFlags(f));
@@ -91,16 +108,17 @@ addAuthOptions(
     .requiredOption('--nats <url>', 'NATS server URL, e.g. nats://host:4222', process.env.SCOREFLOW_NATS_URL)
     .requiredOption('--run <id>', 'run id (as given to coordinator start)', process.env.SCOREFLOW_RUN)
     .option('--id <name>', 'worker id (default: host-device-pid)', process.env.SCOREFLOW_WORKER_ID)
-    .option('--device <i>', 'GPU index (-1: CPU)', parseIntArg(-1), -1)
-    .option('--threads <t>', 'compute threads (default: all cores): pool threads on wasm/cpu, intra-op threads on torch', parseIntArg(1))
+    .option('--device <i>', 'GPU index (-1: CPU)', parseIntArg(-1, 4095), -1)
+    .option('--threads <t>', 'compute threads (default: all cores): pool threads on wasm/cpu, intra-op threads on torch', parseIntArg(1, 1024))
     .addOption(backendOption())
-    .option('--metrics-port <port>', 'serve /metrics, /healthz, /readyz from this port (or the next free one)', parseIntArg(0))
+    .option('--metrics-port <port>', 'serve /metrics, /healthz, /readyz from this port (or the next free one)', parsePort)
     .option('--no-jobs', 'serve no sampling/likelihood jobs (by default: pulled from the run\'s work queue while not training)')
     .option('--data-host <addr>', 'address the c10d data plane (gloo/nccl) binds to and announces (default: $SCOREFLOW_DATA_HOST, or this host\'s address towards the NATS server)', process.env.SCOREFLOW_DATA_HOST)
     .option('--data-iface <name>', 'network interface for Gloo (default: the one --data-host is on)')
-    .option('--data-port <port>', 'port of this worker\'s c10d store (0: any free one)', parseIntArg(0), 0)
-    .option('--collective-timeout <ms>', 'a c10d all-reduce or rendezvous waiting this long on a peer fails (a dead peer fails it at once)', parseIntArg(100), 10_000)
+    .option('--data-port <port>', 'port of this worker\'s c10d store (0: any free one)', parsePort, 0)
+    .option('--collective-timeout <ms>', 'a c10d all-reduce or rendezvous waiting this long on a peer fails (a dead peer fails it at once)', parseIntArg(100, 3_600_000), 10_000)
     .option('--no-c10d', 'offer only the nats transport (no c10d store, no direct worker-to-worker traffic)')
-    .addOption(new Option('--heartbeat-ms <ms>').argParser(parseIntArg(50)).default(500).hideHelp()),
+    .addOption(new Option('--heartbeat-ms <ms>').argParser(parseIntArg(50)).default(500).hideHelp())
+    .addOption(new Option('--parent-pipe', 'exit when stdin closes (set by coordinator start for the workers it spawns)').default(false).hideHelp()),
 ).action((f: WorkerFlags) => start(f));
 await main(program);

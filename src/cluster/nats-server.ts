@@ -5,12 +5,54 @@
  * The server is configured through a generated config file (mode 0600, in a private
  * temporary folder) so that credentials never appear on a command line, and so that
  * token, user/password, nkey and TLS settings all take the same path.
+ *
+ * The server dies with the process that started it, however that one dies (the kernel's
+ * parent-death signal, see parent-death.ts). Its private folder, `scoreflow-nats-*` in the
+ * temp dir, holds `owner.json` (the pids of the starter and the server): a folder whose two
+ * processes are both gone was left by a starter that was killed, and the next start removes it.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { accessSync, constants, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
+import { processAlive } from '../core/io/atomic.js';
+import { dieWithParent } from './parent-death.js';
+
+const DIR_PREFIX = 'scoreflow-nats-';
+
+/**
+ * Removes the temp folders of embedded servers whose starter and server are both dead (a
+ * starter SIGKILLed never ran its clean-up). Folders without owner.json are left alone: they
+ * may belong to a server just being set up, or to an older version that did not write one.
+ * Returns the removed paths.
+ */
+export function removeStaleServerDirs(root = tmpdir()): string[] {
+  const removed: string[] = [];
+  let names: string[];
+  try {
+    names = readdirSync(root).filter((n) => n.startsWith(DIR_PREFIX));
+  } catch {
+    return removed;
+  }
+  for (const name of names) {
+    const dir = join(root, name);
+    let owner: { owner?: number; server?: number };
+    try {
+      owner = JSON.parse(readFileSync(join(dir, 'owner.json'), 'utf8')) as typeof owner;
+    } catch {
+      continue;
+    }
+    if (processAlive(owner.owner ?? 0) || processAlive(owner.server ?? 0)) continue;
+    try {
+      rmSync(dir, { recursive: true, force: true });
+      removed.push(dir);
+    } catch {
+      /* another user's, or going away meanwhile: not ours to insist on */
+    }
+  }
+  return removed;
+}
 
 export type ServerAuth =
   | { token: string }
@@ -136,7 +178,9 @@ export class NatsServer {
 
   static async start(options: NatsServerOptions = {}): Promise<NatsServer> {
     const binary = findNatsServer(options.binary);
-    const dir = mkdtempSync(join(tmpdir(), 'scoreflow-nats-'));
+    removeStaleServerDirs();
+    const dir = mkdtempSync(join(tmpdir(), DIR_PREFIX));
+    writeFileSync(join(dir, 'owner.json'), JSON.stringify({ owner: process.pid }) + '\n');
     const merged = { ...DEFAULTS, ...options, storeDir: options.storeDir ?? join(dir, 'js') };
     if (!merged.port) merged.port = await freePort(merged.host);
     const s = new NatsServer(binary, merged, dir, !options.storeDir);
@@ -164,8 +208,10 @@ export class NatsServer {
   private async launch(): Promise<void> {
     const conf = join(this.dir, 'nats.conf');
     writeFileSync(conf, configText(this.opts), { mode: 0o600 });
-    const child = spawn(this.binary, ['-c', conf], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const [cmd, args] = dieWithParent(this.binary, ['-c', conf]);
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     this.child = child;
+    writeFileSync(join(this.dir, 'owner.json'), JSON.stringify({ owner: process.pid, server: child.pid ?? 0 }) + '\n');
     this.tail = [];
     const onData = (b: Buffer): void => {
       for (const line of b.toString().split('\n')) {

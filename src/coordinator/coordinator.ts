@@ -110,6 +110,8 @@ export class Coordinator {
   private started = false;
   private transfers = 0;
   private readonly helloAt = new Map<string, number>();
+  /** Workers kept out because the batch has no sample left for them (logged once each). */
+  private readonly idle = new Set<string>();
   private readonly inbox = new StateInbox();
   private subs: Subscription[] = [];
   private timer?: NodeJS.Timeout;
@@ -268,6 +270,15 @@ export class Coordinator {
       return this.send(subjects.worker(this.o.run, env.worker), 'stop', { reason: `refused: ${reason}`, ok: false, committed: 0, commitEpoch: 0, nonce: env.body.nonce });
     }
     const old = this.members.get(env.worker);
+    // Every member of a plan takes a non-empty shard of the global batch, so a run has at most
+    // batchSize members; a worker beyond that stays out (idle) and, since its heartbeats get a
+    // Hello, joins as soon as a member leaves.
+    if (!old && this.members.size >= this.o.batchSize) {
+      if (!this.idle.has(env.worker)) this.o.log(`coordinator: worker ${env.worker} left idle: the global batch of ${this.o.batchSize} is split over ${this.members.size} worker(s) already; it joins when one leaves`);
+      this.idle.add(env.worker);
+      return;
+    }
+    this.idle.delete(env.worker);
     if (old) this.drop(old.id, 'rejoined', false);
     this.members.set(env.worker, { id: env.worker, seq: this.seq++, lastSeen: Date.now(), join: env.body, phase: 'new', readyStep: -1, transfer: '' });
     // `session` is in every message we send; a Welcome also echoes the Join's nonce.
@@ -366,13 +377,16 @@ export class Coordinator {
     return [...this.members.values()].filter((m) => m.phase === 'ready' && m.readyStep === this.committed).sort((a, b) => a.seq - b.seq)[0];
   }
 
-  private startPlan(view: string[]): void {
+  private startPlan(ready: string[]): void {
+    const step = this.committed;
+    const B = this.batchOf(step);
+    // Every member takes a non-empty shard: an epoch's last batch may hold fewer samples than
+    // there are workers (those left out get the state again after the step).
+    const view = ready.slice(0, B);
     const key = view.join(',');
     if (this.bumpEpoch || key !== this.lastView) this.mepoch++;
     this.bumpEpoch = false;
     this.lastView = key;
-    const step = this.committed;
-    const B = this.batchOf(step);
     const checksum = this.o.checksumEvery > 0 && step % this.o.checksumEvery === 0;
     const shardStart = rangeBounds(B, view.length);
     const { transport, store } = this.transportFor(view);

@@ -2,12 +2,18 @@
  * Local worker processes for `coordinator start --gpus N`: one `worker start` per device,
  * each seeing only its own GPU (CUDA_VISIBLE_DEVICES=i), or CPU workers when the machine
  * has fewer GPUs than asked. Their output is prefixed with their index.
+ *
+ * They end when the coordinator does, however it ends (SIGKILL included), in two ways: the
+ * kernel's parent-death signal (src/cluster/parent-death.ts), and `--parent-pipe`: each
+ * worker's stdin is a pipe from the coordinator, which the kernel closes when the
+ * coordinator dies, and the worker exits when it reads end-of-file.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { availableParallelism } from 'node:os';
 import { createInterface } from 'node:readline';
 import { packagePath } from '../core/paths.js';
 import { splitUrlCredentials } from '../cluster/auth.js';
+import { dieWithParent } from '../cluster/parent-death.js';
 
 /** Number of NVIDIA GPUs (0 when nvidia-smi is missing or fails). */
 export function countGpus(): number {
@@ -58,9 +64,12 @@ export function spawnWorkers(o: SpawnOptions): Spawned {
       '--device', String(gpu ? i : -1), '--threads', String(gpu ? (o.threads ?? 1) : cpuThreads), '--backend', o.backend];
     const metricsPort = o.metricsPorts?.[i];
     if (metricsPort !== undefined) args.push('--metrics-port', String(metricsPort));
-    args.push(...(o.extraArgs ?? []));
+    args.push('--parent-pipe', ...(o.extraArgs ?? []));
     const env = { ...process.env, ...o.env, ...nats.env, CUDA_VISIBLE_DEVICES: gpu ? String(i) : '' };
-    const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const [cmd, argv] = dieWithParent(process.execPath, args);
+    // stdin: the pipe the worker watches (nothing is ever written to it; it only closes).
+    const child = spawn(cmd, argv, { env, stdio: ['pipe', 'pipe', 'pipe'] });
+    child.stdin!.on('error', () => {}); // EPIPE once the worker is gone
     const prefix = (l: string) => {
       if (!l) return;
       o.log(`[w${i}] ${l}`);

@@ -98,7 +98,10 @@ async function listenWithTries(server: Server | NetServer, port: number, opts: S
       if (!isAddrInUse(err)) break;
     }
   }
-  const span = tries > 1 ? `ports ${port}-${port + tries - 1}` : `port ${port}`;
+  // Nothing tried at all: the range starts above the last TCP port.
+  if (lastError === undefined) throw new Error(`metrics: port ${port} is not a TCP port (0 to 65535); choose another --metrics-port (0 picks a free one)`);
+  const last = Math.min(port + tries - 1, 65535);
+  const span = last > port ? `ports ${port}-${last}` : `port ${port}`;
   throw new Error(
     `metrics: cannot listen on ${span}${opts.host ? ` of ${opts.host}` : ''}: ${(lastError as Error)?.message ?? String(lastError)}; ` +
       'choose another --metrics-port (0 picks a free one)',

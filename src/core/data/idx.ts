@@ -11,6 +11,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { gunzipSync } from 'node:zlib';
+import { availableMemory, checkInputFile, formatBytes } from '../io/limits.js';
 
 export interface IdxImages {
   n: number;
@@ -36,6 +37,9 @@ const MAX_PIXELS_PER_IMAGE = 1 << 24;
 const MAX_BYTES = 2 ** 32;
 
 function readMaybeGzip(path: string): Buffer {
+  // A regular file that fits: /dev/zero or a FIFO would be read forever. The bytes, then the
+  // float32 images made of them: about five times its size.
+  checkInputFile(path, 'an IDX file', MAX_BYTES + 16, 5);
   let buf: Buffer;
   try {
     buf = readFileSync(path);
@@ -43,9 +47,15 @@ function readMaybeGzip(path: string): Buffer {
     throw new Error(`${path}: cannot read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
   }
   if (buf.length < 2 || buf[0] !== 0x1f || buf[1] !== 0x8b) return buf;
+  // A gzip bomb (or a huge archive) must not take the machine's memory: stop decompressing at
+  // what the decoded images could occupy.
+  const maxOutputLength = Math.max(1, Math.min(MAX_BYTES + 16, Math.floor(availableMemory() / 5)));
   try {
-    return gunzipSync(buf);
+    return gunzipSync(buf, { maxOutputLength });
   } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE' || err instanceof RangeError) {
+      throw new Error(`${path}: decompresses to more than ${formatBytes(maxOutputLength)}, more than memory allows for its images; wrong file?`);
+    }
     throw new Error(`${path}: gzip data are corrupt or truncated (${String((err as Error).message).split('\n')[0]})`);
   }
 }

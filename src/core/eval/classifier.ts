@@ -291,7 +291,7 @@ export async function saveClassifier(path: string, config: ClassifierConfig, par
   if (params.length !== numParams(infos)) throw new Error(`saveClassifier: ${params.length} parameters, the architecture has ${numParams(infos)}`);
   const tensors: Record<string, { shape: number[]; data: Float32Array }> = {};
   for (const info of infos) tensors[info.name] = { shape: info.shape, data: params.slice(info.offset, info.offset + info.size) };
-  await writeSafetensors(path, tensors, { ...meta, format: CLASSIFIER_FORMAT, config: JSON.stringify(config) });
+  await writeSafetensors(path, tensors, { ...meta, format: CLASSIFIER_FORMAT, config: JSON.stringify(config) }, { digest: true });
 }
 
 /** The architecture and flat parameters of a classifier file, checked (format, shapes, no extra tensors, finite). */

@@ -17,6 +17,9 @@ import { basename, dirname, join } from 'node:path';
 /** What can be written: text (UTF-8), bytes, or a list of byte chunks written in order. */
 export type AtomicData = string | Uint8Array | readonly Uint8Array[];
 
+/** One write(2) at most: Node refuses lengths past 2 GiB - 1, and a multi-GB output comes in one chunk. */
+const MAX_WRITE = 1 << 30;
+
 const TEMP_RE = /^\.(.+)\.tmp-(\d+)-[0-9a-f]{8}$/;
 
 /** The temp path for `target`: same directory, recognisable name, unique per call. */
@@ -36,13 +39,15 @@ function chunks(data: AtomicData): readonly Uint8Array[] {
   return data;
 }
 
-function describe(err: unknown): string {
+/** "CODE: message" of an errno error, once: Node's own messages already start with the code ("ENOSPC: no space left ..."). */
+export function describeError(err: unknown): string {
   const e = err as NodeJS.ErrnoException;
-  return (e.code ? `${e.code}: ` : '') + String(e.message ?? err).split('\n')[0];
+  const msg = String(e?.message ?? err).split('\n')[0];
+  return e?.code && !msg.startsWith(`${e.code}:`) ? `${e.code}: ${msg}` : msg;
 }
 
 function fail(target: string, what: string, err: unknown): never {
-  throw new Error(`${target}: atomic write failed (${what}): ${describe(err)}`);
+  throw new Error(`${target}: atomic write failed (${what}): ${describeError(err)}`);
 }
 
 /** fsync a directory so a rename in it is durable; some file systems refuse, which is harmless. */
@@ -69,7 +74,7 @@ function writeTempSync(target: string, data: AtomicData): string {
   try {
     for (const c of chunks(data)) {
       // writeSync may write less than asked (signals, pipes); loop until the chunk is out
-      for (let off = 0; off < c.byteLength; ) off += fs.writeSync(fd, c, off, c.byteLength - off);
+      for (let off = 0; off < c.byteLength; ) off += fs.writeSync(fd, c, off, Math.min(c.byteLength - off, MAX_WRITE));
     }
     fs.fsyncSync(fd);
     fs.closeSync(fd);
@@ -129,7 +134,7 @@ async function writeTemp(target: string, data: AtomicData): Promise<string> {
   const fh = await open(tmp, 'wx', 0o666).catch((err) => fail(target, 'create temp file', err));
   try {
     for (const c of chunks(data)) {
-      for (let off = 0; off < c.byteLength; ) off += (await fh.write(c, off, c.byteLength - off)).bytesWritten;
+      for (let off = 0; off < c.byteLength; ) off += (await fh.write(c, off, Math.min(c.byteLength - off, MAX_WRITE))).bytesWritten;
     }
     await fh.sync();
     await fh.close();
@@ -167,28 +172,45 @@ export async function writeFilesAtomic(files: Iterable<readonly [string, AtomicD
   }
 }
 
-function pidAlive(pid: number): boolean {
+/**
+ * Whether process `pid` runs on this host. A zombie (killed, not yet reaped: what a SIGKILLed
+ * process's children become when nobody waits for them) counts as dead.
+ */
+export function processAlive(pid: number): boolean {
+  if (!Number.isSafeInteger(pid) || pid <= 0) return false;
   try {
     process.kill(pid, 0);
-    return true;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM'; // exists, owned by someone else
+  }
+  try {
+    // /proc/PID/stat: "pid (comm) S ...": the state follows the last ')' (comm may hold spaces and parens).
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    return state !== 'Z' && state !== 'X';
+  } catch {
+    return true; // no /proc (not Linux): kill(pid, 0) said it exists
   }
 }
 
 /**
  * Remove leftover temp files in `dir` (from writers killed mid-write). A temp is removed
  * when its writer pid is not running on this host, or, with `olderThanMs`, when it is
- * older than that (pids say nothing across hosts sharing a volume). Returns the removed paths.
+ * older than that (pids say nothing across hosts sharing a volume). With `ownAreStale`
+ * (a command that has written nothing yet), temps carrying this process's pid go too: in a
+ * container every restart is pid 1, so a dead predecessor's temps carry our pid.
+ * Returns the removed paths.
  */
-export function cleanAtomicTemps(dir: string, opts: { olderThanMs?: number } = {}): string[] {
+export function cleanAtomicTemps(dir: string, opts: { olderThanMs?: number; ownAreStale?: boolean } = {}): string[] {
   const removed: string[] = [];
   for (const name of fs.readdirSync(dir)) {
     const t = parseTempName(name);
-    if (!t || t.pid === process.pid) continue;
+    if (!t) continue;
+    const own = t.pid === process.pid;
+    if (own && !opts.ownAreStale) continue;
     const path = join(dir, name);
     const old = opts.olderThanMs !== undefined && Date.now() - fs.statSync(path).mtimeMs > opts.olderThanMs;
-    if (old || !pidAlive(t.pid)) {
+    if (own || old || !processAlive(t.pid)) {
       removeQuietlySync(path);
       removed.push(path);
     }

@@ -10,6 +10,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { writeFileAtomic, writeFileAtomicSync } from './atomic.js';
+import { checkInputFile } from './limits.js';
 import { fromLEBytes, toLEBytes } from './endian.js';
 
 export interface NdArray {
@@ -98,7 +99,13 @@ export function decodeNpy(buf: Uint8Array, source = '<buffer>'): NdArray {
   return { shape: h.shape, data: fromLEBytes<Float32Array>(Float32Array, buf.subarray(dataStart)) };
 }
 
+/** Node cannot hold one Buffer past 4 GiB; no image or latent file we read comes near. */
+const MAX_NPY_BYTES = 2 ** 32;
+
 export function readNpy(path: string): NdArray {
+  // A regular file that fits: /dev/zero or a FIFO would be read forever. Reading, then
+  // (when unaligned) copying the floats: about twice its size.
+  checkInputFile(path, 'a float32 .npy file', MAX_NPY_BYTES, 2);
   let buf: Buffer;
   try {
     buf = readFileSync(path);

@@ -11,9 +11,16 @@
  * with non-ASCII escaped as Python's json.dumps does, metadata last). The reader is strict:
  * every byte of the data must belong to exactly one tensor, and every problem is a one-line
  * Error naming the file.
+ *
+ * Self-verifying files: a writer asked for a digest puts `data_sha256` (SHA-256 of the whole
+ * data section, hex) into `__metadata__`. Every reader checks it when present, so a flipped
+ * bit or a torn copy of the tensor bytes is an error naming the file, never silent. Files
+ * without it (PyTorch's, or ours from before) load as before; `digest` says which it was.
  */
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { writeFileAtomic, writeFileAtomicSync } from './atomic.js';
+import { checkInputFile } from './limits.js';
 import { fromLEBytes, toLEBytes, type NumericArray } from './endian.js';
 
 export type Dtype = 'F32' | 'F64' | 'I64' | 'I32' | 'U8';
@@ -30,6 +37,18 @@ export interface SafetensorsFile {
   metadata: Record<string, string>;
   /** Where it came from (a path, or the label given to decodeSafetensors), for error messages. */
   source: string;
+  /** 'verified': its data_sha256 matched the data; 'none': it carries no digest. (A mismatch throws.) */
+  digest: DigestStatus;
+}
+
+export type DigestStatus = 'verified' | 'none';
+
+/** The `__metadata__` key of the data section's SHA-256 (hex). */
+export const DIGEST_KEY = 'data_sha256';
+
+export interface EncodeOptions {
+  /** Record the SHA-256 of the data section under DIGEST_KEY, so readers can verify it. */
+  digest?: boolean;
 }
 
 /** A tensor to write; its dtype follows from the typed array (Float32Array -> F32, ...). */
@@ -50,6 +69,9 @@ const DTYPES: Record<Dtype, { size: number; ctor: { new (n: number): NumericArra
 
 /** Rust's safetensors refuses headers over 100 MB; so do we (a corrupt length must not allocate GBs). */
 const MAX_HEADER = 100_000_000;
+
+/** Larger than any ScoreNet or classifier we make (the reference checkpoint is 17 MB); a bigger "checkpoint" is a mistake. */
+export const MAX_SAFETENSORS_BYTES = 2 ** 31;
 
 function dtypeOf(data: TensorData, where: string): Dtype {
   if (data instanceof Float32Array) return 'F32';
@@ -86,7 +108,7 @@ function entries(tensors: TensorsInput): [string, TensorInput][] {
 }
 
 /** The file as a list of chunks (header, then each tensor's bytes), without copying tensor data. */
-export function encodeSafetensorsChunks(tensors: TensorsInput, metadata?: Record<string, string>, label = 'safetensors'): Uint8Array[] {
+export function encodeSafetensorsChunks(tensors: TensorsInput, metadata?: Record<string, string>, label = 'safetensors', opts: EncodeOptions = {}): Uint8Array[] {
   const header: Record<string, unknown> = {};
   const blobs: Uint8Array[] = [];
   let offset = 0;
@@ -101,31 +123,53 @@ export function encodeSafetensorsChunks(tensors: TensorsInput, metadata?: Record
     offset += bytes.byteLength;
     blobs.push(bytes);
   }
-  if (metadata && Object.keys(metadata).length > 0) {
+  const meta = { ...(metadata ?? {}) };
+  if (opts.digest) {
+    const h = createHash('sha256');
+    for (const b of blobs) h.update(b);
+    meta[DIGEST_KEY] = h.digest('hex');
+  }
+  return [...headerChunks(header, meta, label), ...blobs];
+}
+
+/** The length prefix and the padded JSON header, metadata last. */
+function headerChunks(header: Record<string, unknown>, metadata: Record<string, string>, label: string): Uint8Array[] {
+  if (Object.keys(metadata).length > 0) {
     for (const [k, v] of Object.entries(metadata)) {
       if (typeof v !== 'string') throw new Error(`${label}: metadata '${k}' must be a string, got ${typeof v}`);
     }
-    header.__metadata__ = { ...metadata };
+    header = { ...header, __metadata__: { ...metadata } };
   }
   let json = asciiJson(header);
   json += ' '.repeat((8 - (json.length % 8)) % 8);
   const prefix = Buffer.alloc(8);
   prefix.writeBigUInt64LE(BigInt(json.length));
-  return [prefix, Buffer.from(json, 'ascii'), ...blobs];
+  return [prefix, Buffer.from(json, 'ascii')];
 }
 
 /** The whole file in memory. */
-export function encodeSafetensors(tensors: TensorsInput, metadata?: Record<string, string>): Buffer {
-  return Buffer.concat(encodeSafetensorsChunks(tensors, metadata));
+export function encodeSafetensors(tensors: TensorsInput, metadata?: Record<string, string>, opts: EncodeOptions = {}): Buffer {
+  return Buffer.concat(encodeSafetensorsChunks(tensors, metadata, 'safetensors', opts));
 }
 
 /** Write atomically (see atomic.ts): a crash leaves the old file or the complete new one. */
-export async function writeSafetensors(path: string, tensors: TensorsInput, metadata?: Record<string, string>): Promise<void> {
-  await writeFileAtomic(path, encodeSafetensorsChunks(tensors, metadata, path));
+export async function writeSafetensors(path: string, tensors: TensorsInput, metadata?: Record<string, string>, opts: EncodeOptions = {}): Promise<void> {
+  await writeFileAtomic(path, encodeSafetensorsChunks(tensors, metadata, path, opts));
 }
 
-export function writeSafetensorsSync(path: string, tensors: TensorsInput, metadata?: Record<string, string>): void {
-  writeFileAtomicSync(path, encodeSafetensorsChunks(tensors, metadata, path));
+export function writeSafetensorsSync(path: string, tensors: TensorsInput, metadata?: Record<string, string>, opts: EncodeOptions = {}): void {
+  writeFileAtomicSync(path, encodeSafetensorsChunks(tensors, metadata, path, opts));
+}
+
+/**
+ * The same file with `extra` merged into its __metadata__ (tensors and data bytes untouched,
+ * so a data_sha256 stays valid): how the coordinator stamps its run id and state checksum
+ * into a checkpoint a worker exported. The input must be a well-formed safetensors file.
+ */
+export function withMetadata(buf: Uint8Array, extra: Record<string, string>, source = '<buffer>'): Uint8Array[] {
+  const { json, dataStart } = parseHeader(buf, source);
+  const { __metadata__: old, ...header } = json;
+  return [...headerChunks(header, { ...parseMetadata(old, source), ...extra }, source), buf.subarray(dataStart)];
 }
 
 // ------------------------------------------------------------------ decode
@@ -194,6 +238,30 @@ function checkTiling(list: Entry[], dataLen: number, src: string): void {
   if (pos !== dataLen) throw new Error(`${src}: ${dataLen - pos} trailing data bytes belong to no tensor`);
 }
 
+/** A file whose tensor bytes do not match its data_sha256: damaged, not merely of another kind. */
+export class CorruptDataError extends Error {}
+
+/** Compares a file's data_sha256 (when it has one) with its data section; throws one line on a mismatch. */
+function checkDigest(buf: Uint8Array, dataStart: number, metadata: Record<string, string>, source: string): DigestStatus {
+  const want = metadata[DIGEST_KEY];
+  if (want === undefined) return 'none';
+  const got = createHash('sha256').update(buf.subarray(dataStart)).digest('hex');
+  if (got !== want) {
+    throw new CorruptDataError(`${source}: corrupt: its tensor data do not match the SHA-256 recorded in the file (${DIGEST_KEY}); restore a good copy or retrain`);
+  }
+  return 'verified';
+}
+
+/**
+ * Header, metadata and digest of a file held in memory, without decoding the tensors: for
+ * callers that only need to know what a file is and whether its bytes are intact.
+ */
+export function inspectSafetensors(buf: Uint8Array, source = '<buffer>'): { metadata: Record<string, string>; digest: DigestStatus } {
+  const { json, dataStart } = parseHeader(buf, source);
+  const metadata = parseMetadata(json.__metadata__, source);
+  return { metadata, digest: checkDigest(buf, dataStart, metadata, source) };
+}
+
 /** Parse a whole safetensors file held in memory; `source` names it in errors. */
 export function decodeSafetensors(buf: Uint8Array, source = '<buffer>'): SafetensorsFile {
   const { json, dataStart } = parseHeader(buf, source);
@@ -202,22 +270,28 @@ export function decodeSafetensors(buf: Uint8Array, source = '<buffer>'): Safeten
     .filter(([k]) => k !== '__metadata__')
     .map(([k, h]) => parseEntry(k, h, source));
   checkTiling(list, buf.byteLength - dataStart, source);
+  // After the structure checks (a truncated file says "truncated"), before any value is used.
+  const digest = checkDigest(buf, dataStart, metadata, source);
   const tensors = new Map<string, Tensor>();
   for (const e of list) {
     const bytes = buf.subarray(dataStart + e.begin, dataStart + e.end);
     tensors.set(e.name, { dtype: e.dtype, shape: e.shape, data: fromLEBytes(DTYPES[e.dtype].ctor, bytes) });
   }
-  return { tensors, metadata, source };
+  return { tensors, metadata, source, digest };
 }
 
-export function readSafetensors(path: string): SafetensorsFile {
-  let buf: Buffer;
+/** The bytes of a safetensors file on disk: a regular file of a size that fits in memory (see limits.ts). */
+export function readSafetensorsBytes(path: string): Buffer {
+  checkInputFile(path, 'a safetensors file', MAX_SAFETENSORS_BYTES);
   try {
-    buf = readFileSync(path);
+    return readFileSync(path);
   } catch (err) {
     throw new Error(`${path}: cannot read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
   }
-  return decodeSafetensors(buf, path);
+}
+
+export function readSafetensors(path: string): SafetensorsFile {
+  return decodeSafetensors(readSafetensorsBytes(path), path);
 }
 
 // ------------------------------------------------------------------ access

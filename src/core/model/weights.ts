@@ -65,6 +65,17 @@ export interface LoadedWeights {
   /** Which set was loaded. */
   which: 'ema' | 'raw';
   step: number | null;
+  /**
+   * A scoreflow file without a data digest (written before checkpoints carried one): loaded,
+   * but its bytes could not be verified; the CLI says so once. Bare PyTorch state_dicts never
+   * carried one and are not flagged.
+   */
+  unverified: boolean;
+}
+
+/** Ours (a scoreflow checkpoint or weights file) but without data_sha256: see LoadedWeights.unverified. */
+function isUnverifiedScoreflowFile(file: SafetensorsFile): boolean {
+  return file.digest === 'none' && (file.metadata.format === FORMAT || file.metadata.train !== undefined);
 }
 
 /**
@@ -80,12 +91,12 @@ export function loadWeights(path: string, opts: { ema?: boolean } = {}): LoadedW
   const useEma = opts.ema !== false && file.tensors.has(EMA_PREFIX + infos[0].name);
   const params = stateDictToFlat(file, infos, useEma ? EMA_PREFIX : '');
   const step = file.metadata.step !== undefined ? Number(file.metadata.step) : null;
-  return { model, sde, params, which: useEma ? 'ema' : 'raw', step };
+  return { model, sde, params, which: useEma ? 'ema' : 'raw', step, unverified: isUnverifiedScoreflowFile(file) };
 }
 
 /** A bare PyTorch state_dict of the given flat parameters (e.g. to export EMA weights). */
 export async function saveWeights(path: string, model: ModelConfig, params: Float32Array, meta: Record<string, string> = {}): Promise<void> {
   const tensors: Record<string, TensorInput> = {};
   flatToStateDict(paramInfos(model), params, '', tensors);
-  await writeSafetensors(path, tensors, { format: FORMAT, model: JSON.stringify(model), ...meta });
+  await writeSafetensors(path, tensors, { format: FORMAT, model: JSON.stringify(model), ...meta }, { digest: true });
 }

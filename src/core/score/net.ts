@@ -13,12 +13,16 @@ export interface NetScoreModel extends ScoreModel {
   /** Which weights: the EMA of a training checkpoint, or raw parameters. */
   which: 'ema' | 'raw';
   step: number | null;
+  /** Loaded from a scoreflow file without a data digest (see LoadedWeights.unverified). */
+  unverified: boolean;
   /** Frees the parameter tensors. */
   dispose(): void;
 }
 
 /** Wrap flat parameters (our layout) of a ScoreNet; uploads them once. */
-export function netScoreModel(model: ModelConfig, sde: SdeConfig, params: Float32Array, meta: { which?: 'ema' | 'raw'; step?: number | null } = {}): NetScoreModel {
+export function netScoreModel(
+  model: ModelConfig, sde: SdeConfig, params: Float32Array, meta: { which?: 'ema' | 'raw'; step?: number | null; unverified?: boolean } = {},
+): NetScoreModel {
   const net = new ScoreNet(model, makeSde(sde));
   const p: ParamTensors = tf.tidy(() => net.tensors(params));
   return {
@@ -28,6 +32,7 @@ export function netScoreModel(model: ModelConfig, sde: SdeConfig, params: Float3
     score: (x, t) => net.apply(p, x, t),
     which: meta.which ?? 'raw',
     step: meta.step ?? null,
+    unverified: meta.unverified ?? false,
     dispose: () => Object.values(p).forEach((v) => v.dispose()),
   };
 }
@@ -35,7 +40,7 @@ export function netScoreModel(model: ModelConfig, sde: SdeConfig, params: Float3
 /** Load --ckpt (training checkpoint, EMA by default, or a bare PyTorch state_dict). */
 export function loadScoreModel(path: string, opts: { ema?: boolean } = {}): NetScoreModel {
   const w = loadWeights(path, opts);
-  return netScoreModel(w.model, w.sde, w.params, { which: w.which, step: w.step });
+  return netScoreModel(w.model, w.sde, w.params, { which: w.which, step: w.step, unverified: w.unverified });
 }
 
 /**

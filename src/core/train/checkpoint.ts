@@ -4,8 +4,15 @@
  * under the `train.` prefix: `train.ema.<name>`, `train.adam_m.<name>`, `train.adam_v.<name>`,
  * same layouts. `__metadata__` records step, epoch, seed and the model/SDE/training config.
  * Randomness is counter-based (src/core/rng.ts), so (seed, step) is the whole RNG state.
+ *
+ * A checkpoint carries what a resume needs to trust it: its step, the run it belongs to
+ * (`run`, stamped by whoever writes the file: `scoreflow train` or the coordinator) and
+ * `data_sha256`, the SHA-256 of its tensor bytes, checked on every load (io/safetensors.ts).
+ * Checkpoints from before the digest load unverified (`digest: 'none'`; callers say so).
  */
-import { decodeSafetensors, encodeSafetensors, readSafetensors, type SafetensorsFile, type TensorInput } from '../io/safetensors.js';
+import {
+  CorruptDataError, decodeSafetensors, encodeSafetensors, inspectSafetensors, readSafetensors, type DigestStatus, type SafetensorsFile, type TensorInput,
+} from '../io/safetensors.js';
 import { paramInfos } from '../model/params.js';
 import { checkNames, flatToStateDict, FORMAT, stateDictToFlat, TRAIN_PREFIXES } from '../model/weights.js';
 import type { OptimState } from './adam.js';
@@ -31,11 +38,20 @@ export function encodeCheckpoint(cfg: TrainConfig, s: OptimState, extraMeta: Rec
     train: JSON.stringify(cfg),
     rng: 'counter-based: Rng(seed, stream, step, index)',
     ...extraMeta,
-  });
+  }, { digest: true });
+}
+
+export interface DecodedCheckpoint {
+  config: TrainConfig;
+  state: OptimState;
+  /** The run id stamped into the file (undefined in files from before run ids). */
+  run: string | undefined;
+  digest: DigestStatus;
+  metadata: Record<string, string>;
 }
 
 /** A full training state, from a file written by encodeCheckpoint. */
-export function decodeCheckpoint(file: SafetensorsFile): { config: TrainConfig; state: OptimState } {
+export function decodeCheckpoint(file: SafetensorsFile): DecodedCheckpoint {
   const meta = file.metadata;
   if (!meta.train || !meta.step) {
     throw new Error(`${file.source}: not a training checkpoint (no training state in __metadata__); use it as weights with --ckpt instead`);
@@ -56,13 +72,43 @@ export function decodeCheckpoint(file: SafetensorsFile): { config: TrainConfig; 
     step: Number(meta.step),
   };
   if (!Number.isSafeInteger(state.step) || state.step < 0) throw new Error(`${file.source}: bad step '${meta.step}' in __metadata__`);
-  return { config, state };
+  return { config, state, run: meta.run, digest: file.digest, metadata: meta };
 }
 
-export function loadCheckpointBytes(bytes: Uint8Array, label = '<state>') {
+export function loadCheckpointBytes(bytes: Uint8Array, label = '<state>'): DecodedCheckpoint {
   return decodeCheckpoint(decodeSafetensors(bytes, label));
 }
 
-export function loadTrainingCheckpoint(path: string) {
+export function loadTrainingCheckpoint(path: string): DecodedCheckpoint {
   return decodeCheckpoint(readSafetensors(path));
+}
+
+export interface CheckpointInfo {
+  step: number;
+  run: string | undefined;
+  /** The state checksum the coordinator recorded for it ('' when none). */
+  checksum: string;
+  digest: DigestStatus;
+  /** The training config as recorded (JSON), when the file has one. */
+  configJson: string | undefined;
+}
+
+/**
+ * What a training checkpoint held in memory says about itself, its digest checked, without
+ * decoding the tensors. Undefined when the bytes are not a safetensors training checkpoint
+ * (e.g. the synthetic objective's raw state); throws one line when it is one but corrupt.
+ */
+export function inspectCheckpoint(bytes: Uint8Array, source = '<state>'): CheckpointInfo | undefined {
+  let meta: Record<string, string>;
+  let digest: DigestStatus;
+  try {
+    ({ metadata: meta, digest } = inspectSafetensors(bytes, source));
+  } catch (e) {
+    // Not safetensors at all (no plausible header): not ours to judge. A bad digest is ours.
+    if (e instanceof CorruptDataError) throw e;
+    return undefined;
+  }
+  const step = Number(meta.step);
+  if (meta.step === undefined || !Number.isSafeInteger(step) || step < 0) return undefined;
+  return { step, run: meta.run, checksum: meta.checksum ?? '', digest, configJson: meta.train };
 }

@@ -128,3 +128,9 @@ export function trainConfig(input: TrainConfigInput = {}): TrainConfig {
   check(cfg.lrDecay === 'constant' || (Number.isInteger(cfg.lrDecaySteps) && cfg.lrDecaySteps >= 1), `lr decay ${cfg.lrDecay} needs lrDecaySteps >= 1, got ${cfg.lrDecaySteps}`);
   return cfg;
 }
+
+/** A recorded `dataset` ('train', 'train[:256]', a path with a limit) as the source and limit it was loaded with. */
+export function parseDataset(dataset: string): { source: string; limit?: number } {
+  const m = /^(.*)\[:(\d+)\]$/.exec(dataset);
+  return m ? { source: m[1], limit: Number(m[2]) } : { source: dataset };
+}

@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import type { GradSource, GradSum, ParamSpec, StepBatch } from './api.js';
 import { adamStep, newOptimState, type OptimState } from './adam.js';
-import { encodeCheckpoint, loadCheckpointBytes, loadTrainingCheckpoint } from './checkpoint.js';
+import { encodeCheckpoint, loadCheckpointBytes, loadTrainingCheckpoint, type DecodedCheckpoint } from './checkpoint.js';
 import type { TrainConfig } from './config.js';
 import { GradEngine, type Images } from './engine.js';
 import { initParams } from '../model/params.js';
@@ -44,6 +44,11 @@ export class Trainer {
   static load(path: string, data: Images): Trainer {
     const { config, state } = loadTrainingCheckpoint(path);
     return new Trainer(config, data, state);
+  }
+
+  /** Resume from a checkpoint already decoded (e.g. to compare its config with the flags first). */
+  static fromCheckpoint(ck: DecodedCheckpoint, data: Images): Trainer {
+    return new Trainer(ck.config, data, ck.state);
   }
 
   static fromState(bytes: Uint8Array, data: Images): Trainer {
