@@ -9,6 +9,7 @@
  * the header promises. gzip is detected from the content (1f 8b), not the name, so
  * `train-images-idx3-ubyte.gz` and a decompressed copy both work.
  */
+import { constants as bufferConstants } from 'node:buffer';
 import { readFileSync } from 'node:fs';
 import { gunzipSync } from 'node:zlib';
 import { availableMemory, checkInputFile, formatBytes } from '../io/limits.js';
@@ -49,11 +50,12 @@ function readMaybeGzip(path: string): Buffer {
   if (buf.length < 2 || buf[0] !== 0x1f || buf[1] !== 0x8b) return buf;
   // A gzip bomb (or a huge archive) must not take the machine's memory: stop decompressing at
   // what the decoded images could occupy.
-  const maxOutputLength = Math.max(1, Math.min(MAX_BYTES + 16, Math.floor(availableMemory() / 5)));
+  // (zlib refuses a maxOutputLength above the largest Buffer, so that caps it too)
+  const maxOutputLength = Math.max(1, Math.min(MAX_BYTES + 16, bufferConstants.MAX_LENGTH, Math.floor(availableMemory() / 5)));
   try {
     return gunzipSync(buf, { maxOutputLength });
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE' || err instanceof RangeError) {
+    if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') {
       throw new Error(`${path}: decompresses to more than ${formatBytes(maxOutputLength)}, more than memory allows for its images; wrong file?`);
     }
     throw new Error(`${path}: gzip data are corrupt or truncated (${String((err as Error).message).split('\n')[0]})`);
