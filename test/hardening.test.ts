@@ -409,8 +409,10 @@ describe('item 9: messages', () => {
     mkdirSync(ro);
     chmodSync(ro, 0o555);
     chmodSync(dir, 0o755);
-    // Permissions do not stop root: run the commands as nobody then (util-linux setpriv).
-    const asUser = process.getuid?.() === 0 ? ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--'] : [];
+    // Permissions do not stop root: run the commands as root without the capabilities that
+    // override them (util-linux setpriv), which still reads a checkout in a private folder
+    // (/root, mktemp -d) that another user could not.
+    const asUser = process.getuid?.() === 0 ? ['setpriv', '--bounding-set=-dac_override,-dac_read_search', '--'] : [];
     const run = (bin: string, args: string[]) => {
       const r = spawnSync(asUser[0] ?? process.execPath, [...asUser.slice(1), ...(asUser.length ? [process.execPath] : []), packagePath('bin', `${bin}.js`), ...args], { encoding: 'utf8', timeout: 60_000 });
       return { code: r.status, stderr: r.stderr };
