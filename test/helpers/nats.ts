@@ -1,7 +1,7 @@
 /**
  * A real nats-server for tests: on a free loopback port, with JetStream in a temporary
  * store, ready before it resolves; stop()/restart() for fault tests, close() to clean up.
- * The process logic is the production one (src/coordinator/nats-server.ts).
+ * The process logic is the production one (src/cluster/nats-server.ts).
  */
 import { NatsServer, type NatsServerOptions } from '../../src/cluster/nats-server.js';
 
