@@ -12,6 +12,7 @@ out=runs/quickstart
 clf=runs/classifier.safetensors
 epochs=${QUICKSTART_EPOCHS:-2}
 t0=$(date +%s)
+mkdir -p "$out" "$(dirname "$clf")"   # (file outputs need their folder to exist)
 [ -f "$clf" ] || node bin/scoreflow.js classifier --epochs 2 --out "$clf"
 # restarted on the same --out, the coordinator resumes from the checkpoint there (and stops at once if it is done)
 node bin/coordinator.js start --gpus 2 --recipe fast --epochs "$epochs" --out "$out"
