@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Quick start on a fresh Debian machine with Node 20: install what is needed, train the ScoreNet
-# on MNIST with the fast recipe on a 2-worker cluster (its own nats-server), draw 512 samples with
+# on MNIST with the fast recipe (4 epochs) on a 2-worker cluster (its own nats-server), draw 512 samples with
 # the Heun sampler (99 network evaluations each) and score them with the MNIST classifier (trained
 # once into runs/classifier.safetensors, reused after). Ends with one line: what the samples are worth.
 # Outputs in runs/quickstart/; train on with:
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 out=runs/quickstart
 clf=runs/classifier.safetensors
-epochs=${QUICKSTART_EPOCHS:-2}
+epochs=${QUICKSTART_EPOCHS:-4}
 t0=$(date +%s)
 mkdir -p "$out" "$(dirname "$clf")"   # (file outputs need their folder to exist)
 [ -f "$clf" ] || node bin/scoreflow.js classifier --epochs 2 --out "$clf"
