@@ -55,16 +55,15 @@ const log = (line: string) => process.stderr.write(line + '\n');
  * none given, a random token of its own, so that no other local process can join or listen
  * in. Spawned workers get it in their environment; `worker start` elsewhere needs it too.
  */
-function runAuth(f: ClusterFlags): AuthFlags {
+function runAuth(f: ClusterFlags): { auth: AuthFlags; generated: boolean } {
   const auth = authFlags(f);
   const given = auth.natsToken || auth.natsUser || auth.natsNkey || auth.tlsCert;
-  if (f.nats || given) return auth;
-  return { ...auth, natsToken: randomBytes(24).toString('base64url') };
+  if (f.nats || given) return { auth, generated: false };
+  return { auth: { ...auth, natsToken: randomBytes(24).toString('base64url') }, generated: true };
 }
 
 export async function withCluster<T>(f: ClusterFlags, run: string, fn: (c: Cluster) => Promise<T>): Promise<T> {
-  const auth = runAuth(f);
-  const generated = !f.nats && auth.natsToken !== authFlags(f).natsToken;
+  const { auth, generated } = runAuth(f);
   const { url, server } = await brokerFor(f.nats, serverAuth(auth), log);
   let spawned: Spawned | undefined;
   let metricsServer: MetricsServer | undefined;
