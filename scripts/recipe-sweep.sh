@@ -13,16 +13,19 @@
 # so the sweep can be stopped and continued. The classifier is runs/classifier.safetensors
 # (trained once if missing). Each point's row is OUT/RECIPE/epE.row.json; all rows under OUT go to
 # OUT/sweep.jsonl and the table printed at the end (run one recipe per process to go in parallel).
+# SWEEP_CLASSIFIER puts the classifier elsewhere; CLASSIFIER_FLAGS, SAMPLE_FLAGS and EVALUATE_FLAGS
+# are added to those commands like TRAIN_FLAGS (test/scripts.test.ts runs a tiny sweep with them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/recipe-sweep}
 epochs=${2:-1 2 3 5}
 recipes=${3:-seed fast}
 n=${4:-512}
-clf=runs/classifier.safetensors
+clf=${SWEEP_CLASSIFIER:-runs/classifier.safetensors}
 sf() { node bin/scoreflow.js "$@"; }
-mkdir -p "$out"
-[ -f "$clf" ] || sf classifier --epochs 2 --out "$clf"
+mkdir -p "$out" "$(dirname "$clf")"
+# shellcheck disable=SC2086  # the *_FLAGS are words
+[ -f "$clf" ] || sf classifier --epochs 2 --out "$clf" ${CLASSIFIER_FLAGS:-}
 
 for r in $recipes; do
   dir=$out/$r
@@ -36,8 +39,10 @@ for r in $recipes; do
         sf train --recipe "$r" --epochs "$e" --backend torch --out "$dir" --ckpt-every 100000 "${resume[@]}" ${TRAIN_FLAGS:-}
         cp "$dir/checkpoint.safetensors" "$point.safetensors"
       fi
-      sf sample --ckpt "$point.safetensors" --sampler heun --n "$n" --seed 1 --out "$point.npy" > /dev/null
-      sf evaluate --classifier "$clf" --samples "$point.npy" --out "$point.eval.json" > /dev/null
+      # shellcheck disable=SC2086
+      sf sample --ckpt "$point.safetensors" --sampler heun --n "$n" --seed 1 --out "$point.npy" ${SAMPLE_FLAGS:-} > /dev/null
+      # shellcheck disable=SC2086
+      sf evaluate --classifier "$clf" --samples "$point.npy" --out "$point.eval.json" ${EVALUATE_FLAGS:-} > /dev/null
     fi
     node --input-type=module -e "
       import { readFileSync } from 'node:fs';
