@@ -37,7 +37,7 @@ for r in $recipes; do
         [ -f "$dir/checkpoint.safetensors" ] && resume=(--resume)
         # shellcheck disable=SC2086  # TRAIN_FLAGS are words
         sf train --recipe "$r" --epochs "$e" --backend torch --out "$dir" --ckpt-every 100000 "${resume[@]}" ${TRAIN_FLAGS:-}
-        cp "$dir/checkpoint.safetensors" "$point.safetensors"
+        cp "$dir/checkpoint.safetensors" "$point.safetensors.tmp" && mv "$point.safetensors.tmp" "$point.safetensors"  # atomic: a killed copy is never a point
       fi
       # shellcheck disable=SC2086
       sf sample --ckpt "$point.safetensors" --sampler heun --n "$n" --seed 1 --out "$point.npy" ${SAMPLE_FLAGS:-} > /dev/null
