@@ -10,6 +10,7 @@
 # folder for the classifier and quickstart/ (runs), QUICKSTART_SETUP=0 skips scripts/setup.sh;
 # CLASSIFIER_FLAGS, TRAIN_FLAGS, SAMPLE_FLAGS, EVALUATE_FLAGS are added to those commands' flags
 # (later flags win), which is how test/scripts.test.ts runs this whole script in seconds.
+# shellcheck disable=SC2086  # (file-wide) the *_FLAGS are words
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "${QUICKSTART_SETUP:-1}" = 0 ] || bash scripts/setup.sh
@@ -20,14 +21,11 @@ epochs=${QUICKSTART_EPOCHS:-4}
 n=${QUICKSTART_N:-512}
 t0=$(date +%s)
 mkdir -p "$out"   # (file outputs need their folder to exist)
-# shellcheck disable=SC2086  # the *_FLAGS are words
-{
-  [ -f "$clf" ] || node bin/scoreflow.js classifier --epochs 2 --out "$clf" ${CLASSIFIER_FLAGS:-}
-  # restarted on the same --out, the coordinator resumes from the checkpoint there (and stops at once if it is done)
-  node bin/coordinator.js start --gpus 2 --recipe fast --epochs "$epochs" --out "$out" ${TRAIN_FLAGS:-}
-  node bin/scoreflow.js sample --ckpt "$out/checkpoint.safetensors" --sampler heun --n "$n" --seed 1 --out "$out/samples.npy" ${SAMPLE_FLAGS:-} > /dev/null
-  node bin/scoreflow.js evaluate --classifier "$clf" --samples "$out/samples.npy" --out "$out/metrics.json" ${EVALUATE_FLAGS:-} > /dev/null
-}
+[ -f "$clf" ] || node bin/scoreflow.js classifier --epochs 2 --out "$clf" ${CLASSIFIER_FLAGS:-}
+# restarted on the same --out, the coordinator resumes from the checkpoint there (and stops at once if it is done)
+node bin/coordinator.js start --gpus 2 --recipe fast --epochs "$epochs" --out "$out" ${TRAIN_FLAGS:-}
+node bin/scoreflow.js sample --ckpt "$out/checkpoint.safetensors" --sampler heun --n "$n" --seed 1 --out "$out/samples.npy" ${SAMPLE_FLAGS:-} > /dev/null
+node bin/scoreflow.js evaluate --classifier "$clf" --samples "$out/samples.npy" --out "$out/metrics.json" ${EVALUATE_FLAGS:-} > /dev/null
 node --input-type=module -e "
   import { readFileSync } from 'node:fs';
   const m = JSON.parse(readFileSync('$out/metrics.json', 'utf8'));

@@ -15,6 +15,7 @@
 # OUT/sweep.jsonl and the table printed at the end (run one recipe per process to go in parallel).
 # SWEEP_CLASSIFIER puts the classifier elsewhere; CLASSIFIER_FLAGS, SAMPLE_FLAGS and EVALUATE_FLAGS
 # are added to those commands like TRAIN_FLAGS (test/scripts.test.ts runs a tiny sweep with them).
+# shellcheck disable=SC2086  # (file-wide) the *_FLAGS are words
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/recipe-sweep}
@@ -24,7 +25,6 @@ n=${4:-512}
 clf=${SWEEP_CLASSIFIER:-runs/classifier.safetensors}
 sf() { node bin/scoreflow.js "$@"; }
 mkdir -p "$out" "$(dirname "$clf")"
-# shellcheck disable=SC2086  # the *_FLAGS are words
 [ -f "$clf" ] || sf classifier --epochs 2 --out "$clf" ${CLASSIFIER_FLAGS:-}
 
 for r in $recipes; do
@@ -35,13 +35,10 @@ for r in $recipes; do
       if [ ! -f "$point.safetensors" ]; then
         resume=()
         [ -f "$dir/checkpoint.safetensors" ] && resume=(--resume)
-        # shellcheck disable=SC2086  # TRAIN_FLAGS are words
         sf train --recipe "$r" --epochs "$e" --backend torch --out "$dir" --ckpt-every 100000 "${resume[@]}" ${TRAIN_FLAGS:-}
         cp "$dir/checkpoint.safetensors" "$point.safetensors.tmp" && mv "$point.safetensors.tmp" "$point.safetensors"  # atomic: a killed copy is never a point
       fi
-      # shellcheck disable=SC2086
       sf sample --ckpt "$point.safetensors" --sampler heun --n "$n" --seed 1 --out "$point.npy" ${SAMPLE_FLAGS:-} > /dev/null
-      # shellcheck disable=SC2086
       sf evaluate --classifier "$clf" --samples "$point.npy" --out "$point.eval.json" ${EVALUATE_FLAGS:-} > /dev/null
     fi
     node --input-type=module -e "
