@@ -7,12 +7,15 @@ import tseslint from 'typescript-eslint';
  */
 const room = (name) => [`./${name}/**`, `../${name}/**`, `../../${name}/**`, `../../../${name}/**`];
 const rule = (forbidden, extra = []) => ({
-  'no-restricted-imports': ['error', {
-    patterns: [
-      ...forbidden.map((name) => ({ group: room(name), message: `this room may not import src/${name} (see eslint.config.js)` })),
-      ...extra.map((name) => ({ group: [name], message: `no ${name} here (see eslint.config.js)` })),
-    ],
-  }],
+  'no-restricted-imports': [
+    'error',
+    {
+      patterns: [
+        ...forbidden.map((name) => ({ group: room(name), message: `this room may not import src/${name} (see eslint.config.js)` })),
+        ...extra.map((name) => ({ group: [name], message: `no ${name} here (see eslint.config.js)` })),
+      ],
+    },
+  ],
 });
 
 export default tseslint.config(
@@ -23,7 +26,10 @@ export default tseslint.config(
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
     },
   },
-  { files: ['src/core/**'], rules: rule(['protocol', 'cluster', 'coordinator', 'worker', 'cli', 'metrics'], ['nats', 'prom-client', 'commander', 'node:http']) },
+  {
+    files: ['src/core/**'],
+    rules: rule(['protocol', 'cluster', 'coordinator', 'worker', 'cli', 'metrics'], ['nats', 'prom-client', 'commander', 'node:http']),
+  },
   { files: ['src/protocol/**'], rules: rule(['cluster', 'coordinator', 'worker', 'cli', 'metrics']) },
   { files: ['src/cluster/**'], rules: rule(['coordinator', 'worker', 'cli', 'metrics']) },
   { files: ['src/coordinator/**'], rules: rule(['worker', 'cli', 'metrics']) },

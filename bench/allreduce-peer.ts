@@ -8,7 +8,15 @@
 import { ProcessGroup } from '../src/core/backend/torch/c10d.js';
 
 const [rank, world, port, numel, reps] = process.argv.slice(2).map(Number);
-const pg = await ProcessGroup.create({ backend: 'gloo', storeHost: '127.0.0.1', storePort: port, prefix: `bench-${world}`, rank, worldSize: world, timeoutMs: 60_000 });
+const pg = await ProcessGroup.create({
+  backend: 'gloo',
+  storeHost: '127.0.0.1',
+  storePort: port,
+  prefix: `bench-${world}`,
+  rank,
+  worldSize: world,
+  timeoutMs: 60_000,
+});
 const buf = new Float32Array(numel);
 const barrier = new Float32Array(1);
 const times: number[] = [];

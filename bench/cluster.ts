@@ -72,16 +72,44 @@ function workerNodeArgs(): string[] {
 
 export function startWorkers(n: number, url: string, run: string, backend: string, threads: number): ChildProcess[] {
   return Array.from({ length: n }, (_, i) =>
-    spawn(process.execPath, [...workerNodeArgs(), packagePath('bin', 'worker.js'), 'start', '--nats', url, '--run', run, '--id', `${run}-${i}`, '--backend', backend, '--threads', String(threads), '--no-jobs'], {
-      stdio: ['ignore', 'ignore', 'pipe'],
-    }),
+    spawn(
+      process.execPath,
+      [
+        ...workerNodeArgs(),
+        packagePath('bin', 'worker.js'),
+        'start',
+        '--nats',
+        url,
+        '--run',
+        run,
+        '--id',
+        `${run}-${i}`,
+        '--backend',
+        backend,
+        '--threads',
+        String(threads),
+        '--no-jobs',
+      ],
+      {
+        stdio: ['ignore', 'ignore', 'pipe'],
+      },
+    ),
   );
 }
 
 /** The workers' acks of one step: each worker's all-reduce time (the coordinator's report keeps the slowest). */
 type AckTimes = Map<number, number[]>;
 
-export interface RunOptions { n: number; run: string; configJson: string; batchSize: number; steps: number; backend: string; threads: number; transport?: TransportChoice }
+export interface RunOptions {
+  n: number;
+  run: string;
+  configJson: string;
+  batchSize: number;
+  steps: number;
+  backend: string;
+  threads: number;
+  transport?: TransportChoice;
+}
 
 /** One run: in-process coordinator, n worker processes; every step's report and ack times. */
 export async function runCluster(server: NatsServer, o: RunOptions): Promise<{ reports: StepReport[]; acks: AckTimes }> {
@@ -101,8 +129,17 @@ export async function runCluster(server: NatsServer, o: RunOptions): Promise<{ r
     },
   });
   const c = new Coordinator({
-    nc, run: o.run, outDir: dir, configJson: o.configJson, batchSize: o.batchSize, steps: o.steps, minWorkers: o.n, checkpointEvery: 0, checksumEvery: 0,
-    syncTimeoutMs: 120_000, transport: o.transport ?? 'nats',
+    nc,
+    run: o.run,
+    outDir: dir,
+    configJson: o.configJson,
+    batchSize: o.batchSize,
+    steps: o.steps,
+    minWorkers: o.n,
+    checkpointEvery: 0,
+    checksumEvery: 0,
+    syncTimeoutMs: 120_000,
+    transport: o.transport ?? 'nats',
   });
   const reports: StepReport[] = [];
   c.telemetry.on('step', (r) => reports.push(r));
@@ -121,7 +158,10 @@ export async function runCluster(server: NatsServer, o: RunOptions): Promise<{ r
 
 export function summarise({ reports, acks }: { reports: StepReport[]; acks: AckTimes }, warmup: number) {
   const rs = reports.slice(warmup);
-  const collective = rs.map((r) => acks.get(r.step)).filter((a) => a && a.length === rs[0]?.workers).map((a) => Math.min(...a!));
+  const collective = rs
+    .map((r) => acks.get(r.step))
+    .filter((a) => a && a.length === rs[0]?.workers)
+    .map((a) => Math.min(...a!));
   return {
     steps: rs.length,
     step_ms: round(median(rs.map((r) => r.stepMs))),
@@ -152,14 +192,26 @@ export async function benchCluster(opts: ClusterBenchOptions = {}): Promise<Reco
     for (const n of opts.commWorkers ?? (quick ? [2, 4] : [2, 4, 8])) {
       log(`cluster: all-reduce of ${P} floats over ${n} worker processes`);
       const cfg = { synthetic: true, params: P, batchSize: n, samples: 1024, seed: 1, lr: 1e-3 };
-      const run = await runCluster(server, { n, run: `comm${n}`, configJson: JSON.stringify(cfg), batchSize: n, steps: quick ? 15 : 40, backend: 'cpu', threads: 1 });
+      const run = await runCluster(server, {
+        n,
+        run: `comm${n}`,
+        configJson: JSON.stringify(cfg),
+        batchSize: n,
+        steps: quick ? 15 : 40,
+        backend: 'cpu',
+        threads: 1,
+      });
       const s = summarise(run, 3);
-      const busBytes = (2 * (n - 1) / n) * P * 4;
+      const busBytes = ((2 * (n - 1)) / n) * P * 4;
       const bus = round(busBytes / (s.allreduce_ms / 1000) / 1e6, 1);
       const busCollective = round(busBytes / (s.collective_ms / 1000) / 1e6, 1);
       comm[`workers_${n}`] = {
-        ...s, vector_floats: P, bus_bandwidth_mb_per_s: bus, collective_bus_bandwidth_mb_per_s: busCollective,
-        of_raw: round(bus / rawMBps, 3), collective_of_raw: round(busCollective / rawMBps, 3),
+        ...s,
+        vector_floats: P,
+        bus_bandwidth_mb_per_s: bus,
+        collective_bus_bandwidth_mb_per_s: busCollective,
+        of_raw: round(bus / rawMBps, 3),
+        collective_of_raw: round(busCollective / rawMBps, 3),
       };
     }
     out.allreduce = comm;
@@ -170,7 +222,15 @@ export async function benchCluster(opts: ClusterBenchOptions = {}): Promise<Reco
       for (const n of [1, 2]) {
         const threads = Math.max(1, Math.floor(availableParallelism() / n));
         log(`cluster: ScoreNet training, batch 32, ${n} worker(s) x ${threads} thread(s) on ${backend}`);
-        const run = await runCluster(server, { n, run: `train${n}`, configJson: cfgJson, batchSize: 32, steps: quick ? 6 : 12, backend, threads });
+        const run = await runCluster(server, {
+          n,
+          run: `train${n}`,
+          configJson: cfgJson,
+          batchSize: 32,
+          steps: quick ? 6 : 12,
+          backend,
+          threads,
+        });
         train[`workers_${n}`] = { threads_per_worker: threads, ...summarise(run, 2) };
       }
       const two = train.workers_2 as ReturnType<typeof summarise>;
@@ -185,6 +245,10 @@ export async function benchCluster(opts: ClusterBenchOptions = {}): Promise<Reco
 
 // `node dist/bench/cluster.js [--quick]` prints the figures on its own.
 if (import.meta.url === `file://${process.argv[1]}`) {
-  const r = await benchCluster({ quick: process.argv.includes('--quick'), skipTraining: process.argv.includes('--no-training'), log: (l) => process.stderr.write(l + '\n') });
+  const r = await benchCluster({
+    quick: process.argv.includes('--quick'),
+    skipTraining: process.argv.includes('--no-training'),
+    log: (l) => process.stderr.write(l + '\n'),
+  });
   process.stdout.write(JSON.stringify(r, null, 2) + '\n');
 }

@@ -47,14 +47,26 @@ function ddpBaseline(o: CollectiveBenchOptions, args: string[]): Json {
 async function glooAllreduce(n: number, reps: number): Promise<Json> {
   const store = await StoreServer.listen('127.0.0.1', 0);
   try {
-    const outs = await Promise.all(Array.from({ length: n }, (_, r) => new Promise<string>((resolve, reject) => {
-      const c = spawn(process.execPath, [packagePath('dist', 'bench', 'allreduce-peer.js'), String(r), String(n), String(store.port), String(P), String(reps)], { stdio: ['ignore', 'pipe', 'pipe'] });
-      let out = '';
-      let err = '';
-      c.stdout.on('data', (b) => (out += b));
-      c.stderr.on('data', (b) => (err += b));
-      c.once('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`allreduce peer ${r}/${n}: ${err.trim().split('\n').pop()}`))));
-    })));
+    const outs = await Promise.all(
+      Array.from(
+        { length: n },
+        (_, r) =>
+          new Promise<string>((resolve, reject) => {
+            const c = spawn(
+              process.execPath,
+              [packagePath('dist', 'bench', 'allreduce-peer.js'), String(r), String(n), String(store.port), String(P), String(reps)],
+              { stdio: ['ignore', 'pipe', 'pipe'] },
+            );
+            let out = '';
+            let err = '';
+            c.stdout.on('data', (b) => (out += b));
+            c.stderr.on('data', (b) => (err += b));
+            c.once('exit', (code) =>
+              code === 0 ? resolve(out) : reject(new Error(`allreduce peer ${r}/${n}: ${err.trim().split('\n').pop()}`)),
+            );
+          }),
+      ),
+    );
     const rank0 = JSON.parse(outs[0]) as { median_ms: number; min_ms: number };
     return { median_ms: round(rank0.median_ms), min_ms: round(rank0.min_ms) };
   } finally {
@@ -66,9 +78,29 @@ async function glooAllreduce(n: number, reps: number): Promise<Json> {
 function singleProcess(threads: number, steps: number): Json {
   const out = mkdtempSync(join(tmpdir(), 'scoreflow-bench-'));
   try {
-    const r = spawnSync(process.execPath, [packagePath('bin', 'scoreflow.js'), 'train', '--steps', String(steps), '--threads', String(threads), '--backend', 'torch', '--limit', '4096', '--out', out], { encoding: 'utf8' });
+    const r = spawnSync(
+      process.execPath,
+      [
+        packagePath('bin', 'scoreflow.js'),
+        'train',
+        '--steps',
+        String(steps),
+        '--threads',
+        String(threads),
+        '--backend',
+        'torch',
+        '--limit',
+        '4096',
+        '--out',
+        out,
+      ],
+      { encoding: 'utf8' },
+    );
     if (r.status !== 0) return { error: r.stderr.trim().split('\n').pop() };
-    const rows = readFileSync(join(out, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { images_per_s: number });
+    const rows = readFileSync(join(out, 'log.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { images_per_s: number });
     return { threads, images_per_s: round(median(rows.slice(Math.min(5, rows.length - 1)).map((x) => x.images_per_s)), 1) };
   } finally {
     rmSync(out, { recursive: true, force: true });
@@ -90,7 +122,16 @@ export async function benchCollective(o: CollectiveBenchOptions): Promise<Json> 
     const cfgJson = JSON.stringify({ seed: 0, batchSize: 32, dataset: 'train[:4096]' });
     for (const transport of ['gloo', 'nats'] as const) {
       log(`collective: ScoreNet training over ${transport}, 2 workers x 1 thread on torch`);
-      const run = await runCluster(server, { n: 2, run: `train-${transport}`, configJson: cfgJson, batchSize: 32, steps: steps + 5, backend: 'torch', threads: 1, transport });
+      const run = await runCluster(server, {
+        n: 2,
+        run: `train-${transport}`,
+        configJson: cfgJson,
+        batchSize: 32,
+        steps: steps + 5,
+        backend: 'torch',
+        threads: 1,
+        transport,
+      });
       train[transport] = summarise(run, 5);
     }
     log('collective: scoreflow train --threads 2 (one process)');
@@ -112,10 +153,23 @@ export async function benchCollective(o: CollectiveBenchOptions): Promise<Json> 
     for (const n of sizes) {
       const gloo = await glooAllreduce(n, reps);
       const cfg = { synthetic: true, simulated: true, params: P, batchSize: n, samples: 1024, seed: 1, lr: 1e-3 };
-      const nats = summarise(await runCluster(server, { n, run: `comm${n}`, configJson: JSON.stringify(cfg), batchSize: n, steps: quick ? 12 : 25, backend: 'cpu', threads: 1, transport: 'nats' }), 3);
+      const nats = summarise(
+        await runCluster(server, {
+          n,
+          run: `comm${n}`,
+          configJson: JSON.stringify(cfg),
+          batchSize: n,
+          steps: quick ? 12 : 25,
+          backend: 'cpu',
+          threads: 1,
+          transport: 'nats',
+        }),
+        3,
+      );
       const pt = ((tdist.allreduce as Json | undefined)?.[`processes_${n}`] as Json | undefined)?.median_ms as number | undefined;
       ar[`processes_${n}`] = {
-        gloo, nats_collective_ms: nats.collective_ms,
+        gloo,
+        nats_collective_ms: nats.collective_ms,
         gloo_over_pytorch: pt ? round((gloo.median_ms as number) / pt, 3) : null,
         nats_over_pytorch: pt ? round(nats.collective_ms / pt, 3) : null,
       };
@@ -125,14 +179,32 @@ export async function benchCollective(o: CollectiveBenchOptions): Promise<Json> 
     // ---- scaling with simulated device compute
     const computes = [20, 5];
     log(`collective: simulated compute ${computes.join(', ')} ms, ${sizes.join(', ')} processes (torch.distributed, gloo, nats)`);
-    const tsim = ddpBaseline(o, [...computes.flatMap((c) => ['--simulated', String(c)]), '--sizes', sizes.join(','), '--steps', quick ? '15' : '30']);
+    const tsim = ddpBaseline(o, [
+      ...computes.flatMap((c) => ['--simulated', String(c)]),
+      '--sizes',
+      sizes.join(','),
+      '--steps',
+      quick ? '15' : '30',
+    ]);
     const sim: Json = { pytorch: tsim.simulated ?? tsim };
     for (const ms of computes) {
       const per: Json = {};
       for (const transport of ['gloo', 'nats'] as const) {
         for (const n of sizes) {
           const cfg = { synthetic: true, simulated: true, computeMs: ms, params: P, batchSize: n, samples: 1024, seed: 1, lr: 1e-3 };
-          const s = summarise(await runCluster(server, { n, run: `sim${ms}-${transport}${n}`, configJson: JSON.stringify(cfg), batchSize: n, steps: quick ? 12 : 30, backend: 'cpu', threads: 1, transport }), 4);
+          const s = summarise(
+            await runCluster(server, {
+              n,
+              run: `sim${ms}-${transport}${n}`,
+              configJson: JSON.stringify(cfg),
+              batchSize: n,
+              steps: quick ? 12 : 30,
+              backend: 'cpu',
+              threads: 1,
+              transport,
+            }),
+            4,
+          );
           per[`${transport}_processes_${n}`] = { step_ms: s.step_ms, allreduce_ms: s.allreduce_ms, efficiency: round(ms / s.step_ms, 3) };
         }
       }

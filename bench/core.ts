@@ -37,7 +37,10 @@ export async function timed(fn: () => unknown | Promise<unknown>, reps: number, 
   return times[Math.floor(times.length / 2)];
 }
 
-export async function benchCore(backend: BackendName, opts: { threads?: number; reps?: number; device?: string } = {}): Promise<CoreFigures> {
+export async function benchCore(
+  backend: BackendName,
+  opts: { threads?: number; reps?: number; device?: string } = {},
+): Promise<CoreFigures> {
   // threads: libtorch intra-op threads on torch; GradPool threads (one per core by default) on wasm/cpu
   const name = await initBackend(backend, { threads: opts.threads, device: opts.device, log: () => {} });
   const threads = poolThreads(name, opts.threads);
@@ -68,7 +71,15 @@ export async function benchCore(backend: BackendName, opts: { threads?: number; 
     y.dispose();
   };
   const fwd = () => readBack(() => net.apply(p, x, t));
-  const div = () => readBack(() => tf.grad((xg: tf.Tensor) => net.apply(p, xg as tf.Tensor4D, t).mul(eps).sum())(x));
+  const div = () =>
+    readBack(() =>
+      tf.grad((xg: tf.Tensor) =>
+        net
+          .apply(p, xg as tf.Tensor4D, t)
+          .mul(eps)
+          .sum(),
+      )(x),
+    );
   const out: CoreFigures = {
     backend: name,
     pool_threads: threads,
@@ -96,7 +107,12 @@ export async function leakCheck(backend: BackendName, steps: number, batch = 8):
     await trainStep(trainer);
     if (k % Math.max(1, Math.floor(steps / 10)) === 0 || k === steps - 1) {
       const mem = tf.memory() as tf.MemoryInfo & { numTorchTensors?: number };
-      rows.push({ step: k + 1, tfjs_tensors: mem.numTensors, ...(mem.numTorchTensors !== undefined ? { torch_tensors: mem.numTorchTensors } : {}), rss_mib: Math.round(process.memoryUsage().rss / 2 ** 20) });
+      rows.push({
+        step: k + 1,
+        tfjs_tensors: mem.numTensors,
+        ...(mem.numTorchTensors !== undefined ? { torch_tensors: mem.numTorchTensors } : {}),
+        rss_mib: Math.round(process.memoryUsage().rss / 2 ** 20),
+      });
     }
   }
   await pool.close();

@@ -54,9 +54,26 @@ async function referenceWeights(dir: string): Promise<string> {
 async function startWorkers(url: string, run: string, k: number): Promise<ChildProcess[]> {
   const threads = String(Math.max(1, Math.floor(availableParallelism() / k)));
   const children = Array.from({ length: k }, (_, i) =>
-    spawn(process.execPath, [packagePath('bin', 'worker.js'), 'start', '--nats', url, '--run', run, '--id', `${run}-w${i}`, '--backend', 'wasm', '--threads', threads], {
-      stdio: ['ignore', 'ignore', 'pipe'],
-    }),
+    spawn(
+      process.execPath,
+      [
+        packagePath('bin', 'worker.js'),
+        'start',
+        '--nats',
+        url,
+        '--run',
+        run,
+        '--id',
+        `${run}-w${i}`,
+        '--backend',
+        'wasm',
+        '--threads',
+        threads,
+      ],
+      {
+        stdio: ['ignore', 'ignore', 'pipe'],
+      },
+    ),
   );
   await Promise.all(
     children.map(
@@ -83,11 +100,17 @@ export async function benchFanout(opts: FanoutBenchOptions = {}): Promise<Record
   const nImages = quick ? 4 : 8;
   const sample: SampleSpec = { kind: 'sample', ckpt, raw: false, options: { sampler: 'heun', steps: 3, seed: 0, batchSize: 4 } };
   const likelihood: LikelihoodSpec = {
-    kind: 'likelihood', ckpt, raw: false, data: 'test', limit: nImages,
+    kind: 'likelihood',
+    ckpt,
+    raw: false,
+    data: 'test',
+    limit: nImages,
     options: { seed: 0, hutchinson: 'gaussian', probes: 1, rtol: 1e-2, atol: 1e-2, eps: 1e-3, batchSize: 2 },
   };
   const out: Record<string, unknown> = {
-    backend: 'wasm', cores: availableParallelism(), load_average_at_start: round(loadavg()[0]),
+    backend: 'wasm',
+    cores: availableParallelism(),
+    load_average_at_start: round(loadavg()[0]),
     model: 'reference ScoreNet architecture (parity fixture weights, untrained)',
     sample: { sampler: 'heun', steps: 3, nfe_per_image: 5, n: nSamples, batch_size: 4, jobs: nSamples / 4 },
     likelihood: { n: nImages, batch_size: 2, rtol_atol: 1e-2, hutchinson: 'gaussian x1', jobs: nImages / 2 },
@@ -125,8 +148,10 @@ export async function benchFanout(opts: FanoutBenchOptions = {}): Promise<Record
           const l = await runTask({ nc, run, spec: likelihood, n: nImages });
           const lSec = (performance.now() - t0) / 1000;
           out[`workers_${k}`] = {
-            samples_per_s: round(nSamples / sSec, 3), likelihood_images_per_s: round(nImages / lSec, 3),
-            sample_jobs_per_worker: Object.fromEntries(s.workers), likelihood_jobs_per_worker: Object.fromEntries(l.workers),
+            samples_per_s: round(nSamples / sSec, 3),
+            likelihood_images_per_s: round(nImages / lSec, 3),
+            sample_jobs_per_worker: Object.fromEntries(s.workers),
+            likelihood_jobs_per_worker: Object.fromEntries(l.workers),
           };
         } finally {
           for (const c of children) c.kill('SIGTERM');
@@ -139,7 +164,11 @@ export async function benchFanout(opts: FanoutBenchOptions = {}): Promise<Record
     }
     const w1 = out.workers_1 as { samples_per_s: number; likelihood_images_per_s: number } | undefined;
     const w2 = out.workers_2 as { samples_per_s: number; likelihood_images_per_s: number } | undefined;
-    if (w1 && w2) out.speedup_2_over_1 = { samples: round(w2.samples_per_s / w1.samples_per_s), likelihood: round(w2.likelihood_images_per_s / w1.likelihood_images_per_s) };
+    if (w1 && w2)
+      out.speedup_2_over_1 = {
+        samples: round(w2.samples_per_s / w1.samples_per_s),
+        likelihood: round(w2.likelihood_images_per_s / w1.likelihood_images_per_s),
+      };
     out.load_average_at_end = round(loadavg()[0]);
   } finally {
     rmSync(dir, { recursive: true, force: true });

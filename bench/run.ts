@@ -50,7 +50,10 @@ export function torchBaseline(batch: number, threads: number): Record<string, un
   const args = deviceBaseline
     ? [join(referenceDir, 'torch_baseline_device.py'), ...common, '--device', device ?? 'cpu']
     : [flag('--baseline') ?? join(referenceDir, 'torch_baseline.py'), ...common];
-  const r = spawnSync(python, args, { encoding: 'utf8', env: { ...process.env, OMP_WAIT_POLICY: process.env.OMP_WAIT_POLICY ?? 'PASSIVE' } });
+  const r = spawnSync(python, args, {
+    encoding: 'utf8',
+    env: { ...process.env, OMP_WAIT_POLICY: process.env.OMP_WAIT_POLICY ?? 'PASSIVE' },
+  });
   if (r.status !== 0) return { error: (r.stderr || r.error?.message || 'failed').trim().split('\n').pop() };
   return JSON.parse(r.stdout) as Record<string, unknown>;
 }
@@ -61,7 +64,12 @@ const result: Record<string, unknown> = {
   device: device ?? 'cpu',
 };
 
-type Figures = { train_images_per_s?: Record<string, number>; sample_forward_images_per_s?: number; likelihood_fe_images_per_s?: number; error?: string };
+type Figures = {
+  train_images_per_s?: Record<string, number>;
+  sample_forward_images_per_s?: number;
+  likelihood_fe_images_per_s?: number;
+  error?: string;
+};
 type Baseline = { train_images_per_s?: number; sample_forward_images_per_s?: number; likelihood_fe_images_per_s?: number };
 
 /** Our figures over PyTorch's at the same thread count (batch 128 training against PyTorch's batch-128 run). */
@@ -86,7 +94,9 @@ async function tryBench(b: BackendName, threads?: number): Promise<Figures> {
 const pytorch: Record<string, { batch_32: Baseline; batch_128: Baseline }> = {};
 if (only.has('torch')) {
   for (const th of threadCounts) {
-    log(`PyTorch reference (${deviceBaseline ? `torch_baseline_device.py on ${device ?? 'cpu'}` : 'torch_baseline.py'}), ${th} thread(s), batch 32 and 128`);
+    log(
+      `PyTorch reference (${deviceBaseline ? `torch_baseline_device.py on ${device ?? 'cpu'}` : 'torch_baseline.py'}), ${th} thread(s), batch 32 and 128`,
+    );
     pytorch[`threads_${th}`] = { batch_32: torchBaseline(32, th), batch_128: torchBaseline(128, th) };
   }
   result.pytorch = pytorch;

@@ -90,7 +90,10 @@ export async function benchSampling(opts: SamplingBenchOptions = {}): Promise<Re
   }
 
   out.pytorch_reference = referenceFigures(weights, n, rtol, few, opts.torchThreads ?? 1);
-  const ref = out.pytorch_reference as Record<string, { seconds_per_image?: number; seconds_per_image_at_500_steps?: number; seconds_per_nfe_per_image?: number }>;
+  const ref = out.pytorch_reference as Record<
+    string,
+    { seconds_per_image?: number; seconds_per_image_at_500_steps?: number; seconds_per_nfe_per_image?: number }
+  >;
   if (!('error' in ref)) {
     const ours = out as Record<string, { seconds_per_image: number; seconds_per_nfe_per_image: number }>;
     out.ratio_to_pytorch = {
@@ -105,9 +108,30 @@ export async function benchSampling(opts: SamplingBenchOptions = {}): Promise<Re
 }
 
 /** reference/sampling_baseline.py with Debian's python3 (the one that imports torch and scipy). */
-function referenceFigures(weights: string, n: number, rtol: number, few: { em: number; pc: number }, threads: number): Record<string, unknown> {
+function referenceFigures(
+  weights: string,
+  n: number,
+  rtol: number,
+  few: { em: number; pc: number },
+  threads: number,
+): Record<string, unknown> {
   const script = packagePath('reference', 'sampling_baseline.py');
-  const args = [script, weights, '--n', String(n), '--threads', String(threads), '--em-steps', String(few.em), '--pc-steps', String(few.pc), '--rtol', String(rtol), '--bpd-rtol', String(rtol)];
+  const args = [
+    script,
+    weights,
+    '--n',
+    String(n),
+    '--threads',
+    String(threads),
+    '--em-steps',
+    String(few.em),
+    '--pc-steps',
+    String(few.pc),
+    '--rtol',
+    String(rtol),
+    '--bpd-rtol',
+    String(rtol),
+  ];
   const r = spawnSync('/usr/bin/python3', args, { encoding: 'utf8' });
   if (r.status !== 0) return { error: (r.stderr || r.error?.message || 'failed').trim().split('\n').pop() };
   return JSON.parse(r.stdout) as Record<string, unknown>;

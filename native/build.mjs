@@ -145,7 +145,9 @@ function ncclConfig(torch, find) {
   const ncclDir = [torch.libdir, ...includes.map((d) => join(dirname(d), 'lib')), ...systemLibDirs()].find(
     (d) => existsSync(join(d, 'libnccl.so')) || existsSync(join(d, 'libnccl.so.2')),
   );
-  const nccl = ncclDir ? [`-L${ncclDir}`, `-Wl,-rpath,${ncclDir}`, existsSync(join(ncclDir, 'libnccl.so')) ? '-lnccl' : '-l:libnccl.so.2'] : [];
+  const nccl = ncclDir
+    ? [`-L${ncclDir}`, `-Wl,-rpath,${ncclDir}`, existsSync(join(ncclDir, 'libnccl.so')) ? '-lnccl' : '-l:libnccl.so.2']
+    : [];
   return { defines: ['USE_C10D_NCCL'], includes, libs: nccl };
 }
 
@@ -190,7 +192,12 @@ function newestSource() {
 
 function loads() {
   const r = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(addon)})`], { encoding: 'utf8' });
-  return r.status === 0 ? null : (r.stderr || r.stdout).trim().split('\n').find((l) => /Error/.test(l)) ?? 'load failed';
+  return r.status === 0
+    ? null
+    : ((r.stderr || r.stdout)
+        .trim()
+        .split('\n')
+        .find((l) => /Error/.test(l)) ?? 'load failed');
 }
 
 const torch = findTorch();
@@ -247,7 +254,8 @@ const r = spawnSync(process.execPath, args, {
   },
 });
 // SCOREFLOW_BUILD_LOG=FILE keeps node-gyp's whole output (the device script returns it).
-if (process.env.SCOREFLOW_BUILD_LOG) writeFileSync(process.env.SCOREFLOW_BUILD_LOG, `${r.stdout ?? ''}${r.stderr ?? ''}${r.error ? `\n${r.error.message}\n` : ''}`);
+if (process.env.SCOREFLOW_BUILD_LOG)
+  writeFileSync(process.env.SCOREFLOW_BUILD_LOG, `${r.stdout ?? ''}${r.stderr ?? ''}${r.error ? `\n${r.error.message}\n` : ''}`);
 if (r.status !== 0) {
   const log = `${r.stdout ?? ''}${r.stderr ?? ''}`.trim().split('\n');
   const errors = log.filter((l) => /error|Error|ERR!/.test(l)).slice(0, 20);
@@ -262,5 +270,7 @@ if (loadError !== null) {
 }
 mkdirSync(dirname(stampFile), { recursive: true });
 writeFileSync(stampFile, JSON.stringify({ key, built: new Date().toISOString() }));
-say(`torch backend built in ${((Date.now() - t0) / 1000).toFixed(0)} s (${torch.origin}, ${config.libdir}, -std=${config.std}; ${c10dNote})`);
+say(
+  `torch backend built in ${((Date.now() - t0) / 1000).toFixed(0)} s (${torch.origin}, ${config.libdir}, -std=${config.std}; ${c10dNote})`,
+);
 finish(false);

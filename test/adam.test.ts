@@ -30,10 +30,15 @@ for g in d['grads']:
     p.grad = torch.tensor(g, dtype=torch.float32)
     opt.step()
 print(json.dumps(p.detach().tolist()))`;
-  const r = spawnSync('/usr/bin/python3', ['-c', py], { input: JSON.stringify({ p0: Array.from(p0), grads: grads.map((g) => Array.from(g)) }), encoding: 'utf8' });
+  const r = spawnSync('/usr/bin/python3', ['-c', py], {
+    input: JSON.stringify({ p0: Array.from(p0), grads: grads.map((g) => Array.from(g)) }),
+    encoding: 'utf8',
+  });
   assert.equal(r.status, 0, r.stderr);
   const torch = JSON.parse(r.stdout) as number[];
-  torch.forEach((v, i) => assert.ok(Math.abs(v - s.params[i]) <= 1e-6 * Math.max(1, Math.abs(v)), `param ${i}: ${s.params[i]} vs torch ${v}`));
+  torch.forEach((v, i) =>
+    assert.ok(Math.abs(v - s.params[i]) <= 1e-6 * Math.max(1, Math.abs(v)), `param ${i}: ${s.params[i]} vs torch ${v}`),
+  );
   s.ema.forEach((v, i) => assert.ok(Math.abs(v - ema[i]) < 1e-6, `ema ${i}`));
 });
 
@@ -59,7 +64,7 @@ test('gradient clipping scales the global norm down to the limit and no further'
   assert.throws(() => adamStep(loose, Float32Array.from([1]), SETTINGS), /gradient has 1 values, parameters 2/);
 });
 
-test('the torch addon\'s native Adam gives the JavaScript update bit for bit, and refuses a non-finite gradient', () => {
+test("the torch addon's native Adam gives the JavaScript update bit for bit, and refuses a non-finite gradient", () => {
   const addon = loadTorchAddon(); // CI builds it; missing, this fails rather than skips
   // more values than one thread chunk (65536), odd length, gradients spanning many magnitudes
   const n = 200_003;

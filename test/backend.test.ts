@@ -2,9 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
 import * as tf from '@tensorflow/tfjs';
-import {
-  AUTO_ORDER, BACKEND_NAMES, backendInfo, initBackend, type BackendName,
-} from '../src/core/backend/index.js';
+import { AUTO_ORDER, BACKEND_NAMES, backendInfo, initBackend, type BackendName } from '../src/core/backend/index.js';
 import { Rng, Stream } from '../src/core/rng.js';
 
 // Kernels are compared against the pure-JS reference within this fraction of the largest
@@ -14,7 +12,10 @@ const RTOL = 1e-4;
 type Pad = 'valid' | 'same' | number | [[0, 0], [number, number], [number, number], [number, number]];
 type Shape4 = [number, number, number, number];
 
-interface Input { shape: number[]; positive?: boolean }
+interface Input {
+  shape: number[];
+  positive?: boolean;
+}
 
 const quiet = { log: () => {} };
 
@@ -29,7 +30,11 @@ function data(seed: number, i: number, input: Input): Float32Array {
  * gradients are not those of a plain sum), all inputs derived from `seed`.
  */
 async function valueAndGrads(
-  backend: string, seed: number, inputs: Input[], f: (...xs: tf.Tensor[]) => tf.Tensor, withGrads = true,
+  backend: string,
+  seed: number,
+  inputs: Input[],
+  f: (...xs: tf.Tensor[]) => tf.Tensor,
+  withGrads = true,
 ): Promise<Float32Array[]> {
   await tf.setBackend(backend);
   return tf.tidy(() => {
@@ -51,7 +56,11 @@ function maxAbs(a: Float32Array): number {
 
 /** Asserts wasm == cpu for value and every gradient; returns the reference magnitude. */
 async function assertWasmMatchesCpu(
-  label: string, seed: number, inputs: Input[], f: (...xs: tf.Tensor[]) => tf.Tensor, withGrads = true,
+  label: string,
+  seed: number,
+  inputs: Input[],
+  f: (...xs: tf.Tensor[]) => tf.Tensor,
+  withGrads = true,
 ): Promise<number> {
   const ref = await valueAndGrads('cpu', seed, inputs, f, withGrads);
   const got = await valueAndGrads('wasm', seed, inputs, f, withGrads);
@@ -61,9 +70,13 @@ async function assertWasmMatchesCpu(
     assert.equal(got[k].length, r.length, `${label}: ${what} size`);
     const mag = maxAbs(r);
     let diff = 0;
-    r.forEach((v, i) => { diff = Math.max(diff, Math.abs(v - got[k][i])); });
-    assert.ok(Number.isFinite(diff) && diff <= RTOL * Math.max(1, mag),
-      `${label}: ${what} differs from cpu by ${diff} (reference magnitude ${mag})`);
+    r.forEach((v, i) => {
+      diff = Math.max(diff, Math.abs(v - got[k][i]));
+    });
+    assert.ok(
+      Number.isFinite(diff) && diff <= RTOL * Math.max(1, mag),
+      `${label}: ${what} differs from cpu by ${diff} (reference magnitude ${mag})`,
+    );
     if (k > 0) scale = Math.max(scale, mag);
   });
   return scale;
@@ -77,7 +90,16 @@ function convCase(seed: number): { x: Shape4; filter: Shape4; strides: [number, 
   const fw = int(1, 3);
   const strides: [number, number] = [int(1, 3), int(1, 3)];
   // Pads below the filter size, so every window touches the image (see the edge cases for more).
-  const kinds: Pad[] = ['valid', 'same', [[0, 0], [int(0, fh - 1), int(0, fh - 1)], [int(0, fw - 1), int(0, fw - 1)], [0, 0]]];
+  const kinds: Pad[] = [
+    'valid',
+    'same',
+    [
+      [0, 0],
+      [int(0, fh - 1), int(0, fh - 1)],
+      [int(0, fw - 1), int(0, fw - 1)],
+      [0, 0],
+    ],
+  ];
   // tfjs sizes the output of a numeric pad from the filter height and row stride alone (on
   // every backend), so a number is meaningful only for square filters with equal strides.
   if (fh === fw && strides[0] === strides[1]) kinds.push(int(0, fh - 1));
@@ -107,8 +129,9 @@ test('wasm and cpu backends initialise, and wasm gains Conv2DBackpropFilter', as
 test('conv2d gradients (filter and input) on wasm equal cpu on random shapes, strides and paddings', async () => {
   for (let seed = 1; seed <= 40; seed++) {
     const c = convCase(seed);
-    const scale = await assertWasmMatchesCpu(`conv2d ${describeConv(c)}`, seed, [{ shape: c.x }, { shape: c.filter }],
-      (x, f) => tf.conv2d(x as tf.Tensor4D, f as tf.Tensor4D, c.strides, c.pad));
+    const scale = await assertWasmMatchesCpu(`conv2d ${describeConv(c)}`, seed, [{ shape: c.x }, { shape: c.filter }], (x, f) =>
+      tf.conv2d(x as tf.Tensor4D, f as tf.Tensor4D, c.strides, c.pad),
+    );
     assert.ok(scale > 0, `conv2d ${describeConv(c)}: gradients are all zero, so the comparison proves nothing`);
   }
 });
@@ -120,8 +143,9 @@ test('conv2dTranspose gradients (filter and input) on wasm equal cpu on random s
     const info = tf.backend_util.computeConv2DInfo(c.x, c.filter, c.strides, 1, c.pad);
     const xShape: Shape4 = [c.x[0], info.outHeight, info.outWidth, c.filter[3]];
     const label = `conv2dTranspose of ${describeConv(c)}`;
-    const scale = await assertWasmMatchesCpu(label, seed, [{ shape: xShape }, { shape: c.filter }],
-      (x, f) => tf.conv2dTranspose(x as tf.Tensor4D, f as tf.Tensor4D, c.x, c.strides, c.pad));
+    const scale = await assertWasmMatchesCpu(label, seed, [{ shape: xShape }, { shape: c.filter }], (x, f) =>
+      tf.conv2dTranspose(x as tf.Tensor4D, f as tf.Tensor4D, c.x, c.strides, c.pad),
+    );
     assert.ok(scale > 0, `${label}: gradients are all zero, so the comparison proves nothing`);
   }
 });
@@ -132,13 +156,34 @@ test('conv2d gradient edge cases: ScoreNet-like shapes, unread rows, windows who
     { x: [2, 26, 26, 4], filter: [3, 3, 4, 8], strides: [2, 2], pad: 'valid' }, // last row never read
     { x: [2, 5, 5, 8], filter: [3, 3, 8, 4], strides: [2, 2], pad: 'valid' },
     { x: [1, 6, 7, 2], filter: [3, 2, 2, 3], strides: [2, 1], pad: 'same' },
-    { x: [2, 2, 3, 2], filter: [1, 1, 2, 2], strides: [5, 1], pad: [[0, 0], [3, 0], [0, 0], [0, 0]] },
-    { x: [2, 5, 6, 2], filter: [2, 2, 2, 3], strides: [2, 2], pad: [[0, 0], [3, 4], [2, 5], [0, 0]] }, // pads > filter
+    {
+      x: [2, 2, 3, 2],
+      filter: [1, 1, 2, 2],
+      strides: [5, 1],
+      pad: [
+        [0, 0],
+        [3, 0],
+        [0, 0],
+        [0, 0],
+      ],
+    },
+    {
+      x: [2, 5, 6, 2],
+      filter: [2, 2, 2, 3],
+      strides: [2, 2],
+      pad: [
+        [0, 0],
+        [3, 4],
+        [2, 5],
+        [0, 0],
+      ],
+    }, // pads > filter
     { x: [1, 7, 8, 2], filter: [1, 2, 2, 3], strides: [3, 3], pad: 'valid' }, // stride > filter: untouched rows
   ];
   for (const [i, c] of cases.entries()) {
-    await assertWasmMatchesCpu(`edge ${describeConv(c)}`, 500 + i, [{ shape: c.x }, { shape: c.filter }],
-      (x, f) => tf.conv2d(x as tf.Tensor4D, f as tf.Tensor4D, c.strides, c.pad));
+    await assertWasmMatchesCpu(`edge ${describeConv(c)}`, 500 + i, [{ shape: c.x }, { shape: c.filter }], (x, f) =>
+      tf.conv2d(x as tf.Tensor4D, f as tf.Tensor4D, c.strides, c.pad),
+    );
   }
 });
 
@@ -152,31 +197,48 @@ test("wasm convolutions with 'same' padding equal cpu where stock tfjs-backend-w
   for (const [i, c] of shapes.entries()) {
     const label = `x [${c.x}] ${c.fh}x${c.fw} strides [${c.strides}] 'same'`;
     const cin = c.x[3];
-    await assertWasmMatchesCpu(`conv2d ${label}`, 600 + i, [{ shape: c.x }, { shape: [c.fh, c.fw, cin, 3] }],
-      (x, f) => tf.conv2d(x as tf.Tensor4D, f as tf.Tensor4D, c.strides, 'same'));
-    await assertWasmMatchesCpu(`fused conv2d ${label}`, 610 + i, [{ shape: c.x }, { shape: [c.fh, c.fw, cin, 3] }, { shape: [3] }],
-      (x, f, b) => tf.fused.conv2d({ x: x as tf.Tensor4D, filter: f as tf.Tensor4D, strides: c.strides, pad: 'same', bias: b }));
+    await assertWasmMatchesCpu(`conv2d ${label}`, 600 + i, [{ shape: c.x }, { shape: [c.fh, c.fw, cin, 3] }], (x, f) =>
+      tf.conv2d(x as tf.Tensor4D, f as tf.Tensor4D, c.strides, 'same'),
+    );
+    await assertWasmMatchesCpu(
+      `fused conv2d ${label}`,
+      610 + i,
+      [{ shape: c.x }, { shape: [c.fh, c.fw, cin, 3] }, { shape: [3] }],
+      (x, f, b) => tf.fused.conv2d({ x: x as tf.Tensor4D, filter: f as tf.Tensor4D, strides: c.strides, pad: 'same', bias: b }),
+    );
     if (c.strides[0] !== c.strides[1]) continue; // tfjs depthwise needs equal strides
     // Values only: wasm has no depthwise backprop kernels (ScoreNet uses no depthwise conv).
     const depthwise = [{ shape: c.x }, { shape: [c.fh, c.fw, cin, 2] }];
-    await assertWasmMatchesCpu(`depthwise ${label}`, 620 + i, depthwise,
-      (x, f) => tf.depthwiseConv2d(x as tf.Tensor4D, f as tf.Tensor4D, c.strides, 'same'), false);
-    await assertWasmMatchesCpu(`fused depthwise ${label}`, 630 + i, [...depthwise, { shape: [cin * 2] }],
-      (x, f, b) => tf.fused.depthwiseConv2d({ x: x as tf.Tensor4D, filter: f as tf.Tensor4D, strides: c.strides, pad: 'same', bias: b }), false);
+    await assertWasmMatchesCpu(
+      `depthwise ${label}`,
+      620 + i,
+      depthwise,
+      (x, f) => tf.depthwiseConv2d(x as tf.Tensor4D, f as tf.Tensor4D, c.strides, 'same'),
+      false,
+    );
+    await assertWasmMatchesCpu(
+      `fused depthwise ${label}`,
+      630 + i,
+      [...depthwise, { shape: [cin * 2] }],
+      (x, f, b) => tf.fused.depthwiseConv2d({ x: x as tf.Tensor4D, filter: f as tf.Tensor4D, strides: c.strides, pad: 'same', bias: b }),
+      false,
+    );
   }
 });
 
 test('the wasm convolution kernels free their intermediates', async () => {
   await tf.setBackend('wasm');
-  const run = (): void => tf.tidy(() => {
-    // 9 rows at stride 2: uneven residue classes, padding and a final crop in Conv2DBackpropInput.
-    const x = tf.ones([2, 9, 9, 3]) as tf.Tensor4D;
-    const f = tf.ones([3, 3, 3, 4]) as tf.Tensor4D;
-    const dy = tf.ones([2, 4, 4, 4]) as tf.Tensor4D;
-    const conv = (a: tf.Tensor, b: tf.Tensor) => tf.sum(tf.conv2d(a as tf.Tensor4D, b as tf.Tensor4D, 2, 'valid'));
-    const tconv = (a: tf.Tensor, b: tf.Tensor) => tf.sum(tf.conv2dTranspose(a as tf.Tensor4D, b as tf.Tensor4D, [2, 9, 9, 3], 2, 'valid'));
-    for (const g of [...tf.grads(conv)([x, f]), ...tf.grads(tconv)([dy, f])]) g.dataSync();
-  });
+  const run = (): void =>
+    tf.tidy(() => {
+      // 9 rows at stride 2: uneven residue classes, padding and a final crop in Conv2DBackpropInput.
+      const x = tf.ones([2, 9, 9, 3]) as tf.Tensor4D;
+      const f = tf.ones([3, 3, 3, 4]) as tf.Tensor4D;
+      const dy = tf.ones([2, 4, 4, 4]) as tf.Tensor4D;
+      const conv = (a: tf.Tensor, b: tf.Tensor) => tf.sum(tf.conv2d(a as tf.Tensor4D, b as tf.Tensor4D, 2, 'valid'));
+      const tconv = (a: tf.Tensor, b: tf.Tensor) =>
+        tf.sum(tf.conv2dTranspose(a as tf.Tensor4D, b as tf.Tensor4D, [2, 9, 9, 3], 2, 'valid'));
+      for (const g of [...tf.grads(conv)([x, f]), ...tf.grads(tconv)([dy, f])]) g.dataSync();
+    });
   run(); // warm-up: lazily created constants may stay
   const before = { tensors: tf.memory().numTensors, data: tf.engine().backend.numDataIds() };
   for (let i = 0; i < 3; i++) run();
@@ -202,30 +264,51 @@ const OPS: Array<{ name: string; inputs: Input[]; f: (...xs: tf.Tensor[]) => tf.
   { name: 'neg, abs', inputs: [{ shape: [4, 6] }], f: (x) => tf.neg(tf.abs(x)) },
   { name: 'mean over [1,2]', inputs: [{ shape: [2, 3, 4, 5] }], f: (x) => tf.mean(x, [1, 2]) },
   { name: 'sum over [0,3] keepDims', inputs: [{ shape: [2, 3, 4, 5] }], f: (x) => tf.sum(x, [0, 3], true) },
-  { name: 'moments over [1,2,4] of rank 5', inputs: [{ shape: [2, 3, 3, 2, 4] }],
-    f: (x) => { const m = tf.moments(x, [1, 2, 4], true); return tf.concat([m.mean, m.variance], 4); } },
-  { name: 'group norm', inputs: [{ shape: [2, 4, 4, 8] }, { shape: [8] }, { shape: [8] }],
+  {
+    name: 'moments over [1,2,4] of rank 5',
+    inputs: [{ shape: [2, 3, 3, 2, 4] }],
+    f: (x) => {
+      const m = tf.moments(x, [1, 2, 4], true);
+      return tf.concat([m.mean, m.variance], 4);
+    },
+  },
+  {
+    name: 'group norm',
+    inputs: [{ shape: [2, 4, 4, 8] }, { shape: [8] }, { shape: [8] }],
     f: (x, gamma, beta) => {
       const g = tf.reshape(x, [2, 4, 4, 4, 2]);
       const { mean, variance } = tf.moments(g, [1, 2, 4], true);
       const normed = tf.reshape(tf.mul(tf.sub(g, mean), tf.rsqrt(tf.add(variance, 1e-5))), [2, 4, 4, 8]);
       return tf.add(tf.mul(normed, gamma), beta);
-    } },
+    },
+  },
   { name: 'concat axis 3', inputs: [{ shape: [2, 3, 3, 2] }, { shape: [2, 3, 3, 5] }], f: (a, b) => tf.concat([a, b], 3) },
   { name: 'reshape', inputs: [{ shape: [2, 3, 4] }], f: (x) => tf.reshape(x, [6, 4]) },
   { name: 'transpose', inputs: [{ shape: [2, 3, 4, 5] }], f: (x) => tf.transpose(x, [0, 3, 1, 2]) },
   { name: 'slice', inputs: [{ shape: [2, 6, 6, 3] }], f: (x) => tf.slice(x, [0, 1, 2, 0], [2, 4, 3, 2]) },
-  { name: 'add/sub broadcasting', inputs: [{ shape: [2, 3, 4, 5] }, { shape: [5] }, { shape: [2, 1, 1, 5] }],
-    f: (a, b, c) => tf.sub(tf.add(a, b), c) },
-  { name: 'mul/div broadcasting', inputs: [{ shape: [2, 3, 4, 5] }, { shape: [2, 1, 1, 1], positive: true }, { shape: [1, 3, 1, 5] }],
-    f: (a, b, c) => tf.div(tf.mul(a, c), b) },
+  {
+    name: 'add/sub broadcasting',
+    inputs: [{ shape: [2, 3, 4, 5] }, { shape: [5] }, { shape: [2, 1, 1, 5] }],
+    f: (a, b, c) => tf.sub(tf.add(a, b), c),
+  },
+  {
+    name: 'mul/div broadcasting',
+    inputs: [{ shape: [2, 3, 4, 5] }, { shape: [2, 1, 1, 1], positive: true }, { shape: [1, 3, 1, 5] }],
+    f: (a, b, c) => tf.div(tf.mul(a, c), b),
+  },
   { name: 'scalar ops', inputs: [{ shape: [3, 4] }], f: (x) => tf.div(tf.add(tf.mul(x, 2), 1), 3) },
   { name: 'maximum', inputs: [{ shape: [4, 6] }, { shape: [4, 6] }], f: (a, b) => tf.maximum(a, b) },
   { name: 'clipByValue', inputs: [{ shape: [4, 6] }], f: (x) => tf.clipByValue(x, -0.5, 0.7) },
-  { name: 'conv2d + bias', inputs: [{ shape: [2, 7, 7, 3] }, { shape: [3, 3, 3, 4] }, { shape: [4] }],
-    f: (x, w, b) => tf.add(tf.conv2d(x as tf.Tensor4D, w as tf.Tensor4D, 2, 'valid'), b) },
-  { name: 'dense time embedding added to a feature map', inputs: [{ shape: [2, 5, 5, 4] }, { shape: [2, 6] }, { shape: [6, 4] }],
-    f: (h, e, w) => tf.add(h, tf.reshape(tf.matMul(e, w), [2, 1, 1, 4])) },
+  {
+    name: 'conv2d + bias',
+    inputs: [{ shape: [2, 7, 7, 3] }, { shape: [3, 3, 3, 4] }, { shape: [4] }],
+    f: (x, w, b) => tf.add(tf.conv2d(x as tf.Tensor4D, w as tf.Tensor4D, 2, 'valid'), b),
+  },
+  {
+    name: 'dense time embedding added to a feature map',
+    inputs: [{ shape: [2, 5, 5, 4] }, { shape: [2, 6] }, { shape: [6, 4] }],
+    f: (h, e, w) => tf.add(h, tf.reshape(tf.matMul(e, w), [2, 1, 1, 4])),
+  },
 ];
 
 test('every op of a ScoreNet training step, and its gradient, exists on wasm and equals cpu', async () => {

@@ -87,7 +87,11 @@ async function withRanks(world: number, body: (peers: Peer[], port: number) => P
     throw e;
   }
   const live = peers.filter((p) => p.alive);
-  assert.deepEqual(await Promise.all(live.map((p) => p.end())), live.map(() => 0), 'exit statuses');
+  assert.deepEqual(
+    await Promise.all(live.map((p) => p.end())),
+    live.map(() => 0),
+    'exit statuses',
+  );
 }
 
 function options(port: number, prefix: string, rank: number, worldSize: number, timeoutMs = 20_000): GroupOptions {
@@ -96,7 +100,11 @@ function options(port: number, prefix: string, rank: number, worldSize: number, 
 
 /** Every peer joins group `id` under `prefix`, peer k as rank k (with Gloo bound to iface[k]). */
 async function join(peers: Peer[], port: number, id: string, prefix: string, timeoutMs?: number, iface?: string[]): Promise<void> {
-  await Promise.all(peers.map((p, rank) => p.call('create', { id, options: { ...options(port, prefix, rank, peers.length, timeoutMs), iface: iface?.[rank] } })));
+  await Promise.all(
+    peers.map((p, rank) =>
+      p.call('create', { id, options: { ...options(port, prefix, rank, peers.length, timeoutMs), iface: iface?.[rank] } }),
+    ),
+  );
 }
 
 /**
@@ -110,7 +118,11 @@ async function allreduceAndCheck(peers: Peer[], calls: { id: string; seed: numbe
     replies.forEach((r, rank) => {
       const got = r.results?.[k];
       assert.equal(got?.error, undefined, `rank ${rank}, group ${id}: ${got?.error}`);
-      assert.equal(got?.digest, digest(want), `rank ${rank}, group ${id}, seed ${seed}: head ${got?.head} vs ${Array.from(want.subarray(0, 3))}`);
+      assert.equal(
+        got?.digest,
+        digest(want),
+        `rank ${rank}, group ${id}, seed ${seed}: head ${got?.head} vs ${Array.from(want.subarray(0, 3))}`,
+      );
     });
   });
 }
@@ -142,9 +154,27 @@ test('3 ranks sum 1,049,633 floats whose sums are exact: every rank gets the exa
 test('several all-reduces on one group, issued without waiting, run in order; more groups under new prefixes share the store; iface by name or address', async () => {
   await withRanks(2, async (peers, port) => {
     await join(peers, port, 'a', 'epoch-1');
-    await allreduceAndCheck(peers, [{ id: 'a', seed: 3 }, { id: 'a', seed: 4 }, { id: 'a', seed: 5 }], 'normal', 100_003);
+    await allreduceAndCheck(
+      peers,
+      [
+        { id: 'a', seed: 3 },
+        { id: 'a', seed: 4 },
+        { id: 'a', seed: 5 },
+      ],
+      'normal',
+      100_003,
+    );
     await join(peers, port, 'b', 'epoch-2'); // while 'a' still exists
-    await allreduceAndCheck(peers, [{ id: 'b', seed: 6 }, { id: 'a', seed: 7 }, { id: 'b', seed: 8 }], 'normal', 100_003);
+    await allreduceAndCheck(
+      peers,
+      [
+        { id: 'b', seed: 6 },
+        { id: 'a', seed: 7 },
+        { id: 'b', seed: 8 },
+      ],
+      'normal',
+      100_003,
+    );
     await Promise.all(peers.map((p) => p.call('close', { id: 'a' })));
     await allreduceAndCheck(peers, [{ id: 'b', seed: 9 }], 'normal', 100_003);
     // Gloo bound by interface name on one rank, by address on the other
@@ -153,7 +183,7 @@ test('several all-reduces on one group, issued without waiting, run in order; mo
   });
 });
 
-test('a rank SIGKILLed: the survivors\' all-reduce rejects with one line within timeout + 10 s, and a new group of them works', async () => {
+test("a rank SIGKILLed: the survivors' all-reduce rejects with one line within timeout + 10 s, and a new group of them works", async () => {
   const timeoutMs = 5000;
   await withRanks(3, async (peers, port) => {
     await join(peers, port, 'g', 'before', timeoutMs);
@@ -183,13 +213,19 @@ test('close() with an all-reduce pending does not block: the event loop runs on,
     const o = (rank: number) => options(server.port, 'pending', rank, 2, 3000);
     const [group] = await Promise.all([ProcessGroup.create(o(0)), peer.call('create', { id: 'g', options: o(1) })]);
     // The peer never all-reduces, so this call waits for the timeout.
-    const pending = group.allreduceSum(new Float32Array(1000)).then(() => 'resolved', (e: Error) => e);
+    const pending = group.allreduceSum(new Float32Array(1000)).then(
+      () => 'resolved',
+      (e: Error) => e,
+    );
     group.close();
     const first = await Promise.race([new Promise((r) => setImmediate(() => r('event loop'))), pending]);
     assert.equal(first, 'event loop');
     const settled = await pending;
     assert.ok(settled instanceof Error && oneLine(settled), String(settled));
-    await assert.rejects(group.allreduceSum(new Float32Array(3)), /^Error: c10d: the group \(gloo rank 0 of 2, prefix 'pending'\) is closed$/);
+    await assert.rejects(
+      group.allreduceSum(new Float32Array(3)),
+      /^Error: c10d: the group \(gloo rank 0 of 2, prefix 'pending'\) is closed$/,
+    );
   } finally {
     await peer.kill();
     server.close();
@@ -224,10 +260,17 @@ test('bad options are refused with one line saying what to give', async () => {
     [{ device: 0 }, /^c10d: device is for the nccl backend only$/],
   ];
   for (const [change, message] of bad) {
-    await assert.rejects(ProcessGroup.create({ ...good, ...change } as GroupOptions), (e: Error) => oneLine(e) && message.test(e.message), JSON.stringify(change));
+    await assert.rejects(
+      ProcessGroup.create({ ...good, ...change } as GroupOptions),
+      (e: Error) => oneLine(e) && message.test(e.message),
+      JSON.stringify(change),
+    );
   }
   if (!c10dInfo().nccl) {
-    await assert.rejects(ProcessGroup.create({ ...good, backend: 'nccl' }), (e: Error) => oneLine(e) && /^c10d: backend 'nccl' is unavailable: \S/.test(e.message));
+    await assert.rejects(
+      ProcessGroup.create({ ...good, backend: 'nccl' }),
+      (e: Error) => oneLine(e) && /^c10d: backend 'nccl' is unavailable: \S/.test(e.message),
+    );
   }
   await assert.rejects(StoreServer.listen('127.0.0.1', 70_000), /^Error: c10d: store port must be an integer in \[0, 65535\]/);
   await assert.rejects(StoreServer.listen(''), /^Error: c10d: the store server needs a host/);

@@ -25,7 +25,24 @@ import { errorLines, runBin, spawnBin, tempDir } from './helpers/cli.js';
 
 const dir = tempDir('scoreflow-auth-');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const TINY = ['--gpus', '1', '--steps', '2', '--channels', '8,16,16,16', '--embed-dim', '16', '--limit', '64', '--batch-size', '8', '--backend', 'wasm', '--threads', '1'];
+const TINY = [
+  '--gpus',
+  '1',
+  '--steps',
+  '2',
+  '--channels',
+  '8,16,16,16',
+  '--embed-dim',
+  '16',
+  '--limit',
+  '64',
+  '--batch-size',
+  '8',
+  '--backend',
+  'wasm',
+  '--threads',
+  '1',
+];
 
 const TOKEN = 'tok-7f3a9c1e-secret';
 const USER = 'trainer';
@@ -43,11 +60,45 @@ before(() => {
   writeFileSync(seedFile, SEED + '\n', { mode: 0o600 });
   // A CA, and a server certificate for 127.0.0.1/localhost signed by it (EC keys: quick to make).
   const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-  openssl('req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=scoreflow test CA',
-    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign');
+  openssl(
+    'req',
+    '-x509',
+    ...ec,
+    '-keyout',
+    'ca.key',
+    '-out',
+    'ca.pem',
+    '-days',
+    '2',
+    '-subj',
+    '/CN=scoreflow test CA',
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign',
+  );
   openssl('req', ...ec, '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=localhost');
-  writeFileSync(join(dir, 'server.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n');
-  openssl('x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'server.pem', '-days', '2', '-extfile', 'server.ext');
+  writeFileSync(
+    join(dir, 'server.ext'),
+    'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n',
+  );
+  openssl(
+    'x509',
+    '-req',
+    '-in',
+    'server.csr',
+    '-CA',
+    'ca.pem',
+    '-CAkey',
+    'ca.key',
+    '-CAcreateserial',
+    '-out',
+    'server.pem',
+    '-days',
+    '2',
+    '-extfile',
+    'server.ext',
+  );
 });
 after(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -304,7 +355,10 @@ for (const c of CASES) {
       assert.match(r.output, new RegExp(`started nats-server on ${c.flags.tlsCert ? 'tls' : 'nats'}://127\\.0\\.0\\.1:\\d+`));
       assert.match(r.output, /worker \S+ joined/);
       assert.match(r.output, /run \S+ done at step 2/);
-      assert.deepEqual(errorLines(r.output).filter((l) => /refused|authori[sz]ation|certificate|handshake|error/i.test(l)), []);
+      assert.deepEqual(
+        errorLines(r.output).filter((l) => /refused|authori[sz]ation|certificate|handshake|error/i.test(l)),
+        [],
+      );
 
       // The worker got the credentials through its environment, not its arguments.
       assert.ok(r.seen.worker, 'never saw the spawned worker process');
@@ -313,11 +367,19 @@ for (const c of CASES) {
         assert.ok(!cmdline.some((a) => a.includes(s)), `a secret on the worker's command line: ${cmdline.join(' ')}`);
         assert.ok(!r.seen.server?.cmdline.some((a) => a.includes(s)), `a secret on nats-server's command line`);
       }
-      assert.deepEqual(cmdline.filter((a) => /^--(nats-(token|user|pass|nkey)|tls-)/.test(a)), [], `credential flags on the worker's command line: ${cmdline.join(' ')}`);
+      assert.deepEqual(
+        cmdline.filter((a) => /^--(nats-(token|user|pass|nkey)|tls-)/.test(a)),
+        [],
+        `credential flags on the worker's command line: ${cmdline.join(' ')}`,
+      );
       const expected = Object.entries(authEnv(c.flags)).map(([k, v]) => `${k}=${v}`);
       for (const kv of expected) assert.ok(environ.includes(kv), `${kv.split('=')[0]} missing from the worker's environment`);
       assert.ok(r.seen.server, 'never saw the embedded nats-server');
-      assert.deepEqual(r.seen.server.cmdline.slice(1, 2), ['-c'], `nats-server is configured through its config file: ${r.seen.server.cmdline.join(' ')}`);
+      assert.deepEqual(
+        r.seen.server.cmdline.slice(1, 2),
+        ['-c'],
+        `nats-server is configured through its config file: ${r.seen.server.cmdline.join(' ')}`,
+      );
     });
   });
 }
@@ -364,7 +426,9 @@ describe('bad auth input', () => {
     // A CA alone is a TLS client: the embedded server (without a certificate) could not serve it.
     const d = runBin('coordinator', ['start', ...TINY, '--tls-ca', tls.ca, '--out', join(dir, 'bad3')], { timeoutMs: 30_000 });
     assert.notEqual(d.code, 0);
-    assert.deepEqual(errorLines(d.stderr), ['coordinator: --tls-ca alone: the embedded nats-server needs --tls-cert and --tls-key too (or pass --nats URL of a TLS server)']);
+    assert.deepEqual(errorLines(d.stderr), [
+      'coordinator: --tls-ca alone: the embedded nats-server needs --tls-cert and --tls-key too (or pass --nats URL of a TLS server)',
+    ]);
   });
 });
 

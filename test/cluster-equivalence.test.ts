@@ -21,15 +21,39 @@ import { maxRelDiff } from '../src/core/parity.js';
 const run = promisify(execFile);
 // 100 images in batches of 12: the epoch's last step (step 8) has 4, so the run crosses a partial batch
 const K = 10;
-const FLAGS = ['--channels', '8,16,16,16', '--embed-dim', '16', '--data', 'train', '--limit', '100', '--batch-size', '12', '--seed', '7', '--backend', 'wasm'];
+const FLAGS = [
+  '--channels',
+  '8,16,16,16',
+  '--embed-dim',
+  '16',
+  '--data',
+  'train',
+  '--limit',
+  '100',
+  '--batch-size',
+  '12',
+  '--seed',
+  '7',
+  '--backend',
+  'wasm',
+];
 type State = ReturnType<typeof loadTrainingCheckpoint>['state'];
 
 async function reference(threads: number): Promise<State> {
   const out = tempDir();
-  await run(process.execPath, [packagePath('bin', 'scoreflow.js'), 'train', ...FLAGS, '--steps', String(K), '--threads', String(threads), '--out', out]);
+  await run(process.execPath, [
+    packagePath('bin', 'scoreflow.js'),
+    'train',
+    ...FLAGS,
+    '--steps',
+    String(K),
+    '--threads',
+    String(threads),
+    '--out',
+    out,
+  ]);
   return loadTrainingCheckpoint(join(out, 'checkpoint.safetensors')).state;
 }
-
 
 describe('cluster = scoreflow train (real Trainer)', () => {
   let server: NatsServer;
@@ -41,25 +65,53 @@ describe('cluster = scoreflow train (real Trainer)', () => {
   });
   after(async () => server?.close());
 
-  const cases = [[1, 'nats'], [2, 'nats'], [3, 'nats'], [2, 'gloo'], [3, 'gloo']] as const;
+  const cases = [
+    [1, 'nats'],
+    [2, 'nats'],
+    [3, 'nats'],
+    [2, 'gloo'],
+    [3, 'gloo'],
+  ] as const;
   for (const [n, transport] of cases) {
     // Gloo's ring adds in another order than the rank order once there are more than two terms.
     const bitwise = transport === 'nats' || n <= 2;
     it(`${n} worker(s) over ${transport}: ${bitwise ? 'bitwise equal' : 'within float re-association of'} --threads ${n}, close to --threads 1`, async (t) => {
       const cfg = configFromFlags({
-        seed: 7, batchSize: 12, lr: 1e-4, ema: 0.999, gradClip: 0, weighting: 'sigma2', sde: 've', sigmaMin: 0.01, sigmaMax: 22,
-        channels: [8, 16, 16, 16], embedDim: 16, data: 'train', limit: 100, backend: 'wasm', out: '', resume: false, ckptEvery: 100,
+        seed: 7,
+        batchSize: 12,
+        lr: 1e-4,
+        ema: 0.999,
+        gradClip: 0,
+        weighting: 'sigma2',
+        sde: 've',
+        sigmaMin: 0.01,
+        sigmaMax: 22,
+        channels: [8, 16, 16, 16],
+        embedDim: 16,
+        data: 'train',
+        limit: 100,
+        backend: 'wasm',
+        out: '',
+        resume: false,
+        ckptEvery: 100,
       });
       const factory = trainerReplicas({ backend: 'wasm', threads: 1 });
       const outDir = tempDir();
-      const c = await startCluster(server, n, JSON.stringify(cfg), cfg.batchSize, factory, { steps: K, checksumEvery: 2, outDir, transport });
+      const c = await startCluster(server, n, JSON.stringify(cfg), cfg.batchSize, factory, {
+        steps: K,
+        checksumEvery: 2,
+        outDir,
+        transport,
+      });
       try {
         const res = await c.coordinator.done;
         assert.ok(res.ok, res.reason);
         const got = loadTrainingCheckpoint(join(outDir, 'checkpoint.safetensors')).state;
         assert.equal(got.step, K);
         const ref = refs.get(n)!;
-        if (bitwise) for (const k of ['params', 'm', 'v', 'ema'] as const) assert.deepEqual(got[k], ref[k], `${k} differs from scoreflow train --threads ${n}`);
+        if (bitwise)
+          for (const k of ['params', 'm', 'v', 'ema'] as const)
+            assert.deepEqual(got[k], ref[k], `${k} differs from scoreflow train --threads ${n}`);
         else {
           const dn = maxRelDiff(got.params, ref.params);
           t.diagnostic(`${n} workers over ${transport} vs --threads ${n}: max relative parameter difference ${dn.toExponential(2)}`);

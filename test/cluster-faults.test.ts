@@ -20,7 +20,6 @@ const cfg: SyntheticConfig = { ...SYNTHETIC_DEFAULTS, params: 20_000, batchSize:
 const STEPS = 40;
 let ref: SyntheticReplica;
 
-
 function assertMatchesReference(r: SyntheticReplica | undefined): void {
   assert.ok(r, 'worker has no state');
   assert.equal(r.step, STEPS);

@@ -40,7 +40,10 @@ function start(name: string, args: string[], env: Record<string, string> = {}): 
 function logged(dir: string): number[] {
   const p = join(dir, 'train.jsonl');
   if (!existsSync(p)) return [];
-  return readFileSync(p, 'utf8').split('\n').filter(Boolean).map((l) => (JSON.parse(l) as { step: number }).step);
+  return readFileSync(p, 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => (JSON.parse(l) as { step: number }).step);
 }
 
 async function until(f: () => boolean, ms: number, what: string): Promise<void> {
@@ -78,14 +81,48 @@ function assertCheckpointMatches(dir: string, ref: SyntheticReplica): void {
 
 /** Every step 0..STEPS-1 logged exactly once, in order (a restart cuts train.jsonl back to its checkpoint before replaying). */
 function assertEveryStepOnce(steps: number[]): void {
-  assert.deepEqual(steps, Array.from({ length: STEPS }, (_, i) => i));
+  assert.deepEqual(
+    steps,
+    Array.from({ length: STEPS }, (_, i) => i),
+  );
 }
 
 const coordArgs = (dir: string, url: string, extra: string[] = []) => [
-  'start', '--no-spawn', '--nats', url, '--run', 'proc', '--out', dir, '--steps', String(STEPS), '--batch-size', String(SYN.batchSize),
-  '--synthetic', JSON.stringify(SYN), '--heartbeat-timeout', '1000', '--ckpt-every', '8', '--checksum-every', '4', ...extra,
+  'start',
+  '--no-spawn',
+  '--nats',
+  url,
+  '--run',
+  'proc',
+  '--out',
+  dir,
+  '--steps',
+  String(STEPS),
+  '--batch-size',
+  String(SYN.batchSize),
+  '--synthetic',
+  JSON.stringify(SYN),
+  '--heartbeat-timeout',
+  '1000',
+  '--ckpt-every',
+  '8',
+  '--checksum-every',
+  '4',
+  ...extra,
 ];
-const workerArgs = (url: string, i: number) => ['start', '--nats', url, '--run', 'proc', '--id', `p${i}`, '--backend', 'cpu', '--heartbeat-ms', '200'];
+const workerArgs = (url: string, i: number) => [
+  'start',
+  '--nats',
+  url,
+  '--run',
+  'proc',
+  '--id',
+  `p${i}`,
+  '--backend',
+  'cpu',
+  '--heartbeat-ms',
+  '200',
+];
 
 describe('cluster processes', () => {
   let server: NatsServer;
@@ -103,7 +140,22 @@ describe('cluster processes', () => {
   for (const [k, transport] of (['nats', 'auto'] as const).entries()) {
     const offset = 100 * k; // worker ids of one transport's runs never meet the other's
     it(`coordinator start --gpus 2 --transport ${transport} trains end to end, bitwise equal to scoreflow train --threads 2`, async () => {
-      const flags = ['--channels', '8,16,16,16', '--embed-dim', '16', '--limit', '64', '--batch-size', '8', '--steps', '3', '--seed', '5', '--backend', 'wasm'];
+      const flags = [
+        '--channels',
+        '8,16,16,16',
+        '--embed-dim',
+        '16',
+        '--limit',
+        '64',
+        '--batch-size',
+        '8',
+        '--steps',
+        '3',
+        '--seed',
+        '5',
+        '--backend',
+        'wasm',
+      ];
       const [a, b] = [tempDir(), tempDir()];
       await exec(process.execPath, [bin('scoreflow'), 'train', ...flags, '--threads', '2', '--out', a]);
       const c = start('coordinator', ['start', '--gpus', '2', ...flags, '--threads', '1', '--transport', transport, '--out', b]);

@@ -21,7 +21,6 @@ async function reference(cfg: SyntheticConfig, steps: number): Promise<Synthetic
   return r;
 }
 
-
 for (const transport of TRANSPORTS) {
   describe(`cluster protocol (synthetic objective, transport ${transport})`, () => {
     let server: NatsServer;
@@ -46,7 +45,7 @@ for (const transport of TRANSPORTS) {
             assert.ok(n === 1 ? d === 0 : d < 1e-5, `worker ${w.id}: max relative difference ${d}`);
           }
           assert.equal(c.coordinator.telemetry.rejectedTotal(), 0);
-        assert.deepEqual([...used], [transport], 'the steps moved their gradients over another transport');
+          assert.deepEqual([...used], [transport], 'the steps moved their gradients over another transport');
         } finally {
           await c.close();
         }
@@ -120,7 +119,10 @@ describe('gloo against nats', () => {
   it('2 workers: bitwise the same parameters (a sum of two is order-free); 3: within float re-association', async () => {
     const cfg = { ...SYNTHETIC_DEFAULTS, params: 100_003, batchSize: 12 };
     const [a, b] = [await finalParams(2, 'nats', cfg), await finalParams(2, 'gloo', cfg)];
-    assert.ok(a.every((v, i) => Object.is(v, b[i])), `2 workers: max relative difference ${maxRelDiff(a, b)}`);
+    assert.ok(
+      a.every((v, i) => Object.is(v, b[i])),
+      `2 workers: max relative difference ${maxRelDiff(a, b)}`,
+    );
     const [c, d] = [await finalParams(3, 'nats', cfg), await finalParams(3, 'gloo', cfg)];
     const diff = maxRelDiff(c, d);
     assert.ok(diff < 1e-5, `3 workers: max relative difference ${diff}`);

@@ -98,7 +98,12 @@ describe('image sets', () => {
     writeNpySync(p, { shape: [2, 1, 2, 2], data: new Float32Array([0, 0.5, 1, 0.25, 0, 0, 0, 1]) });
     const s = loadImages(p, { limit: 1 });
     assert.deepEqual([s.n, s.h, s.w, [...s.data]], [1, 2, 2, [0, 0.5, 1, 0.25]]);
-    for (const [bad, msg] of [[NaN, 'NaN at image 1, pixel 2 is not finite'], [Infinity, 'not finite'], [1.5, 'outside [0,1]'], [-0.1, 'outside [0,1]']] as const) {
+    for (const [bad, msg] of [
+      [NaN, 'NaN at image 1, pixel 2 is not finite'],
+      [Infinity, 'not finite'],
+      [1.5, 'outside [0,1]'],
+      [-0.1, 'outside [0,1]'],
+    ] as const) {
       writeNpySync(p, { shape: [2, 2, 2], data: new Float32Array([0, 0, 0, 0, 0, 0, bad, 0]) });
       throwsOneLine(() => loadImages(p), p, msg);
     }
@@ -134,7 +139,10 @@ describe('step batches', () => {
         assert.equal(b.indices.length, k === spe - 1 ? 3 : B);
         for (const i of b.indices) seen[i]++;
       }
-      assert.ok(seen.every((c) => c === 1), `epoch ${epoch} does not cover each index once`);
+      assert.ok(
+        seen.every((c) => c === 1),
+        `epoch ${epoch} does not cover each index once`,
+      );
     }
   });
 

@@ -37,7 +37,11 @@ before(async () => {
 
 function run(...args: string[]) {
   const r = spawnSync(process.execPath, [BIN, ...args, '--backend', 'wasm'], { encoding: 'utf8', timeout: 300_000 });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr.split('\n').filter((l) => l !== '' && !l.startsWith('backend:') && !/^(encode|sample)[: ]/.test(l)) };
+  return {
+    code: r.status,
+    stdout: r.stdout,
+    stderr: r.stderr.split('\n').filter((l) => l !== '' && !l.startsWith('backend:') && !/^(encode|sample)[: ]/.test(l)),
+  };
 }
 
 function fresh(name: string): string {
@@ -69,7 +73,23 @@ describe('scoreflow encode', () => {
     assert.equal(r.code, 0, r.stderr.join('\n'));
     const summary = JSON.parse(r.stdout);
     const x = join(d, 'x.npy');
-    const r2 = run('sample', '--ckpt', ckpt, '--sampler', 'ode', '--latent', z, '--rtol', TOL, '--atol', TOL, '--eps', String(summary.eps), '--out', x);
+    const r2 = run(
+      'sample',
+      '--ckpt',
+      ckpt,
+      '--sampler',
+      'ode',
+      '--latent',
+      z,
+      '--rtol',
+      TOL,
+      '--atol',
+      TOL,
+      '--eps',
+      String(summary.eps),
+      '--out',
+      x,
+    );
     assert.equal(r2.code, 0, r2.stderr.join('\n'));
 
     const images = loadImages('test', { limit: N }).data;

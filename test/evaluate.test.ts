@@ -12,7 +12,13 @@ import { after, before, describe, test } from 'node:test';
 import { initBackend } from '../src/core/backend/index.js';
 import { loadImages, loadLabels } from '../src/core/data/mnist.js';
 import {
-  CLASSIFIER_FORMAT, MnistClassifier, accuracy, initClassifierParams, loadClassifier, saveClassifier, trainClassifier,
+  CLASSIFIER_FORMAT,
+  MnistClassifier,
+  accuracy,
+  initClassifierParams,
+  loadClassifier,
+  saveClassifier,
+  trainClassifier,
   type ClassifierConfig,
 } from '../src/core/eval/classifier.js';
 import { featureStats, frechetDistance, frechetParts, type GaussianStats } from '../src/core/eval/frechet.js';
@@ -74,12 +80,53 @@ describe('Fréchet distance', () => {
 
   test('2x2 by hand: S1 = I, S2 = [[2,1],[1,2]] gives 4 − 2√3; rank-deficient covariances stay exact', () => {
     // (S1 S2)^{1/2} = S2^{1/2} has eigenvalues √3 and 1: tr(I) + tr(S2) − 2(√3 + 1) = 4 − 2√3
-    const fd = frechetDistance(gaussian([0, 0], [[1, 0], [0, 1]]), gaussian([0, 0], [[2, 1], [1, 2]]));
+    const fd = frechetDistance(
+      gaussian(
+        [0, 0],
+        [
+          [1, 0],
+          [0, 1],
+        ],
+      ),
+      gaussian(
+        [0, 0],
+        [
+          [2, 1],
+          [1, 2],
+        ],
+      ),
+    );
     assert.ok(Math.abs(fd - (4 - 2 * Math.sqrt(3))) < 1e-12, `${fd}`);
     // singular and orthogonal: S1 S2 = 0, so the distance is tr S1 + tr S2
-    assert.ok(Math.abs(frechetDistance(gaussian([0, 0], [[1, 0], [0, 0]]), gaussian([0, 0], [[0, 0], [0, 4]])) - 5) < 1e-12);
+    assert.ok(
+      Math.abs(
+        frechetDistance(
+          gaussian(
+            [0, 0],
+            [
+              [1, 0],
+              [0, 0],
+            ],
+          ),
+          gaussian(
+            [0, 0],
+            [
+              [0, 0],
+              [0, 4],
+            ],
+          ),
+        ) - 5,
+      ) < 1e-12,
+    );
     // a rank-1 covariance against itself: 0, not NaN from the negative round-off eigenvalue
-    const r1 = gaussian([1, 2, 3], [[1, 2, 3], [2, 4, 6], [3, 6, 9]]);
+    const r1 = gaussian(
+      [1, 2, 3],
+      [
+        [1, 2, 3],
+        [2, 4, 6],
+        [3, 6, 9],
+      ],
+    );
     assert.ok(Math.abs(frechetDistance(r1, r1)) < 1e-7, `${frechetDistance(r1, r1)}`);
   });
 
@@ -99,7 +146,10 @@ describe('Fréchet distance', () => {
       'fd = float(((ma - mb) ** 2).sum() + np.trace(ca + cb - 2 * covmean))',
       'print(json.dumps({"fd": fd, "mu": ma.tolist(), "cov": ca.ravel().tolist()}))',
     ].join('\n');
-    const r = spawnSync('/usr/bin/python3', ['-c', py], { input: JSON.stringify({ d, a: Array.from(a), b: Array.from(b) }), encoding: 'utf8' });
+    const r = spawnSync('/usr/bin/python3', ['-c', py], {
+      input: JSON.stringify({ d, a: Array.from(a), b: Array.from(b) }),
+      encoding: 'utf8',
+    });
     assert.equal(r.status, 0, `/usr/bin/python3 with numpy and scipy failed: ${r.stderr || r.error}`);
     const ref = JSON.parse(r.stdout) as { fd: number; mu: number[]; cov: number[] };
     ref.mu.forEach((m, j) => assert.ok(Math.abs(sa.mu[j] - m) < 1e-12));
@@ -136,7 +186,10 @@ describe('pixel proxies', () => {
     const corner = new Float32Array(784).fill(1);
     corner[0] = 0; // edge pixels repeat: the corner's window holds four 0s and five 1s
     assert.ok(Math.abs(speckle(corner, 1) - 1 / 784) < 1e-15);
-    assert.deepEqual(Array.from(pixelHistogram(Float32Array.from([0, 0.05, 0.1, 0.55, 0.999, 1]))).map((p) => p * 6), [2, 1, 0, 0, 0, 1, 0, 0, 0, 2]);
+    assert.deepEqual(
+      Array.from(pixelHistogram(Float32Array.from([0, 0.05, 0.1, 0.55, 0.999, 1]))).map((p) => p * 6),
+      [2, 1, 0, 0, 0, 1, 0, 0, 0, 2],
+    );
     assert.equal(totalVariation([1, 0], [0, 1]), 1);
     assert.ok(Math.abs(totalVariation([0.5, 0.5], [0.25, 0.75]) - 0.25) < 1e-15);
     assert.ok(Math.abs(entropyOfCounts([5, 5, 5, 5, 5, 5, 5, 5, 5, 5]) - Math.log(10)) < 1e-12);
@@ -175,7 +228,15 @@ describe('classifier and metrics', () => {
     assert.deepEqual(run(4), run(4));
     assert.notDeepEqual(run(4), run(5));
     assert.notDeepEqual(initClassifierParams(SMALL, 4), initClassifierParams(SMALL, 5));
-    assert.throws(() => trainClassifier(train.data, Uint8Array.from(lab, () => 10), { steps: 1 }), /label 10 at 0 is not a digit/);
+    assert.throws(
+      () =>
+        trainClassifier(
+          train.data,
+          Uint8Array.from(lab, () => 10),
+          { steps: 1 },
+        ),
+      /label 10 at 0 is not a digit/,
+    );
   });
 
   test('save/load round trip: identical logits and features, metadata kept', () => {
@@ -188,7 +249,9 @@ describe('classifier and metrics', () => {
       assert.deepEqual(b.features, a.features);
       // batching changes libtorch's summation order, not the values beyond round-off
       const c = loaded.run(x, 64, { batchSize: 17 });
-      c.logits.forEach((v, i) => assert.ok(Math.abs(v - a.logits[i]) < 1e-4 * (1 + Math.abs(a.logits[i])), `logit ${i}: ${v} vs ${a.logits[i]}`));
+      c.logits.forEach((v, i) =>
+        assert.ok(Math.abs(v - a.logits[i]) < 1e-4 * (1 + Math.abs(a.logits[i])), `logit ${i}: ${v} vs ${a.logits[i]}`),
+      );
       assert.deepEqual(loaded.config, SMALL);
       assert.equal(loaded.metadata.format, CLASSIFIER_FORMAT);
       assert.equal(loaded.metadata.note, 'test');
@@ -215,7 +278,10 @@ describe('classifier and metrics', () => {
     assert.ok(real.confidence > grey.confidence + 0.1, `confidence real ${real.confidence}, grey noise ${grey.confidence}`);
     assert.ok(real.fd * 10 < grey.fd, `fd real ${real.fd}, grey noise ${grey.fd}`);
     assert.ok(grey.clipped_fraction > 0.3);
-    assert.equal(real.class_counts.reduce((a, b) => a + b, 0), 500);
+    assert.equal(
+      real.class_counts.reduce((a, b) => a + b, 0),
+      500,
+    );
     assert.ok(real.class_entropy > 2.15 && real.class_entropy <= Math.log(10) + 1e-12, `${real.class_entropy}`);
     assert.equal(blank.class_entropy, 0); // every blank image gets the same class
     assert.ok(real.speckle > 0.01 && real.speckle < 0.02, `${real.speckle}`);
@@ -243,9 +309,24 @@ describe('classifier and metrics', () => {
 
     test('evaluate: one JSON line per sample file, the same lines in --out', () => {
       const out = join(dir, 'metrics.json');
-      const r = runBin('scoreflow', ['evaluate', '--samples', sampleA, sampleB, '--classifier', weights, '--ref-limit', '300', '--out', out, ...BACKEND]);
+      const r = runBin('scoreflow', [
+        'evaluate',
+        '--samples',
+        sampleA,
+        sampleB,
+        '--classifier',
+        weights,
+        '--ref-limit',
+        '300',
+        '--out',
+        out,
+        ...BACKEND,
+      ]);
       assert.equal(r.code, 0, r.stderr);
-      const lines = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
+      const lines = r.stdout
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l));
       assert.equal(lines.length, 2);
       assert.equal(readFileSync(out, 'utf8'), r.stdout);
       const [a, b] = lines;
@@ -277,7 +358,10 @@ describe('classifier and metrics', () => {
         [['--samples', sampleA, '--classifier', 'test/fixtures/scorenet_parity.safetensors'], /not a scoreflow MNIST classifier/],
         [['--samples', sampleA, '--classifier', garbage], /garbage\.safetensors: /],
         [['--samples', sampleA, '--classifier', join(dir, 'nope.safetensors')], /nope\.safetensors: cannot read \(ENOENT\)/],
-        [['--samples', sampleA, '--classifier', weights, '--ref', 'mnist-validation'], /mnist-validation: no such file, and not a data set name/],
+        [
+          ['--samples', sampleA, '--classifier', weights, '--ref', 'mnist-validation'],
+          /mnist-validation: no such file, and not a data set name/,
+        ],
         [['--samples', sampleA, '--classifier', weights, '--ref-limit', '1'], /'--ref-limit <n>' argument '1' is invalid/],
         [['--samples', sampleA, '--classifier', weights, '--out', join(dir, 'm.txt')], /--out must name a \.json file/],
         [['--samples', sampleA, '--classifier', weights, '--out', join(dir, 'no', 'm.json')], /--out: directory '.*no' does not exist/],
@@ -297,7 +381,26 @@ describe('classifier and metrics', () => {
 
     test('classifier: trains, saves a loadable file and reports test accuracy; bad --out refused', () => {
       const out = join(dir, 'cli.safetensors');
-      const r = runBin('scoreflow', ['classifier', '--out', out, '--epochs', '2', '--train-limit', '640', '--batch-size', '32', '--seed', '3', '--lr', '0.005', '--channels', '8,16', '--hidden', '32', ...BACKEND]);
+      const r = runBin('scoreflow', [
+        'classifier',
+        '--out',
+        out,
+        '--epochs',
+        '2',
+        '--train-limit',
+        '640',
+        '--batch-size',
+        '32',
+        '--seed',
+        '3',
+        '--lr',
+        '0.005',
+        '--channels',
+        '8,16',
+        '--hidden',
+        '32',
+        ...BACKEND,
+      ]);
       assert.equal(r.code, 0, r.stderr);
       const report = JSON.parse(r.stdout);
       assert.equal(report.steps, 40);

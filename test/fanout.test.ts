@@ -12,7 +12,16 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { writeNpySync } from '../src/core/io/npy.js';
 import { planJobs } from '../src/protocol/job-spec.js';
-import { ResultAssembler, chunkResult, decodeJob, decodeResult, encodeJob, encodeResult, payloadValues, type JobResultChunk } from '../src/protocol/jobs.js';
+import {
+  ResultAssembler,
+  chunkResult,
+  decodeJob,
+  decodeResult,
+  encodeJob,
+  encodeResult,
+  payloadValues,
+  type JobResultChunk,
+} from '../src/protocol/jobs.js';
 import { toLEBytes } from '../src/core/io/endian.js';
 import { runBin, spawnBin, tempDir } from './helpers/cli.js';
 import { startNats, type NatsServer } from './helpers/nats.js';
@@ -38,8 +47,22 @@ function ok(r: { code: number | null; stderr: string }, what: string): void {
 
 describe('job wire', () => {
   test('jobs are whole batches cut from index 0', () => {
-    assert.deepEqual(planJobs(7, 2).map((j) => [j.from, j.to]), [[0, 2], [2, 4], [4, 6], [6, 7]]);
-    assert.deepEqual(planJobs(10, 3, 2).map((j) => [j.from, j.to]), [[0, 6], [6, 10]]);
+    assert.deepEqual(
+      planJobs(7, 2).map((j) => [j.from, j.to]),
+      [
+        [0, 2],
+        [2, 4],
+        [4, 6],
+        [6, 7],
+      ],
+    );
+    assert.deepEqual(
+      planJobs(10, 3, 2).map((j) => [j.from, j.to]),
+      [
+        [0, 6],
+        [6, 10],
+      ],
+    );
     assert.throws(() => planJobs(0, 4), /nothing to do/);
   });
 
@@ -47,7 +70,23 @@ describe('job wire', () => {
     const job = { run: 'r', task: 't1', index: 2, jobs: 5, from: 4, to: 6, kind: 'likelihood' as const, specJson: '{"a":1}' };
     assert.deepEqual(decodeJob(encodeJob(job)), job);
     const values = Float32Array.from({ length: 3000 }, (_, i) => Math.sin(i));
-    const head = { run: 'r', task: 't1', index: 2, from: 4, to: 6, worker: 'w', attempt: 'w#1', delivery: 1, nfe: [7, 9], calls: 3, seconds: 0.5, backend: 'wasm', weights: 'ema', shape: [30, 50, 1], error: '' };
+    const head = {
+      run: 'r',
+      task: 't1',
+      index: 2,
+      from: 4,
+      to: 6,
+      worker: 'w',
+      attempt: 'w#1',
+      delivery: 1,
+      nfe: [7, 9],
+      calls: 3,
+      seconds: 0.5,
+      backend: 'wasm',
+      weights: 'ema',
+      shape: [30, 50, 1],
+      error: '',
+    };
     const chunks = chunkResult(head, toLEBytes(values), 4096 + 8192);
     assert.ok(chunks.length === 3 && chunks.every((c) => c.data.byteLength <= 4096));
     const asm = new ResultAssembler();
@@ -69,7 +108,28 @@ describe('coordinator sample / likelihood', () => {
   let refBpd: string;
 
   before(() => {
-    ok(runBin('scoreflow', ['train', '--channels', '8,16,16,16', '--embed-dim', '16', '--limit', '64', '--batch-size', '16', '--steps', '2', '--backend', 'wasm', '--threads', '1', '--out', join(dir, 'train')]), 'train');
+    ok(
+      runBin('scoreflow', [
+        'train',
+        '--channels',
+        '8,16,16,16',
+        '--embed-dim',
+        '16',
+        '--limit',
+        '64',
+        '--batch-size',
+        '16',
+        '--steps',
+        '2',
+        '--backend',
+        'wasm',
+        '--threads',
+        '1',
+        '--out',
+        join(dir, 'train'),
+      ]),
+      'train',
+    );
     ok(runBin('scoreflow', ['sample', '--ckpt', ckpt, ...SAMPLE, '--out', join(dir, 'ref.npy')]), 'scoreflow sample');
     refNpy = readFileSync(join(dir, 'ref.npy'));
     ok(runBin('scoreflow', ['likelihood', '--ckpt', ckpt, ...LIKELIHOOD, '--out', join(dir, 'ref-bpd.json')]), 'scoreflow likelihood');
@@ -113,7 +173,9 @@ describe('coordinator sample / likelihood', () => {
 
     /** Start a worker of run `kill` and wait until it is up. */
     async function worker(id: string): Promise<ChildProcess & { log: string[] }> {
-      const w = Object.assign(spawnBin('worker', ['start', '--nats', nats.url, '--run', 'kill', '--id', id, '--backend', 'wasm']), { log: [] as string[] });
+      const w = Object.assign(spawnBin('worker', ['start', '--nats', nats.url, '--run', 'kill', '--id', id, '--backend', 'wasm']), {
+        log: [] as string[],
+      });
       workers.push(w);
       w.stderr!.on('data', (b: Buffer) => w.log.push(...b.toString().split('\n')));
       await until(() => w.log.some((l) => l.includes('joining run')), `worker ${id} up`);
@@ -121,7 +183,10 @@ describe('coordinator sample / likelihood', () => {
     }
 
     /** Run a coordinator task on the external workers; SIGKILL the first worker that starts a job. */
-    async function killOneDuring(args: string[], pool: (ChildProcess & { log: string[] })[]): Promise<{ code: number | null; stdout: string; stderr: string; victim: number }> {
+    async function killOneDuring(
+      args: string[],
+      pool: (ChildProcess & { log: string[] })[],
+    ): Promise<{ code: number | null; stdout: string; stderr: string; victim: number }> {
       const c = spawnBin('coordinator', [...args, '--no-spawn', '--nats', nats.url, '--run', 'kill', ...FAST]);
       let stdout = '';
       let stderr = '';
@@ -129,7 +194,10 @@ describe('coordinator sample / likelihood', () => {
       c.stderr!.on('data', (b: Buffer) => (stderr += b));
       const marks = pool.map((w) => w.log.length);
       let victim = -1;
-      await until(() => (victim = pool.findIndex((w, i) => w.log.slice(marks[i]).some((l) => / job \d+\/\d+ \[/.test(l)))) >= 0, 'a worker takes a job');
+      await until(
+        () => (victim = pool.findIndex((w, i) => w.log.slice(marks[i]).some((l) => / job \d+\/\d+ \[/.test(l)))) >= 0,
+        'a worker takes a job',
+      );
       pool[victim].kill('SIGKILL');
       const code = await new Promise<number | null>((res) => c.once('exit', res));
       return { code, stdout, stderr, victim };

@@ -14,7 +14,18 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import {
+  chmodSync,
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { describeError } from '../src/core/io/atomic.js';
@@ -86,7 +97,10 @@ function oneLine(r: { code: number | null; stderr: string }, pattern: RegExp): s
 
 function steps(path: string): number[] {
   if (!existsSync(path)) return [];
-  return readFileSync(path, 'utf8').split('\n').filter(Boolean).map((l) => (JSON.parse(l) as { step: number }).step);
+  return readFileSync(path, 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => (JSON.parse(l) as { step: number }).step);
 }
 
 const range = (from: number, to: number) => Array.from({ length: to - from }, (_, i) => from + i);
@@ -117,7 +131,8 @@ function childrenOf(pid: number): { pid: number; cmd: string }[] {
     try {
       const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
       const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      if (ppid === pid && alive(Number(name))) out.push({ pid: Number(name), cmd: readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0').join(' ') });
+      if (ppid === pid && alive(Number(name)))
+        out.push({ pid: Number(name), cmd: readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0').join(' ') });
     } catch {
       /* gone meanwhile */
     }
@@ -142,8 +157,14 @@ function flipBit(path: string, fromEnd: number): void {
 describe('item 2: a global batch smaller than the number of workers', () => {
   test('coordinator start refuses a --batch-size below --gpus or --min-workers, in one line, before starting anything', () => {
     const out = join(dir, 'b1');
-    oneLine(runBin('coordinator', ['start', '--gpus', '2', '--steps', '2', '--batch-size', '1', '--out', out], { timeoutMs: 60_000 }), /--batch-size 1 is smaller than --gpus 2: each worker needs at least one sample/);
-    oneLine(runBin('coordinator', ['start', '--no-spawn', '--min-workers', '3', '--batch-size', '2', '--out', out], { timeoutMs: 60_000 }), /--batch-size 2 is smaller than --min-workers 3/);
+    oneLine(
+      runBin('coordinator', ['start', '--gpus', '2', '--steps', '2', '--batch-size', '1', '--out', out], { timeoutMs: 60_000 }),
+      /--batch-size 1 is smaller than --gpus 2: each worker needs at least one sample/,
+    );
+    oneLine(
+      runBin('coordinator', ['start', '--no-spawn', '--min-workers', '3', '--batch-size', '2', '--out', out], { timeoutMs: 60_000 }),
+      /--batch-size 2 is smaller than --min-workers 3/,
+    );
     assert.equal(existsSync(out), false);
   });
 
@@ -153,10 +174,30 @@ describe('item 2: a global batch smaller than the number of workers', () => {
       const out = join(dir, 'idle');
       const syn = { ...SYN, batchSize: 1, computeMs: 20 };
       // Both workers up before the coordinator: its Hello reaches both, and both ask to join.
-      const ws = [0, 1].map((i) => start('worker', ['start', '--nats', server.url, '--run', 'idle', '--id', `i${i}`, '--backend', 'cpu', '--heartbeat-ms', '200']));
+      const ws = [0, 1].map((i) =>
+        start('worker', ['start', '--nats', server.url, '--run', 'idle', '--id', `i${i}`, '--backend', 'cpu', '--heartbeat-ms', '200']),
+      );
       await until(() => ws.every((w) => /joining run idle/.test(w.output())), 30_000, 'both workers');
-      const c = start('coordinator', ['start', '--no-spawn', '--nats', server.url, '--run', 'idle', '--out', out, '--steps', '20', '--batch-size', '1',
-        '--synthetic', JSON.stringify(syn), '--min-workers', '1', '--heartbeat-timeout', '1000']);
+      const c = start('coordinator', [
+        'start',
+        '--no-spawn',
+        '--nats',
+        server.url,
+        '--run',
+        'idle',
+        '--out',
+        out,
+        '--steps',
+        '20',
+        '--batch-size',
+        '1',
+        '--synthetic',
+        JSON.stringify(syn),
+        '--min-workers',
+        '1',
+        '--heartbeat-timeout',
+        '1000',
+      ]);
       assert.equal(await exitOf(c, 60_000, 'the coordinator'), 0, c.output());
       assert.match(c.output(), /worker i[01] left idle: the global batch of 1 is split over 1 worker\(s\) already/);
       for (const w of ws) assert.doesNotMatch(w.output(), /outside the batch|Error:/);
@@ -217,7 +258,19 @@ describe('item 3: checkpoints that always resume', () => {
     writeFileSync(ckpt, encodeSafetensors(file.tensors, oldMeta));
     const bare = join(dir, 'bare.safetensors');
     writeFileSync(bare, encodeSafetensors(new Map([...file.tensors].filter(([k]) => !k.startsWith('train.')))));
-    let r = runBin('scoreflow', ['sample', '--ckpt', ckpt, '--n', '2', '--steps', '2', '--out', join(dir, 'legacy.npy'), '--backend', 'wasm']);
+    let r = runBin('scoreflow', [
+      'sample',
+      '--ckpt',
+      ckpt,
+      '--n',
+      '2',
+      '--steps',
+      '2',
+      '--out',
+      join(dir, 'legacy.npy'),
+      '--backend',
+      'wasm',
+    ]);
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.stderr.split('\n').filter((l) => l.includes('has no data digest')).length, 1, r.stderr);
     r = runBin('scoreflow', ['train', '--resume', '--steps', '3', '--out', out, '--backend', 'wasm', '--threads', '1']);
@@ -234,8 +287,25 @@ describe('item 3: checkpoints that always resume', () => {
 describe('item 4: a killed coordinator takes its children with it', () => {
   test('coordinator start --gpus 2 SIGKILLed: its nats-server and both workers end, and its nats folder is removed by the next start', async () => {
     const out = join(dir, 'orphans');
-    const c = start('coordinator', ['start', '--gpus', '2', '--backend', 'cpu', '--threads', '1', '--out', out, '--steps', '100000', '--batch-size', '12',
-      '--synthetic', JSON.stringify(SYN), '--heartbeat-timeout', '1000']);
+    const c = start('coordinator', [
+      'start',
+      '--gpus',
+      '2',
+      '--backend',
+      'cpu',
+      '--threads',
+      '1',
+      '--out',
+      out,
+      '--steps',
+      '100000',
+      '--batch-size',
+      '12',
+      '--synthetic',
+      JSON.stringify(SYN),
+      '--heartbeat-timeout',
+      '1000',
+    ]);
     await until(() => steps(join(out, 'train.jsonl')).length >= 3, 60_000, 'the first steps');
     const kids = childrenOf(c.child.pid!);
     const server = kids.find((k) => k.cmd.includes('nats-server'));
@@ -277,7 +347,10 @@ describe('item 5: silent corruption', () => {
     const before = readFileSync(ckpt);
     const corrupt = new RegExp(`${ckpt.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: corrupt`);
     oneLine(runBin('scoreflow', ['train', '--resume', '--steps', '3', '--out', out, '--backend', 'wasm']), corrupt);
-    oneLine(runBin('scoreflow', ['sample', '--ckpt', ckpt, '--n', '2', '--steps', '2', '--out', join(dir, 'flip.npy'), '--backend', 'wasm']), corrupt);
+    oneLine(
+      runBin('scoreflow', ['sample', '--ckpt', ckpt, '--n', '2', '--steps', '2', '--out', join(dir, 'flip.npy'), '--backend', 'wasm']),
+      corrupt,
+    );
     oneLine(runBin('coordinator', ['start', '--resume', '--gpus', '1', '--steps', '3', '--out', out, '--backend', 'wasm']), corrupt);
     assert.ok(readFileSync(ckpt).equals(before), 'the checkpoint was touched');
     assert.equal(existsSync(join(dir, 'flip.npy')), false);
@@ -290,25 +363,76 @@ describe('item 6: --resume and flags that contradict the checkpoint', () => {
   test('scoreflow train --resume names each contradicting flag and what the checkpoint has; equal values are fine', () => {
     const out = trained('contra', 2);
     const line = oneLine(
-      runBin('scoreflow', ['train', '--resume', '--steps', '3', '--out', out, '--batch-size', '16', '--lr', '0.01', '--sde', 'vp', '--backend', 'wasm']),
+      runBin('scoreflow', [
+        'train',
+        '--resume',
+        '--steps',
+        '3',
+        '--out',
+        out,
+        '--batch-size',
+        '16',
+        '--lr',
+        '0.01',
+        '--sde',
+        'vp',
+        '--backend',
+        'wasm',
+      ]),
       /--batch-size 16 \(the checkpoint has 8\)/,
     );
     assert.match(line, /--lr 0\.01 \(the checkpoint has 0\.0001\)/);
     assert.match(line, /--sde vp \(the checkpoint has ve\)/);
     assert.equal(loadTrainingCheckpoint(join(out, 'checkpoint.safetensors')).state.step, 2);
-    const r = runBin('scoreflow', ['train', '--resume', '--steps', '3', '--out', out, '--batch-size', '8', '--lr', '0.0001', '--sde', 've', '--backend', 'wasm', '--threads', '1']);
+    const r = runBin('scoreflow', [
+      'train',
+      '--resume',
+      '--steps',
+      '3',
+      '--out',
+      out,
+      '--batch-size',
+      '8',
+      '--lr',
+      '0.0001',
+      '--sde',
+      've',
+      '--backend',
+      'wasm',
+      '--threads',
+      '1',
+    ]);
     assert.equal(r.code, 0, r.stderr);
     assert.equal(loadTrainingCheckpoint(join(out, 'checkpoint.safetensors')).state.step, 3);
     // coordinator start --resume from this checkpoint: the same rule
-    oneLine(runBin('coordinator', ['start', '--resume', '--gpus', '1', '--steps', '4', '--out', out, '--sde', 'vp', '--backend', 'wasm']), /--sde vp \(the checkpoint has ve\)/);
+    oneLine(
+      runBin('coordinator', ['start', '--resume', '--gpus', '1', '--steps', '4', '--out', out, '--sde', 'vp', '--backend', 'wasm']),
+      /--sde vp \(the checkpoint has ve\)/,
+    );
   });
 
   test('coordinator start restarted on the same --out refuses contradicting flags, and takes the batch size from the run', () => {
     const out = join(dir, 'contra-c');
     let r = runBin('coordinator', ['start', '--gpus', '1', ...TINY, '--steps', '2', '--out', out]);
     assert.equal(r.code, 0, r.stderr);
-    oneLine(runBin('coordinator', ['start', '--gpus', '1', '--steps', '3', '--out', out, '--batch-size', '16', '--lr', '0.01', '--backend', 'wasm']),
-      /--batch-size 16 \(the run has 8\), --lr 0\.01 \(the run has 0\.0001\)/);
+    oneLine(
+      runBin('coordinator', [
+        'start',
+        '--gpus',
+        '1',
+        '--steps',
+        '3',
+        '--out',
+        out,
+        '--batch-size',
+        '16',
+        '--lr',
+        '0.01',
+        '--backend',
+        'wasm',
+      ]),
+      /--batch-size 16 \(the run has 8\), --lr 0\.01 \(the run has 0\.0001\)/,
+    );
     // No training flag repeated: the run's own settings (batch 8 over 64 images), not the defaults.
     r = runBin('coordinator', ['start', '--gpus', '1', '--steps', '3', '--out', out, '--backend', 'wasm', '--threads', '1']);
     assert.equal(r.code, 0, r.stderr);
@@ -323,26 +447,56 @@ describe('item 7: bounded memory on bad input', () => {
     const fifo = join(dir, 'fifo');
     spawnSync('mkfifo', [fifo]);
     const t = { timeoutMs: 60_000 };
-    oneLine(runBin('scoreflow', ['train', '--data', '/dev/zero', '--out', join(dir, 'z1'), '--backend', 'wasm'], t), /\/dev\/zero: is a character device, not a regular file/);
-    oneLine(runBin('scoreflow', ['train', '--data', fifo, '--out', join(dir, 'z1'), '--backend', 'wasm'], t), /fifo: is a named pipe, not a regular file/);
-    oneLine(runBin('scoreflow', ['train', '--data', dir, '--out', join(dir, 'z1'), '--backend', 'wasm'], t), /is a directory, not a regular file/);
-    oneLine(runBin('scoreflow', ['sample', '--ckpt', '/dev/zero', '--out', join(dir, 'z.npy'), '--backend', 'wasm'], t), /\/dev\/zero: is a character device/);
-    oneLine(runBin('coordinator', ['start', '--gpus', '1', '--data', '/dev/zero', '--out', join(dir, 'z2')], t), /\/dev\/zero: is a character device/);
+    oneLine(
+      runBin('scoreflow', ['train', '--data', '/dev/zero', '--out', join(dir, 'z1'), '--backend', 'wasm'], t),
+      /\/dev\/zero: is a character device, not a regular file/,
+    );
+    oneLine(
+      runBin('scoreflow', ['train', '--data', fifo, '--out', join(dir, 'z1'), '--backend', 'wasm'], t),
+      /fifo: is a named pipe, not a regular file/,
+    );
+    oneLine(
+      runBin('scoreflow', ['train', '--data', dir, '--out', join(dir, 'z1'), '--backend', 'wasm'], t),
+      /is a directory, not a regular file/,
+    );
+    oneLine(
+      runBin('scoreflow', ['sample', '--ckpt', '/dev/zero', '--out', join(dir, 'z.npy'), '--backend', 'wasm'], t),
+      /\/dev\/zero: is a character device/,
+    );
+    oneLine(
+      runBin('coordinator', ['start', '--gpus', '1', '--data', '/dev/zero', '--out', join(dir, 'z2')], t),
+      /\/dev\/zero: is a character device/,
+    );
     assert.equal(existsSync(join(dir, 'z1')), false);
   });
 
   test('a batch larger than the data set is refused before anything is allocated', () => {
-    oneLine(runBin('scoreflow', ['train', ...TINY, '--batch-size', '100', '--out', join(dir, 'big')]), /--batch-size 100 is larger than the 64 images of .*: use at most 64/);
-    oneLine(runBin('scoreflow', ['train', '--batch-size', '100000', '--backend', 'wasm', '--out', join(dir, 'big')]), /--batch-size 100000 is larger than the 60000 images/);
-    oneLine(runBin('coordinator', ['start', '--gpus', '1', ...TINY, '--batch-size', '65', '--out', join(dir, 'big')]), /--batch-size 65 is larger than the 64 images/);
+    oneLine(
+      runBin('scoreflow', ['train', ...TINY, '--batch-size', '100', '--out', join(dir, 'big')]),
+      /--batch-size 100 is larger than the 64 images of .*: use at most 64/,
+    );
+    oneLine(
+      runBin('scoreflow', ['train', '--batch-size', '100000', '--backend', 'wasm', '--out', join(dir, 'big')]),
+      /--batch-size 100000 is larger than the 60000 images/,
+    );
+    oneLine(
+      runBin('coordinator', ['start', '--gpus', '1', ...TINY, '--batch-size', '65', '--out', join(dir, 'big')]),
+      /--batch-size 65 is larger than the 64 images/,
+    );
   });
 
   test('sample --n past the memory of the machine says how much it needs, and writes nothing', () => {
     const out = trained('n-huge', 1);
     const ckpt = join(out, 'checkpoint.safetensors');
     const npy = join(dir, 'huge.npy');
-    oneLine(runBin('scoreflow', ['sample', '--ckpt', ckpt, '--n', '100000000', '--out', npy, '--backend', 'wasm']), /--n 100000000: .* need 3\d\d\.\d GB of memory, .* is available; use --n \d+ or less/);
-    oneLine(runBin('coordinator', ['sample', '--gpus', '1', '--ckpt', ckpt, '--n', '100000000', '--out', npy, '--backend', 'wasm']), /--n 100000000: .* of memory/);
+    oneLine(
+      runBin('scoreflow', ['sample', '--ckpt', ckpt, '--n', '100000000', '--out', npy, '--backend', 'wasm']),
+      /--n 100000000: .* need 3\d\d\.\d GB of memory, .* is available; use --n \d+ or less/,
+    );
+    oneLine(
+      runBin('coordinator', ['sample', '--gpus', '1', '--ckpt', ckpt, '--n', '100000000', '--out', npy, '--backend', 'wasm']),
+      /--n 100000000: .* of memory/,
+    );
     assert.equal(existsSync(npy), false);
   });
 });
@@ -366,8 +520,27 @@ describe('item 8: a killed and resumed run logs each step exactly once', () => {
 
   test('coordinator start SIGKILLed and restarted: train.jsonl holds steps 0..N-1 once, in order', async () => {
     const out = join(dir, 'log-coord');
-    const args = ['start', '--gpus', '1', '--backend', 'cpu', '--threads', '1', '--out', out, '--steps', '40', '--batch-size', '12', '--ckpt-every', '8',
-      '--synthetic', JSON.stringify(SYN), '--heartbeat-timeout', '1000'];
+    const args = [
+      'start',
+      '--gpus',
+      '1',
+      '--backend',
+      'cpu',
+      '--threads',
+      '1',
+      '--out',
+      out,
+      '--steps',
+      '40',
+      '--batch-size',
+      '12',
+      '--ckpt-every',
+      '8',
+      '--synthetic',
+      JSON.stringify(SYN),
+      '--heartbeat-timeout',
+      '1000',
+    ];
     const c1 = start('coordinator', args);
     await until(() => steps(join(out, 'train.jsonl')).length >= 11, 60_000, 'steps past the first checkpoint');
     c1.child.kill('SIGKILL');
@@ -398,10 +571,19 @@ describe('item 9: messages', () => {
   });
 
   test('ports are range-checked by the parser; the metrics server never says "undefined"', async () => {
-    oneLine(runBin('coordinator', ['start', '--metrics-port', '99999', '--out', join(dir, 'port')]), /--metrics-port.*from 0 to 65535.*'99999'/);
-    oneLine(runBin('worker', ['start', '--nats', 'nats://127.0.0.1:1', '--run', 'x', '--metrics-port', '70000']), /--metrics-port.*from 0 to 65535/);
+    oneLine(
+      runBin('coordinator', ['start', '--metrics-port', '99999', '--out', join(dir, 'port')]),
+      /--metrics-port.*from 0 to 65535.*'99999'/,
+    );
+    oneLine(
+      runBin('worker', ['start', '--nats', 'nats://127.0.0.1:1', '--run', 'x', '--metrics-port', '70000']),
+      /--metrics-port.*from 0 to 65535/,
+    );
     const m = createMetrics({ role: 'coordinator', run: 'x' });
-    await assert.rejects(m.serve(99999, { tries: 100 }), (e: Error) => !e.message.includes('undefined') && /port 99999 is not a TCP port/.test(e.message));
+    await assert.rejects(
+      m.serve(99999, { tries: 100 }),
+      (e: Error) => !e.message.includes('undefined') && /port 99999 is not a TCP port/.test(e.message),
+    );
   });
 
   test('a read-only --out is reported as not writable, before any work', () => {
@@ -414,13 +596,28 @@ describe('item 9: messages', () => {
     // (/root, mktemp -d) that another user could not.
     const asUser = process.getuid?.() === 0 ? ['setpriv', '--bounding-set=-dac_override,-dac_read_search', '--'] : [];
     const run = (bin: string, args: string[]) => {
-      const r = spawnSync(asUser[0] ?? process.execPath, [...asUser.slice(1), ...(asUser.length ? [process.execPath] : []), packagePath('bin', `${bin}.js`), ...args], { encoding: 'utf8', timeout: 60_000 });
+      const r = spawnSync(
+        asUser[0] ?? process.execPath,
+        [...asUser.slice(1), ...(asUser.length ? [process.execPath] : []), packagePath('bin', `${bin}.js`), ...args],
+        { encoding: 'utf8', timeout: 60_000 },
+      );
       return { code: r.status, stderr: r.stderr };
     };
     for (const [bin, args] of [
       ['scoreflow', ['train', ...TINY, '--steps', '1', '--out', join(ro, 'run')]],
       ['coordinator', ['start', '--gpus', '1', ...TINY, '--steps', '1', '--out', join(ro, 'run')]],
-      ['scoreflow', ['sample', '--ckpt', packagePath('test', 'fixtures', 'scorenet_parity.safetensors'), '--out', join(ro, 's.npy'), '--backend', 'wasm']],
+      [
+        'scoreflow',
+        [
+          'sample',
+          '--ckpt',
+          packagePath('test', 'fixtures', 'scorenet_parity.safetensors'),
+          '--out',
+          join(ro, 's.npy'),
+          '--backend',
+          'wasm',
+        ],
+      ],
     ] as const) {
       const line = oneLine(run(bin, [...args]), /--out .*: not writable: .*ro refuses new files \((EACCES|EROFS)/);
       assert.doesNotMatch(line, /ENOENT|mkdir/);
@@ -432,7 +629,10 @@ describe('item 9: messages', () => {
     const out = ['--out', join(dir, 'ranges')];
     oneLine(runBin('scoreflow', ['train', '--lr', '1e6', ...out]), /--lr.*expected a number > 0 and <= 1, got '1e6'/);
     oneLine(runBin('scoreflow', ['train', '--lr', '0', ...out]), /--lr.*> 0/);
-    oneLine(runBin('scoreflow', ['train', '--sigma-min', '0.5', '--sigma-max', '0.1', ...out]), /--sigma-max 0\.1 must be larger than --sigma-min 0\.5/);
+    oneLine(
+      runBin('scoreflow', ['train', '--sigma-min', '0.5', '--sigma-max', '0.1', ...out]),
+      /--sigma-max 0\.1 must be larger than --sigma-min 0\.5/,
+    );
     oneLine(runBin('scoreflow', ['train', '--embed-dim', '100000', ...out]), /--embed-dim.*<= 4096/);
     oneLine(runBin('scoreflow', ['sample', '--ckpt', 'x', '--rtol', '2', '--out', join(dir, 'r.npy')]), /--rtol.*<= 1/);
     oneLine(runBin('coordinator', ['start', '--gpus', '0', ...out]), /--gpus.*>= 1/);

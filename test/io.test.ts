@@ -11,11 +11,28 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { pathToFileURL } from 'node:url';
 import { PNG } from 'pngjs';
-import { cleanAtomicTemps, parseTempName, writeFileAtomic, writeFileAtomicSync, writeFilesAtomic, writeFilesAtomicSync } from '../src/core/io/atomic.js';
+import {
+  cleanAtomicTemps,
+  parseTempName,
+  writeFileAtomic,
+  writeFileAtomicSync,
+  writeFilesAtomic,
+  writeFilesAtomicSync,
+} from '../src/core/io/atomic.js';
 import { decodeNpy, encodeNpy, readNpy, writeNpy, writeNpySync } from '../src/core/io/npy.js';
 import { gridPixels, pngGrid, writePng } from '../src/core/io/png.js';
 import {
-  CorruptDataError, DIGEST_KEY, decodeSafetensors, encodeSafetensors, getFloat32, inspectSafetensors, readSafetensors, withMetadata, writeSafetensors, writeSafetensorsSync, type TensorInput,
+  CorruptDataError,
+  DIGEST_KEY,
+  decodeSafetensors,
+  encodeSafetensors,
+  getFloat32,
+  inspectSafetensors,
+  readSafetensors,
+  withMetadata,
+  writeSafetensors,
+  writeSafetensorsSync,
+  type TensorInput,
 } from '../src/core/io/safetensors.js';
 import { loadImages } from '../src/core/data/mnist.js';
 import { packagePath } from '../src/core/paths.js';
@@ -49,7 +66,10 @@ describe('atomic writes', () => {
     assert.equal(readFileSync(p, 'utf8'), 'abc');
     await writeFileAtomic(p, new Uint8Array([1, 2, 3]));
     assert.deepEqual([...readFileSync(p)], [1, 2, 3]);
-    assert.deepEqual(readdirSync(dir).filter((n) => parseTempName(n)), []);
+    assert.deepEqual(
+      readdirSync(dir).filter((n) => parseTempName(n)),
+      [],
+    );
   });
 
   test('writeFilesAtomic: a failing member leaves every target untouched and no temps', async () => {
@@ -58,12 +78,26 @@ describe('atomic writes', () => {
     const bad = join(dir, 'no-such-dir', 'set.png');
     writeFileAtomicSync(a, 'old a');
     for (const write of [writeFilesAtomicSync, writeFilesAtomic]) {
-      await assert.rejects(async () => write([[a, 'new a'], [b, 'new b'], [bad, 'x']]), /no-such-dir.*create temp file/);
+      await assert.rejects(
+        async () =>
+          write([
+            [a, 'new a'],
+            [b, 'new b'],
+            [bad, 'x'],
+          ]),
+        /no-such-dir.*create temp file/,
+      );
       assert.equal(readFileSync(a, 'utf8'), 'old a');
       assert.ok(!existsSync(b));
-      assert.deepEqual(readdirSync(dir).filter((n) => parseTempName(n)), []);
+      assert.deepEqual(
+        readdirSync(dir).filter((n) => parseTempName(n)),
+        [],
+      );
     }
-    await writeFilesAtomic([[a, 'new a'], [b, 'new b']]);
+    await writeFilesAtomic([
+      [a, 'new a'],
+      [b, 'new b'],
+    ]);
     assert.equal(readFileSync(a, 'utf8') + readFileSync(b, 'utf8'), 'new anew b');
   });
 
@@ -110,9 +144,14 @@ describe('atomic writes', () => {
     }
 
     // 1. killed while the temp file is part-written: the target is still the old file
-    const partial = (temps: string[]): boolean => temps.some((n) => {
-      try { return statSync(join(dir, n)).size >= 4 * CHUNK; } catch { return false; }
-    });
+    const partial = (temps: string[]): boolean =>
+      temps.some((n) => {
+        try {
+          return statSync(join(dir, n)).size >= 4 * CHUNK;
+        } catch {
+          return false;
+        }
+      });
     let r1 = await run(partial);
     // a very fast disk could let the writer finish before we look; try a few times
     for (let tries = 1; !r1.killed && tries < 5; tries++) r1 = await run(partial);
@@ -120,7 +159,10 @@ describe('atomic writes', () => {
     assert.ok(isOld(), 'target changed by a killed writer');
     const removed = cleanAtomicTemps(dir);
     assert.equal(removed.length, 1);
-    assert.deepEqual(readdirSync(dir).filter((n) => parseTempName(n)), []);
+    assert.deepEqual(
+      readdirSync(dir).filter((n) => parseTempName(n)),
+      [],
+    );
 
     // 2. killed at arbitrary moments (after 0..8 polls): old or complete new, never a prefix
     for (const polls of [0, 2, 8]) {
@@ -325,7 +367,10 @@ function python(script: string, ...args: string[]): unknown {
   const ref = packagePath('reference');
   assert.ok(existsSync(join(ref, 'safetensors_io.py')), `${ref}/safetensors_io.py not found`);
   assert.ok(existsSync(py), `${py} not found: install Debian's python3 with python3-numpy and python3-torch`);
-  const r = spawnSync(py, ['-c', `import sys; sys.path.insert(0, ${JSON.stringify(ref)})\n${script}`, ...args], { encoding: 'utf8', timeout: 120_000 });
+  const r = spawnSync(py, ['-c', `import sys; sys.path.insert(0, ${JSON.stringify(ref)})\n${script}`, ...args], {
+    encoding: 'utf8',
+    timeout: 120_000,
+  });
   assert.equal(r.status, 0, `${py} failed (needs python3-numpy, python3-torch): ${r.stderr || r.error}`);
   return JSON.parse(r.stdout);
 }
@@ -338,7 +383,8 @@ describe('interchange with the Python reference', () => {
     await writeSafetensors(ours, sample(), META);
     await writeNpy(oursNpy, { shape: [2, 3, 4], data: Float32Array.from({ length: 24 }, (_, i) => i / 7) });
     // one python run does every check (importing torch takes a second or two)
-    py = python(`
+    py = python(
+      `
 import json, numpy as np
 from safetensors_io import load_safetensors, save_safetensors
 d = sys.argv[1]
@@ -353,7 +399,9 @@ print(json.dumps({'names': sorted(t), 'shapes': {k: list(v.shape) for k, v in t.
     'dtypes': {k: v.dtype.str for k, v in t.items()}, 'meta': m,
     'conv': t['conv1.weight'].ravel().tolist(),
     'npy': {'shape': list(a.shape), 'dtype': a.dtype.str, 'equal': bool(np.array_equal(a, np.arange(24, dtype=np.float32).reshape(2, 3, 4) / 7))}}))
-`, dir) as Record<string, unknown>;
+`,
+      dir,
+    ) as Record<string, unknown>;
   });
 
   test('a safetensors file we write loads in load_safetensors, and saving it back is byte-identical', () => {
@@ -370,18 +418,28 @@ print(json.dumps({'names': sorted(t), 'shapes': {k: list(v.shape) for k, v in t.
 
   test('a safetensors file written by the reference reads here', () => {
     const f = readSafetensors(join(dir, 'py.safetensors'));
-    assert.ok(bitsEqual(getFloat32(f, 'x', [2, 3, 4]), Float32Array.from({ length: 24 }, (_, i) => i / 7)));
+    assert.ok(
+      bitsEqual(
+        getFloat32(f, 'x', [2, 3, 4]),
+        Float32Array.from({ length: 24 }, (_, i) => i / 7),
+      ),
+    );
     assert.deepEqual(f.tensors.get('loss')?.shape, []); // 0-d, as numpy had it
     assert.deepEqual([...getFloat32(f, 'loss')], [1.5]);
     assert.deepEqual(f.tensors.get('i')?.data, new BigInt64Array([-3n, 4n]));
     assert.deepEqual(f.metadata, { seed: '5' });
   });
 
-  test('.npy: ours loads in numpy, numpy\'s loads here', () => {
+  test(".npy: ours loads in numpy, numpy's loads here", () => {
     assert.deepEqual(py.npy, { shape: [2, 3, 4], dtype: '<f4', equal: true });
     const a = readNpy(join(dir, 'py.npy'));
     assert.deepEqual(a.shape, [2, 3, 4]);
-    assert.ok(bitsEqual(a.data, Float32Array.from({ length: 24 }, (_, i) => i / 7)));
+    assert.ok(
+      bitsEqual(
+        a.data,
+        Float32Array.from({ length: 24 }, (_, i) => i / 7),
+      ),
+    );
     assert.deepEqual(readNpy(join(dir, 'py_scalar.npy')), { shape: [], data: new Float32Array([2.5]) });
   });
 });

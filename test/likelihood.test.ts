@@ -28,7 +28,16 @@ function models(name: SdeName): Record<string, AnalyticModel> {
   const sde = makeSde({ name });
   return {
     gaussian: gaussianModel(sde, [2, 2, 1], [0.5, -0.3, 0.2, 0.8], [0.3, 0.5, 0.2, 0.6]),
-    mixture: mixtureModel(sde, [2, 2, 1], [0.3, 0.7], [[0.8, 0.8, 0.2, 0.2], [0.2, 0.3, 0.7, 0.6]], 0.02),
+    mixture: mixtureModel(
+      sde,
+      [2, 2, 1],
+      [0.3, 0.7],
+      [
+        [0.8, 0.8, 0.2, 0.2],
+        [0.2, 0.3, 0.7, 0.6],
+      ],
+      0.02,
+    ),
   };
 }
 
@@ -49,7 +58,13 @@ describe('likelihood = analytic log-density (exact divergence)', () => {
         const n = 12;
         const x = await points(model, n);
         const d = 4;
-        const r = await likelihoodRange(model, x, 0, n, { seed: 0, hutchinson: 'exact', dequantise: false, priorLogp: exactPrior(model), batchSize: n });
+        const r = await likelihoodRange(model, x, 0, n, {
+          seed: 0,
+          hutchinson: 'exact',
+          dequantise: false,
+          priorLogp: exactPrior(model),
+          batchSize: n,
+        });
         for (let i = 0; i < n; i++) {
           const want = -model.logp(EPS, x.subarray(i * d, (i + 1) * d)) / (d * Math.LN2);
           assert.ok(Math.abs(r.bpd[i] - want) < 1e-3, `image ${i}: ${r.bpd[i]} vs analytic ${want} bits/dim`);
@@ -94,7 +109,10 @@ describe('bits/dim of 8-bit data', () => {
   test('dequantised (x*255 + u)/256 with u from (seed, i); +8 bits; logp of the dequantised x', async () => {
     // A Gaussian around mid-grey, on 4 "pixels" of bytes
     const model = gaussianModel(makeSde({ name: 've' }), [2, 2, 1], [0.5, 0.5, 0.5, 0.5], [0.2, 0.2, 0.2, 0.2]);
-    const bytes = [[100, 120, 140, 160], [30, 200, 128, 90]];
+    const bytes = [
+      [100, 120, 140, 160],
+      [30, 200, 128, 90],
+    ];
     const x = Float32Array.from(bytes.flat(), (b) => b / 255);
     const r = await likelihoodRange(model, x, 0, 2, { seed: 9, hutchinson: 'exact', priorLogp: exactPrior(model) });
     for (let i = 0; i < 2; i++) {
@@ -128,7 +146,10 @@ describe('bits/dim of 8-bit data', () => {
     const x = new Float32Array(8).fill(0.5);
     await assert.rejects(likelihoodRange(model, x, 0, 2, { seed: 0, probes: 0 }), /probes must be a positive integer/);
     await assert.rejects(likelihoodRange(model, x, 0, 2, { seed: 0, rtol: 0 }), /rtol must be positive/);
-    await assert.rejects(likelihoodRange(model, x, 0, 2, { seed: 0, hutchinson: 'laplace' as 'gaussian' }), /unknown divergence estimator 'laplace'/);
+    await assert.rejects(
+      likelihoodRange(model, x, 0, 2, { seed: 0, hutchinson: 'laplace' as 'gaussian' }),
+      /unknown divergence estimator 'laplace'/,
+    );
     await assert.rejects(likelihoodRange(model, x, 0, 3, { seed: 0 }), /bad image range \[0, 3\) of 2 images/);
     await assert.rejects(likelihoodRange(model, new Float32Array(7), 0, 1, { seed: 0 }), /not whole images of 4/);
   });

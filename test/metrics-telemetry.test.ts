@@ -10,7 +10,8 @@ const value = async (m: ReturnType<typeof createMetrics>, name: string, labels: 
   const base = name.replace(/_(sum|count|bucket)$/, '');
   const metric = (await m.registry.getMetricsAsJSON()).find((x) => x.name === name || x.name === base);
   const v = metric?.values.find(
-    (x) => ((x as { metricName?: string }).metricName ?? metric.name) === name && Object.entries(labels).every(([k, l]) => x.labels[k] === l),
+    (x) =>
+      ((x as { metricName?: string }).metricName ?? metric.name) === name && Object.entries(labels).every(([k, l]) => x.labels[k] === l),
   );
   return v?.value;
 };

@@ -120,7 +120,9 @@ describe('metric names', () => {
 
   test('the metric-name extractor reads PromQL as expected', () => {
     assert.deepEqual(
-      metricNames('histogram_quantile(0.9, sum by (run, le) (rate(a_bucket{x="y",run=~"$run"}[$__rate_interval]))) / ignoring(phase) group_left b'),
+      metricNames(
+        'histogram_quantile(0.9, sum by (run, le) (rate(a_bucket{x="y",run=~"$run"}[$__rate_interval]))) / ignoring(phase) group_left b',
+      ),
       ['a_bucket', 'b'],
     );
     assert.deepEqual(metricNames('time() - c{role="coordinator"} > 3600 and d == 1'), ['c', 'd']);

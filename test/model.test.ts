@@ -8,7 +8,15 @@ import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../src/core/backend/index.js';
 import { datasetPath } from '../src/core/data/mnist.js';
 import { modelConfig } from '../src/core/model/config.js';
-import { fromTorchLayout, initParams, numParams, paramInfos, permute, structurallyZeroGrads, toTorchLayout } from '../src/core/model/params.js';
+import {
+  fromTorchLayout,
+  initParams,
+  numParams,
+  paramInfos,
+  permute,
+  structurallyZeroGrads,
+  toTorchLayout,
+} from '../src/core/model/params.js';
 import { ScoreNet } from '../src/core/model/scorenet.js';
 import { readSafetensors } from '../src/core/io/safetensors.js';
 import { runParity } from '../src/core/parity.js';
@@ -24,10 +32,7 @@ test('reference ScoreNet has exactly the PyTorch state_dict names and shapes', (
   const infos = paramInfos(modelConfig());
   const file = readSafetensors(FIXTURE);
   const torchParams = [...file.tensors].filter(([name]) => !/^(input|output|grad)\./.test(name));
-  assert.deepEqual(
-    new Map(infos.map((i) => [i.name, i.torchShape])),
-    new Map(torchParams.map(([name, t]) => [name, t.shape])),
-  );
+  assert.deepEqual(new Map(infos.map((i) => [i.name, i.torchShape])), new Map(torchParams.map(([name, t]) => [name, t.shape])));
   assert.equal(numParams(infos), 1_049_633);
   const tconv3 = infos.find((i) => i.name === 'tconv3.weight')!;
   assert.deepEqual(tconv3.torchShape, [256, 64, 3, 3]);
@@ -70,7 +75,11 @@ test('a fixture freshly made by reference/make_fixture.py (other seed, other ima
   const fresh = readSafetensors(out);
   assert.deepEqual(fresh.tensors.get('input.x')?.shape, [2, 1, 28, 28]);
   assert.deepEqual(fresh.tensors.get('output.loss')?.shape, [1]);
-  assert.notDeepEqual(fresh.tensors.get('conv1.weight')?.data, readSafetensors(FIXTURE).tensors.get('conv1.weight')?.data, 'seed 3 made the seed-0 weights');
+  assert.notDeepEqual(
+    fresh.tensors.get('conv1.weight')?.data,
+    readSafetensors(FIXTURE).tensors.get('conv1.weight')?.data,
+    'seed 3 made the seed-0 weights',
+  );
   const report = runParity(out, 'wasm');
   assert.ok(report.score <= 1e-4 && report.loss <= 1e-4, `score ${report.score}, loss ${report.loss}`);
   assert.equal(report.pass, true, JSON.stringify(report));
@@ -100,7 +109,11 @@ d = json.loads(sys.stdin.read())
 x = torch.tensor(d['x'], dtype=torch.float32).reshape(${n}, 1, 28, 28)
 t = torch.tensor(d['t'], dtype=torch.float32)
 with torch.no_grad(): print(json.dumps(m(x, t).reshape(-1).tolist()))`;
-  const r = spawnSync('/usr/bin/python3', ['-c', py, path], { input: JSON.stringify({ x: Array.from(x), t: Array.from(t) }), encoding: 'utf8', maxBuffer: 1 << 26 });
+  const r = spawnSync('/usr/bin/python3', ['-c', py, path], {
+    input: JSON.stringify({ x: Array.from(x), t: Array.from(t) }),
+    encoding: 'utf8',
+    maxBuffer: 1 << 26,
+  });
   assert.equal(r.status, 0, r.stderr);
   const theirs = JSON.parse(r.stdout) as number[];
   let d = 0;

@@ -15,7 +15,12 @@ function decay(rates: number[]): BatchField {
 describe('rk45', () => {
   test("y' = -y on [0, 10]: solution within tolerance, NFE equals scipy's solve_ivp RK45", async () => {
     // nfev from /usr/bin/python3: solve_ivp(lambda t, y: -y, (0, 10), [1.0], rtol=tol, atol=tol, method='RK45')
-    const scipyNfev = new Map([[1e-9, 458], [1e-7, 200], [1e-5, 92], [1e-3, 50]]);
+    const scipyNfev = new Map([
+      [1e-9, 458],
+      [1e-7, 200],
+      [1e-5, 92],
+      [1e-3, 50],
+    ]);
     let last = Infinity;
     for (const [tol, nfev] of scipyNfev) {
       const r = await rk45(decay([1]), 0, 10, [1], 1, { rtol: tol, atol: tol });

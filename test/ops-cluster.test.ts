@@ -51,7 +51,8 @@ async function poll<T>(what: () => string, ms: number, f: () => Promise<T | unde
     } catch (e) {
       last = e;
     }
-    if (Date.now() > end) throw new Error(`timed out after ${ms / 1000} s waiting for ${what()}${last ? `\nlast error: ${(last as Error).message}` : ''}`);
+    if (Date.now() > end)
+      throw new Error(`timed out after ${ms / 1000} s waiting for ${what()}${last ? `\nlast error: ${(last as Error).message}` : ''}`);
     await sleep(every);
   }
 }
@@ -108,24 +109,69 @@ describe('a live coordinator start --gpus 2 with its workers', { timeout: 300_00
       blocker!.listen(blocked, () => resolve());
     });
     coordinator = startProc(process.execPath, [
-      packagePath('bin', 'coordinator.js'), 'start', '--gpus', '2', '--run', RUN, '--out', join(dir, 'run'),
-      '--channels', '8,16,16,16', '--embed-dim', '16', '--limit', '256', '--batch-size', '16', '--backend', 'wasm',
+      packagePath('bin', 'coordinator.js'),
+      'start',
+      '--gpus',
+      '2',
+      '--run',
+      RUN,
+      '--out',
+      join(dir, 'run'),
+      '--channels',
+      '8,16,16,16',
+      '--embed-dim',
+      '16',
+      '--limit',
+      '256',
+      '--batch-size',
+      '16',
+      '--backend',
+      'wasm',
       // Far more steps than the test needs: it stops the run with SIGTERM once it has seen it all.
-      '--steps', '100000', '--ckpt-every', '20', '--heartbeat-timeout', '20000', '--metrics-port', String(base),
+      '--steps',
+      '100000',
+      '--ckpt-every',
+      '20',
+      '--heartbeat-timeout',
+      '20000',
+      '--metrics-port',
+      String(base),
     ]);
     short = startProc(process.execPath, [
-      packagePath('bin', 'coordinator.js'), 'start', '--gpus', '1', '--run', 'opsshort', '--out', join(dir, 'short'),
-      '--synthetic', JSON.stringify({ params: 1000, computeMs: 1 }), '--batch-size', '4', '--steps', '3', '--backend', 'cpu', '--metrics-port', '0',
+      packagePath('bin', 'coordinator.js'),
+      'start',
+      '--gpus',
+      '1',
+      '--run',
+      'opsshort',
+      '--out',
+      join(dir, 'short'),
+      '--synthetic',
+      JSON.stringify({ params: 1000, computeMs: 1 }),
+      '--batch-size',
+      '4',
+      '--steps',
+      '3',
+      '--backend',
+      'cpu',
+      '--metrics-port',
+      '0',
     ]);
 
     // The ports, as the coordinator logs them.
-    ports = await poll(() => `the coordinator to log its and 2 workers' metrics ports; its output:\n${coordinator.output()}`, 90_000, () => {
-      assert.ok(alive(coordinator), `the coordinator exited (${coordinator.child.exitCode}):\n${coordinator.output()}`);
-      const out = coordinator.output();
-      const own = /^coordinator: metrics on :(\d+)\/metrics$/m.exec(out);
-      const workers = new Map([...out.matchAll(/^coordinator: worker (\S+) metrics on :(\d+)\/metrics$/gm)].map((m) => [m[1], Number(m[2])]));
-      return own && workers.size === 2 ? { coordinator: Number(own[1]), workers } : undefined;
-    });
+    ports = await poll(
+      () => `the coordinator to log its and 2 workers' metrics ports; its output:\n${coordinator.output()}`,
+      90_000,
+      () => {
+        assert.ok(alive(coordinator), `the coordinator exited (${coordinator.child.exitCode}):\n${coordinator.output()}`);
+        const out = coordinator.output();
+        const own = /^coordinator: metrics on :(\d+)\/metrics$/m.exec(out);
+        const workers = new Map(
+          [...out.matchAll(/^coordinator: worker (\S+) metrics on :(\d+)\/metrics$/gm)].map((m) => [m[1], Number(m[2])]),
+        );
+        return own && workers.size === 2 ? { coordinator: Number(own[1]), workers } : undefined;
+      },
+    );
 
     webPort = await findFreePort(0, { host: '127.0.0.1' });
     const target = (p: number) => JSON.stringify(`127.0.0.1:${p}`);
@@ -143,14 +189,20 @@ describe('a live coordinator start --gpus 2 with its workers', { timeout: 300_00
     );
     assert.ok(prometheusBin, 'prometheus not installed (apt-get install prometheus)');
     prometheus = startProc(prometheusBin, [
-      `--config.file=${join(dir, 'prometheus.yml')}`, `--storage.tsdb.path=${join(dir, 'prometheus-data')}`,
-      `--web.listen-address=127.0.0.1:${webPort}`, '--log.level=warn',
+      `--config.file=${join(dir, 'prometheus.yml')}`,
+      `--storage.tsdb.path=${join(dir, 'prometheus-data')}`,
+      `--web.listen-address=127.0.0.1:${webPort}`,
+      '--log.level=warn',
     ]);
   });
 
   after(async () => {
     const pids = workerPids(coordinator?.output() ?? '');
-    const [, coord] = await Promise.all([prometheus && stop(prometheus, 10_000), coordinator && stop(coordinator, 30_000), short && stop(short, 5_000)]);
+    const [, coord] = await Promise.all([
+      prometheus && stop(prometheus, 10_000),
+      coordinator && stop(coordinator, 30_000),
+      short && stop(short, 5_000),
+    ]);
     blocker?.close();
     // The coordinator takes its workers down with it (SIGTERM stops the run: exit status 1).
     const left = pids.filter(pidAlive);
@@ -160,25 +212,35 @@ describe('a live coordinator start --gpus 2 with its workers', { timeout: 300_00
     assert.notEqual(coord, null, `the coordinator had to be SIGKILLed:\n${coordinator?.output().slice(-4000)}`);
   });
 
-  test('the coordinator logs each worker\'s metrics port: the next free ports above its own, none shared', () => {
+  test("the coordinator logs each worker's metrics port: the next free ports above its own, none shared", () => {
     const all = [ports.coordinator, ...ports.workers.values()];
     assert.equal(new Set(all).size, 3, `ports ${all.join(', ')}`);
     // (The coordinator's port is `base` unless another process took it meanwhile: then the next free one.)
     assert.ok(ports.coordinator >= base && ports.coordinator < base + 100, `coordinator on :${ports.coordinator}, asked for :${base}`);
     assert.deepEqual([...ports.workers.keys()].sort(), [`${RUN}-w0`, `${RUN}-w1`]);
     const [w0, w1] = [ports.workers.get(`${RUN}-w0`)!, ports.workers.get(`${RUN}-w1`)!];
-    assert.ok(w0 > ports.coordinator && w1 > w0 && ![w0, w1].includes(blocked), `workers on :${w0}, :${w1}: above the coordinator's :${ports.coordinator}, not the taken :${blocked}, in order`);
+    assert.ok(
+      w0 > ports.coordinator && w1 > w0 && ![w0, w1].includes(blocked),
+      `workers on :${w0}, :${w1}: above the coordinator's :${ports.coordinator}, not the taken :${blocked}, in order`,
+    );
   });
 
-  test('the processes\' /metrics name every metric the dashboards and alert rules query; /readyz is 200 once the workers joined', async () => {
+  test("the processes' /metrics name every metric the dashboards and alert rules query; /readyz is 200 once the workers joined", async () => {
     const targets = [['coordinator', ports.coordinator], ...ports.workers] as [string, number][];
     // Scrape until the workers have joined and trained: live workers = 2 and each worker has a loss.
-    const texts = await poll(() => `a trained step on both workers and 2 live workers; coordinator output:\n${coordinator.output().slice(-4000)}`, 90_000, async () => {
-      assert.ok(alive(coordinator), `the coordinator exited:\n${coordinator.output()}`);
-      const t = await Promise.all(targets.map(async ([, port]) => (await get(port, '/metrics')).body));
-      const ready = /^scoreflow_cluster_live_workers\{[^}]*\} 2$/m.test(t[0]) && /^scoreflow_train_loss\{/m.test(t[0]) && t.slice(1).every((x) => /^scoreflow_train_loss\{/m.test(x));
-      return ready ? t : undefined;
-    });
+    const texts = await poll(
+      () => `a trained step on both workers and 2 live workers; coordinator output:\n${coordinator.output().slice(-4000)}`,
+      90_000,
+      async () => {
+        assert.ok(alive(coordinator), `the coordinator exited:\n${coordinator.output()}`);
+        const t = await Promise.all(targets.map(async ([, port]) => (await get(port, '/metrics')).body));
+        const ready =
+          /^scoreflow_cluster_live_workers\{[^}]*\} 2$/m.test(t[0]) &&
+          /^scoreflow_train_loss\{/m.test(t[0]) &&
+          t.slice(1).every((x) => /^scoreflow_train_loss\{/m.test(x));
+        return ready ? t : undefined;
+      },
+    );
 
     for (const [name, port] of targets) {
       assert.equal((await get(port, '/healthz')).status, 200, `${name} /healthz`);
@@ -197,50 +259,83 @@ describe('a live coordinator start --gpus 2 with its workers', { timeout: 300_00
       const text = texts[i + 1];
       assert.match(text, new RegExp(`^scoreflow_train_loss\\{run="${RUN}",role="worker",worker="${id}",device="cpu"\\} \\S+$`, 'm'));
       for (const phase of ['compute', 'allreduce', 'wait']) {
-        assert.match(text, new RegExp(`^scoreflow_train_step_phase_duration_seconds_count\\{[^}]*phase="${phase}"[^}]*\\} [1-9]`, 'm'), `${id}: ${phase}`);
+        assert.match(
+          text,
+          new RegExp(`^scoreflow_train_step_phase_duration_seconds_count\\{[^}]*phase="${phase}"[^}]*\\} [1-9]`, 'm'),
+          `${id}: ${phase}`,
+        );
       }
       assert.match(text, /^scoreflow_transport_sent_bytes_total\{[^}]*\} [1-9]/m, `${id}: bytes sent`);
       assert.match(text, /^process_resident_memory_bytes\{/m, `${id}: default process metrics`);
     }
   });
 
-  test('a real Prometheus scrapes them: PromQL returns the loss, 2 live workers and the workers\' series', async () => {
+  test("a real Prometheus scrapes them: PromQL returns the loss, 2 live workers and the workers' series", async () => {
     type Sample = { metric: Record<string, string>; value: [number, string] };
     const query = async (q: string): Promise<Sample[]> => {
-      const res = await fetch(`http://127.0.0.1:${webPort}/api/v1/query?query=${encodeURIComponent(q)}`, { signal: AbortSignal.timeout(5000) });
+      const res = await fetch(`http://127.0.0.1:${webPort}/api/v1/query?query=${encodeURIComponent(q)}`, {
+        signal: AbortSignal.timeout(5000),
+      });
       const body = (await res.json()) as { status: string; error?: string; data: { result: Sample[] } };
       assert.equal(body.status, 'success', `${q}: ${body.error}`);
       return body.data.result;
     };
     let seen = '';
-    const got = await poll(() => `Prometheus to see the cluster (last: ${seen}); its log:\n${prometheus!.output()}\ncoordinator:\n${coordinator.output().slice(-3000)}`, 60_000, async () => {
-      assert.ok(alive(prometheus!), `prometheus exited:\n${prometheus!.output()}`);
-      const [loss, live, workers, up] = await Promise.all([
-        query(`scoreflow_train_loss{run="${RUN}",role="coordinator"}`),
-        query(`scoreflow_cluster_live_workers{run="${RUN}",role="coordinator"}`),
-        query(`scoreflow_train_loss{run="${RUN}",role="worker"}`),
-        query('up{job=~"scoreflow-.*"} == 1'),
-      ]);
-      seen = JSON.stringify({ loss: loss.length, live: live.map((s) => s.value[1]), workers: workers.length, up: up.length });
-      return loss.length === 1 && live.length === 1 && live[0].value[1] === '2' && workers.length === 2 && up.length === 3 ? { loss, workers } : undefined;
-    }, 500);
+    const got = await poll(
+      () =>
+        `Prometheus to see the cluster (last: ${seen}); its log:\n${prometheus!.output()}\ncoordinator:\n${coordinator.output().slice(-3000)}`,
+      60_000,
+      async () => {
+        assert.ok(alive(prometheus!), `prometheus exited:\n${prometheus!.output()}`);
+        const [loss, live, workers, up] = await Promise.all([
+          query(`scoreflow_train_loss{run="${RUN}",role="coordinator"}`),
+          query(`scoreflow_cluster_live_workers{run="${RUN}",role="coordinator"}`),
+          query(`scoreflow_train_loss{run="${RUN}",role="worker"}`),
+          query('up{job=~"scoreflow-.*"} == 1'),
+        ]);
+        seen = JSON.stringify({ loss: loss.length, live: live.map((s) => s.value[1]), workers: workers.length, up: up.length });
+        return loss.length === 1 && live.length === 1 && live[0].value[1] === '2' && workers.length === 2 && up.length === 3
+          ? { loss, workers }
+          : undefined;
+      },
+      500,
+    );
 
     const [loss] = got.loss;
     assert.ok(Number.isFinite(Number(loss.value[1])) && Number(loss.value[1]) > 0, `loss ${loss.value[1]}`);
     assert.equal(loss.metric.job, 'scoreflow-coordinator');
     assert.equal(loss.metric.instance, `127.0.0.1:${ports.coordinator}`);
-    const workers = got.workers.map((s) => ({ worker: s.metric.worker, device: s.metric.device, job: s.metric.job, instance: s.metric.instance }));
+    const workers = got.workers.map((s) => ({
+      worker: s.metric.worker,
+      device: s.metric.device,
+      job: s.metric.job,
+      instance: s.metric.instance,
+    }));
     workers.sort((a, b) => a.worker.localeCompare(b.worker));
-    assert.deepEqual(workers, [...ports.workers].sort().map(([worker, port]) => ({ worker, device: 'cpu', job: 'scoreflow-worker', instance: `127.0.0.1:${port}` })));
+    assert.deepEqual(
+      workers,
+      [...ports.workers]
+        .sort()
+        .map(([worker, port]) => ({ worker, device: 'cpu', job: 'scoreflow-worker', instance: `127.0.0.1:${port}` })),
+    );
 
     // The alert rules are loaded and evaluate without error on the real series.
-    const rules = await poll(() => 'the alert rules to be evaluated', 30_000, async () => {
-      const res = await fetch(`http://127.0.0.1:${webPort}/api/v1/rules`, { signal: AbortSignal.timeout(5000) });
-      const all = ((await res.json()) as { data: { groups: { rules: { name: string; health: string; lastError?: string }[] }[] } }).data.groups.flatMap((g) => g.rules);
-      return all.length > 0 && all.every((r) => r.health !== 'unknown') ? all : undefined;
-    });
+    const rules = await poll(
+      () => 'the alert rules to be evaluated',
+      30_000,
+      async () => {
+        const res = await fetch(`http://127.0.0.1:${webPort}/api/v1/rules`, { signal: AbortSignal.timeout(5000) });
+        const all = (
+          (await res.json()) as { data: { groups: { rules: { name: string; health: string; lastError?: string }[] }[] } }
+        ).data.groups.flatMap((g) => g.rules);
+        return all.length > 0 && all.every((r) => r.health !== 'unknown') ? all : undefined;
+      },
+    );
     assert.equal(rules.length, 7);
-    assert.deepEqual(rules.filter((r) => r.health !== 'ok').map((r) => `${r.name}: ${r.lastError}`), []);
+    assert.deepEqual(
+      rules.filter((r) => r.health !== 'ok').map((r) => `${r.name}: ${r.lastError}`),
+      [],
+    );
   });
 
   test('a coordinator serving metrics exits by itself when its run is done', async () => {

@@ -60,7 +60,14 @@ function strategicMerge(base: unknown, patch: unknown): unknown {
   return structuredClone(patch);
 }
 
-const CLUSTER_SCOPED = new Set(['Namespace', 'ClusterRole', 'ClusterRoleBinding', 'PersistentVolume', 'StorageClass', 'CustomResourceDefinition']);
+const CLUSTER_SCOPED = new Set([
+  'Namespace',
+  'ClusterRole',
+  'ClusterRoleBinding',
+  'PersistentVolume',
+  'StorageClass',
+  'CustomResourceDefinition',
+]);
 const WORKLOADS = new Set(['Deployment', 'StatefulSet', 'DaemonSet', 'ReplicaSet', 'Job']);
 
 function podSpec(o: Obj): Obj | undefined {
@@ -110,7 +117,8 @@ function render(dir: string): Obj[] {
       if (!l.includeTemplates) continue;
       const template = o.kind === 'CronJob' ? o.spec?.jobTemplate?.spec?.template : WORKLOADS.has(o.kind) ? o.spec?.template : undefined;
       if (template) template.metadata = { ...template.metadata, labels: { ...template.metadata?.labels, ...l.pairs } };
-      for (const vct of o.kind === 'StatefulSet' ? (o.spec.volumeClaimTemplates ?? []) : []) vct.metadata.labels = { ...vct.metadata.labels, ...l.pairs };
+      for (const vct of o.kind === 'StatefulSet' ? (o.spec.volumeClaimTemplates ?? []) : [])
+        vct.metadata.labels = { ...vct.metadata.labels, ...l.pairs };
     }
   }
   for (const img of (k.images ?? []) as Obj[]) {
@@ -143,7 +151,11 @@ const labelSelector = {
         type: 'object',
         additionalProperties: false,
         required: ['key', 'operator'],
-        properties: { key: { type: 'string' }, operator: { enum: ['In', 'NotIn', 'Exists', 'DoesNotExist'] }, values: { type: 'array', items: { type: 'string' } } },
+        properties: {
+          key: { type: 'string' },
+          operator: { enum: ['In', 'NotIn', 'Exists', 'DoesNotExist'] },
+          values: { type: 'array', items: { type: 'string' } },
+        },
       },
     },
   },
@@ -165,26 +177,52 @@ const endpointProps = {
   bearerTokenSecret: { type: 'object' },
   basicAuth: { type: 'object' },
 };
-const metadata = { type: 'object', required: ['name'], properties: { name: { type: 'string', pattern: '^[a-z0-9]([-a-z0-9]*[a-z0-9])?$' }, namespace: { type: 'string' }, labels: stringMap, annotations: stringMap } };
+const metadata = {
+  type: 'object',
+  required: ['name'],
+  properties: {
+    name: { type: 'string', pattern: '^[a-z0-9]([-a-z0-9]*[a-z0-9])?$' },
+    namespace: { type: 'string' },
+    labels: stringMap,
+    annotations: stringMap,
+  },
+};
 const crd = (kind: string, spec: object) => ({
   type: 'object',
   additionalProperties: false,
   required: ['apiVersion', 'kind', 'metadata', 'spec'],
   properties: { apiVersion: { const: 'monitoring.coreos.com/v1' }, kind: { const: kind }, metadata, spec },
 });
-const commonMonitor = { jobLabel: { type: 'string' }, selector: labelSelector, namespaceSelector: { type: 'object' }, sampleLimit: { type: 'integer', minimum: 0 }, podTargetLabels: { type: 'array', items: { type: 'string' } } };
+const commonMonitor = {
+  jobLabel: { type: 'string' },
+  selector: labelSelector,
+  namespaceSelector: { type: 'object' },
+  sampleLimit: { type: 'integer', minimum: 0 },
+  podTargetLabels: { type: 'array', items: { type: 'string' } },
+};
 const MONITORING_SCHEMAS: Record<string, object> = {
   ServiceMonitor: crd('ServiceMonitor', {
     type: 'object',
     additionalProperties: false,
     required: ['selector', 'endpoints'],
-    properties: { ...commonMonitor, targetLabels: { type: 'array', items: { type: 'string' } }, endpoints: { type: 'array', minItems: 1, items: { type: 'object', additionalProperties: false, properties: endpointProps } } },
+    properties: {
+      ...commonMonitor,
+      targetLabels: { type: 'array', items: { type: 'string' } },
+      endpoints: { type: 'array', minItems: 1, items: { type: 'object', additionalProperties: false, properties: endpointProps } },
+    },
   }),
   PodMonitor: crd('PodMonitor', {
     type: 'object',
     additionalProperties: false,
     required: ['selector', 'podMetricsEndpoints'],
-    properties: { ...commonMonitor, podMetricsEndpoints: { type: 'array', minItems: 1, items: { type: 'object', additionalProperties: false, properties: endpointProps } } },
+    properties: {
+      ...commonMonitor,
+      podMetricsEndpoints: {
+        type: 'array',
+        minItems: 1,
+        items: { type: 'object', additionalProperties: false, properties: endpointProps },
+      },
+    },
   }),
   PrometheusRule: crd('PrometheusRule', {
     type: 'object',
@@ -207,7 +245,15 @@ const MONITORING_SCHEMAS: Record<string, object> = {
                 additionalProperties: false,
                 required: ['expr'],
                 oneOf: [{ required: ['alert'] }, { required: ['record'] }],
-                properties: { alert: { type: 'string' }, record: { type: 'string' }, expr: { type: ['string', 'integer'] }, for: duration, keep_firing_for: duration, labels: stringMap, annotations: stringMap },
+                properties: {
+                  alert: { type: 'string' },
+                  record: { type: 'string' },
+                  expr: { type: ['string', 'integer'] },
+                  for: duration,
+                  keep_firing_for: duration,
+                  labels: stringMap,
+                  annotations: stringMap,
+                },
               },
             },
           },
@@ -283,7 +329,11 @@ function checkDeployment(name: string, objs: Obj[]): void {
       }
       for (const m of c.volumeMounts ?? []) assert.ok(volumes.has(m.name), `${at}: mounts unknown volume ${m.name}`);
       const token = (c.env ?? []).find((e: Obj) => e.name === 'NATS_TOKEN');
-      assert.deepEqual(token?.valueFrom?.secretKeyRef, { name: 'scoreflow-nats', key: 'token' }, `${at}: NATS_TOKEN from Secret scoreflow-nats`);
+      assert.deepEqual(
+        token?.valueFrom?.secretKeyRef,
+        { name: 'scoreflow-nats', key: 'token' },
+        `${at}: NATS_TOKEN from Secret scoreflow-nats`,
+      );
     }
     for (const v of spec.volumes ?? []) {
       if (v.persistentVolumeClaim) find('PersistentVolumeClaim', v.persistentVolumeClaim.claimName);
@@ -304,7 +354,10 @@ function checkDeployment(name: string, objs: Obj[]): void {
     assert.equal(c.args[0], 'start');
     const url = new URL(arg(c.args, '--nats')!);
     assert.equal(url.hostname, natsService.metadata.name);
-    assert.ok(natsService.spec.ports.some((p: Obj) => String(p.port) === url.port), `${c.name}: NATS port ${url.port}`);
+    assert.ok(
+      natsService.spec.ports.some((p: Obj) => String(p.port) === url.port),
+      `${c.name}: NATS port ${url.port}`,
+    );
   }
   assert.ok(cc.args.includes('--no-spawn'), 'the coordinator must not spawn workers in a pod');
   assert.equal(arg(cc.args, '--gpus'), String(workers.spec.replicas), `${name}: coordinator --gpus must equal the worker replicas`);
@@ -347,15 +400,27 @@ function checkDeployment(name: string, objs: Obj[]): void {
 }
 
 describe('kubernetes manifests', () => {
-  const rendered = Object.fromEntries(Object.entries(KUSTOMIZATIONS).map(([n, d]) => [n, render(d)])) as Record<keyof typeof KUSTOMIZATIONS, Obj[]>;
+  const rendered = Object.fromEntries(Object.entries(KUSTOMIZATIONS).map(([n, d]) => [n, render(d)])) as Record<
+    keyof typeof KUSTOMIZATIONS,
+    Obj[]
+  >;
 
   test('render to the expected objects, in the right namespace, with the right images', () => {
     const kinds = (objs: Obj[]) => objs.map((o) => `${o.kind}/${o.metadata.name}`).sort();
     assert.deepEqual(kinds(rendered.base), [
-      'ConfigMap/scoreflow-nats-config', 'Job/scoreflow-coordinator', 'Namespace/scoreflow', 'NetworkPolicy/scoreflow-worker-data-plane',
-      'PersistentVolumeClaim/scoreflow-checkpoints', 'PodMonitor/scoreflow-worker', 'PrometheusRule/scoreflow',
-      'Service/scoreflow-coordinator', 'Service/scoreflow-nats', 'Service/scoreflow-worker',
-      'ServiceMonitor/scoreflow-coordinator', 'StatefulSet/scoreflow-nats', 'StatefulSet/scoreflow-worker',
+      'ConfigMap/scoreflow-nats-config',
+      'Job/scoreflow-coordinator',
+      'Namespace/scoreflow',
+      'NetworkPolicy/scoreflow-worker-data-plane',
+      'PersistentVolumeClaim/scoreflow-checkpoints',
+      'PodMonitor/scoreflow-worker',
+      'PrometheusRule/scoreflow',
+      'Service/scoreflow-coordinator',
+      'Service/scoreflow-nats',
+      'Service/scoreflow-worker',
+      'ServiceMonitor/scoreflow-coordinator',
+      'StatefulSet/scoreflow-nats',
+      'StatefulSet/scoreflow-worker',
     ]);
     assert.deepEqual(kinds(rendered.example), kinds(rendered.base));
     for (const o of rendered.example) {
@@ -369,20 +434,33 @@ describe('kubernetes manifests', () => {
     assert.equal(workers.spec.template.spec.containers[0].resources.limits['nvidia.com/gpu'], 1, 'the patch kept the base fields');
   });
 
-  test('the c10d data plane: workers bind their pod IP, and only the run\'s workers reach them (besides metrics)', () => {
+  test("the c10d data plane: workers bind their pod IP, and only the run's workers reach them (besides metrics)", () => {
     for (const objs of Object.values(rendered)) {
       const sts = objs.find((o) => o.kind === 'StatefulSet' && o.metadata.name === 'scoreflow-worker')!;
       const c = sts.spec.template.spec.containers[0];
       const port = c.args[c.args.indexOf('--data-port') + 1];
-      assert.ok(c.ports.some((p: { name: string; containerPort: number }) => p.name === 'c10d' && String(p.containerPort) === port), 'the store port is not a named container port');
-      assert.deepEqual(c.env.find((e: { name: string }) => e.name === 'SCOREFLOW_DATA_HOST')?.valueFrom, { fieldRef: { fieldPath: 'status.podIP' } });
+      assert.ok(
+        c.ports.some((p: { name: string; containerPort: number }) => p.name === 'c10d' && String(p.containerPort) === port),
+        'the store port is not a named container port',
+      );
+      assert.deepEqual(c.env.find((e: { name: string }) => e.name === 'SCOREFLOW_DATA_HOST')?.valueFrom, {
+        fieldRef: { fieldPath: 'status.podIP' },
+      });
       const np = objs.find((o) => o.kind === 'NetworkPolicy')!;
       assert.ok(matches(np.spec.podSelector.matchLabels, sts.spec.template.metadata.labels), 'the policy does not select the worker pods');
       assert.deepEqual(np.spec.policyTypes, ['Ingress']);
       const [peers, metrics] = np.spec.ingress;
       assert.equal(np.spec.ingress.length, 2);
-      assert.ok(matches(peers.from[0].podSelector.matchLabels, sts.spec.template.metadata.labels) && peers.from.length === 1 && !peers.ports, 'rule 1: every port, from worker pods only');
-      assert.ok(!metrics.from && metrics.ports.length === 1 && String(metrics.ports[0].port) === c.ports.find((p: { name: string }) => p.name === 'metrics').containerPort.toString(), 'rule 2: the metrics port only');
+      assert.ok(
+        matches(peers.from[0].podSelector.matchLabels, sts.spec.template.metadata.labels) && peers.from.length === 1 && !peers.ports,
+        'rule 1: every port, from worker pods only',
+      );
+      assert.ok(
+        !metrics.from &&
+          metrics.ports.length === 1 &&
+          String(metrics.ports[0].port) === c.ports.find((p: { name: string }) => p.name === 'metrics').containerPort.toString(),
+        'rule 2: the metrics port only',
+      );
     }
   });
 
@@ -402,21 +480,28 @@ describe('kubernetes manifests', () => {
   });
 
   const kubectl = spawnSync('sh', ['-c', 'command -v kubectl'], { encoding: 'utf8' }).stdout.trim();
-  test('kubectl kustomize renders the same objects', { skip: kubectl ? false : 'kubectl not installed; the test renderer alone was used' }, () => {
-    for (const [name, dir] of Object.entries(KUSTOMIZATIONS)) {
-      const r = spawnSync(kubectl, ['kustomize', dir], { encoding: 'utf8', timeout: 30_000 });
-      assert.equal(r.status, 0, `kubectl kustomize ${dir}: ${r.stderr}`);
-      const theirs = byKey(parseAllDocuments(r.stdout).map((d) => d.toJS() as Obj));
-      const ours = byKey(rendered[name as keyof typeof KUSTOMIZATIONS]);
-      assert.deepEqual([...ours.keys()].sort(), [...theirs.keys()].sort(), name);
-      for (const [k, o] of ours) assert.deepEqual(o, theirs.get(k), `${name}: ${k} differs from kubectl kustomize`);
-    }
-  });
+  test(
+    'kubectl kustomize renders the same objects',
+    { skip: kubectl ? false : 'kubectl not installed; the test renderer alone was used' },
+    () => {
+      for (const [name, dir] of Object.entries(KUSTOMIZATIONS)) {
+        const r = spawnSync(kubectl, ['kustomize', dir], { encoding: 'utf8', timeout: 30_000 });
+        assert.equal(r.status, 0, `kubectl kustomize ${dir}: ${r.stderr}`);
+        const theirs = byKey(parseAllDocuments(r.stdout).map((d) => d.toJS() as Obj));
+        const ours = byKey(rendered[name as keyof typeof KUSTOMIZATIONS]);
+        assert.deepEqual([...ours.keys()].sort(), [...theirs.keys()].sort(), name);
+        for (const [k, o] of ours) assert.deepEqual(o, theirs.get(k), `${name}: ${k} differs from kubectl kustomize`);
+      }
+    },
+  );
 });
 
 describe('the container image', () => {
   const dockerfile = readFileSync(packagePath('deploy', 'docker', 'Dockerfile'), 'utf8');
-  const lines = dockerfile.split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+  const lines = dockerfile
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l && !l.startsWith('#'));
 
   test('is multi-stage, ends on a slim Node 20 runtime with a non-root user, and copies paths that exist', () => {
     const froms = lines.filter((l) => /^FROM /i.test(l));

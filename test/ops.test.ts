@@ -42,7 +42,9 @@ describe('promtool', () => {
 
   test('the PrometheusRule in deploy/k8s holds the same rules as alerts.yml', () => {
     const alerts = parse(readFileSync(join(promDir, 'alerts.yml'), 'utf8')) as unknown;
-    const docs = parseAllDocuments(readFileSync(packagePath('deploy', 'k8s', 'base', 'monitoring.yaml'), 'utf8')).map((d) => d.toJS() as { kind: string; spec: unknown });
+    const docs = parseAllDocuments(readFileSync(packagePath('deploy', 'k8s', 'base', 'monitoring.yaml'), 'utf8')).map(
+      (d) => d.toJS() as { kind: string; spec: unknown },
+    );
     const rule = docs.find((d) => d.kind === 'PrometheusRule');
     assert.ok(rule, 'no PrometheusRule in deploy/k8s/base/monitoring.yaml');
     assert.deepEqual(rule.spec, alerts, 'regenerate the PrometheusRule from deploy/prometheus/alerts.yml');

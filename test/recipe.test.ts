@@ -39,7 +39,7 @@ function ksDistance(samples: Float64Array, cdf: (x: number) => number, atomAt: (
   const s = Float64Array.from(samples).sort();
   const n = s.length;
   let d = 0;
-  for (let i = 0; i < n; ) {
+  for (let i = 0; i < n;) {
     let j = i;
     while (j < n && s[j] === s[i]) j++;
     const f = cdf(s[i]);
@@ -67,7 +67,11 @@ test('fast recipe: t over many (step, index) draws follows the clipped log-norma
   assert.ok(d * Math.sqrt(t.length) < 1.95, `KS distance ${d.toFixed(4)} (n = ${t.length})`);
   // the test has power: the same draws reject a law whose P_mean is off by 0.1
   const off = { ...cfg, pMean: cfg.pMean + 0.1 };
-  const dOff = ksDistance(t, (x) => trainTimeCdf(off, x === eps32 ? cfg.eps : x), (x) => (x === eps32 ? trainTimeCdf(off, cfg.eps) : 0));
+  const dOff = ksDistance(
+    t,
+    (x) => trainTimeCdf(off, x === eps32 ? cfg.eps : x),
+    (x) => (x === eps32 ? trainTimeCdf(off, cfg.eps) : 0),
+  );
   assert.ok(dOff * Math.sqrt(t.length) > 1.95, `KS distance to a shifted law ${dOff.toFixed(4)}`);
   const median = Float64Array.from(t).sort()[t.length / 2];
   const sigma = 0.01 * Math.exp(median * Math.log(2200));
@@ -77,7 +81,11 @@ test('fast recipe: t over many (step, index) draws follows the clipped log-norma
   const u = new Float64Array(50 * 100);
   for (let k = 0; k < 50; k++) u.set(seed.inputs(k, 0, 100).t, k * 100);
   seed.dispose();
-  const du = ksDistance(u, (x) => Math.min(1, Math.max(0, (x - 1e-3) / (1 - 1e-3))), () => 0);
+  const du = ksDistance(
+    u,
+    (x) => Math.min(1, Math.max(0, (x - 1e-3) / (1 - 1e-3))),
+    () => 0,
+  );
   assert.ok(du * Math.sqrt(u.length) < 1.95, `uniform KS distance ${du.toFixed(4)}`);
 });
 
@@ -116,7 +124,15 @@ test('edm weighting equals EDM lambda(sigma) ||D - x0||^2 at several sigmas', as
 
 test('lr schedule: closed-form values, and Adam takes its first step at lrAt(0)', () => {
   // fast: peak 2e-3, linear warm-up over 200 updates, then sqrt(400 / max(k, 400))
-  const want: [number, number][] = [[0, 1e-5], [99, 1e-3], [199, 2e-3], [300, 2e-3], [400, 2e-3], [1600, 1e-3], [6400, 5e-4]];
+  const want: [number, number][] = [
+    [0, 1e-5],
+    [99, 1e-3],
+    [199, 2e-3],
+    [300, 2e-3],
+    [400, 2e-3],
+    [1600, 1e-3],
+    [6400, 5e-4],
+  ];
   for (const [k, lr] of want) assert.ok(Math.abs(lrAt(FAST, k) - lr) < 1e-15, `step ${k}: ${lrAt(FAST, k)} vs ${lr}`);
   const cos = { lr: 1, lrWarmup: 0, lrDecay: 'cosine' as const, lrDecaySteps: 100 };
   assert.ok(Math.abs(lrAt(cos, 50) - 0.5) < 1e-15);
@@ -148,7 +164,12 @@ test('--recipe fast is recorded in the checkpoint, flags override it, and 3 + 3 
   assert.deepEqual([...a.tensors.keys()], [...b.tensors.keys()]);
   for (const [name, t] of a.tensors) {
     const u = b.tensors.get(name)!;
-    assert.ok(Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength).equals(Buffer.from(u.data.buffer, u.data.byteOffset, u.data.byteLength)), `${name} differs`);
+    assert.ok(
+      Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength).equals(
+        Buffer.from(u.data.buffer, u.data.byteOffset, u.data.byteLength),
+      ),
+      `${name} differs`,
+    );
   }
   const { config, state } = loadTrainingCheckpoint(join(split, 'checkpoint.safetensors'));
   assert.equal(state.step, 6);
@@ -164,7 +185,10 @@ test('--recipe fast is recorded in the checkpoint, flags override it, and 3 + 3 
   r = runBin('scoreflow', ['train', ...SMALL, '--steps', '1', '--out', seedOut]);
   assert.equal(r.code, 0, r.stderr);
   const seed = loadTrainingCheckpoint(join(seedOut, 'checkpoint.safetensors')).config;
-  assert.deepEqual({ ...seed, model: undefined, dataset: undefined, batchSize: undefined }, { ...TRAIN_DEFAULTS, model: undefined, dataset: undefined, batchSize: undefined });
+  assert.deepEqual(
+    { ...seed, model: undefined, dataset: undefined, batchSize: undefined },
+    { ...TRAIN_DEFAULTS, model: undefined, dataset: undefined, batchSize: undefined },
+  );
 });
 
 test('an unknown recipe is one clear line and a non-zero exit', () => {
@@ -175,7 +199,10 @@ test('an unknown recipe is one clear line and a non-zero exit', () => {
     assert.equal(lines.length, 1, r.stderr);
     assert.match(lines[0], /unknown recipe 'turbo' \(expected seed or fast\)/);
   }
-  assert.throws(() => trainConfig({ ...RECIPES.fast, sde: { name: 'vp' } }), /lognormal noise, edm weighting and edm preconditioning need the VE SDE, got vp/);
+  assert.throws(
+    () => trainConfig({ ...RECIPES.fast, sde: { name: 'vp' } }),
+    /lognormal noise, edm weighting and edm preconditioning need the VE SDE, got vp/,
+  );
 });
 
 test('edm preconditioning: s = -x/(std^2 + sd^2) + sd F / (std sqrt(std^2 + sd^2)) with F the reference net output', async () => {

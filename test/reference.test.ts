@@ -10,7 +10,7 @@ import { existsSync } from 'node:fs';
 import { test } from 'node:test';
 import { packagePath } from '../src/core/paths.js';
 
-test('reference/test_reference.py passes under Debian\'s python3 (closed forms and the fixture)', () => {
+test("reference/test_reference.py passes under Debian's python3 (closed forms and the fixture)", () => {
   const py = '/usr/bin/python3';
   assert.ok(existsSync(py), `${py} not found: install Debian's python3 with python3-torch, python3-numpy and python3-scipy`);
   const r = spawnSync(py, ['-m', 'unittest', '-v', 'test_reference'], {

@@ -31,7 +31,11 @@ before(async () => {
 
 function run(...args: string[]) {
   const r = spawnSync(process.execPath, [BIN, ...args, '--backend', 'wasm'], { encoding: 'utf8' });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr.split('\n').filter((l) => l !== '' && !l.startsWith('backend:') && !/^(sample|likelihood)[: ]/.test(l)) };
+  return {
+    code: r.status,
+    stdout: r.stdout,
+    stderr: r.stderr.split('\n').filter((l) => l !== '' && !l.startsWith('backend:') && !/^(sample|likelihood)[: ]/.test(l)),
+  };
 }
 
 function fresh(name: string): string {
@@ -44,7 +48,23 @@ function fresh(name: string): string {
 describe('scoreflow sample', () => {
   test('heun writes samples.npy [N,1,28,28], a PNG grid and a JSON summary', () => {
     const out = join(dir, 'h.npy');
-    const r = run('sample', '--ckpt', ckpt, '--sampler', 'heun', '--steps', '2', '--n', '3', '--batch-size', '2', '--seed', '4', '--out', out);
+    const r = run(
+      'sample',
+      '--ckpt',
+      ckpt,
+      '--sampler',
+      'heun',
+      '--steps',
+      '2',
+      '--n',
+      '3',
+      '--batch-size',
+      '2',
+      '--seed',
+      '4',
+      '--out',
+      out,
+    );
     assert.equal(r.code, 0, r.stderr.join('\n'));
     const npy = readNpy(out);
     assert.deepEqual(npy.shape, [3, 1, 28, 28]);
@@ -65,7 +85,21 @@ describe('scoreflow sample', () => {
     assert.equal(r.code, 0, r.stderr.join('\n'));
     const s = JSON.parse(r.stdout);
     assert.ok(s.nfe >= 8 && s.steps === null);
-    const r2 = run('sample', '--ckpt', ckpt, '--sampler', 'ode', '--rtol', '1e-2', '--atol', '1e-2', '--latent', out, '--out', join(dir, 'o2.npy'));
+    const r2 = run(
+      'sample',
+      '--ckpt',
+      ckpt,
+      '--sampler',
+      'ode',
+      '--rtol',
+      '1e-2',
+      '--atol',
+      '1e-2',
+      '--latent',
+      out,
+      '--out',
+      join(dir, 'o2.npy'),
+    );
     assert.equal(r2.code, 0, r2.stderr.join('\n'));
     assert.deepEqual(readNpy(join(dir, 'o2.npy')).shape, [1, 1, 28, 28]);
   });
@@ -98,7 +132,21 @@ describe('scoreflow sample', () => {
 describe('scoreflow likelihood', () => {
   test('bits/dim of one test image as JSON on stdout and in --out', () => {
     const out = join(dir, 'l.json');
-    const r = run('likelihood', '--ckpt', ckpt, '--limit', '1', '--rtol', '1e-2', '--atol', '1e-2', '--hutchinson', 'rademacher', '--out', out);
+    const r = run(
+      'likelihood',
+      '--ckpt',
+      ckpt,
+      '--limit',
+      '1',
+      '--rtol',
+      '1e-2',
+      '--atol',
+      '1e-2',
+      '--hutchinson',
+      'rademacher',
+      '--out',
+      out,
+    );
     assert.equal(r.code, 0, r.stderr.join('\n'));
     const rep = JSON.parse(r.stdout);
     assert.deepEqual(JSON.parse(readFileSync(out, 'utf8')), rep);

@@ -170,9 +170,19 @@ describe('ODE sampler: latents and NFE', () => {
 
 describe('hygiene', () => {
   test('no tensors leak through any sampler', async () => {
-    const model = mixtureModel(makeSde({ name: 've' }), [2, 1, 1], [0.5, 0.5], [[1, 1], [-1, -1]], 0.1);
+    const model = mixtureModel(
+      makeSde({ name: 've' }),
+      [2, 1, 1],
+      [0.5, 0.5],
+      [
+        [1, 1],
+        [-1, -1],
+      ],
+      0.1,
+    );
     const before = tf.memory().numTensors;
-    for (const sampler of ['em', 'pc', 'ode', 'heun'] as SamplerName[]) await sampleRange(model, { sampler, seed: 1, steps: sampler === 'heun' ? 4 : 10, batchSize: 3 }, 0, 5);
+    for (const sampler of ['em', 'pc', 'ode', 'heun'] as SamplerName[])
+      await sampleRange(model, { sampler, seed: 1, steps: sampler === 'heun' ? 4 : 10, batchSize: 3 }, 0, 5);
     await encode(model, new Float32Array(4), {});
     assert.equal(tf.memory().numTensors, before);
   });
@@ -180,7 +190,10 @@ describe('hygiene', () => {
   test('bad input: one-line errors', async () => {
     const model = gaussianModel(makeSde({ name: 've' }), [2, 1, 1], [0, 0], [1, 1]);
     const bad = async (o: Partial<SampleOptions>, re: RegExp) =>
-      assert.rejects(sampleRange(model, { sampler: 'em', seed: 1, ...o } as SampleOptions, 0, 2), (e: Error) => re.test(e.message) && !e.message.includes('\n'));
+      assert.rejects(
+        sampleRange(model, { sampler: 'em', seed: 1, ...o } as SampleOptions, 0, 2),
+        (e: Error) => re.test(e.message) && !e.message.includes('\n'),
+      );
     await bad({ sampler: 'ddim' as SamplerName }, /unknown sampler 'ddim' \(expected em, pc, ode, heun\)/);
     await bad({ steps: 0 }, /steps must be an integer >= 2/);
     await bad({ sampler: 'heun', steps: -3 }, /steps must be an integer >= 1/);

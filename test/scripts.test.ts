@@ -35,7 +35,10 @@ function script(name: string, args: string[], env: Record<string, string>) {
 }
 
 function jsonLines(path: string): Record<string, unknown>[] {
-  return readFileSync(path, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+  return readFileSync(path, 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
 }
 
 const LINE =
@@ -57,17 +60,30 @@ describe('scripts/quickstart.sh', () => {
     assert.equal(m[3], '16');
 
     // the line reports what evaluate measured
-    const metrics = JSON.parse(readFileSync(join(out, 'metrics.json'), 'utf8')) as { fd: number; confidence: number; class_counts: number[] };
+    const metrics = JSON.parse(readFileSync(join(out, 'metrics.json'), 'utf8')) as {
+      fd: number;
+      confidence: number;
+      class_counts: number[];
+    };
     assert.equal(m[2], metrics.fd.toFixed(1));
     assert.equal(m[4], metrics.confidence.toFixed(3));
     assert.equal(Number(m[5]), metrics.class_counts.filter((c) => c > 0).length);
     assert.equal(Number(m[6]), Math.min(...metrics.class_counts));
-    assert.equal(metrics.class_counts.reduce((a, b) => a + b, 0), 16);
+    assert.equal(
+      metrics.class_counts.reduce((a, b) => a + b, 0),
+      16,
+    );
 
     // 240 images at the fast recipe's batch 120: one epoch is 2 steps, on 2 workers
     const steps = jsonLines(join(out, 'train.jsonl'));
-    assert.deepEqual(steps.map((s) => s.step), [0, 1]);
-    assert.ok(steps.every((s) => s.workers === 2), JSON.stringify(steps));
+    assert.deepEqual(
+      steps.map((s) => s.step),
+      [0, 1],
+    );
+    assert.ok(
+      steps.every((s) => s.workers === 2),
+      JSON.stringify(steps),
+    );
     assert.ok(existsSync(join(out, 'checkpoint.safetensors')) && existsSync(clf));
     assert.deepEqual([...readFileSync(join(out, 'samples.png')).subarray(0, 8)], [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
     const summary = JSON.parse(readFileSync(join(out, 'samples.json'), 'utf8')) as { n: number; nfe: number };
@@ -96,17 +112,32 @@ describe('scripts/recipe-sweep.sh', () => {
     const r = script('recipe-sweep.sh', args, env);
     assert.equal(r.code, 0, r.stderr.slice(-3000));
     const rows = jsonLines(join(sweep, 'sweep.jsonl'));
-    assert.deepEqual(rows.map((x) => [x.recipe, x.epochs, x.steps, x.samples, x.nfe]), [['fast', 1, 2, 8, 5], ['fast', 2, 4, 8, 5]]);
+    assert.deepEqual(
+      rows.map((x) => [x.recipe, x.epochs, x.steps, x.samples, x.nfe]),
+      [
+        ['fast', 1, 2, 8, 5],
+        ['fast', 2, 4, 8, 5],
+      ],
+    );
     for (const x of rows) {
       assert.ok(Number.isFinite(x.fd) && (x.fd as number) > 0, `fd ${String(x.fd)}`);
       assert.ok((x.train_s as number) >= 0 && (x.confidence as number) > 0 && (x.confidence as number) <= 1);
     }
     // the 2-epoch point continued the 1-epoch run: 4 steps logged once each
-    assert.deepEqual(jsonLines(join(sweep, 'fast', 'log.jsonl')).map((l) => l.step), [1, 2, 3, 4]);
+    assert.deepEqual(
+      jsonLines(join(sweep, 'fast', 'log.jsonl')).map((l) => l.step),
+      [1, 2, 3, 4],
+    );
     firstTable = r.stdout.trim();
     const table = firstTable.split('\n');
     assert.match(table[0], /^\| recipe \| epochs \| steps \| train s \| FD \(8\) \|/);
-    assert.deepEqual(table.slice(2).map((l) => l.split(' | ').slice(0, 3)), [['| fast', '1', '2'], ['| fast', '2', '4']]);
+    assert.deepEqual(
+      table.slice(2).map((l) => l.split(' | ').slice(0, 3)),
+      [
+        ['| fast', '1', '2'],
+        ['| fast', '2', '4'],
+      ],
+    );
   });
 
   test('run again: finished points are reused, nothing is trained or sampled', () => {

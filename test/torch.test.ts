@@ -188,24 +188,65 @@ const Bo = (shape: number[]): Spec => ({ shape, dtype: 'bool' });
 test('unary kernels match cpu (float32, int32, NaN and infinities)', async () => {
   const s = [3, 4, 5];
   const unary: [string, (x: tf.Tensor) => tf.Tensor, number?, number?][] = [
-    ['neg', tf.neg], ['square', tf.square], ['sqrt', tf.sqrt, 0.01, 5], ['rsqrt', tf.rsqrt, 0.01, 5],
-    ['exp', tf.exp], ['log', tf.log, 0.01, 5], ['sin', tf.sin], ['cos', tf.cos], ['tan', tf.tan, -1.2, 1.2],
-    ['asin', tf.asin, -0.99, 0.99], ['acos', tf.acos, -0.99, 0.99], ['atan', tf.atan], ['sinh', tf.sinh],
-    ['cosh', tf.cosh], ['asinh', tf.asinh], ['acosh', tf.acosh, 1.01, 5], ['atanh', tf.atanh, -0.99, 0.99],
-    ['sigmoid', tf.sigmoid], ['tanh', tf.tanh], ['relu', tf.relu], ['relu6', (x) => tf.relu6(tf.mul(x, 4))],
-    ['abs', tf.abs], ['sign', tf.sign], ['reciprocal', tf.reciprocal, 0.1, 3], ['expm1', tf.expm1],
-    ['log1p', tf.log1p, -0.9, 5], ['softplus', (x) => tf.softplus(tf.mul(x, 10))], ['floor', (x) => tf.floor(tf.mul(x, 3))],
-    ['ceil', (x) => tf.ceil(tf.mul(x, 3))], ['round', (x) => tf.round(tf.mul(x, 3))], ['erf', tf.erf], ['elu', tf.elu],
-    ['selu', tf.selu], ['step', (x) => tf.step(x, 0.3)], ['leakyRelu', (x) => tf.leakyRelu(x, 0.1)],
-    ['clipByValue', (x) => tf.clipByValue(x, -0.5, 0.7)], ['zerosLike', tf.zerosLike], ['onesLike', tf.onesLike],
+    ['neg', tf.neg],
+    ['square', tf.square],
+    ['sqrt', tf.sqrt, 0.01, 5],
+    ['rsqrt', tf.rsqrt, 0.01, 5],
+    ['exp', tf.exp],
+    ['log', tf.log, 0.01, 5],
+    ['sin', tf.sin],
+    ['cos', tf.cos],
+    ['tan', tf.tan, -1.2, 1.2],
+    ['asin', tf.asin, -0.99, 0.99],
+    ['acos', tf.acos, -0.99, 0.99],
+    ['atan', tf.atan],
+    ['sinh', tf.sinh],
+    ['cosh', tf.cosh],
+    ['asinh', tf.asinh],
+    ['acosh', tf.acosh, 1.01, 5],
+    ['atanh', tf.atanh, -0.99, 0.99],
+    ['sigmoid', tf.sigmoid],
+    ['tanh', tf.tanh],
+    ['relu', tf.relu],
+    ['relu6', (x) => tf.relu6(tf.mul(x, 4))],
+    ['abs', tf.abs],
+    ['sign', tf.sign],
+    ['reciprocal', tf.reciprocal, 0.1, 3],
+    ['expm1', tf.expm1],
+    ['log1p', tf.log1p, -0.9, 5],
+    ['softplus', (x) => tf.softplus(tf.mul(x, 10))],
+    ['floor', (x) => tf.floor(tf.mul(x, 3))],
+    ['ceil', (x) => tf.ceil(tf.mul(x, 3))],
+    ['round', (x) => tf.round(tf.mul(x, 3))],
+    ['erf', tf.erf],
+    ['elu', tf.elu],
+    ['selu', tf.selu],
+    ['step', (x) => tf.step(x, 0.3)],
+    ['leakyRelu', (x) => tf.leakyRelu(x, 0.1)],
+    ['clipByValue', (x) => tf.clipByValue(x, -0.5, 0.7)],
+    ['zerosLike', tf.zerosLike],
+    ['onesLike', tf.onesLike],
     ['clone', tf.clone],
   ];
   for (const [name, f, lo, hi] of unary) await check(name, [F(s, lo, hi)], f, { rtol: 2e-6, atol: 1e-6 });
   await check('round half to even', [], () => tf.round(tf.tensor([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5])));
-  for (const [name, f] of [['isNaN', tf.isNaN], ['isInf', tf.isInf], ['isFinite', tf.isFinite], ['neg', tf.neg], ['exp', tf.exp], ['sigmoid', tf.sigmoid]] as const) {
+  for (const [name, f] of [
+    ['isNaN', tf.isNaN],
+    ['isInf', tf.isInf],
+    ['isFinite', tf.isFinite],
+    ['neg', tf.neg],
+    ['exp', tf.exp],
+    ['sigmoid', tf.sigmoid],
+  ] as const) {
     await check(`${name} with NaN/Inf`, [{ shape: [4, 5], special: true }], f);
   }
-  for (const [name, f] of [['neg', tf.neg], ['abs', tf.abs], ['square', tf.square], ['relu', tf.relu], ['sign', tf.sign]] as const) {
+  for (const [name, f] of [
+    ['neg', tf.neg],
+    ['abs', tf.abs],
+    ['square', tf.square],
+    ['relu', tf.relu],
+    ['sign', tf.sign],
+  ] as const) {
     await check(`${name} int32`, [I(s)], f);
   }
   await check('logicalNot', [Bo(s)], tf.logicalNot);
@@ -213,24 +254,59 @@ test('unary kernels match cpu (float32, int32, NaN and infinities)', async () =>
 
 test('Cast between float32, int32 and bool', async () => {
   const casts: ['float32' | 'int32' | 'bool', Spec][] = [
-    ['int32', F([5, 4], -10, 10)], ['bool', F([5, 4], -1, 1)], ['float32', I([5, 4])], ['bool', I([5, 4], -2, 2)],
-    ['float32', Bo([5, 4])], ['int32', Bo([5, 4])], ['float32', F([5, 4])],
+    ['int32', F([5, 4], -10, 10)],
+    ['bool', F([5, 4], -1, 1)],
+    ['float32', I([5, 4])],
+    ['bool', I([5, 4], -2, 2)],
+    ['float32', Bo([5, 4])],
+    ['int32', Bo([5, 4])],
+    ['float32', F([5, 4])],
   ];
   for (const [to, spec] of casts) await check(`cast ${spec.dtype ?? 'float32'} -> ${to}`, [spec], (x) => tf.cast(x, to));
 });
 
 const BROADCASTS: [number[], number[]][] = [
-  [[2, 3, 4], [2, 3, 4]], [[2, 3, 4], [4]], [[2, 3, 4], [3, 1]], [[1, 3, 1], [2, 1, 4]], [[2, 3, 4], []], [[], [5]],
-  [[4, 1, 1, 6], [4, 5, 7, 6]],
+  [
+    [2, 3, 4],
+    [2, 3, 4],
+  ],
+  [[2, 3, 4], [4]],
+  [
+    [2, 3, 4],
+    [3, 1],
+  ],
+  [
+    [1, 3, 1],
+    [2, 1, 4],
+  ],
+  [[2, 3, 4], []],
+  [[], [5]],
+  [
+    [4, 1, 1, 6],
+    [4, 5, 7, 6],
+  ],
 ];
 
 test('binary kernels match cpu, with broadcasting', async () => {
   const binary: [string, (a: tf.Tensor, b: tf.Tensor) => tf.Tensor, number?, number?][] = [
-    ['add', tf.add], ['sub', tf.sub], ['mul', tf.mul], ['div', tf.div], ['maximum', tf.maximum], ['minimum', tf.minimum],
-    ['pow', tf.pow, 0.1, 2], ['squaredDifference', tf.squaredDifference], ['atan2', tf.atan2], ['floorDiv', tf.floorDiv],
-    ['mod', tf.mod], ['greater', tf.greater], ['greaterEqual', tf.greaterEqual], ['less', tf.less],
-    ['lessEqual', tf.lessEqual], ['equal', (a, b) => tf.equal(tf.round(a), tf.round(b))],
-    ['notEqual', (a, b) => tf.notEqual(tf.round(a), tf.round(b))], ['prelu', tf.prelu],
+    ['add', tf.add],
+    ['sub', tf.sub],
+    ['mul', tf.mul],
+    ['div', tf.div],
+    ['maximum', tf.maximum],
+    ['minimum', tf.minimum],
+    ['pow', tf.pow, 0.1, 2],
+    ['squaredDifference', tf.squaredDifference],
+    ['atan2', tf.atan2],
+    ['floorDiv', tf.floorDiv],
+    ['mod', tf.mod],
+    ['greater', tf.greater],
+    ['greaterEqual', tf.greaterEqual],
+    ['less', tf.less],
+    ['lessEqual', tf.lessEqual],
+    ['equal', (a, b) => tf.equal(tf.round(a), tf.round(b))],
+    ['notEqual', (a, b) => tf.notEqual(tf.round(a), tf.round(b))],
+    ['prelu', tf.prelu],
   ];
   for (const [name, f, lo, hi] of binary) {
     for (const [sa, sb] of BROADCASTS) {
@@ -238,17 +314,35 @@ test('binary kernels match cpu, with broadcasting', async () => {
       await check(`${name} ${JSON.stringify(sa)} ${JSON.stringify(sb)}`, [F(sa, lo, hi), F(sb, lo, hi)], f, { rtol: 1e-5 });
     }
   }
-  for (const [name, f] of [['add', tf.add], ['sub', tf.sub], ['mul', tf.mul], ['maximum', tf.maximum], ['minimum', tf.minimum],
-    ['floorDiv', tf.floorDiv], ['mod', tf.mod], ['div', tf.div], ['greater', tf.greater], ['equal', tf.equal]] as const) {
+  for (const [name, f] of [
+    ['add', tf.add],
+    ['sub', tf.sub],
+    ['mul', tf.mul],
+    ['maximum', tf.maximum],
+    ['minimum', tf.minimum],
+    ['floorDiv', tf.floorDiv],
+    ['mod', tf.mod],
+    ['div', tf.div],
+    ['greater', tf.greater],
+    ['equal', tf.equal],
+  ] as const) {
     await check(`${name} int32`, [I([3, 4]), I([4], 1, 9)], f);
   }
-  for (const [name, f] of [['logicalAnd', tf.logicalAnd], ['logicalOr', tf.logicalOr], ['logicalXor (composite)', tf.logicalXor]] as const) {
+  for (const [name, f] of [
+    ['logicalAnd', tf.logicalAnd],
+    ['logicalOr', tf.logicalOr],
+    ['logicalXor (composite)', tf.logicalXor],
+  ] as const) {
     await check(name, [Bo([3, 4]), Bo([3, 1])], f);
   }
   await check('addN', [F([3, 4]), F([3, 4]), F([3, 4]), F([3, 4])], (...xs) => tf.addN(xs));
   await check('elu and its gradient (EluGrad)', [F([3, 4])], withGrads(tf.elu), { rtol: 1e-5 });
-  await check('gradients of sigmoid, tanh, sqrt, square, relu, max', [F([3, 4], 0.1, 2)], withGrads((x) =>
-    tf.add(tf.addN([tf.sigmoid(x), tf.tanh(x), tf.sqrt(x), tf.square(x), tf.relu(x)]), tf.max(x, 1, true))), { rtol: 1e-5 });
+  await check(
+    'gradients of sigmoid, tanh, sqrt, square, relu, max',
+    [F([3, 4], 0.1, 2)],
+    withGrads((x) => tf.add(tf.addN([tf.sigmoid(x), tf.tanh(x), tf.sqrt(x), tf.square(x), tf.relu(x)]), tf.max(x, 1, true))),
+    { rtol: 1e-5 },
+  );
   await check('addN of one', [F([3, 4])], (x) => tf.addN([x]));
 });
 
@@ -271,16 +365,26 @@ test('reductions match cpu over every axis choice, with and without keepDims', a
   }
   await check('mean int32', [I([4, 6])], (x) => tf.mean(x, 1));
   await check('sum bool', [Bo([4, 6])], (x) => tf.sum(x, 0));
-  await check('moments', [F([2, 5, 5, 6])], (x) => {
-    const { mean, variance } = tf.moments(x, [1, 2], true);
-    return [mean, variance];
-  }, { rtol: 1e-5, atol: 1e-6 });
+  await check(
+    'moments',
+    [F([2, 5, 5, 6])],
+    (x) => {
+      const { mean, variance } = tf.moments(x, [1, 2], true);
+      return [mean, variance];
+    },
+    { rtol: 1e-5, atol: 1e-6 },
+  );
   for (const axis of [0, 1, -1]) {
     await check(`argMax ${axis}`, [F([4, 7])], (x) => tf.argMax(x, axis));
     await check(`argMin ${axis}`, [F([4, 7])], (x) => tf.argMin(x, axis));
   }
   await check('softmax', [F([3, 7])], (x) => tf.softmax(x), { rtol: 1e-5 });
-  for (const [exclusive, reverse] of [[false, false], [true, false], [false, true], [true, true]]) {
+  for (const [exclusive, reverse] of [
+    [false, false],
+    [true, false],
+    [false, true],
+    [true, true],
+  ]) {
     await check(`cumsum ${exclusive} ${reverse}`, [F([3, 6])], (x) => tf.cumsum(x, 1, exclusive, reverse), { rtol: 1e-5, atol: 1e-6 });
     await check(`cumprod ${exclusive} ${reverse}`, [F([6, 3], 0.5, 1.5)], (x) => tf.cumprod(x, 0, exclusive, reverse), { rtol: 1e-5 });
   }
@@ -293,21 +397,66 @@ test('shape kernels match cpu: reshape, transpose, slice, stridedSlice, concat, 
   const x = F([2, 3, 4, 5]);
   await check('reshape', [x], (t) => tf.reshape(t, [6, -1]));
   await check('reshape of a transpose', [x], (t) => tf.reshape(tf.transpose(t, [3, 1, 0, 2]), [5, 24]));
-  for (const perm of [[0, 1, 2, 3], [3, 2, 1, 0], [0, 2, 3, 1], [1, 0, 3, 2]]) {
+  for (const perm of [
+    [0, 1, 2, 3],
+    [3, 2, 1, 0],
+    [0, 2, 3, 1],
+    [1, 0, 3, 2],
+  ]) {
     await check(`transpose ${perm}`, [x], (t) => tf.add(tf.transpose(t, perm), 1));
   }
   await check('expandDims/squeeze', [F([3, 4])], (t) => [tf.expandDims(t, 1), tf.expandDims(t, -1), tf.squeeze(tf.expandDims(t, 0))]);
   await check('slice', [x], (t) => [tf.slice(t, [1, 0, 2, 1], [1, -1, 2, 3]), tf.slice(t, [0, 1], [2, 2])]);
   const strided: [number[], number[], number[], number[]][] = [
     // begin, end, strides, [beginMask, endMask, ellipsisMask, newAxisMask, shrinkAxisMask]
-    [[0, 0, 0, 0], [2, 3, 4, 5], [1, 1, 1, 1], [0, 0, 0, 0, 0]],
-    [[1, 0, 1, 0], [2, 3, 4, 5], [1, 2, 2, 3], [0, 0, 0, 0, 0]],
-    [[0, 2, 3, 4], [2, 0, 0, 0], [1, -1, -2, -2], [1, 0, 0, 0, 0]],
-    [[0, 1, 0, 0], [0, 2, 0, 0], [1, 1, 1, 1], [13, 13, 0, 0, 2]],
-    [[1, 0], [2, 0], [1, 1], [0, 2, 0, 0, 1]],
-    [[0, 0], [0, 0], [1, 1], [0, 0, 1, 0, 0]],
-    [[0, 0, 0], [1, 2, 3], [1, 1, 1], [0, 0, 0, 2, 0]],
-    [[-1, -2], [0, 0], [-1, -1], [0, 3, 0, 0, 0]],
+    [
+      [0, 0, 0, 0],
+      [2, 3, 4, 5],
+      [1, 1, 1, 1],
+      [0, 0, 0, 0, 0],
+    ],
+    [
+      [1, 0, 1, 0],
+      [2, 3, 4, 5],
+      [1, 2, 2, 3],
+      [0, 0, 0, 0, 0],
+    ],
+    [
+      [0, 2, 3, 4],
+      [2, 0, 0, 0],
+      [1, -1, -2, -2],
+      [1, 0, 0, 0, 0],
+    ],
+    [
+      [0, 1, 0, 0],
+      [0, 2, 0, 0],
+      [1, 1, 1, 1],
+      [13, 13, 0, 0, 2],
+    ],
+    [
+      [1, 0],
+      [2, 0],
+      [1, 1],
+      [0, 2, 0, 0, 1],
+    ],
+    [
+      [0, 0],
+      [0, 0],
+      [1, 1],
+      [0, 0, 1, 0, 0],
+    ],
+    [
+      [0, 0, 0],
+      [1, 2, 3],
+      [1, 1, 1],
+      [0, 0, 0, 2, 0],
+    ],
+    [
+      [-1, -2],
+      [0, 0],
+      [-1, -1],
+      [0, 3, 0, 0, 0],
+    ],
   ];
   for (const [b, e, s, [bm, em, elm, nam, sam]] of strided) {
     await check(`stridedSlice ${b} ${e} ${s} ${[bm, em, elm, nam, sam]}`, [x], (t) => tf.stridedSlice(t, b, e, s, bm, em, elm, nam, sam));
@@ -321,7 +470,22 @@ test('shape kernels match cpu: reshape, transpose, slice, stridedSlice, concat, 
   await check('concat int32', [I([2, 3]), I([2, 2])], (a, b) => tf.concat([a, b], 1));
   await check('stack/unstack', [F([3, 4]), F([3, 4])], (a, b) => [tf.stack([a, b], 1), ...tf.unstack(a, 1)]);
   await check('split', [x], (t) => [...tf.split(t, 2, 0), ...tf.split(t, [1, 3, 1], 3), ...tf.split(t, [2, -1], 2)]);
-  await check('pad', [F([2, 3, 4])], (t) => [tf.pad(t, [[1, 0], [0, 2], [3, 1]]), tf.pad(t, [[0, 0], [1, 1], [0, 0]], 2.5)]);
+  await check('pad', [F([2, 3, 4])], (t) => [
+    tf.pad(t, [
+      [1, 0],
+      [0, 2],
+      [3, 1],
+    ]),
+    tf.pad(
+      t,
+      [
+        [0, 0],
+        [1, 1],
+        [0, 0],
+      ],
+      2.5,
+    ),
+  ]);
   await check('tile', [F([2, 3])], (t) => [tf.tile(t, [2, 3]), tf.tile(t, [1, 1])]);
   await check('reverse', [x], (t) => [tf.reverse(t, 1), tf.reverse(t, [0, 3]), tf.reverse(t)]);
   await check('broadcastTo', [F([3, 1])], (t) => tf.add(tf.broadcastTo(t, [2, 3, 4]), 0));
@@ -337,7 +501,8 @@ test('shape kernels match cpu: reshape, transpose, slice, stridedSlice, concat, 
   await check('Select with a rank-1 condition (row select)', [Bo([3]), F([3, 4]), F([3, 4])], (c, a, b) =>
     tf.getBackend() === 'cpu'
       ? tf.where(tf.reshape(c, [3, 1]), a, b)
-      : (tf.engine().runKernel('Select', { condition: c, t: a, e: b }) as tf.Tensor));
+      : (tf.engine().runKernel('Select', { condition: c, t: a, e: b }) as tf.Tensor),
+  );
   await check('where, broadcast', [Bo([3, 1]), F([3, 4]), F([1, 4])], (c, a, b) => tf.where(c, a, b));
 });
 
@@ -345,20 +510,44 @@ test('shape kernels match cpu: reshape, transpose, slice, stridedSlice, concat, 
 
 test('matMul and fused matMul match cpu (transposes, batches, broadcasting, activations)', async () => {
   const cases: [number[], number[], boolean, boolean][] = [
-    [[3, 4], [4, 5], false, false], [[4, 3], [4, 5], true, false], [[3, 4], [5, 4], false, true], [[4, 3], [5, 4], true, true],
-    [[2, 3, 4], [2, 4, 5], false, false], [[2, 4, 3], [2, 5, 4], true, true], [[1, 3, 4], [6, 4, 2], false, false],
+    [[3, 4], [4, 5], false, false],
+    [[4, 3], [4, 5], true, false],
+    [[3, 4], [5, 4], false, true],
+    [[4, 3], [5, 4], true, true],
+    [[2, 3, 4], [2, 4, 5], false, false],
+    [[2, 4, 3], [2, 5, 4], true, true],
+    [[1, 3, 4], [6, 4, 2], false, false],
     [[32, 256], [256, 64], false, false],
   ];
   for (const [sa, sb, ta, tb] of cases) {
-    await check(`matMul ${sa} ${sb} ${ta} ${tb}`, [F(sa), F(sb)], (a, b) => tf.matMul(a, b, ta, tb), { rtol: 1e-5, atol: 1e-5, scaled: true });
+    await check(`matMul ${sa} ${sb} ${ta} ${tb}`, [F(sa), F(sb)], (a, b) => tf.matMul(a, b, ta, tb), {
+      rtol: 1e-5,
+      atol: 1e-5,
+      scaled: true,
+    });
   }
   for (const activation of ['linear', 'relu', 'relu6', 'elu', 'sigmoid', 'leakyrelu', 'prelu'] as const) {
-    await check(`fused matMul ${activation}`, [F([3, 4]), F([4, 5]), F([5]), F([5])], (a, b, bias, alpha) =>
-      tf.fused.matMul({ a, b, bias, activation, preluActivationWeights: activation === 'prelu' ? alpha : undefined, leakyreluAlpha: 0.3 }),
-      { rtol: 1e-5, atol: 1e-5, scaled: true });
+    await check(
+      `fused matMul ${activation}`,
+      [F([3, 4]), F([4, 5]), F([5]), F([5])],
+      (a, b, bias, alpha) =>
+        tf.fused.matMul({
+          a,
+          b,
+          bias,
+          activation,
+          preluActivationWeights: activation === 'prelu' ? alpha : undefined,
+          leakyreluAlpha: 0.3,
+        }),
+      { rtol: 1e-5, atol: 1e-5, scaled: true },
+    );
   }
-  await check('fused matMul, no bias, transposed', [F([4, 3]), F([5, 4])], (a, b) =>
-    tf.fused.matMul({ a, b, transposeA: true, transposeB: true, activation: 'relu' }), { rtol: 1e-5, atol: 1e-5, scaled: true });
+  await check(
+    'fused matMul, no bias, transposed',
+    [F([4, 3]), F([5, 4])],
+    (a, b) => tf.fused.matMul({ a, b, transposeA: true, transposeB: true, activation: 'relu' }),
+    { rtol: 1e-5, atol: 1e-5, scaled: true },
+  );
 });
 
 type Pad = 'valid' | 'same' | number | [[0, 0], [number, number], [number, number], [number, number]];
@@ -379,8 +568,29 @@ const CONVS: ConvCase[] = [
   { x: [3, 9, 8, 2], k: [2, 3], out: 3, stride: [2, 1], pad: 'same' },
   { x: [1, 6, 6, 4], k: [1, 1], out: 6, stride: 1, pad: 'valid' },
   { x: [2, 7, 6, 3], k: [3, 3], out: 2, stride: 1, pad: 1 },
-  { x: [2, 7, 6, 3], k: [3, 2], out: 2, stride: 2, pad: [[0, 0], [1, 2], [0, 1]] as unknown as Pad },
-  { x: [2, 7, 6, 3], k: [3, 3], out: 2, stride: 1, pad: [[0, 0], [2, 0], [1, 1], [0, 0]] },
+  {
+    x: [2, 7, 6, 3],
+    k: [3, 2],
+    out: 2,
+    stride: 2,
+    pad: [
+      [0, 0],
+      [1, 2],
+      [0, 1],
+    ] as unknown as Pad,
+  },
+  {
+    x: [2, 7, 6, 3],
+    k: [3, 3],
+    out: 2,
+    stride: 1,
+    pad: [
+      [0, 0],
+      [2, 0],
+      [1, 1],
+      [0, 0],
+    ],
+  },
   { x: [2, 9, 9, 2], k: [3, 3], out: 3, stride: 1, pad: 'same', dilation: 2 },
   { x: [2, 9, 9, 2], k: [3, 3], out: 3, stride: 1, pad: 'valid', dilation: 2 },
   { x: [16, 26, 26, 32], k: [3, 3], out: 64, stride: 2, pad: 'valid' },
@@ -399,7 +609,8 @@ test('conv2d forward and both gradients match cpu (strides 1/2, valid/same/expli
   for (const c of CONVS) {
     const pad = explicitPad(c.pad);
     const tag = `conv2d x${c.x} k${c.k} s${c.stride} pad ${JSON.stringify(pad)} d${c.dilation ?? 1}`;
-    const f = (x: tf.Tensor, w: tf.Tensor) => tf.conv2d(x as tf.Tensor4D, w as tf.Tensor4D, c.stride, pad as 'valid', 'NHWC', c.dilation ?? 1);
+    const f = (x: tf.Tensor, w: tf.Tensor) =>
+      tf.conv2d(x as tf.Tensor4D, w as tf.Tensor4D, c.stride, pad as 'valid', 'NHWC', c.dilation ?? 1);
     const specs = [F(c.x), F([...c.k, c.x[3], c.out])];
     if ((c.dilation ?? 1) > 1) await check(tag, specs, f, { rtol: 1e-5, atol: 1e-5, scaled: true });
     else await check(tag, specs, withGrads(f), { rtol: 1e-4, atol: 2e-5, scaled: true });
@@ -419,18 +630,37 @@ test('conv2dTranspose (Conv2DBackpropInput) forward and gradients match cpu, wit
     const oh = c.pad === 'same' ? h * c.stride : (h - 1) * c.stride + 3 + c.extra;
     const ow = c.pad === 'same' ? w * c.stride : (w - 1) * c.stride + 3 + c.extra;
     const f = (x: tf.Tensor, k: tf.Tensor) => tf.conv2dTranspose(x as tf.Tensor4D, k as tf.Tensor4D, [n, oh, ow, c.out], c.stride, c.pad);
-    await check(`conv2dTranspose x${c.x} out ${c.out} s${c.stride} ${c.pad} +${c.extra}`, [F(c.x), F([3, 3, c.out, c.x[3]])], withGrads(f), {
-      rtol: 1e-4, atol: 2e-5, scaled: true,
-    });
+    await check(
+      `conv2dTranspose x${c.x} out ${c.out} s${c.stride} ${c.pad} +${c.extra}`,
+      [F(c.x), F([3, 3, c.out, c.x[3]])],
+      withGrads(f),
+      {
+        rtol: 1e-4,
+        atol: 2e-5,
+        scaled: true,
+      },
+    );
   }
 });
 
 test('fused conv2d (bias, activations) matches cpu', async () => {
   for (const activation of ['linear', 'relu', 'sigmoid', 'leakyrelu', 'prelu', 'elu', 'relu6'] as const) {
-    await check(`fused conv2d ${activation}`, [F([2, 6, 6, 3]), F([3, 3, 3, 4]), F([4]), F([4])], (x, w, bias, alpha) =>
-      tf.fused.conv2d({ x: x as tf.Tensor4D, filter: w as tf.Tensor4D, strides: 1, pad: 'same', bias, activation,
-        preluActivationWeights: activation === 'prelu' ? alpha : undefined, leakyreluAlpha: 0.2 }),
-      { rtol: 1e-5, atol: 1e-5, scaled: true });
+    await check(
+      `fused conv2d ${activation}`,
+      [F([2, 6, 6, 3]), F([3, 3, 3, 4]), F([4]), F([4])],
+      (x, w, bias, alpha) =>
+        tf.fused.conv2d({
+          x: x as tf.Tensor4D,
+          filter: w as tf.Tensor4D,
+          strides: 1,
+          pad: 'same',
+          bias,
+          activation,
+          preluActivationWeights: activation === 'prelu' ? alpha : undefined,
+          leakyreluAlpha: 0.2,
+        }),
+      { rtol: 1e-5, atol: 1e-5, scaled: true },
+    );
   }
 });
 
@@ -553,7 +783,10 @@ test('an unimplemented kernel fails with one line naming it', async () => {
   await torchReady();
   await tf.setBackend('torch');
   const x = tf.ones([1, 4, 4, 1]) as tf.Tensor4D;
-  assert.throws(() => tf.maxPool(x, 2, 2, 'valid'), (e: Error) => /MaxPool/.test(e.message) && /torch/.test(e.message) && !e.message.includes('\n'));
+  assert.throws(
+    () => tf.maxPool(x, 2, 2, 'valid'),
+    (e: Error) => /MaxPool/.test(e.message) && /torch/.test(e.message) && !e.message.includes('\n'),
+  );
   x.dispose();
 });
 
@@ -611,7 +844,10 @@ test('no OpenBLAS thread spins between kernels: OPENBLAS_NUM_THREADS=1 unless th
   // a 1950 ms loop with other processes on the machine's 2 cores, about all of it on an idle one.
   // The other threads (V8's) used about 100 ms each.
   const busiest = threads.reduce((a, b) => (b.cpuMs > a.cpuMs ? b : a), { tid: 'none', cpuMs: 0 });
-  assert.ok(busiest.cpuMs < 0.3 * wallMs, `thread ${busiest.tid} used ${busiest.cpuMs} ms of CPU in a ${Math.round(wallMs)} ms loop that is mostly idle`);
+  assert.ok(
+    busiest.cpuMs < 0.3 * wallMs,
+    `thread ${busiest.tid} used ${busiest.cpuMs} ms of CPU in a ${Math.round(wallMs)} ms loop that is mostly idle`,
+  );
   assert.equal(blasIdle({ ...env, OPENBLAS_NUM_THREADS: '2' }).openblasThreads, '2', "the user's value is kept");
 });
 

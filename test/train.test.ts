@@ -68,8 +68,14 @@ test('K steps, stop, resume, K more ends exactly where 2K straight does', () => 
   assert.equal(meta.step, '6');
   assert.equal(meta.seed, '0');
   assert.equal(JSON.parse(meta.model).embedDim, 16);
-  const log = readFileSync(join(split, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
-  assert.deepEqual(log.map((e) => e.step), [1, 2, 3, 4, 5, 6]);
+  const log = readFileSync(join(split, 'log.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
+  assert.deepEqual(
+    log.map((e) => e.step),
+    [1, 2, 3, 4, 5, 6],
+  );
 });
 
 test('kill -9 during training leaves a loadable checkpoint and no half-written file', async () => {
@@ -153,8 +159,13 @@ test('bad input: one clear line, non-zero exit, nothing overwritten', async () =
     ...Object.fromEntries([...readSafetensors(join(dir, 'fixture.safetensors')).tensors]),
     'conv1.weight': { shape: [32, 1, 5, 5], data: new Float32Array(800) },
   });
-  expectOneLineFailure(['parity', join(dir, 'bad-shape.safetensors'), '--backend', 'wasm'], /conv1\.weight.*shape \[32,1,5,5\], expected \[32,1,3,3\]/);
-  const renamed = Object.fromEntries([...readSafetensors(join(dir, 'fixture.safetensors')).tensors].map(([k, v]) => [k === 'gnorm1.weight' ? 'gnorm1.gamma' : k, v]));
+  expectOneLineFailure(
+    ['parity', join(dir, 'bad-shape.safetensors'), '--backend', 'wasm'],
+    /conv1\.weight.*shape \[32,1,5,5\], expected \[32,1,3,3\]/,
+  );
+  const renamed = Object.fromEntries(
+    [...readSafetensors(join(dir, 'fixture.safetensors')).tensors].map(([k, v]) => [k === 'gnorm1.weight' ? 'gnorm1.gamma' : k, v]),
+  );
   await writeSafetensors(join(dir, 'renamed.safetensors'), renamed);
   expectOneLineFailure(['parity', join(dir, 'renamed.safetensors'), '--backend', 'wasm'], /gnorm1\.weight' is missing/);
   await import('node:fs/promises').then((fs) => fs.mkdir(weightsOnly));

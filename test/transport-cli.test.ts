@@ -46,11 +46,14 @@ describe('--transport', () => {
     let cout = '';
     coord.stderr!.on('data', (b) => (cout += b));
     try {
-      const w = runBin('worker', ['start', '--nats', server.url, '--run', 'refuse', '--id', 'plain', '--no-c10d', '--backend', 'cpu'], { timeoutMs: 60_000 });
+      const w = runBin('worker', ['start', '--nats', server.url, '--run', 'refuse', '--id', 'plain', '--no-c10d', '--backend', 'cpu'], {
+        timeoutMs: 60_000,
+      });
       assert.notEqual(w.code, 0);
-      assert.deepEqual(errorLines(w.stderr).filter((l) => !l.startsWith('worker plain')), [
-        'worker: run refuse stopped: refused: the run uses --transport gloo, the worker offers nats',
-      ]);
+      assert.deepEqual(
+        errorLines(w.stderr).filter((l) => !l.startsWith('worker plain')),
+        ['worker: run refuse stopped: refused: the run uses --transport gloo, the worker offers nats'],
+      );
       // (runBin blocked this process's event loop: let the coordinator's output in)
       for (let i = 0; i < 100 && !/refused/.test(cout); i++) await new Promise((r) => setTimeout(r, 50));
       assert.match(cout, /worker plain refused: the run uses --transport gloo, the worker offers nats/);

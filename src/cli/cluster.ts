@@ -79,7 +79,11 @@ export async function withCluster<T>(f: ClusterFlags, run: string, fn: (c: Clust
     // (a generated token is the only way in: the command says it, on this terminal only)
     const joinCommand = `${generated ? `SCOREFLOW_NATS_TOKEN=${auth.natsToken} ` : ''}worker start --nats ${url} --run ${run}`;
     const cluster: Cluster = {
-      nc, url, run, metrics, joinCommand,
+      nc,
+      url,
+      run,
+      metrics,
+      joinCommand,
       async spawnWorkers(extraArgs = []) {
         if (!f.spawn) {
           log(`coordinator: start workers with: ${cluster.joinCommand}`);
@@ -87,7 +91,17 @@ export async function withCluster<T>(f: ClusterFlags, run: string, fn: (c: Clust
         }
         // Workers serve metrics on the free ports above the coordinator's bound one (each logged as it binds).
         const metricsPorts = metricsServer && (await nextFreePorts(f.metricsPort ? metricsServer.port : 0, f.gpus));
-        spawned = spawnWorkers({ n: f.gpus, nats: url, run, backend: f.backend, threads: f.threads, env: authEnv(auth), metricsPorts, extraArgs, log });
+        spawned = spawnWorkers({
+          n: f.gpus,
+          nats: url,
+          run,
+          backend: f.backend,
+          threads: f.threads,
+          env: authEnv(auth),
+          metricsPorts,
+          extraArgs,
+          log,
+        });
       },
       async workersExited(ms) {
         const children = spawned?.children ?? [];

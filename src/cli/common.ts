@@ -22,7 +22,8 @@ export function parseIntArg(min: number, max = Number.MAX_SAFE_INTEGER) {
 /** A TCP port, 0 (any free one) to 65535. */
 export function parsePort(v: string): number {
   const n = Number(v);
-  if (!/^\d+$/.test(v.trim()) || n > 65535) throw new InvalidArgumentError(`expected a TCP port from 0 to 65535 (0: any free one), got '${v}'`);
+  if (!/^\d+$/.test(v.trim()) || n > 65535)
+    throw new InvalidArgumentError(`expected a TCP port from 0 to 65535 (0: any free one), got '${v}'`);
   return n;
 }
 
@@ -36,7 +37,11 @@ export function parseFloatArg(opts: { min?: number; exclusiveMin?: number; max?:
       (opts.exclusiveMin !== undefined && x <= opts.exclusiveMin) ||
       (opts.max !== undefined && x > opts.max);
     if (bad) {
-      const range = [opts.min !== undefined ? `>= ${opts.min}` : '', opts.exclusiveMin !== undefined ? `> ${opts.exclusiveMin}` : '', opts.max !== undefined ? `<= ${opts.max}` : '']
+      const range = [
+        opts.min !== undefined ? `>= ${opts.min}` : '',
+        opts.exclusiveMin !== undefined ? `> ${opts.exclusiveMin}` : '',
+        opts.max !== undefined ? `<= ${opts.max}` : '',
+      ]
         .filter(Boolean)
         .join(' and ');
       throw new InvalidArgumentError(`expected a number${range ? ' ' + range : ''}, got '${v}'`);
@@ -88,7 +93,8 @@ export function checkOutputDir(flag: string, dir: string): void {
 export function removeStaleTemps(prog: string, dir: string): void {
   if (!existsSync(dir)) return;
   // Called before this command has written anything: temps with our own pid are a dead predecessor's.
-  for (const p of cleanAtomicTemps(dir, { ownAreStale: true })) process.stderr.write(`${prog}: removed ${p}, the temp file of a write that never finished\n`);
+  for (const p of cleanAtomicTemps(dir, { ownAreStale: true }))
+    process.stderr.write(`${prog}: removed ${p}, the temp file of a write that never finished\n`);
 }
 
 const noted = new Set<string>();
@@ -97,7 +103,9 @@ const noted = new Set<string>();
 export function noteUnverified(prog: string, path: string, unverified: boolean): void {
   if (!unverified || noted.has(path)) return;
   noted.add(path);
-  process.stderr.write(`${prog}: note: ${path} has no data digest (written before checkpoints carried one); loaded without verifying its bytes\n`);
+  process.stderr.write(
+    `${prog}: note: ${path} has no data digest (written before checkpoints carried one); loaded without verifying its bytes\n`,
+  );
 }
 
 export function backendOption(): Option {
@@ -114,7 +122,11 @@ export function deviceOption(): Option {
  * instance, the GradPool's worker threads (see poolThreads).
  */
 export async function startBackend(opts: { backend: string; device?: string; threads?: number }): Promise<string> {
-  return initBackend(opts.backend as BackendName, { device: opts.device, threads: opts.threads, log: (line) => process.stderr.write(line + '\n') });
+  return initBackend(opts.backend as BackendName, {
+    device: opts.device,
+    threads: opts.threads,
+    log: (line) => process.stderr.write(line + '\n'),
+  });
 }
 
 export { poolThreads } from '../core/train/pool.js';

@@ -39,7 +39,12 @@ const log = (line: string) => process.stderr.write(line + '\n');
  * one (flags given on the command line must agree with it), else the training flags, or
  * (hidden, for tests and benchmarks) a synthetic objective.
  */
-function runConfig(f: CoordinatorFlags, cmd: Command, out: string, resumeFrom: Uint8Array | undefined): { json: string; batchSize: number; synthetic: boolean; recorded: boolean } {
+function runConfig(
+  f: CoordinatorFlags,
+  cmd: Command,
+  out: string,
+  resumeFrom: Uint8Array | undefined,
+): { json: string; batchSize: number; synthetic: boolean; recorded: boolean } {
   const ckpt = join(out, CHECKPOINT);
   let recorded: { json: string; what: string; holder: string } | undefined;
   const record = readRunRecord(out);
@@ -83,8 +88,14 @@ async function start(f: CoordinatorFlags, cmd: Command): Promise<void> {
   // keeps workers beyond the batch size out of the run: see Coordinator.onJoin).
   const minWorkers = f.minWorkers ?? (f.spawn ? f.gpus : 1);
   const batch = recorded ? `the run's global batch of ${batchSize} (from its checkpoint)` : `--batch-size ${batchSize}`;
-  for (const [flag, n] of [['--gpus', f.spawn ? f.gpus : 0], ['--min-workers', minWorkers]] as const) {
-    if (batchSize < n) throw new Error(`${batch} is smaller than ${flag} ${n}: each worker needs at least one sample of the global batch; use fewer workers${recorded ? '' : ` or --batch-size >= ${n}`}`);
+  for (const [flag, n] of [
+    ['--gpus', f.spawn ? f.gpus : 0],
+    ['--min-workers', minWorkers],
+  ] as const) {
+    if (batchSize < n)
+      throw new Error(
+        `${batch} is smaller than ${flag} ${n}: each worker needs at least one sample of the global batch; use fewer workers${recorded ? '' : ` or --batch-size >= ${n}`}`,
+      );
   }
   if (!synthetic) {
     // The workers load the data themselves; check it here first, so that a bad --data is one line, not N worker traces.
@@ -104,13 +115,28 @@ async function start(f: CoordinatorFlags, cmd: Command): Promise<void> {
   removeStaleTemps('coordinator', out);
   await withCluster(f, run, async (c) => {
     const coordinator = new Coordinator({
-      nc: c.nc, run, outDir: out, configJson: json, batchSize, steps: f.steps, epochs: f.steps === undefined ? (f.epochs ?? 1) : undefined,
-      resumeFrom, minWorkers,
-      checksumEvery: f.checksumEvery, checkpointEvery: f.ckptEvery, heartbeatTimeoutMs: f.heartbeatTimeout, stepTimeoutMs: f.stepTimeout, transport: f.transport, log,
+      nc: c.nc,
+      run,
+      outDir: out,
+      configJson: json,
+      batchSize,
+      steps: f.steps,
+      epochs: f.steps === undefined ? (f.epochs ?? 1) : undefined,
+      resumeFrom,
+      minWorkers,
+      checksumEvery: f.checksumEvery,
+      checkpointEvery: f.ckptEvery,
+      heartbeatTimeoutMs: f.heartbeatTimeout,
+      stepTimeoutMs: f.stepTimeout,
+      transport: f.transport,
+      log,
     });
     if (c.metrics) bindTelemetry(c.metrics, coordinator.telemetry, { globalBatch: batchSize, expectedWorkers: f.gpus });
     coordinator.telemetry.on('step', (r) => {
-      if (r.step % 10 === 0) log(`step ${r.step + 1}: loss ${r.lossMean.toFixed(3)}, ${r.workers} worker(s), ${r.stepMs} ms, ${r.imagesPerSec.toFixed(1)} img/s`);
+      if (r.step % 10 === 0)
+        log(
+          `step ${r.step + 1}: loss ${r.lossMean.toFixed(3)}, ${r.workers} worker(s), ${r.stepMs} ms, ${r.imagesPerSec.toFixed(1)} img/s`,
+        );
     });
     await coordinator.start();
     const stop = () => void coordinator.close();
@@ -134,7 +160,14 @@ addClusterOptions(addTrainingOptions(cmd), 'they join with `worker start` (e.g. 
   .option('--checksum-every <n>', 'compare parameter checksums every n steps (0: never)', parseIntArg(0, 1e9), 10)
   .option('--heartbeat-timeout <ms>', 'declare a silent worker lost after this long', parseIntArg(100, 3_600_000), 3000)
   .option('--step-timeout <ms>', 're-plan a step that takes longer than this (and 10x the last one)', parseIntArg(100, 86_400_000), 30_000)
-  .addOption(new Option('--transport <t>', 'how gradients move: nats (through the broker), gloo (c10d, worker to worker), nccl (GPUs), auto (nccl, else gloo when every worker has it, else nats)').choices([...TRANSPORT_CHOICES]).default('auto'))
+  .addOption(
+    new Option(
+      '--transport <t>',
+      'how gradients move: nats (through the broker), gloo (c10d, worker to worker), nccl (GPUs), auto (nccl, else gloo when every worker has it, else nats)',
+    )
+      .choices([...TRANSPORT_CHOICES])
+      .default('auto'),
+  )
   .addOption(new Option('--synthetic <json>').hideHelp())
   .action((f: CoordinatorFlags, cmd: Command) => start(f, cmd));
 registerJobCommands(program);

@@ -52,7 +52,8 @@ async function encodeCommand(f: EncodeFlags): Promise<void> {
   noteUnverified('encode', f.ckpt, model.unverified);
   try {
     const [h, w] = model.shape;
-    if (images.h !== h || images.w !== w) throw new Error(`${images.source}: images are ${images.h}x${images.w}, the model takes ${h}x${w}`);
+    if (images.h !== h || images.w !== w)
+      throw new Error(`${images.source}: images are ${images.h}x${images.w}, the model takes ${h}x${w}`);
     const n = images.n;
     process.stderr.write(
       `encode: ${n} images of ${images.source} with ${f.ckpt} (${model.which} weights${model.step !== null ? `, step ${model.step}` : ''}), eps ${f.eps}, rtol ${f.rtol}, atol ${f.atol}\n`,
@@ -62,7 +63,13 @@ async function encodeCommand(f: EncodeFlags): Promise<void> {
     const t0 = performance.now();
     let r;
     try {
-      r = await encode(model, images.data, { eps: f.eps, rtol: f.rtol, atol: f.atol, batchSize: f.batchSize, onProgress: (done) => bar.update(done) });
+      r = await encode(model, images.data, {
+        eps: f.eps,
+        rtol: f.rtol,
+        atol: f.atol,
+        batchSize: f.batchSize,
+        onProgress: (done) => bar.update(done),
+      });
     } finally {
       bar.stop();
     }
@@ -106,14 +113,21 @@ async function encodeCommand(f: EncodeFlags): Promise<void> {
 export function registerEncode(program: Command): void {
   program
     .command('encode')
-    .description('images -> latents x(1) through the probability-flow ODE (RK45, t = eps -> 1); `sample --sampler ode --latent` decodes them')
+    .description(
+      'images -> latents x(1) through the probability-flow ODE (RK45, t = eps -> 1); `sample --sampler ode --latent` decodes them',
+    )
     .requiredOption('--ckpt <path>', 'training checkpoint (EMA weights) or bare PyTorch-layout state_dict (safetensors)')
     .addOption(new Option('--split <split>', 'MNIST split').choices(['test', 'train']).default('test'))
     .option('--data <source>', 'IDX image file (or .npy, or a data set name) instead of --split')
     .option('--limit <n>', 'the first n images', parseIntArg(1))
     .option('--rtol <r>', 'RK45 relative tolerance', parseFloatArg({ exclusiveMin: 0 }), SAMPLE_DEFAULTS.rtol)
     .option('--atol <a>', 'RK45 absolute tolerance', parseFloatArg({ exclusiveMin: 0 }), SAMPLE_DEFAULTS.atol)
-    .option('--eps <t>', 'integrate from t = eps (decode with the same --eps)', parseFloatArg({ exclusiveMin: 0, max: 0.5 }), SAMPLE_DEFAULTS.eps)
+    .option(
+      '--eps <t>',
+      'integrate from t = eps (decode with the same --eps)',
+      parseFloatArg({ exclusiveMin: 0, max: 0.5 }),
+      SAMPLE_DEFAULTS.eps,
+    )
     .option('--batch-size <b>', 'images per batch', parseIntArg(1), SAMPLE_DEFAULTS.batchSize)
     .option('--raw', 'use the raw parameters, not the EMA weights', false)
     .addOption(backendOption())

@@ -16,7 +16,14 @@ import { writeFileAtomic } from '../core/io/atomic.js';
 import { readNpy } from '../core/io/npy.js';
 import { readSafetensors } from '../core/io/safetensors.js';
 import {
-  CLASSIFIER_DEFAULTS, IMAGE_SIZE, checkClassifierConfig, MnistClassifier, accuracy, decodeClassifier, saveClassifier, trainClassifier,
+  CLASSIFIER_DEFAULTS,
+  IMAGE_SIZE,
+  checkClassifierConfig,
+  MnistClassifier,
+  accuracy,
+  decodeClassifier,
+  saveClassifier,
+  trainClassifier,
 } from '../core/eval/classifier.js';
 import { evaluateSamples, referenceStats, type Images } from '../core/eval/index.js';
 import { backendOption, checkOutDir, deviceOption, noteUnverified, parseFloatArg, parseIntArg, startBackend } from './common.js';
@@ -57,7 +64,9 @@ async function classifier(f: ClassifierFlags): Promise<void> {
   const backend = await startBackend(f);
 
   const steps = Math.ceil(train.n / f.batchSize) * f.epochs;
-  process.stderr.write(`classifier: ${train.n} training images, ${f.epochs} epoch(s) of batch ${f.batchSize} = ${steps} steps, seed ${f.seed}\n`);
+  process.stderr.write(
+    `classifier: ${train.n} training images, ${f.epochs} epoch(s) of batch ${f.batchSize} = ${steps} steps, seed ${f.seed}\n`,
+  );
   const bar = progressBar('classifier', ' loss {loss}');
   bar.start(steps, 0, { loss: '-' });
   const t0 = performance.now();
@@ -82,7 +91,9 @@ async function classifier(f: ClassifierFlags): Promise<void> {
   } finally {
     model.dispose();
   }
-  process.stderr.write(`classifier: test accuracy ${(100 * testAccuracy).toFixed(2)}% on ${test.n} images, trained in ${trainSeconds.toFixed(1)} s\n`);
+  process.stderr.write(
+    `classifier: test accuracy ${(100 * testAccuracy).toFixed(2)}% on ${test.n} images, trained in ${trainSeconds.toFixed(1)} s\n`,
+  );
   const meta = {
     seed: String(f.seed),
     epochs: String(f.epochs),
@@ -128,7 +139,8 @@ export function readSamples(path: string): Images & { source: string } {
   if (!existsSync(path)) throw new Error(`${path}: no such file`);
   const { shape, data } = readNpy(path);
   const s = IMAGE_SIZE;
-  const ok = (shape.length === 4 && shape[1] === 1 && shape[2] === s && shape[3] === s) || (shape.length === 3 && shape[1] === s && shape[2] === s);
+  const ok =
+    (shape.length === 4 && shape[1] === 1 && shape[2] === s && shape[3] === s) || (shape.length === 3 && shape[1] === s && shape[2] === s);
   if (!ok) throw new Error(`${path}: samples have shape [${shape.join(',')}], expected [N,1,${s},${s}] or [N,${s},${s}]`);
   if (shape[0] < 2) throw new Error(`${path}: ${shape[0]} sample(s); the Fréchet distance needs at least 2`);
   const bad = data.findIndex((v) => Number.isNaN(v));
@@ -146,7 +158,8 @@ async function evaluate(f: EvaluateFlags): Promise<void> {
   const weights = decodeClassifier(classifierFile); // checks it is ours first: then a missing digest means an old file
   noteUnverified('evaluate', f.classifier, classifierFile.digest === 'none');
   const ref = loadImages(f.ref, { limit: f.refLimit });
-  if (ref.h !== IMAGE_SIZE || ref.w !== IMAGE_SIZE) throw new Error(`${ref.source}: reference images are ${ref.h}x${ref.w}, the classifier takes ${IMAGE_SIZE}x${IMAGE_SIZE}`);
+  if (ref.h !== IMAGE_SIZE || ref.w !== IMAGE_SIZE)
+    throw new Error(`${ref.source}: reference images are ${ref.h}x${ref.w}, the classifier takes ${IMAGE_SIZE}x${IMAGE_SIZE}`);
   if (ref.n < 2) throw new Error(`${ref.source}: the reference needs at least 2 images, got ${ref.n}`);
   const backend = await startBackend(f);
 
@@ -194,7 +207,7 @@ export function registerEvaluate(program: Command): void {
     .command('evaluate')
     .description(
       'sample quality against real images: Fréchet distance of classifier features (MNIST FID), ' +
-      'confidence, class balance, speckle and pixel-histogram TV; one JSON line per file',
+        'confidence, class balance, speckle and pixel-histogram TV; one JSON line per file',
     )
     .requiredOption('--samples <files...>', 'sample .npy files, float32 [N,1,28,28] (as written by `scoreflow sample`); clipped to [0,1]')
     .requiredOption('--classifier <path>', 'classifier weights from `scoreflow classifier`')

@@ -20,7 +20,15 @@ import { addClusterOptions, withCluster, type Cluster, type ClusterFlags } from 
 import { backendOption, checkOutDir, parseIntArg, removeStaleTemps } from './common.js';
 import { addLikelihoodOptions, emitLikelihoodReport, likelihoodReport, type LikelihoodFlags } from './likelihood.js';
 import { progressBar } from './progress.js';
-import { addSampleOptions, checkSampleOutput, outputPaths, sampleOptions, sampleSummary, writeSampleSet, type SampleFlags } from './sample.js';
+import {
+  addSampleOptions,
+  checkSampleOutput,
+  outputPaths,
+  sampleOptions,
+  sampleSummary,
+  writeSampleSet,
+  type SampleFlags,
+} from './sample.js';
 
 interface JobFlags extends ClusterFlags {
   ackWait: number;
@@ -98,7 +106,11 @@ async function sample(f: SampleFlags & JobFlags, cmd: Command): Promise<void> {
   removeStaleTemps('coordinator', dirname(f.out));
   // Workers read the checkpoint (and latents) themselves: absolute paths, on a shared file system or volume.
   const spec: SampleSpec = {
-    kind: 'sample', ckpt: resolve(f.ckpt), raw: f.raw, options: { ...opts, batchSize: resolved.batchSize }, latent: f.latent !== undefined ? resolve(f.latent) : undefined,
+    kind: 'sample',
+    ckpt: resolve(f.ckpt),
+    raw: f.raw,
+    options: { ...opts, batchSize: resolved.batchSize },
+    latent: f.latent !== undefined ? resolve(f.latent) : undefined,
   };
   log(`coordinator sample: ${f.sampler}, ${n} images from ${f.ckpt}, seed ${f.seed}, batch ${resolved.batchSize}`);
   await withJobCluster(f, 'sample', async (c) => {
@@ -107,7 +119,16 @@ async function sample(f: SampleFlags & JobFlags, cmd: Command): Promise<void> {
     const seconds = (performance.now() - t0) / 1000;
     const [h, w, ch] = o.shape;
     const summary = {
-      ...sampleSummary(f, { n, resolved, nfe: o.nfe, calls: o.calls, seconds, backend: [...o.backends].join(','), weights: [...o.weights].join(','), paths }),
+      ...sampleSummary(f, {
+        n,
+        resolved,
+        nfe: o.nfe,
+        calls: o.calls,
+        seconds,
+        backend: [...o.backends].join(','),
+        weights: [...o.weights].join(','),
+        paths,
+      }),
       fanout: fanoutInfo(c.run, o),
     };
     await writeSampleSet(paths, [n, ch, h, w], o.values as Float32Array, summary);
@@ -124,10 +145,16 @@ async function likelihood(f: LikelihoodFlags & JobFlags): Promise<void> {
   const images = loadImages(f.data ?? f.split, { limit: f.limit });
   if (images.n < 1) throw new Error(`no images in ${images.source}: nothing to evaluate`);
   const spec: LikelihoodSpec = {
-    kind: 'likelihood', ckpt: resolve(f.ckpt), raw: f.raw, data: f.data !== undefined ? images.source : f.split, limit: f.limit,
+    kind: 'likelihood',
+    ckpt: resolve(f.ckpt),
+    raw: f.raw,
+    data: f.data !== undefined ? images.source : f.split,
+    limit: f.limit,
     options: { seed: f.seed, hutchinson: f.hutchinson, probes: f.probes, rtol: f.rtol, atol: f.atol, eps: f.eps, batchSize: f.batchSize },
   };
-  log(`coordinator likelihood: ${images.n} images of ${images.source}, ${f.hutchinson}${f.hutchinson === 'exact' ? '' : ` x${f.probes}`}, rtol ${f.rtol}, atol ${f.atol}`);
+  log(
+    `coordinator likelihood: ${images.n} images of ${images.source}, ${f.hutchinson}${f.hutchinson === 'exact' ? '' : ` x${f.probes}`}, rtol ${f.rtol}, atol ${f.atol}`,
+  );
   await withJobCluster(f, 'likelihood', async (c) => {
     // Running mean bits/dim over the images done so far, for the gauge.
     let sum = 0;
@@ -145,7 +172,15 @@ async function likelihood(f: LikelihoodFlags & JobFlags): Promise<void> {
     const bpd = o.values as Float64Array;
     const seconds = (performance.now() - t0) / 1000;
     const report = {
-      ...likelihoodReport(f, { bpd, nfe: o.nfe, n: images.n, source: images.source, weights: [...o.weights].join(','), seconds, backend: [...o.backends].join(',') }),
+      ...likelihoodReport(f, {
+        bpd,
+        nfe: o.nfe,
+        n: images.n,
+        source: images.source,
+        weights: [...o.weights].join(','),
+        seconds,
+        backend: [...o.backends].join(','),
+      }),
       fanout: fanoutInfo(c.run, o),
     };
     await emitLikelihoodReport(f, report);
@@ -165,8 +200,12 @@ function addJobOptions(cmd: Command): Command {
 }
 
 export function registerJobCommands(program: Command): void {
-  addJobOptions(addSampleOptions(program.command('sample').description('scoreflow sample, fanned out over the workers (same flags and outputs)')))
-    .action((f: SampleFlags & JobFlags, cmd: Command) => sample(f, cmd));
-  addJobOptions(addLikelihoodOptions(program.command('likelihood').description('scoreflow likelihood, fanned out over the workers (same flags and outputs)')))
-    .action((f: LikelihoodFlags & JobFlags) => likelihood(f));
+  addJobOptions(
+    addSampleOptions(program.command('sample').description('scoreflow sample, fanned out over the workers (same flags and outputs)')),
+  ).action((f: SampleFlags & JobFlags, cmd: Command) => sample(f, cmd));
+  addJobOptions(
+    addLikelihoodOptions(
+      program.command('likelihood').description('scoreflow likelihood, fanned out over the workers (same flags and outputs)'),
+    ),
+  ).action((f: LikelihoodFlags & JobFlags) => likelihood(f));
 }

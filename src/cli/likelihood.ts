@@ -37,8 +37,11 @@ async function likelihood(f: LikelihoodFlags): Promise<void> {
   noteUnverified('likelihood', f.ckpt, model.unverified);
   try {
     const [h, w] = model.shape;
-    if (images.h !== h || images.w !== w) throw new Error(`${images.source}: images are ${images.h}x${images.w}, the model takes ${h}x${w}`);
-    process.stderr.write(`likelihood: ${images.n} images of ${images.source}, ${f.hutchinson}${f.hutchinson === 'exact' ? '' : ` x${f.probes}`}, rtol ${f.rtol}, atol ${f.atol}\n`);
+    if (images.h !== h || images.w !== w)
+      throw new Error(`${images.source}: images are ${images.h}x${images.w}, the model takes ${h}x${w}`);
+    process.stderr.write(
+      `likelihood: ${images.n} images of ${images.source}, ${f.hutchinson}${f.hutchinson === 'exact' ? '' : ` x${f.probes}`}, rtol ${f.rtol}, atol ${f.atol}\n`,
+    );
     const bar = progressBar('likelihood');
     bar.start(images.n, 0);
     const t0 = performance.now();
@@ -58,7 +61,15 @@ async function likelihood(f: LikelihoodFlags): Promise<void> {
       bar.stop();
     }
     const seconds = (performance.now() - t0) / 1000;
-    const report = likelihoodReport(f, { bpd: r.bpd, nfe: r.nfe, n: images.n, source: images.source, weights: model.which, seconds, backend });
+    const report = likelihoodReport(f, {
+      bpd: r.bpd,
+      nfe: r.nfe,
+      n: images.n,
+      source: images.source,
+      weights: model.which,
+      seconds,
+      backend,
+    });
     await emitLikelihoodReport(f, report);
   } finally {
     model.dispose();
@@ -101,7 +112,11 @@ export async function emitLikelihoodReport(f: { out?: string }, report: object):
 }
 
 export function registerLikelihood(program: Command): void {
-  addLikelihoodOptions(program.command('likelihood').description('bits/dim of images under the model (probability-flow ODE + Hutchinson), mean and standard error'))
+  addLikelihoodOptions(
+    program
+      .command('likelihood')
+      .description('bits/dim of images under the model (probability-flow ODE + Hutchinson), mean and standard error'),
+  )
     .addOption(backendOption())
     .addOption(deviceOption())
     .action((opts: LikelihoodFlags) => likelihood(opts));
@@ -116,7 +131,11 @@ export function addLikelihoodOptions(cmd: Command): Command {
     .option('--limit <n>', 'the first n images', parseIntArg(1))
     .option('--seed <s>', 'seed of the dequantisation noise and probes (image i: (seed, i))', parseIntArg(0), 0)
     .option('--probes <k>', 'Hutchinson probes per image', parseIntArg(1, 10_000), 1)
-    .addOption(new Option('--hutchinson <kind>', 'divergence estimator (exact: one backward pass per dimension)').choices(DIVERGENCE_MODES as unknown as string[]).default('gaussian'))
+    .addOption(
+      new Option('--hutchinson <kind>', 'divergence estimator (exact: one backward pass per dimension)')
+        .choices(DIVERGENCE_MODES as unknown as string[])
+        .default('gaussian'),
+    )
     .option('--rtol <r>', 'RK45 relative tolerance, in (0, 1]', parseFloatArg({ exclusiveMin: 0, max: 1 }), 1e-5)
     .option('--atol <a>', 'RK45 absolute tolerance, in (0, 1]', parseFloatArg({ exclusiveMin: 0, max: 1 }), 1e-5)
     .option('--eps <t>', 'integrate from t = eps', parseFloatArg({ exclusiveMin: 0, max: 0.5 }), 1e-3)

@@ -52,7 +52,9 @@ export function trainConflicts(cmd: Command, f: TrainFlags, cfg: TrainConfig, ho
 
 /** For a synthetic run (the hidden test objective): only the batch size is a flag of it. */
 export function syntheticConflicts(cmd: Command, f: TrainFlags, batchSize: number, holder = 'the checkpoint'): string[] {
-  return cmd.getOptionValueSource('batchSize') === 'cli' && f.batchSize !== batchSize ? [`--batch-size ${f.batchSize} (${holder} has ${batchSize})`] : [];
+  return cmd.getOptionValueSource('batchSize') === 'cli' && f.batchSize !== batchSize
+    ? [`--batch-size ${f.batchSize} (${holder} has ${batchSize})`]
+    : [];
 }
 
 /** Throws the one line listing every conflict, if any. */

@@ -8,9 +8,26 @@ import { availableMemory, formatBytes, freeDisk } from '../core/io/limits.js';
 import { encodeNpyChunks, readNpy } from '../core/io/npy.js';
 import { writeFilesAtomic } from '../core/io/atomic.js';
 import { pngGrid } from '../core/io/png.js';
-import { HEUN_DEFAULTS, SAMPLE_DEFAULTS, SAMPLER_NAMES, resolveSampleOptions, sampleRange, type SampleOptions, type SamplerName } from '../core/sampling/index.js';
+import {
+  HEUN_DEFAULTS,
+  SAMPLE_DEFAULTS,
+  SAMPLER_NAMES,
+  resolveSampleOptions,
+  sampleRange,
+  type SampleOptions,
+  type SamplerName,
+} from '../core/sampling/index.js';
 import { loadScoreModel } from '../core/score/net.js';
-import { backendOption, checkOutDir, deviceOption, noteUnverified, parseFloatArg, parseIntArg, removeStaleTemps, startBackend } from './common.js';
+import {
+  backendOption,
+  checkOutDir,
+  deviceOption,
+  noteUnverified,
+  parseFloatArg,
+  parseIntArg,
+  removeStaleTemps,
+  startBackend,
+} from './common.js';
 import { progressBar } from './progress.js';
 
 export interface SampleFlags {
@@ -121,7 +138,16 @@ export function sampleOptions(f: SampleFlags): SampleOptions {
 /** The JSON summary written beside the samples (and printed). */
 export function sampleSummary(
   f: SampleFlags,
-  r: { n: number; resolved: ReturnType<typeof resolveSampleOptions>; nfe: ArrayLike<number>; calls: number; seconds: number; backend: string; weights: string; paths: ReturnType<typeof outputPaths> },
+  r: {
+    n: number;
+    resolved: ReturnType<typeof resolveSampleOptions>;
+    nfe: ArrayLike<number>;
+    calls: number;
+    seconds: number;
+    backend: string;
+    weights: string;
+    paths: ReturnType<typeof outputPaths>;
+  },
 ) {
   const nfe = Array.from(r.nfe);
   return {
@@ -158,16 +184,27 @@ export function checkSampleOutput(out: string, n: number, h: number, w: number):
   const fits = (need: number, have: number) => `use --n ${Math.floor((n * have) / need)} or less`;
   const memory = npy + 3 * png; // the samples, the grid's pixels, the PNG encoder's copies
   const free = availableMemory();
-  if (memory > free) throw new Error(`--n ${n}: ${n} images of ${h}x${w} need ${formatBytes(memory)} of memory, ${formatBytes(free)} is available; ${fits(memory, free)}`);
+  if (memory > free)
+    throw new Error(
+      `--n ${n}: ${n} images of ${h}x${w} need ${formatBytes(memory)} of memory, ${formatBytes(free)} is available; ${fits(memory, free)}`,
+    );
   const disk = npy + png;
   const dir = dirname(out);
   const space = freeDisk(dir);
-  if (disk > space) throw new Error(`--n ${n}: the outputs need ${formatBytes(disk)} on disk in ${dir}, ${formatBytes(space)} is free; ${fits(disk, space)}`);
+  if (disk > space)
+    throw new Error(
+      `--n ${n}: the outputs need ${formatBytes(disk)} on disk in ${dir}, ${formatBytes(space)} is free; ${fits(disk, space)}`,
+    );
   return npy;
 }
 
 /** X.npy (float32 [n,1,h,w]), X.png (the first PNG_MAX_IMAGES) and X.json, written as one atomic set. */
-export async function writeSampleSet(paths: ReturnType<typeof outputPaths>, shape: [number, number, number, number], samples: Float32Array, summary: object): Promise<void> {
+export async function writeSampleSet(
+  paths: ReturnType<typeof outputPaths>,
+  shape: [number, number, number, number],
+  samples: Float32Array,
+  summary: object,
+): Promise<void> {
   const [n, , h, w] = shape;
   const shown = Math.min(n, PNG_MAX_IMAGES);
   await writeFilesAtomic([
@@ -191,7 +228,9 @@ export function settingsOf(o: ReturnType<typeof resolveSampleOptions>): Record<s
 }
 
 export function registerSample(program: Command): void {
-  addSampleOptions(program.command('sample').description('generate images with em, pc (predictor-corrector), ode (probability flow, RK45) or heun (EDM)'))
+  addSampleOptions(
+    program.command('sample').description('generate images with em, pc (predictor-corrector), ode (probability flow, RK45) or heun (EDM)'),
+  )
     .addOption(backendOption())
     .addOption(deviceOption())
     .action((opts: SampleFlags, cmd: Command) => sample(opts, cmd));
@@ -203,7 +242,11 @@ export function addSampleOptions(cmd: Command): Command {
     .requiredOption('--ckpt <path>', 'training checkpoint (EMA weights) or bare PyTorch-layout state_dict (safetensors)')
     .addOption(new Option('--sampler <name>', 'sampler').choices(SAMPLER_NAMES as unknown as string[]).default('em'))
     .option('--n <n>', 'number of images (checked against free memory and disk)', parseIntArg(1), 64)
-    .option('--steps <n>', `em/pc time steps (default ${SAMPLE_DEFAULTS.emSteps}); heun noise levels N, NFE 2N-1 (default ${HEUN_DEFAULTS.steps})`, parseIntArg(1, 1e6))
+    .option(
+      '--steps <n>',
+      `em/pc time steps (default ${SAMPLE_DEFAULTS.emSteps}); heun noise levels N, NFE 2N-1 (default ${HEUN_DEFAULTS.steps})`,
+      parseIntArg(1, 1e6),
+    )
     .option('--snr <r>', 'pc: Langevin signal-to-noise ratio', parseFloatArg({ exclusiveMin: 0 }), SAMPLE_DEFAULTS.snr)
     .option('--corrector-steps <n>', 'pc: Langevin steps per time step', parseIntArg(0, 1000), SAMPLE_DEFAULTS.correctorSteps)
     .option('--churn <s>', 'heun: EDM S_churn (0: deterministic)', parseFloatArg({ min: 0 }), HEUN_DEFAULTS.churn)

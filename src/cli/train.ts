@@ -10,7 +10,18 @@ import { parseDataset, RECIPES, recipeValues, trainConfig, type RecipeName, type
 import { GradPool } from '../core/train/pool.js';
 import { NonFiniteError, trainStep } from '../core/train/step.js';
 import { Trainer } from '../core/train/trainer.js';
-import { backendOption, checkOutputDir, deviceOption, noteUnverified, parseChannels, parseFloatArg, parseIntArg, poolThreads, removeStaleTemps, startBackend } from './common.js';
+import {
+  backendOption,
+  checkOutputDir,
+  deviceOption,
+  noteUnverified,
+  parseChannels,
+  parseFloatArg,
+  parseIntArg,
+  poolThreads,
+  removeStaleTemps,
+  startBackend,
+} from './common.js';
 import { refuseConflicts, trainConflicts } from './resume.js';
 import { progressBar } from './progress.js';
 
@@ -46,7 +57,12 @@ function applyRecipe(cmd: Command): void {
 /** Training flags shared by `scoreflow train` and `coordinator start`. */
 export function addTrainingOptions(cmd: Command): Command {
   return cmd
-    .option('--recipe <name>', 'training preset: seed (the notebook\'s) or fast (README: "Training recipes"); explicit flags override it', parseRecipe, 'seed')
+    .option(
+      '--recipe <name>',
+      'training preset: seed (the notebook\'s) or fast (README: "Training recipes"); explicit flags override it',
+      parseRecipe,
+      'seed',
+    )
     .hook('preAction', (c) => applyRecipe(c))
     .option('--steps <n>', 'train until this many steps in total (counting resumed ones)', parseIntArg(1, 1e9))
     .option('--epochs <n>', 'train until this many epochs in total', parseIntArg(1, 1e6))
@@ -65,7 +81,11 @@ export function addTrainingOptions(cmd: Command): Command {
     .option('--limit <n>', 'use only the first n images', parseIntArg(1))
     .addOption(backendOption())
     .addOption(deviceOption())
-    .option('--threads <t>', 'compute threads (default: all cores): GradPool threads on wasm/cpu, intra-op threads on torch', parseIntArg(1, 1024))
+    .option(
+      '--threads <t>',
+      'compute threads (default: all cores): GradPool threads on wasm/cpu, intra-op threads on torch',
+      parseIntArg(1, 1024),
+    )
     .option('--out <dir>', 'output directory (checkpoint, log.jsonl)', 'runs/train')
     .option('--resume', 'continue from <out>/checkpoint.safetensors', false)
     .option('--ckpt-every <n>', 'write a checkpoint every n steps', parseIntArg(1, 1e9), 200);

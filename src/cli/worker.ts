@@ -57,17 +57,44 @@ async function start(f: WorkerFlags): Promise<void> {
   const auth = clientAuth(authFlags(f));
   // One device per process: a GPU backend sees only its own device, as cuda:0.
   if (f.device >= 0 && process.env.CUDA_VISIBLE_DEVICES === undefined) process.env.CUDA_VISIBLE_DEVICES = String(f.device);
-  const backend = await startBackend({ backend: f.backend, device: f.device >= 0 && f.backend === 'torch' ? 'cuda:0' : undefined, threads: f.threads });
+  const backend = await startBackend({
+    backend: f.backend,
+    device: f.device >= 0 && f.backend === 'torch' ? 'cuda:0' : undefined,
+    threads: f.threads,
+  });
   const threads = poolThreads(backend, f.threads);
   const factory = trainerReplicas({ backend, threads, log });
   const nc = await connectNats({ ...auth, url: f.nats, name: `scoreflow-worker-${id}` });
   // The c10d data plane (gloo, nccl), when the addon has it: a store for rendezvous, bound to one address.
   const c10d = f.c10d
-    ? await startC10d({ host: f.dataHost ?? (await defaultDataHost(f.nats)), port: f.dataPort, iface: f.dataIface, timeoutMs: f.collectiveTimeout, cuda: f.device >= 0 })
+    ? await startC10d({
+        host: f.dataHost ?? (await defaultDataHost(f.nats)),
+        port: f.dataPort,
+        iface: f.dataIface,
+        timeoutMs: f.collectiveTimeout,
+        cuda: f.device >= 0,
+      })
     : undefined;
-  if (c10d) log(`worker ${id}: transports nats${Object.keys(c10d.collectives).map((t) => `, ${t}`).join('')}${c10d.dataPlane.storePort ? ` (c10d store on ${c10d.dataPlane.host}:${c10d.dataPlane.storePort})` : ` (${c10d.dataPlane.note})`}`);
+  if (c10d)
+    log(
+      `worker ${id}: transports nats${Object.keys(c10d.collectives)
+        .map((t) => `, ${t}`)
+        .join(
+          '',
+        )}${c10d.dataPlane.storePort ? ` (c10d store on ${c10d.dataPlane.host}:${c10d.dataPlane.storePort})` : ` (${c10d.dataPlane.note})`}`,
+    );
   const worker = new Worker({
-    nc, run: f.run, id, device: f.device, threads, backend, factory, heartbeatMs: f.heartbeatMs, log, collectives: c10d?.collectives, dataPlane: c10d?.dataPlane,
+    nc,
+    run: f.run,
+    id,
+    device: f.device,
+    threads,
+    backend,
+    factory,
+    heartbeatMs: f.heartbeatMs,
+    log,
+    collectives: c10d?.collectives,
+    dataPlane: c10d?.dataPlane,
   });
   // Sampling/likelihood jobs of this run, pulled from its JetStream work queue while not training.
   const jobs = f.jobs ? new JobRunner({ nc, run: f.run, id, backend, isIdle: () => !worker.training, log }) : undefined;
@@ -109,16 +136,31 @@ addAuthOptions(
     .requiredOption('--run <id>', 'run id (as given to coordinator start)', process.env.SCOREFLOW_RUN)
     .option('--id <name>', 'worker id (default: host-device-pid)', process.env.SCOREFLOW_WORKER_ID)
     .option('--device <i>', 'GPU index (-1: CPU)', parseIntArg(-1, 4095), -1)
-    .option('--threads <t>', 'compute threads (default: all cores): pool threads on wasm/cpu, intra-op threads on torch', parseIntArg(1, 1024))
+    .option(
+      '--threads <t>',
+      'compute threads (default: all cores): pool threads on wasm/cpu, intra-op threads on torch',
+      parseIntArg(1, 1024),
+    )
     .addOption(backendOption())
     .option('--metrics-port <port>', 'serve /metrics, /healthz, /readyz from this port (or the next free one)', parsePort)
-    .option('--no-jobs', 'serve no sampling/likelihood jobs (by default: pulled from the run\'s work queue while not training)')
-    .option('--data-host <addr>', 'address the c10d data plane (gloo/nccl) binds to and announces (default: $SCOREFLOW_DATA_HOST, or this host\'s address towards the NATS server)', process.env.SCOREFLOW_DATA_HOST)
+    .option('--no-jobs', "serve no sampling/likelihood jobs (by default: pulled from the run's work queue while not training)")
+    .option(
+      '--data-host <addr>',
+      "address the c10d data plane (gloo/nccl) binds to and announces (default: $SCOREFLOW_DATA_HOST, or this host's address towards the NATS server)",
+      process.env.SCOREFLOW_DATA_HOST,
+    )
     .option('--data-iface <name>', 'network interface for Gloo (default: the one --data-host is on)')
-    .option('--data-port <port>', 'port of this worker\'s c10d store (0: any free one)', parsePort, 0)
-    .option('--collective-timeout <ms>', 'a c10d all-reduce or rendezvous waiting this long on a peer fails (a dead peer fails it at once)', parseIntArg(100, 3_600_000), 10_000)
+    .option('--data-port <port>', "port of this worker's c10d store (0: any free one)", parsePort, 0)
+    .option(
+      '--collective-timeout <ms>',
+      'a c10d all-reduce or rendezvous waiting this long on a peer fails (a dead peer fails it at once)',
+      parseIntArg(100, 3_600_000),
+      10_000,
+    )
     .option('--no-c10d', 'offer only the nats transport (no c10d store, no direct worker-to-worker traffic)')
     .addOption(new Option('--heartbeat-ms <ms>').argParser(parseIntArg(50)).default(500).hideHelp())
-    .addOption(new Option('--parent-pipe', 'exit when stdin closes (set by coordinator start for the workers it spawns)').default(false).hideHelp()),
+    .addOption(
+      new Option('--parent-pipe', 'exit when stdin closes (set by coordinator start for the workers it spawns)').default(false).hideHelp(),
+    ),
 ).action((f: WorkerFlags) => start(f));
 await main(program);

@@ -21,8 +21,13 @@ export interface AuthFlags {
 }
 
 const ENV = {
-  natsToken: 'SCOREFLOW_NATS_TOKEN', natsUser: 'SCOREFLOW_NATS_USER', natsPass: 'SCOREFLOW_NATS_PASS', natsNkey: 'SCOREFLOW_NATS_NKEY',
-  tlsCa: 'SCOREFLOW_NATS_TLS_CA', tlsCert: 'SCOREFLOW_NATS_TLS_CERT', tlsKey: 'SCOREFLOW_NATS_TLS_KEY',
+  natsToken: 'SCOREFLOW_NATS_TOKEN',
+  natsUser: 'SCOREFLOW_NATS_USER',
+  natsPass: 'SCOREFLOW_NATS_PASS',
+  natsNkey: 'SCOREFLOW_NATS_NKEY',
+  tlsCa: 'SCOREFLOW_NATS_TLS_CA',
+  tlsCert: 'SCOREFLOW_NATS_TLS_CERT',
+  tlsKey: 'SCOREFLOW_NATS_TLS_KEY',
 } as const satisfies Record<keyof AuthFlags, string>;
 
 export function addAuthOptions(cmd: Command): Command {
@@ -86,7 +91,8 @@ export function serverAuth(f: AuthFlags): { auth?: ServerAuth; tls?: ServerTls }
     auth = { nkeys: [pub] };
   }
   // A CA alone makes a TLS client, and our clients would then refuse a plaintext embedded server.
-  if (f.tlsCa && !f.tlsCert) throw new Error('--tls-ca alone: the embedded nats-server needs --tls-cert and --tls-key too (or pass --nats URL of a TLS server)');
+  if (f.tlsCa && !f.tlsCert)
+    throw new Error('--tls-ca alone: the embedded nats-server needs --tls-cert and --tls-key too (or pass --nats URL of a TLS server)');
   const tls = f.tlsCert && f.tlsKey ? { cert: f.tlsCert, key: f.tlsKey, ca: f.tlsCa, verify: false } : undefined;
   return { auth, tls };
 }
@@ -104,7 +110,9 @@ export function splitUrlCredentials(url: string): { url: string; env: Record<str
   }
   if (!u.username && !u.password) return { url, env: {} };
   const user = decodeURIComponent(u.username);
-  const env: Record<string, string> = u.password ? { SCOREFLOW_NATS_USER: user, SCOREFLOW_NATS_PASS: decodeURIComponent(u.password) } : { SCOREFLOW_NATS_TOKEN: user };
+  const env: Record<string, string> = u.password
+    ? { SCOREFLOW_NATS_USER: user, SCOREFLOW_NATS_PASS: decodeURIComponent(u.password) }
+    : { SCOREFLOW_NATS_TOKEN: user };
   u.username = '';
   u.password = '';
   return { url: u.toString(), env };

@@ -49,7 +49,8 @@ export async function connectNats(o: ClientOptions): Promise<NatsConnection> {
       return await connect({ ...connectionOptions(o), waitOnFirstConnect: false });
     } catch (e) {
       const msg = (e as Error).message;
-      if (/auth|permission/i.test(msg)) throw new Error(`NATS at ${o.url} refused our credentials (${msg}): check --nats-token/--nats-user/--nats-nkey`);
+      if (/auth|permission/i.test(msg))
+        throw new Error(`NATS at ${o.url} refused our credentials (${msg}): check --nats-token/--nats-user/--nats-nkey`);
       // TLS problems do not go away by retrying: say so at once.
       const tls = tlsProblem(e as Error & { code?: string }, o);
       if (tls) throw new Error(`cannot connect to NATS at ${o.url}: ${tls}`);
@@ -62,7 +63,8 @@ export async function connectNats(o: ClientOptions): Promise<NatsConnection> {
 /** A TLS misconfiguration (as opposed to a server not up yet), explained; undefined otherwise. */
 function tlsProblem(e: Error & { code?: string }, o: ClientOptions): string | undefined {
   const code = e.code ?? '';
-  if (code === 'SERVER_OPT_NA' && e.message === 'tls') return 'the server does not offer TLS, but TLS options (--tls-ca/--tls-cert or a tls:// URL) were given';
+  if (code === 'SERVER_OPT_NA' && e.message === 'tls')
+    return 'the server does not offer TLS, but TLS options (--tls-ca/--tls-cert or a tls:// URL) were given';
   if (/CERT|SELF_SIGNED|UNABLE_TO_(GET|VERIFY)|ERR_TLS|ERR_SSL/.test(code)) return `TLS: ${e.message} (${code}): check --tls-ca`;
   if (code === 'ENOENT' && o.tls) return `TLS: ${e.message}: check --tls-ca/--tls-cert/--tls-key`;
   return undefined;

@@ -31,7 +31,8 @@ export async function jetstreamManager(nc: NatsConnection): Promise<JetStreamMan
     return await nc.jetstreamManager({ timeout: 10_000 });
   } catch (e) {
     const msg = (e as Error).message;
-    if (/503|no responders|not enabled/i.test(msg)) throw new Error(`JetStream is not enabled on ${nc.getServer()}: start nats-server with -js (jobs need a work-queue stream)`);
+    if (/503|no responders|not enabled/i.test(msg))
+      throw new Error(`JetStream is not enabled on ${nc.getServer()}: start nats-server with -js (jobs need a work-queue stream)`);
     throw new Error(`JetStream on ${nc.getServer()}: ${msg}`);
   }
 }
@@ -41,15 +42,27 @@ export async function ensureQueue(jsm: JetStreamManager, run: string, opts: Queu
   const o = { ...QUEUE_DEFAULTS, ...opts };
   const storage = o.storage === 'memory' ? StorageType.Memory : StorageType.File;
   await upsertStream(jsm, {
-    name: streams.jobs(run), subjects: [jobSubjects.allTodo(run)], retention: RetentionPolicy.Workqueue, storage, discard: DiscardPolicy.Old,
+    name: streams.jobs(run),
+    subjects: [jobSubjects.allTodo(run)],
+    retention: RetentionPolicy.Workqueue,
+    storage,
+    discard: DiscardPolicy.Old,
   });
   await upsertStream(jsm, {
-    name: streams.results(run), subjects: [jobSubjects.allResults(run)], retention: RetentionPolicy.Limits, storage,
-    max_age: nanos(24 * 3600_000), discard: DiscardPolicy.Old,
+    name: streams.results(run),
+    subjects: [jobSubjects.allResults(run)],
+    retention: RetentionPolicy.Limits,
+    storage,
+    max_age: nanos(24 * 3600_000),
+    discard: DiscardPolicy.Old,
   });
   const consumer = {
-    durable_name: WORKERS_CONSUMER, ack_policy: AckPolicy.Explicit, ack_wait: nanos(o.ackWaitMs), max_deliver: o.maxDeliver,
-    filter_subject: jobSubjects.allTodo(run), max_ack_pending: -1,
+    durable_name: WORKERS_CONSUMER,
+    ack_policy: AckPolicy.Explicit,
+    ack_wait: nanos(o.ackWaitMs),
+    max_deliver: o.maxDeliver,
+    filter_subject: jobSubjects.allTodo(run),
+    max_ack_pending: -1,
   };
   try {
     await jsm.consumers.info(streams.jobs(run), WORKERS_CONSUMER);

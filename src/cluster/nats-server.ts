@@ -54,10 +54,7 @@ export function removeStaleServerDirs(root = tmpdir()): string[] {
   return removed;
 }
 
-export type ServerAuth =
-  | { token: string }
-  | { user: string; pass: string }
-  | { nkeys: string[] /* public user nkeys (U...) */ };
+export type ServerAuth = { token: string } | { user: string; pass: string } | { nkeys: string[] /* public user nkeys (U...) */ };
 
 export interface ServerTls {
   cert: string;
@@ -127,7 +124,9 @@ function q(s: string): string {
   return JSON.stringify(s);
 }
 
-function configText(o: Required<Pick<NatsServerOptions, 'host' | 'port' | 'jetstream'>> & NatsServerOptions & { storeDir: string }): string {
+function configText(
+  o: Required<Pick<NatsServerOptions, 'host' | 'port' | 'jetstream'>> & NatsServerOptions & { storeDir: string },
+): string {
   const lines = [`listen: ${q(`${o.host}:${o.port}`)}`];
   if (o.jetstream) lines.push(`jetstream { store_dir: ${q(o.storeDir)} }`);
   if (o.maxPayload) lines.push(`max_payload: ${o.maxPayload}`);

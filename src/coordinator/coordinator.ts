@@ -19,7 +19,17 @@ import { RunDir, checkpointStep, type RunRecord } from './run-dir.js';
 import { sendState, StateInbox } from '../protocol/state-transfer.js';
 import { Telemetry } from '../cluster/telemetry.js';
 import { chunkFloatsFor, rangeBounds } from '../protocol/chunking.js';
-import { decode, encode, WireError, type Ack, type Bodies, type BodyKind, type Envelope, type EnvelopeOf, type Join } from '../protocol/envelope.js';
+import {
+  decode,
+  encode,
+  WireError,
+  type Ack,
+  type Bodies,
+  type BodyKind,
+  type Envelope,
+  type EnvelopeOf,
+  type Join,
+} from '../protocol/envelope.js';
 import { ReplayGuard, Sender } from '../protocol/sequence.js';
 import { checkId, subjects } from '../protocol/subjects.js';
 import type { TransportChoice, TransportName } from '../protocol/transports.js';
@@ -60,7 +70,12 @@ export interface RunResult {
 
 const DEFAULTS = {
   transport: 'auto' as TransportChoice,
-  minWorkers: 1, heartbeatTimeoutMs: 3000, checksumEvery: 10, checkpointEvery: 100, stepTimeoutMs: 30_000, syncTimeoutMs: 60_000,
+  minWorkers: 1,
+  heartbeatTimeoutMs: 3000,
+  checksumEvery: 10,
+  checkpointEvery: 100,
+  stepTimeoutMs: 30_000,
+  syncTimeoutMs: 60_000,
 };
 
 interface Member {
@@ -160,8 +175,11 @@ export class Coordinator {
 
   private async restore(): Promise<void> {
     const prev = this.dir.read();
-    if (prev && prev.run !== this.o.run) throw new Error(`${this.o.outDir} holds run ${prev.run}, not ${this.o.run}: pass --run ${prev.run} or another --out`);
-    this.record = prev ? { ...prev, incarnation: prev.incarnation + 1 } : { run: this.o.run, incarnation: 1, configJson: this.o.configJson };
+    if (prev && prev.run !== this.o.run)
+      throw new Error(`${this.o.outDir} holds run ${prev.run}, not ${this.o.run}: pass --run ${prev.run} or another --out`);
+    this.record = prev
+      ? { ...prev, incarnation: prev.incarnation + 1 }
+      : { run: this.o.run, incarnation: 1, configJson: this.o.configJson };
     // The run's config is the recorded one (workers train with it): plan with its batch size too.
     const recorded = (JSON.parse(this.record.configJson) as { batchSize?: unknown }).batchSize;
     if (typeof recorded === 'number' && Number.isInteger(recorded) && recorded >= 1) this.o.batchSize = recorded;
@@ -189,7 +207,10 @@ export class Coordinator {
   // ---------------------------------------------------------------- messages
 
   private send<K extends BodyKind>(subject: string, kind: K, body: Bodies[K], step = this.committed): void {
-    this.o.nc.publish(subject, encode(this.sender.stamp({ run: this.o.run, worker: '', step, membershipEpoch: this.mepoch, session: this.session }), kind, body));
+    this.o.nc.publish(
+      subject,
+      encode(this.sender.stamp({ run: this.o.run, worker: '', step, membershipEpoch: this.mepoch, session: this.session }), kind, body),
+    );
   }
 
   private broadcast<K extends BodyKind>(kind: K, body: Bodies[K], step = this.committed): void {
@@ -233,7 +254,8 @@ export class Coordinator {
       case 'ack':
         return this.onAck(m, env);
       case 'state':
-        if (!this.ckpt || env.worker !== this.ckpt.donor) throw new WireError('unexpected', `state chunk from ${m.id}, not a checkpoint donor`);
+        if (!this.ckpt || env.worker !== this.ckpt.donor)
+          throw new WireError('unexpected', `state chunk from ${m.id}, not a checkpoint donor`);
         return void this.onState(env).catch((e) => {
           if (e instanceof WireError) this.telemetry.reject(e.reason, e.message);
           else this.fatal(`checkpoint failed: ${(e as Error).message}`);
@@ -267,30 +289,51 @@ export class Coordinator {
       const why = env.body.transportNote ? ` (${env.body.transportNote})` : '';
       const reason = `the run uses --transport ${want}, the worker offers ${env.body.transports.join(', ') || 'nats'}${why}`;
       this.o.log(`coordinator: worker ${env.worker} refused: ${reason}`);
-      return this.send(subjects.worker(this.o.run, env.worker), 'stop', { reason: `refused: ${reason}`, ok: false, committed: 0, commitEpoch: 0, nonce: env.body.nonce });
+      return this.send(subjects.worker(this.o.run, env.worker), 'stop', {
+        reason: `refused: ${reason}`,
+        ok: false,
+        committed: 0,
+        commitEpoch: 0,
+        nonce: env.body.nonce,
+      });
     }
     const old = this.members.get(env.worker);
     // Every member of a plan takes a non-empty shard of the global batch, so a run has at most
     // batchSize members; a worker beyond that stays out (idle) and, since its heartbeats get a
     // Hello, joins as soon as a member leaves.
     if (!old && this.members.size >= this.o.batchSize) {
-      if (!this.idle.has(env.worker)) this.o.log(`coordinator: worker ${env.worker} left idle: the global batch of ${this.o.batchSize} is split over ${this.members.size} worker(s) already; it joins when one leaves`);
+      if (!this.idle.has(env.worker))
+        this.o.log(
+          `coordinator: worker ${env.worker} left idle: the global batch of ${this.o.batchSize} is split over ${this.members.size} worker(s) already; it joins when one leaves`,
+        );
       this.idle.add(env.worker);
       return;
     }
     this.idle.delete(env.worker);
     if (old) this.drop(old.id, 'rejoined', false);
-    this.members.set(env.worker, { id: env.worker, seq: this.seq++, lastSeen: Date.now(), join: env.body, phase: 'new', readyStep: -1, transfer: '' });
+    this.members.set(env.worker, {
+      id: env.worker,
+      seq: this.seq++,
+      lastSeen: Date.now(),
+      join: env.body,
+      phase: 'new',
+      readyStep: -1,
+      transfer: '',
+    });
     // `session` is in every message we send; a Welcome also echoes the Join's nonce.
-    this.o.log(`coordinator: worker ${env.worker} joined (${env.body.host} pid ${env.body.pid}, device ${env.body.device}, ${env.body.threads} thread(s), ${env.body.backend})`);
+    this.o.log(
+      `coordinator: worker ${env.worker} joined (${env.body.host} pid ${env.body.pid}, device ${env.body.device}, ${env.body.threads} thread(s), ${env.body.backend})`,
+    );
     this.membersChanged();
   }
 
   private onSynced(m: Member, env: EnvelopeOf<'synced'>): void {
     const s = env.body;
-    if (m.phase !== 'syncing' || s.transfer !== m.transfer) throw new WireError('unexpected', `synced from ${m.id} for transfer ${s.transfer}`);
+    if (m.phase !== 'syncing' || s.transfer !== m.transfer)
+      throw new WireError('unexpected', `synced from ${m.id} for transfer ${s.transfer}`);
     if (s.error) return this.drop(m.id, `could not load the state: ${s.error}`);
-    if (this.numParams && s.numParams !== this.numParams) return this.drop(m.id, `has ${s.numParams} parameters, the run ${this.numParams}`);
+    if (this.numParams && s.numParams !== this.numParams)
+      return this.drop(m.id, `has ${s.numParams} parameters, the run ${this.numParams}`);
     this.numParams = s.numParams;
     this.stepsPerEpoch ||= s.stepsPerEpoch;
     this.lastBatch ||= s.lastBatch;
@@ -310,7 +353,8 @@ export class Coordinator {
     if (!Number.isFinite(env.body.lossSum)) throw new WireError('non_finite', `ack with loss sum ${env.body.lossSum}`);
     const rank = p.view.indexOf(m.id);
     const shard = p.shardStart[rank + 1] - p.shardStart[rank];
-    if (env.body.count !== shard) throw new WireError('bad_chunk', `ack for ${env.body.count} samples from ${m.id}, its shard has ${shard}`);
+    if (env.body.count !== shard)
+      throw new WireError('bad_chunk', `ack for ${env.body.count} samples from ${m.id}, its shard has ${shard}`);
     p.acks.set(m.id, env.body);
   }
 
@@ -318,7 +362,8 @@ export class Coordinator {
     const got = this.inbox.add(env); // a bad chunk throws WireError('bad_state')
     if (!got) return;
     const c = this.ckpt;
-    if (!c || got.transfer !== c.transfer || got.step !== this.committed) throw new WireError('unexpected', `state transfer ${got.transfer} at step ${got.step}`);
+    if (!c || got.transfer !== c.transfer || got.step !== this.committed)
+      throw new WireError('unexpected', `state transfer ${got.transfer} at step ${got.step}`);
     const rec = await this.dir.writeCheckpoint(got.bytes, got.step, got.checksum);
     this.record = { ...this.record, checkpoint: rec, totalSteps: this.totalSteps() };
     await this.dir.write(this.record);
@@ -366,7 +411,9 @@ export class Coordinator {
       return this.finish({ ok: true, reason: `done: ${this.committed} steps`, step: this.committed });
     const fresh = [...this.members.values()].filter((m) => m.phase === 'new');
     if (fresh.length) return this.startSync(fresh);
-    const view = [...this.members.values()].filter((m) => m.phase === 'ready' && m.readyStep === this.committed).sort((a, b) => a.seq - b.seq);
+    const view = [...this.members.values()]
+      .filter((m) => m.phase === 'ready' && m.readyStep === this.committed)
+      .sort((a, b) => a.seq - b.seq);
     if (!this.started && view.length < this.o.minWorkers) return;
     if (!view.length || total === undefined || !this.numParams) return;
     this.started = true;
@@ -391,11 +438,23 @@ export class Coordinator {
     const shardStart = rangeBounds(B, view.length);
     const { transport, store } = this.transportFor(view);
     this.plan = { step, mepoch: this.mepoch, view, shardStart, transport, acks: new Map(), started: Date.now(), checksum };
-    this.broadcast('plan', {
-      epoch: this.stepsPerEpoch ? Math.floor(step / this.stepsPerEpoch) : 0, members: view, shardStart,
-      globalBatch: B, checksum, committed: this.committed, numParams: this.numParams,
-      chunkFloats: chunkFloatsFor(this.o.nc.info?.max_payload ?? 1 << 20), commitEpoch: this.commitEpoch, transport, store,
-    }, step);
+    this.broadcast(
+      'plan',
+      {
+        epoch: this.stepsPerEpoch ? Math.floor(step / this.stepsPerEpoch) : 0,
+        members: view,
+        shardStart,
+        globalBatch: B,
+        checksum,
+        committed: this.committed,
+        numParams: this.numParams,
+        chunkFloats: chunkFloatsFor(this.o.nc.info?.max_payload ?? 1 << 20),
+        commitEpoch: this.commitEpoch,
+        transport,
+        store,
+      },
+      step,
+    );
   }
 
   /**
@@ -449,14 +508,34 @@ export class Coordinator {
     this.lastCommitAt = now;
     this.lastStepMs = stepMs;
     const r = {
-      run: this.o.run, step: p.step, lossMean: this.lossMean(p), workers: p.view.length, stepMs, transport: p.transport,
-      computeMs: max((a) => a.computeMs), allreduceMs: max((a) => a.allreduceMs), waitMs: max((a) => a.waitMs),
-      bytesSent: acks.reduce((s, a) => s + a.bytesSent, 0) / acks.length, bytesReceived: acks.reduce((s, a) => s + a.bytesReceived, 0) / acks.length,
+      run: this.o.run,
+      step: p.step,
+      lossMean: this.lossMean(p),
+      workers: p.view.length,
+      stepMs,
+      transport: p.transport,
+      computeMs: max((a) => a.computeMs),
+      allreduceMs: max((a) => a.allreduceMs),
+      waitMs: max((a) => a.waitMs),
+      bytesSent: acks.reduce((s, a) => s + a.bytesSent, 0) / acks.length,
+      bytesReceived: acks.reduce((s, a) => s + a.bytesReceived, 0) / acks.length,
       imagesPerSec: (this.batchOf(p.step) * 1000) / Math.max(1, interval),
     };
     this.telemetry.stepsCommitted++;
     this.telemetry.emit('step', r);
-    this.dir.log({ step: p.step, loss: r.lossMean, workers: r.workers, transport: p.transport, ms: stepMs, compute_ms: r.computeMs, allreduce_ms: r.allreduceMs, wait_ms: r.waitMs, bytes_sent: r.bytesSent, bytes_received: r.bytesReceived, time: new Date(now).toISOString() });
+    this.dir.log({
+      step: p.step,
+      loss: r.lossMean,
+      workers: r.workers,
+      transport: p.transport,
+      ms: stepMs,
+      compute_ms: r.computeMs,
+      allreduce_ms: r.allreduceMs,
+      wait_ms: r.waitMs,
+      bytes_sent: r.bytesSent,
+      bytes_received: r.bytesReceived,
+      time: new Date(now).toISOString(),
+    });
   }
 
   /** The batch's mean loss: the members' shard sums added in rank order. */
@@ -489,7 +568,9 @@ export class Coordinator {
     if (!init && !source) {
       // Every worker that held step `committed` is gone: fall back to the last checkpoint.
       const to = this.state?.step ?? 0;
-      this.o.log(`coordinator: no live worker holds step ${this.committed}; rolling back to ${this.state ? 'the checkpoint at' : ''} step ${to}`);
+      this.o.log(
+        `coordinator: no live worker holds step ${this.committed}; rolling back to ${this.state ? 'the checkpoint at' : ''} step ${to}`,
+      );
       this.committed = to;
       this.bumpEpoch = true;
       return this.startSync(targets);
@@ -499,15 +580,36 @@ export class Coordinator {
     for (const m of targets) {
       m.phase = 'syncing';
       m.transfer = init ? '' : transfer;
-      this.send(subjects.worker(this.o.run, m.id), 'welcome', { configJson: this.record.configJson, committed: this.committed, init, transfer: m.transfer, nonce: m.join.nonce });
+      this.send(subjects.worker(this.o.run, m.id), 'welcome', {
+        configJson: this.record.configJson,
+        committed: this.committed,
+        init,
+        transfer: m.transfer,
+        nonce: m.join.nonce,
+      });
     }
     if (init) return;
     if (source === 'coordinator') {
       const header = { run: this.o.run, worker: '', step: this.state!.step, membershipEpoch: this.mepoch, session: this.session };
-      for (const m of targets) void sendState(this.o.nc, subjects.worker(this.o.run, m.id), header, this.sender, transfer, this.state!.bytes, this.state!.checksum).catch(() => {});
+      for (const m of targets)
+        void sendState(
+          this.o.nc,
+          subjects.worker(this.o.run, m.id),
+          header,
+          this.sender,
+          transfer,
+          this.state!.bytes,
+          this.state!.checksum,
+        ).catch(() => {});
     } else {
       const ids = targets.map((m) => m.id);
-      this.broadcast('stateRequest', { donor: source!.id, targets: ids, committed: this.committed, transfer, commitEpoch: this.commitEpoch });
+      this.broadcast('stateRequest', {
+        donor: source!.id,
+        targets: ids,
+        committed: this.committed,
+        transfer,
+        commitEpoch: this.commitEpoch,
+      });
     }
   }
 
@@ -572,7 +674,8 @@ export class Coordinator {
     if (this.finished) return;
     this.finished = true;
     clearInterval(this.timer);
-    if (announce) this.broadcast('stop', { reason: r.reason, ok: r.ok, committed: this.committed, commitEpoch: this.commitEpoch, nonce: 0 });
+    if (announce)
+      this.broadcast('stop', { reason: r.reason, ok: r.ok, committed: this.committed, commitEpoch: this.commitEpoch, nonce: 0 });
     this.telemetry.emit('done', r);
     this.resolve(r);
   }

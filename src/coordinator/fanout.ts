@@ -15,7 +15,15 @@ import { randomBytes } from 'node:crypto';
 import type { JsMsg, NatsConnection } from 'nats';
 import { ensureQueue, jetstreamManager, type QueueOptions } from '../cluster/jetstream.js';
 import { batchSizeOf, planJobs, type JobRange, type TaskSpec } from '../protocol/job-spec.js';
-import { JobWireError, ResultAssembler, decodeResult, encodeJob, payloadValues, type AssembledResult, type JobResultChunk } from '../protocol/jobs.js';
+import {
+  JobWireError,
+  ResultAssembler,
+  decodeResult,
+  encodeJob,
+  payloadValues,
+  type AssembledResult,
+  type JobResultChunk,
+} from '../protocol/jobs.js';
 import { WORKERS_CONSUMER, jobSubjects, streams } from '../protocol/subjects.js';
 
 export interface TaskOptions {
@@ -83,7 +91,9 @@ export async function runTask(o: TaskOptions): Promise<TaskOutcome> {
       const index = seqToJob.get(a.stream_seq ?? -1);
       if (index === undefined || collector.isDone(index)) return;
       const j = jobs[index];
-      collector.fail(`job ${index} [${j.from}, ${j.to}) was delivered ${a.deliveries} times without a result: its workers died or hung each time (see --ack-wait, --max-deliver)`);
+      collector.fail(
+        `job ${index} [${j.from}, ${j.to}) was delivered ${a.deliveries} times without a result: its workers died or hung each time (see --ack-wait, --max-deliver)`,
+      );
       results.stop();
     },
   });
@@ -91,12 +101,18 @@ export async function runTask(o: TaskOptions): Promise<TaskOutcome> {
   try {
     const specJson = JSON.stringify(spec);
     for (const j of jobs) {
-      const ack = await js.publish(jobSubjects.todo(run, task), encodeJob({ run, task, index: j.index, jobs: jobs.length, from: j.from, to: j.to, kind: spec.kind, specJson }), {
-        msgID: `${task}-${j.index}`,
-      });
+      const ack = await js.publish(
+        jobSubjects.todo(run, task),
+        encodeJob({ run, task, index: j.index, jobs: jobs.length, from: j.from, to: j.to, kind: spec.kind, specJson }),
+        {
+          msgID: `${task}-${j.index}`,
+        },
+      );
       seqToJob.set(ack.seq, j.index);
     }
-    log(`coordinator: task ${task}: ${jobs.length} job(s) of up to ${jobs[0].to - jobs[0].from} ${spec.kind === 'sample' ? 'samples' : 'images'} queued on ${streams.jobs(run)}`);
+    log(
+      `coordinator: task ${task}: ${jobs.length} job(s) of up to ${jobs[0].to - jobs[0].from} ${spec.kind === 'sample' ? 'samples' : 'images'} queued on ${streams.jobs(run)}`,
+    );
     for await (const m of results) {
       if (collector.take(m) === 'stop') break;
     }
@@ -112,17 +128,28 @@ export async function runTask(o: TaskOptions): Promise<TaskOutcome> {
 }
 
 /** Polls the consumer once a second: queue depth for metrics, and a hint when nobody works. */
-function watchQueue(o: TaskOptions, jsm: Awaited<ReturnType<typeof jetstreamManager>>, run: string, c: Collector, log: (l: string) => void): NodeJS.Timeout {
+function watchQueue(
+  o: TaskOptions,
+  jsm: Awaited<ReturnType<typeof jetstreamManager>>,
+  run: string,
+  c: Collector,
+  log: (l: string) => void,
+): NodeJS.Timeout {
   const started = Date.now();
   let warned = false;
   const t = setInterval(() => {
-    void jsm.consumers.info(streams.jobs(run), WORKERS_CONSUMER).then((info) => {
-      o.onQueueDepth?.(info.num_pending);
-      if (!warned && c.progress.jobsDone === 0 && info.num_ack_pending === 0 && Date.now() - started > (o.idleWarnMs ?? 15_000)) {
-        warned = true;
-        log(`coordinator: no worker has taken a job of run ${run} yet; start workers with: worker start --nats ${o.nc.getServer()} --run ${run}`);
-      }
-    }, () => {});
+    void jsm.consumers.info(streams.jobs(run), WORKERS_CONSUMER).then(
+      (info) => {
+        o.onQueueDepth?.(info.num_pending);
+        if (!warned && c.progress.jobsDone === 0 && info.num_ack_pending === 0 && Date.now() - started > (o.idleWarnMs ?? 15_000)) {
+          warned = true;
+          log(
+            `coordinator: no worker has taken a job of run ${run} yet; start workers with: worker start --nats ${o.nc.getServer()} --run ${run}`,
+          );
+        }
+      },
+      () => {},
+    );
   }, 1000);
   t.unref();
   return t;
@@ -228,10 +255,19 @@ class Collector {
 
   outcome(): TaskOutcome {
     if (this.failure) throw new TaskFailed(this.failure);
-    if (!this.values || this.progress.jobsDone !== this.jobs.length) throw new TaskFailed(`task ${this.task} ended with ${this.progress.jobsDone} of ${this.jobs.length} jobs done`);
+    if (!this.values || this.progress.jobsDone !== this.jobs.length)
+      throw new TaskFailed(`task ${this.task} ended with ${this.progress.jobsDone} of ${this.jobs.length} jobs done`);
     return {
-      task: this.task, jobs: this.jobs, values: this.values, shape: this.shape, nfe: this.nfe, calls: this.calls,
-      workers: this.workers, backends: this.backends, weights: this.weights, redelivered: this.redelivered,
+      task: this.task,
+      jobs: this.jobs,
+      values: this.values,
+      shape: this.shape,
+      nfe: this.nfe,
+      calls: this.calls,
+      workers: this.workers,
+      backends: this.backends,
+      weights: this.weights,
+      redelivered: this.redelivered,
     };
   }
 }

@@ -87,7 +87,10 @@ export class RunDir {
     const file = rec.checkpoint?.file ?? CHECKPOINT_FILE;
     const path = join(this.dir, file);
     if (!existsSync(path)) {
-      if (rec.checkpoint) throw new Error(`${path} is missing, but ${this.recordPath} records a checkpoint at step ${rec.checkpoint.step} there: restore it, or move cluster.json away to start a new run`);
+      if (rec.checkpoint)
+        throw new Error(
+          `${path} is missing, but ${this.recordPath} records a checkpoint at step ${rec.checkpoint.step} there: restore it, or move cluster.json away to start a new run`,
+        );
       return rec;
     }
     const bytes = readSafetensorsBytes(path);
@@ -102,8 +105,13 @@ export class RunDir {
     if (info?.digest === 'verified' && info.run === rec.run) return trust(own!);
     if (info && !rec.checkpoint) return trust(own!);
     if (!rec.checkpoint) return rec; // not a training checkpoint (e.g. a synthetic state of a run that never checkpointed)
-    if (info?.digest === 'verified') throw new Error(`${path} is a checkpoint of run ${info.run ?? '(none recorded)'}, not of run ${rec.run}: move it away, or pass --run ${info.run ?? '…'} with another --out`);
-    throw new Error(`${path} does not match the SHA-256 recorded in cluster.json and carries no digest of its own to verify it: restore it or start a new run`);
+    if (info?.digest === 'verified')
+      throw new Error(
+        `${path} is a checkpoint of run ${info.run ?? '(none recorded)'}, not of run ${rec.run}: move it away, or pass --run ${info.run ?? '…'} with another --out`,
+      );
+    throw new Error(
+      `${path} does not match the SHA-256 recorded in cluster.json and carries no digest of its own to verify it: restore it or start a new run`,
+    );
   }
 
   async write(rec: RunRecord): Promise<void> {
@@ -131,7 +139,8 @@ export class RunDir {
     let bytes = this.verified?.sha256 === c.sha256 ? this.verified.bytes : undefined;
     if (!bytes) {
       bytes = readSafetensorsBytes(path);
-      if (sha256([bytes]) !== c.sha256) throw new Error(`${path} does not match the SHA-256 recorded in cluster.json: restore it or start a new run`);
+      if (sha256([bytes]) !== c.sha256)
+        throw new Error(`${path} does not match the SHA-256 recorded in cluster.json: restore it or start a new run`);
     }
     this.steps.cut((s) => s < c.step);
     return bytes;

@@ -60,8 +60,22 @@ export function spawnWorkers(o: SpawnOptions): Spawned {
   for (let i = 0; i < o.n; i++) {
     const gpu = i < onGpu;
     const id = `${o.run}-w${i}`;
-    const args = [packagePath('bin', 'worker.js'), 'start', '--nats', nats.url, '--run', o.run, '--id', id,
-      '--device', String(gpu ? i : -1), '--threads', String(gpu ? (o.threads ?? 1) : cpuThreads), '--backend', o.backend];
+    const args = [
+      packagePath('bin', 'worker.js'),
+      'start',
+      '--nats',
+      nats.url,
+      '--run',
+      o.run,
+      '--id',
+      id,
+      '--device',
+      String(gpu ? i : -1),
+      '--threads',
+      String(gpu ? (o.threads ?? 1) : cpuThreads),
+      '--backend',
+      o.backend,
+    ];
     const metricsPort = o.metricsPorts?.[i];
     if (metricsPort !== undefined) args.push('--metrics-port', String(metricsPort));
     args.push('--parent-pipe', ...(o.extraArgs ?? []));
@@ -87,13 +101,15 @@ export function spawnWorkers(o: SpawnOptions): Spawned {
   return {
     children,
     async stop(graceMs = 5000) {
-      await Promise.all(children.map((c) => {
-        if (c.exitCode !== null || c.signalCode !== null) return;
-        const exited = new Promise((r) => c.once('exit', r));
-        c.kill('SIGTERM');
-        const t = setTimeout(() => c.kill('SIGKILL'), graceMs);
-        return exited.then(() => clearTimeout(t));
-      }));
+      await Promise.all(
+        children.map((c) => {
+          if (c.exitCode !== null || c.signalCode !== null) return;
+          const exited = new Promise((r) => c.once('exit', r));
+          c.kill('SIGTERM');
+          const t = setTimeout(() => c.kill('SIGKILL'), graceMs);
+          return exited.then(() => clearTimeout(t));
+        }),
+      );
     },
   };
 }

@@ -78,12 +78,14 @@ function resolve(o: LikelihoodOptions) {
     dequantise: o.dequantise ?? true,
   };
   if (!Number.isSafeInteger(r.seed) || r.seed < 0) throw new Error(`seed must be a non-negative integer, got ${r.seed}`);
-  if (!isDivergenceMode(r.hutchinson)) throw new Error(`unknown divergence estimator '${String(r.hutchinson)}' (expected ${DIVERGENCE_MODES.join(', ')})`);
+  if (!isDivergenceMode(r.hutchinson))
+    throw new Error(`unknown divergence estimator '${String(r.hutchinson)}' (expected ${DIVERGENCE_MODES.join(', ')})`);
   if (!(Number.isSafeInteger(r.probes) && r.probes >= 1)) throw new Error(`probes must be a positive integer, got ${r.probes}`);
   if (!(r.rtol > 0 && Number.isFinite(r.rtol))) throw new Error(`rtol must be positive, got ${r.rtol}`);
   if (!(r.atol > 0 && Number.isFinite(r.atol))) throw new Error(`atol must be positive, got ${r.atol}`);
   if (!(r.eps > 0 && r.eps < 1)) throw new Error(`eps must be in (0, 1), got ${r.eps}`);
-  if (!(Number.isSafeInteger(r.batchSize) && r.batchSize >= 1)) throw new Error(`batch size must be a positive integer, got ${r.batchSize}`);
+  if (!(Number.isSafeInteger(r.batchSize) && r.batchSize >= 1))
+    throw new Error(`batch size must be a positive integer, got ${r.batchSize}`);
   if (!(Number.isSafeInteger(r.maxBatch) && r.maxBatch >= 1)) throw new Error(`maxBatch must be a positive integer, got ${r.maxBatch}`);
   return r;
 }
@@ -106,19 +108,32 @@ export function likelihoodInput(images: Float32Array, i: number, d: number, seed
 }
 
 /** Bits/dim of images [from, to) of `images` (n*d values in [0,1], image-major). */
-export async function likelihoodRange(model: ScoreModel, images: Float32Array, from: number, to: number, opts: LikelihoodOptions): Promise<LikelihoodResult> {
+export async function likelihoodRange(
+  model: ScoreModel,
+  images: Float32Array,
+  from: number,
+  to: number,
+  opts: LikelihoodOptions,
+): Promise<LikelihoodResult> {
   const o = resolve(opts);
   const score = new BatchScore(model, o.maxBatch);
   const d = score.d;
   const sde = model.sde;
-  if (images.length % d !== 0) throw new Error(`images hold ${images.length} values, not whole images of ${d} ([${model.shape.join(',')}])`);
+  if (images.length % d !== 0)
+    throw new Error(`images hold ${images.length} values, not whole images of ${d} ([${model.shape.join(',')}])`);
   const n = images.length / d;
-  if (!(Number.isSafeInteger(from) && Number.isSafeInteger(to) && 0 <= from && from <= to && to <= n)) throw new Error(`bad image range [${from}, ${to}) of ${n} images`);
+  if (!(Number.isSafeInteger(from) && Number.isSafeInteger(to) && 0 <= from && from <= to && to <= n))
+    throw new Error(`bad image range [${from}, ${to}) of ${n} images`);
   const k = o.hutchinson === 'exact' ? d : o.probes;
   const weight = o.hutchinson === 'exact' ? 1 : 1 / k;
   const ode: Rk45Options = { rtol: o.rtol, atol: o.atol, h0: opts.firstStep };
   const offsetBits = o.dequantise ? 8 : 0;
-  const out: LikelihoodResult = { bpd: new Float64Array(to - from), logp: new Float64Array(to - from), nfe: new Int32Array(to - from), calls: 0 };
+  const out: LikelihoodResult = {
+    bpd: new Float64Array(to - from),
+    logp: new Float64Array(to - from),
+    nfe: new Int32Array(to - from),
+    calls: 0,
+  };
   const dd = d + 1; // augmented state [x, delta]
 
   for (let a = from; a < to; a += o.batchSize) {

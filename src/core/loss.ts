@@ -40,7 +40,11 @@ export function dsmLossPerSample(
     return s.mul(std).add(z).square().reshape([n, -1]).sum(1) as tf.Tensor1D;
   }
   if (weighting === 'edm') {
-    const w = std.reshape([n]).square().div(sigmaData * sigmaData).add(1);
+    const w = std
+      .reshape([n])
+      .square()
+      .div(sigmaData * sigmaData)
+      .add(1);
     return s.mul(std).add(z).square().reshape([n, -1]).sum(1).mul(w) as tf.Tensor1D;
   }
   const g2 = tf.tensor1d(Array.from(t.dataSync(), (ti) => sde.g2(ti)));

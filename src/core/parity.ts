@@ -40,7 +40,10 @@ export function maxRelDiff(ours: ArrayLike<number>, ref: ArrayLike<number>, scal
 export function runParity(path: string, backend: string): ParityReport {
   const file = readSafetensors(path);
   const model = inferModelConfig(file);
-  const net = new ScoreNet(model, makeSde({ name: 've', sigmaMin: Number(file.metadata.sigma_min ?? 0.01), sigmaMax: Number(file.metadata.sigma_max ?? 22) }));
+  const net = new ScoreNet(
+    model,
+    makeSde({ name: 've', sigmaMin: Number(file.metadata.sigma_min ?? 0.01), sigmaMax: Number(file.metadata.sigma_max ?? 22) }),
+  );
   const flat = new Float32Array(numParams(net.infos));
   for (const info of net.infos) flat.set(fromTorchLayout(info, getFloat32(file, info.name, info.torchShape)), info.offset);
   const x = file.tensors.get('input.x');

@@ -65,7 +65,10 @@ abstract class LinearSde implements SDE {
       const flat = z.reshape([n, -1]);
       const d = flat.shape[1] as number;
       const s2 = this.priorStd() ** 2;
-      const quad = flat.square().sum(1).div(2 * s2);
+      const quad = flat
+        .square()
+        .sum(1)
+        .div(2 * s2);
       return tf.scalar((-d / 2) * Math.log(2 * Math.PI * s2)).sub(quad) as tf.Tensor1D;
     });
   }
@@ -102,7 +105,10 @@ export class VESDE extends LinearSde {
     return tf.tidy(() => {
       const smin = this.config.sigmaMin;
       const sigma = tf.exp(t.mul(this.logRatio)).mul(smin);
-      return sigma.square().sub(smin * smin).sqrt() as tf.Tensor1D;
+      return sigma
+        .square()
+        .sub(smin * smin)
+        .sqrt() as tf.Tensor1D;
     });
   }
   alphaTensor(t: tf.Tensor1D): tf.Tensor1D {
@@ -131,7 +137,10 @@ export class VPSDE extends LinearSde {
   }
   protected logAlphaTensor(t: tf.Tensor1D): tf.Tensor1D {
     const { betaMin, betaMax } = this.config;
-    return t.square().mul(-0.25 * (betaMax - betaMin)).sub(t.mul(0.5 * betaMin)) as tf.Tensor1D;
+    return t
+      .square()
+      .mul(-0.25 * (betaMax - betaMin))
+      .sub(t.mul(0.5 * betaMin)) as tf.Tensor1D;
   }
   f(t: number): number {
     return -0.5 * this.beta(t);

@@ -81,4 +81,3 @@ export function bindTelemetry(metrics: Metrics, t: TelemetryLike, opts: BindOpti
   t.on('members', (m) => metrics.liveWorkers.set(m.live));
   t.on('done', () => metrics.runFinished());
 }
-

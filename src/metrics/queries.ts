@@ -26,7 +26,9 @@ interface Panel {
 }
 
 /** The dashboards in deploy/grafana/dashboards, by file name. */
-export function loadDashboards(dir = packagePath('deploy', 'grafana', 'dashboards')): { file: string; dashboard: Dashboard; panels: Panel[] }[] {
+export function loadDashboards(
+  dir = packagePath('deploy', 'grafana', 'dashboards'),
+): { file: string; dashboard: Dashboard; panels: Panel[] }[] {
   return readdirSync(dir)
     .filter((f) => f.endsWith('.json'))
     .sort()
@@ -46,7 +48,9 @@ export function deployQueries(): DeployQuery[] {
     }
     for (const p of panels) for (const t of p.targets ?? []) queries.push({ where: `${file} panel "${p.title}"`, expr: t.expr });
   }
-  const rules = parse(readFileSync(packagePath('deploy', 'prometheus', 'alerts.yml'), 'utf8')) as { groups: { rules: { alert: string; expr: string }[] }[] };
+  const rules = parse(readFileSync(packagePath('deploy', 'prometheus', 'alerts.yml'), 'utf8')) as {
+    groups: { rules: { alert: string; expr: string }[] }[];
+  };
   for (const r of rules.groups.flatMap((g) => g.rules)) queries.push({ where: `alert ${r.alert}`, expr: r.expr });
   return queries;
 }
@@ -73,8 +77,20 @@ export function exposedNames(text: string): Set<string> {
 }
 
 const PROMQL_KEYWORDS = new Set([
-  'by', 'without', 'on', 'ignoring', 'group_left', 'group_right', 'and', 'or', 'unless', 'bool', 'offset',
-  'inf', 'nan', 'atan2',
+  'by',
+  'without',
+  'on',
+  'ignoring',
+  'group_left',
+  'group_right',
+  'and',
+  'or',
+  'unless',
+  'bool',
+  'offset',
+  'inf',
+  'nan',
+  'atan2',
 ]);
 
 /**

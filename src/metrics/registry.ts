@@ -129,7 +129,10 @@ export function createRegistry(id: MetricsIdentity): ScoreflowMetrics {
 
   return {
     registry,
-    trainLoss: gauge('scoreflow_train_loss', 'Denoising score matching loss of the last step (coordinator: global batch mean; worker: its shard)'),
+    trainLoss: gauge(
+      'scoreflow_train_loss',
+      'Denoising score matching loss of the last step (coordinator: global batch mean; worker: its shard)',
+    ),
     trainStep: gauge('scoreflow_train_step', 'Index of the last training step applied'),
     trainActive: gauge('scoreflow_train_active', '1 while a training run is in progress, 0 when idle or finished', false),
     trainImages: counter('scoreflow_train_images_total', 'Training images processed (coordinator: global batches; worker: its shards)'),
@@ -154,9 +157,15 @@ export function createRegistry(id: MetricsIdentity): ScoreflowMetrics {
       buckets: CHECKPOINT_BUCKETS,
       registers,
     }),
-    checkpointLastTimestamp: gauge('scoreflow_checkpoint_last_timestamp_seconds', 'Unix time of the last checkpoint written (at run start: of the checkpoint resumed from, or the start time)'),
+    checkpointLastTimestamp: gauge(
+      'scoreflow_checkpoint_last_timestamp_seconds',
+      'Unix time of the last checkpoint written (at run start: of the checkpoint resumed from, or the start time)',
+    ),
     samplerImages: counter('scoreflow_sampler_images_total', 'Samples generated'),
-    samplerFunctionEvaluations: counter('scoreflow_sampler_function_evaluations_total', 'Score network evaluations by samplers, counted per image (a call on a batch of B images counts B), so that its rate over scoreflow_sampler_images_total is the NFE per sample'),
+    samplerFunctionEvaluations: counter(
+      'scoreflow_sampler_function_evaluations_total',
+      'Score network evaluations by samplers, counted per image (a call on a batch of B images counts B), so that its rate over scoreflow_sampler_images_total is the NFE per sample',
+    ),
     likelihoodImages: counter('scoreflow_likelihood_images_total', 'Images whose bits/dim has been evaluated'),
     likelihoodBitsPerDim: gauge('scoreflow_likelihood_bits_per_dim', 'Running mean bits/dim over the images evaluated so far'),
     jobQueueDepth: gauge('scoreflow_jobs_queue_depth', 'Sampling/likelihood jobs waiting in the JetStream work queue', false),

@@ -99,7 +99,8 @@ async function listenWithTries(server: Server | NetServer, port: number, opts: S
     }
   }
   // Nothing tried at all: the range starts above the last TCP port.
-  if (lastError === undefined) throw new Error(`metrics: port ${port} is not a TCP port (0 to 65535); choose another --metrics-port (0 picks a free one)`);
+  if (lastError === undefined)
+    throw new Error(`metrics: port ${port} is not a TCP port (0 to 65535); choose another --metrics-port (0 picks a free one)`);
   const last = Math.min(port + tries - 1, 65535);
   const span = last > port ? `ports ${port}-${last}` : `port ${port}`;
   throw new Error(

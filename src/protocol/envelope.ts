@@ -22,36 +22,121 @@ export enum Phase {
 }
 
 export interface Join {
-  host: string; pid: number; device: number; threads: number; backend: string; hasState: boolean; nonce: number;
-  transports: string[]; dataHost: string; storePort: number; transportNote: string;
+  host: string;
+  pid: number;
+  device: number;
+  threads: number;
+  backend: string;
+  hasState: boolean;
+  nonce: number;
+  transports: string[];
+  dataHost: string;
+  storePort: number;
+  transportNote: string;
 }
-export interface Welcome { configJson: string; committed: number; init: boolean; transfer: string; nonce: number }
-export interface Heartbeat { busy: boolean; reconnected: boolean }
-export interface Synced { checksum: string; stepsPerEpoch: number; numParams: number; transfer: string; error: string; lastBatch: number }
+export interface Welcome {
+  configJson: string;
+  committed: number;
+  init: boolean;
+  transfer: string;
+  nonce: number;
+}
+export interface Heartbeat {
+  busy: boolean;
+  reconnected: boolean;
+}
+export interface Synced {
+  checksum: string;
+  stepsPerEpoch: number;
+  numParams: number;
+  transfer: string;
+  error: string;
+  lastBatch: number;
+}
 export interface StepPlan {
-  epoch: number; members: string[]; shardStart: number[]; globalBatch: number; checksum: boolean;
-  committed: number; numParams: number; chunkFloats: number; commitEpoch: number; transport: string; store: string;
+  epoch: number;
+  members: string[];
+  shardStart: number[];
+  globalBatch: number;
+  checksum: boolean;
+  committed: number;
+  numParams: number;
+  chunkFloats: number;
+  commitEpoch: number;
+  transport: string;
+  store: string;
 }
-export interface GradChunk { phase: Phase; owner: number; senderRank: number; offset: number; count: number; data: Uint8Array }
+export interface GradChunk {
+  phase: Phase;
+  owner: number;
+  senderRank: number;
+  offset: number;
+  count: number;
+  data: Uint8Array;
+}
 export interface Ack {
-  lossSum: number; count: number; checksum: string; error: string; computeMs: number; allreduceMs: number; waitMs: number;
-  bytesSent: number; bytesReceived: number;
+  lossSum: number;
+  count: number;
+  checksum: string;
+  error: string;
+  computeMs: number;
+  allreduceMs: number;
+  waitMs: number;
+  bytesSent: number;
+  bytesReceived: number;
 }
-export interface StateRequest { donor: string; targets: string[]; committed: number; transfer: string; commitEpoch: number }
-export interface StateChunk { transfer: string; index: number; count: number; totalBytes: number; data: Uint8Array; sha256: string; checksum: string }
-export interface Hello { committed: number }
-export interface Stop { reason: string; ok: boolean; committed: number; commitEpoch: number; nonce: number }
+export interface StateRequest {
+  donor: string;
+  targets: string[];
+  committed: number;
+  transfer: string;
+  commitEpoch: number;
+}
+export interface StateChunk {
+  transfer: string;
+  index: number;
+  count: number;
+  totalBytes: number;
+  data: Uint8Array;
+  sha256: string;
+  checksum: string;
+}
+export interface Hello {
+  committed: number;
+}
+export interface Stop {
+  reason: string;
+  ok: boolean;
+  committed: number;
+  commitEpoch: number;
+  nonce: number;
+}
 
 export interface Bodies {
-  join: Join; welcome: Welcome; heartbeat: Heartbeat; plan: StepPlan; grad: GradChunk; ack: Ack;
-  stateRequest: StateRequest; state: StateChunk; synced: Synced; hello: Hello; stop: Stop;
+  join: Join;
+  welcome: Welcome;
+  heartbeat: Heartbeat;
+  plan: StepPlan;
+  grad: GradChunk;
+  ack: Ack;
+  stateRequest: StateRequest;
+  state: StateChunk;
+  synced: Synced;
+  hello: Hello;
+  stop: Stop;
 }
 export type BodyKind = keyof Bodies;
 
 export interface Header {
-  version: number; run: string; worker: string; step: number; membershipEpoch: number; session: number;
+  version: number;
+  run: string;
+  worker: string;
+  step: number;
+  membershipEpoch: number;
+  session: number;
   /** The sender's origin and its message number within it (./sequence.ts). */
-  origin: number; seq: number;
+  origin: number;
+  seq: number;
 }
 /** A decoded message: the header plus exactly one body, named by `kind`. */
 export type Envelope = { [K in BodyKind]: Header & { kind: K; body: Bodies[K] } }[BodyKind];
@@ -59,8 +144,17 @@ export type EnvelopeOf<K extends BodyKind> = Header & { kind: K; body: Bodies[K]
 export type HeaderIn = Omit<Header, 'version' | 'session' | 'origin' | 'seq'> & { session?: number; origin?: number; seq?: number };
 
 const BODY_TYPES: Record<BodyKind, string> = {
-  join: 'Join', welcome: 'Welcome', heartbeat: 'Heartbeat', plan: 'StepPlan', grad: 'GradChunk', ack: 'Ack',
-  stateRequest: 'StateRequest', state: 'StateChunk', synced: 'Synced', hello: 'Hello', stop: 'Stop',
+  join: 'Join',
+  welcome: 'Welcome',
+  heartbeat: 'Heartbeat',
+  plan: 'StepPlan',
+  grad: 'GradChunk',
+  ack: 'Ack',
+  stateRequest: 'StateRequest',
+  state: 'StateChunk',
+  synced: 'Synced',
+  hello: 'Hello',
+  stop: 'Stop',
 };
 
 let root: protobuf.Root | undefined;
@@ -93,8 +187,16 @@ export function decode(bytes: Uint8Array): Envelope {
   // (bytes stay views into `bytes`: a gradient chunk is read in place).
   const body = type(BODY_TYPES[kind]).toObject(m[kind] as protobuf.Message, { defaults: true, arrays: true }) as never;
   return {
-    version: m.version as number, run: m.run as string, worker: m.worker as string, step: m.step as number,
-    membershipEpoch: m.membershipEpoch as number, session: m.session as number, origin: m.origin as number, seq: m.seq as number, kind, body,
+    version: m.version as number,
+    run: m.run as string,
+    worker: m.worker as string,
+    step: m.step as number,
+    membershipEpoch: m.membershipEpoch as number,
+    session: m.session as number,
+    origin: m.origin as number,
+    seq: m.seq as number,
+    kind,
+    body,
   } as Envelope;
 }
 
@@ -161,14 +263,22 @@ export function encodeGrad(h: HeaderIn, body: Omit<GradChunk, 'data'>, src: Floa
   const worker = UTF8.encode(h.worker);
   const session = h.session ?? 0;
   const [origin, seq] = [h.origin ?? 0, h.seq ?? 0];
-  const head = uintLen(1, PROTOCOL_VERSION) + bytesLen(2, run.byteLength) + (worker.byteLength ? bytesLen(3, worker.byteLength) : 0)
-    + uintLen(4, h.step) + uintLen(5, h.membershipEpoch) + uintLen(6, session) + (origin ? 9 : 0) + (seq ? 9 : 0);
-  const fields = uintLen(1, body.phase) + uintLen(2, body.owner) + uintLen(3, body.senderRank) + uintLen(4, body.offset) + uintLen(5, body.count);
+  const head =
+    uintLen(1, PROTOCOL_VERSION) +
+    bytesLen(2, run.byteLength) +
+    (worker.byteLength ? bytesLen(3, worker.byteLength) : 0) +
+    uintLen(4, h.step) +
+    uintLen(5, h.membershipEpoch) +
+    uintLen(6, session) +
+    (origin ? 9 : 0) +
+    (seq ? 9 : 0);
+  const fields =
+    uintLen(1, body.phase) + uintLen(2, body.owner) + uintLen(3, body.senderRank) + uintLen(4, body.offset) + uintLen(5, body.count);
   const data = bytesLen(15, 4 * n);
   // The float offset from the start is head + tag(21) + len(inner) + fields + pad field + data's tag and length.
   let pad = 0;
   let inner = 0;
-  for (;; pad++) {
+  for (; ; pad++) {
     inner = fields + bytesLen(14, pad) + data;
     const floatsAt = head + varintLen((21 << 3) | 2) + varintLen(inner) + inner - 4 * n;
     if (floatsAt % 4 === 0) break;
@@ -176,7 +286,13 @@ export function encodeGrad(h: HeaderIn, body: Omit<GradChunk, 'data'>, src: Floa
   const out = new Uint8Array(head + varintLen((21 << 3) | 2) + varintLen(inner) + inner);
   const w = new Bytes(out).uint(1, PROTOCOL_VERSION).bytes(2, run);
   if (worker.byteLength) w.bytes(3, worker);
-  w.uint(4, h.step).uint(5, h.membershipEpoch).uint(6, session).double(7, origin).double(8, seq).varint((21 << 3) | 2).varint(inner);
+  w.uint(4, h.step)
+    .uint(5, h.membershipEpoch)
+    .uint(6, session)
+    .double(7, origin)
+    .double(8, seq)
+    .varint((21 << 3) | 2)
+    .varint(inner);
   w.uint(1, body.phase).uint(2, body.owner).uint(3, body.senderRank).uint(4, body.offset).uint(5, body.count).bytes(14, pad);
   w.varint((15 << 3) | 2).varint(4 * n);
   if (HOST_LE) new Uint8Array(out.buffer, w.at, 4 * n).set(new Uint8Array(src.buffer, src.byteOffset + 4 * from, 4 * n));

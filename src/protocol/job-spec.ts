@@ -48,7 +48,8 @@ export interface JobRange {
 export function planJobs(n: number, batchSize: number, batchesPerJob = 1): JobRange[] {
   if (!(Number.isSafeInteger(n) && n >= 1)) throw new Error(`nothing to do: ${n} items (need at least 1)`);
   if (!(Number.isSafeInteger(batchSize) && batchSize >= 1)) throw new Error(`batch size must be a positive integer, got ${batchSize}`);
-  if (!(Number.isSafeInteger(batchesPerJob) && batchesPerJob >= 1)) throw new Error(`batches per job must be a positive integer, got ${batchesPerJob}`);
+  if (!(Number.isSafeInteger(batchesPerJob) && batchesPerJob >= 1))
+    throw new Error(`batches per job must be a positive integer, got ${batchesPerJob}`);
   const size = batchSize * batchesPerJob;
   const jobs: JobRange[] = [];
   for (let from = 0; from < n; from += size) jobs.push({ index: jobs.length, from, to: Math.min(n, from + size) });

@@ -79,7 +79,8 @@ export function decodeJob(bytes: Uint8Array): Job {
   const { version, ...rest } = m;
   void version;
   const j = { ...(rest as unknown as Job), kind };
-  if (!(j.from <= j.to && j.index < j.jobs)) throw new JobWireError('undecodable', `job ${j.index}/${j.jobs} with range [${j.from}, ${j.to})`);
+  if (!(j.from <= j.to && j.index < j.jobs))
+    throw new JobWireError('undecodable', `job ${j.index}/${j.jobs} with range [${j.from}, ${j.to})`);
   return j;
 }
 
@@ -104,7 +105,8 @@ function decodeAs(name: 'Job' | 'JobResult', bytes: Uint8Array): Record<string, 
   } catch (e) {
     throw new JobWireError('undecodable', (e as Error).message);
   }
-  if (m.version !== JOBS_PROTOCOL_VERSION) throw new JobWireError('version', `job protocol version ${String(m.version)}, expected ${JOBS_PROTOCOL_VERSION}`);
+  if (m.version !== JOBS_PROTOCOL_VERSION)
+    throw new JobWireError('version', `job protocol version ${String(m.version)}, expected ${JOBS_PROTOCOL_VERSION}`);
   return m;
 }
 
@@ -112,7 +114,8 @@ function decodeAs(name: 'Job' | 'JobResult', bytes: Uint8Array): Record<string, 
 
 /** The values of a result payload: little-endian floats (core/io/endian), whole ones or a JobWireError. */
 export function payloadValues<T extends Float32ArrayConstructor | Float64ArrayConstructor>(bytes: Uint8Array, ctor: T): InstanceType<T> {
-  if (bytes.byteLength % ctor.BYTES_PER_ELEMENT !== 0) throw new JobWireError('bad_chunk', `${bytes.byteLength} bytes are not whole ${ctor.BYTES_PER_ELEMENT * 8}-bit floats`);
+  if (bytes.byteLength % ctor.BYTES_PER_ELEMENT !== 0)
+    throw new JobWireError('bad_chunk', `${bytes.byteLength} bytes are not whole ${ctor.BYTES_PER_ELEMENT * 8}-bit floats`);
   return fromLEBytes(ctor, bytes) as InstanceType<T>;
 }
 
@@ -192,7 +195,10 @@ export class ResultAssembler {
       this.partial.set(key, p);
     }
     if (c.chunks !== p.chunks || c.totalBytes !== p.payload.byteLength) {
-      throw new JobWireError('bad_chunk', `job ${c.index} attempt ${c.attempt}: chunk says ${c.chunks} chunks of ${c.totalBytes} bytes, earlier ones ${p.chunks} of ${p.payload.byteLength}`);
+      throw new JobWireError(
+        'bad_chunk',
+        `job ${c.index} attempt ${c.attempt}: chunk says ${c.chunks} chunks of ${c.totalBytes} bytes, earlier ones ${p.chunks} of ${p.payload.byteLength}`,
+      );
     }
     p.payload.set(c.data, c.offset);
     p.got.add(c.chunk);
@@ -202,8 +208,19 @@ export class ResultAssembler {
     for (const k of [...this.partial.keys()]) if (k.startsWith(`${c.index}/`)) this.partial.delete(k);
     const h = p.head;
     return {
-      index: h.index, from: h.from, to: h.to, worker: h.worker, attempt: h.attempt, delivery: h.delivery, payload: p.payload,
-      nfe: h.nfe, calls: h.calls, seconds: h.seconds, backend: h.backend, weights: h.weights, shape: h.shape,
+      index: h.index,
+      from: h.from,
+      to: h.to,
+      worker: h.worker,
+      attempt: h.attempt,
+      delivery: h.delivery,
+      payload: p.payload,
+      nfe: h.nfe,
+      calls: h.calls,
+      seconds: h.seconds,
+      backend: h.backend,
+      weights: h.weights,
+      shape: h.shape,
     };
   }
 }

@@ -29,7 +29,15 @@ export async function sendState(
   let sent = 0;
   for (let i = 0; i < count; i++) {
     const data = bytes.subarray(i * per, Math.min(bytes.byteLength, (i + 1) * per));
-    const msg = encode(sender.stamp(header), 'state', { transfer, index: i, count, totalBytes: bytes.byteLength, data, sha256: hash, checksum });
+    const msg = encode(sender.stamp(header), 'state', {
+      transfer,
+      index: i,
+      count,
+      totalBytes: bytes.byteLength,
+      data,
+      sha256: hash,
+      checksum,
+    });
     nc.publish(subject, msg);
     sent += msg.byteLength;
     // let the socket drain between big chunks instead of buffering the whole state
@@ -51,12 +59,16 @@ export interface ReceivedState {
 export class StateInbox {
   private open = new Map<string, { parts: (Uint8Array | undefined)[]; left: number; first: EnvelopeOf<'state'> }>();
 
-  constructor(private readonly maxOpen = 2, private readonly maxBytes = 2 ** 31) {}
+  constructor(
+    private readonly maxOpen = 2,
+    private readonly maxBytes = 2 ** 31,
+  ) {}
 
   /** Adds a chunk; returns the state when complete. Throws WireError('bad_state') on an inconsistent chunk. */
   add(env: EnvelopeOf<'state'>): ReceivedState | undefined {
     const c = env.body;
-    if (!c.transfer || c.count < 1 || c.index >= c.count || c.totalBytes > this.maxBytes) throw new WireError('bad_state', `bad state chunk ${c.index}/${c.count}`);
+    if (!c.transfer || c.count < 1 || c.index >= c.count || c.totalBytes > this.maxBytes)
+      throw new WireError('bad_state', `bad state chunk ${c.index}/${c.count}`);
     let t = this.open.get(c.transfer);
     if (!t) {
       if (this.open.size >= this.maxOpen) this.open.delete(this.open.keys().next().value!);
@@ -75,7 +87,8 @@ export class StateInbox {
     if (t.left > 0) return undefined;
     this.open.delete(c.transfer);
     const bytes = Buffer.concat(t.parts as Uint8Array[]);
-    if (bytes.byteLength !== f.totalBytes || sha256(bytes) !== f.sha256) throw new WireError('bad_state', `state transfer ${c.transfer} failed its length or SHA-256 check`);
+    if (bytes.byteLength !== f.totalBytes || sha256(bytes) !== f.sha256)
+      throw new WireError('bad_state', `state transfer ${c.transfer} failed its length or SHA-256 check`);
     return { transfer: c.transfer, step: env.step, bytes, checksum: f.checksum, from: env.worker };
   }
 

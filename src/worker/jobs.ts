@@ -149,10 +149,18 @@ export class JobRunner extends EventEmitter<{ job: [JobEvent] }> {
       return m.term();
     }
     const head = {
-      run: job.run, task: job.task, index: job.index, from: job.from, to: job.to, worker: this.o.id,
-      attempt: `${this.o.id}#${m.info.deliveryCount}`, delivery: m.info.deliveryCount,
+      run: job.run,
+      task: job.task,
+      index: job.index,
+      from: job.from,
+      to: job.to,
+      worker: this.o.id,
+      attempt: `${this.o.id}#${m.info.deliveryCount}`,
+      delivery: m.info.deliveryCount,
     };
-    this.o.log(`worker ${this.o.id}: job ${job.index}/${job.jobs} [${job.from}, ${job.to}) of task ${job.task} (${job.kind}, delivery ${m.info.deliveryCount})`);
+    this.o.log(
+      `worker ${this.o.id}: job ${job.index}/${job.jobs} [${job.from}, ${job.to}) of task ${job.task} (${job.kind}, delivery ${m.info.deliveryCount})`,
+    );
     const t0 = performance.now();
     let out: Computed;
     try {
@@ -160,7 +168,10 @@ export class JobRunner extends EventEmitter<{ job: [JobEvent] }> {
     } catch (e) {
       const error = (e as Error).message.split('\n')[0];
       this.o.log(`worker ${this.o.id}: job ${job.index} of task ${job.task} failed: ${error}`);
-      await this.publish({ ...head, nfe: [], calls: 0, seconds: 0, backend: this.o.backend, weights: '', shape: [], error }, new Uint8Array(0)).catch(() => {});
+      await this.publish(
+        { ...head, nfe: [], calls: 0, seconds: 0, backend: this.o.backend, weights: '', shape: [], error },
+        new Uint8Array(0),
+      ).catch(() => {});
       m.term(error);
       this.emit('job', { kind: job.kind, items: 0, nfe: 0, seconds: 0, ok: false });
       return;
@@ -168,17 +179,34 @@ export class JobRunner extends EventEmitter<{ job: [JobEvent] }> {
     if (this.closed) return; // nak'ed by close(): another worker redoes it
     const seconds = (performance.now() - t0) / 1000;
     try {
-      await this.publish({ ...head, nfe: out.nfe, calls: out.calls, seconds, backend: this.o.backend, weights: this.loaded?.model.which ?? '', shape: out.shape, error: '' }, out.payload);
+      await this.publish(
+        {
+          ...head,
+          nfe: out.nfe,
+          calls: out.calls,
+          seconds,
+          backend: this.o.backend,
+          weights: this.loaded?.model.which ?? '',
+          shape: out.shape,
+          error: '',
+        },
+        out.payload,
+      );
       await m.ackAck();
     } catch (e) {
-      this.o.log(`worker ${this.o.id}: job ${job.index}: could not deliver the result (${(e as Error).message}); releasing it for redelivery`);
+      this.o.log(
+        `worker ${this.o.id}: job ${job.index}: could not deliver the result (${(e as Error).message}); releasing it for redelivery`,
+      );
       m.nak(1000);
       return;
     }
     this.emit('job', { kind: job.kind, items: job.to - job.from, nfe: out.nfe.reduce((a, b) => a + b, 0), seconds, ok: true });
   }
 
-  private async publish(head: Omit<JobResultChunk, 'chunk' | 'chunks' | 'offset' | 'totalBytes' | 'data'>, payload: Uint8Array): Promise<void> {
+  private async publish(
+    head: Omit<JobResultChunk, 'chunk' | 'chunks' | 'offset' | 'totalBytes' | 'data'>,
+    payload: Uint8Array,
+  ): Promise<void> {
     const subject = jobSubjects.result(head.run, head.task);
     for (const c of chunkResult(head, payload, this.o.nc.info?.max_payload ?? 1024 * 1024)) {
       await this.js.publish(subject, encodeResult(c));
@@ -229,7 +257,8 @@ export class JobRunner extends EventEmitter<{ job: [JobEvent] }> {
       const [h, w] = model.shape;
       if (spec.kind === 'likelihood') {
         const images = loadImages(spec.data, { limit: spec.limit });
-        if (images.h !== h || images.w !== w) throw new Error(`${images.source}: images are ${images.h}x${images.w}, the model takes ${h}x${w}`);
+        if (images.h !== h || images.w !== w)
+          throw new Error(`${images.source}: images are ${images.h}x${images.w}, the model takes ${h}x${w}`);
         l.images = images.data;
       } else if (spec.latent !== undefined) {
         const { data } = readNpy(spec.latent);

@@ -109,7 +109,10 @@ export class SyntheticReplica implements Replica {
     }
     const t = this.step + 1;
     const { lr } = this.config;
-    const b1 = 0.9, b2 = 0.999, c1 = 1 - b1 ** t, c2 = 1 - b2 ** t;
+    const b1 = 0.9,
+      b2 = 0.999,
+      c1 = 1 - b1 ** t,
+      c2 = 1 - b2 ** t;
     for (let j = 0; j < this.numParams; j++) {
       const g = meanGrad[j];
       this.m[j] = b1 * this.m[j] + (1 - b1) * g;

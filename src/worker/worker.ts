@@ -47,7 +47,9 @@ interface Active {
 }
 
 export function defaultWorkerId(device: number): string {
-  const host = hostname().replace(/[^A-Za-z0-9_-]/g, '_').slice(0, 32);
+  const host = hostname()
+    .replace(/[^A-Za-z0-9_-]/g, '_')
+    .slice(0, 32);
   return `${host}-${device >= 0 ? 'gpu' + device : 'cpu'}-${process.pid}`;
 }
 
@@ -83,7 +85,11 @@ export class Worker {
     this.id = checkId('worker', opts.id ?? defaultWorkerId(this.o.device));
     checkId('run', opts.run);
     this.telemetry = opts.telemetry ?? new Telemetry(this.o.log);
-    this.nats = new NatsCollective((s, b) => this.o.nc.publish(s, b), this.sender, (e) => this.reject(e));
+    this.nats = new NatsCollective(
+      (s, b) => this.o.nc.publish(s, b),
+      this.sender,
+      (e) => this.reject(e),
+    );
     this.collectives = new Map<TransportName, Collective>([['nats', this.nats]]);
     for (const [name, c] of Object.entries(opts.collectives ?? {})) if (c) this.collectives.set(name as TransportName, c);
     this.done = new Promise((r) => (this.finish = r));
@@ -128,7 +134,11 @@ export class Worker {
 
   private send<K extends BodyKind>(kind: K, body: Bodies[K], step: number, mepoch = 0, subject = subjects.coord(this.o.run)): void {
     if (this.closed) return;
-    const bytes = encode(this.sender.stamp({ run: this.o.run, worker: this.id, step, membershipEpoch: mepoch, session: this.session }), kind, body);
+    const bytes = encode(
+      this.sender.stamp({ run: this.o.run, worker: this.id, step, membershipEpoch: mepoch, session: this.session }),
+      kind,
+      body,
+    );
     this.o.nc.publish(subject, bytes);
   }
 
@@ -148,10 +158,23 @@ export class Worker {
     const { device, threads, backend } = this.o;
     this.nonce = randomInt(1, 2 ** 32 - 1);
     const dp = this.o.dataPlane;
-    this.send('join', {
-      host: hostname(), pid: process.pid, device, threads, backend, hasState: !!this.replica, nonce: this.nonce,
-      transports: [...this.collectives.keys()], dataHost: dp?.host ?? '', storePort: dp?.storePort ?? 0, transportNote: dp?.note ?? '',
-    }, this.step);
+    this.send(
+      'join',
+      {
+        host: hostname(),
+        pid: process.pid,
+        device,
+        threads,
+        backend,
+        hasState: !!this.replica,
+        nonce: this.nonce,
+        transports: [...this.collectives.keys()],
+        dataHost: dp?.host ?? '',
+        storePort: dp?.storePort ?? 0,
+        transportNote: dp?.note ?? '',
+      },
+      this.step,
+    );
   }
 
   private onMessage(data: Uint8Array): void {
@@ -273,14 +296,22 @@ export class Worker {
     try {
       await this.replace(await this.o.factory(this.configJson, got.bytes), got.transfer);
     } catch (e) {
-      this.send('synced', { checksum: '', stepsPerEpoch: 0, numParams: 0, transfer: got.transfer, error: (e as Error).message, lastBatch: 0 }, 0);
+      this.send(
+        'synced',
+        { checksum: '', stepsPerEpoch: 0, numParams: 0, transfer: got.transfer, error: (e as Error).message, lastBatch: 0 },
+        0,
+      );
     }
   }
 
   private async replace(r: Replica, transfer: string): Promise<void> {
     await this.replica?.close();
     this.replica = r;
-    this.send('synced', { checksum: r.checksum(), stepsPerEpoch: r.stepsPerEpoch(), numParams: r.numParams, transfer, error: '', lastBatch: r.lastBatch() }, r.step);
+    this.send(
+      'synced',
+      { checksum: r.checksum(), stepsPerEpoch: r.stepsPerEpoch(), numParams: r.numParams, transfer, error: '', lastBatch: r.lastBatch() },
+      r.step,
+    );
   }
 
   private onStateRequest(env: EnvelopeOf<'stateRequest'>): void {
@@ -288,11 +319,20 @@ export class Worker {
     if (q.donor !== this.id || !this.replica) return;
     const bytes = this.replica.exportState();
     const checksum = this.replica.checksum();
-    const header = { run: this.o.run, worker: this.id, step: this.replica.step, membershipEpoch: env.membershipEpoch, session: this.session };
+    const header = {
+      run: this.o.run,
+      worker: this.id,
+      step: this.replica.step,
+      membershipEpoch: env.membershipEpoch,
+      session: this.session,
+    };
     // The export above is the snapshot; sending it must not hold up the next plan.
     for (const t of q.targets) {
       const subject = t === '' ? subjects.coord(this.o.run) : subjects.worker(this.o.run, t);
-      void sendState(this.o.nc, subject, header, this.sender, q.transfer, bytes, checksum).then((n) => (this.telemetry.bytesSent += n), (e) => this.reject(e));
+      void sendState(this.o.nc, subject, header, this.sender, q.transfer, bytes, checksum).then(
+        (n) => (this.telemetry.bytesSent += n),
+        (e) => this.reject(e),
+      );
     }
   }
 
@@ -307,13 +347,27 @@ export class Worker {
       return this.join();
     }
     const waitMs = performance.now() - this.idleSince;
-    if (p.numParams !== r.numParams || p.shardStart.length !== p.members.length + 1 || p.chunkFloats < 1 || p.shardStart[p.members.length] !== p.globalBatch)
+    if (
+      p.numParams !== r.numParams ||
+      p.shardStart.length !== p.members.length + 1 ||
+      p.chunkFloats < 1 ||
+      p.shardStart[p.members.length] !== p.globalBatch
+    )
       throw new WireError('unexpected', `plan for ${p.numParams} params / ${p.members.length} members does not fit this replica`);
     const collective = this.collectives.get((p.transport || 'nats') as TransportName);
     if (!collective) throw new WireError('unexpected', `plan asks for transport '${p.transport}', which this worker does not offer`);
     const ctx: StepContext = {
-      run: this.o.run, me: this.id, step: env.step, mepoch: env.membershipEpoch, members: p.members, numParams: p.numParams,
-      chunkFloats: p.chunkFloats, globalBatch: p.globalBatch, session: this.session, shardStart: p.shardStart, store: p.store,
+      run: this.o.run,
+      me: this.id,
+      step: env.step,
+      mepoch: env.membershipEpoch,
+      members: p.members,
+      numParams: p.numParams,
+      chunkFloats: p.chunkFloats,
+      globalBatch: p.globalBatch,
+      session: this.session,
+      shardStart: p.shardStart,
+      store: p.store,
     };
     collective.begin(ctx);
     const a: Active = { env, collective };
@@ -334,7 +388,17 @@ export class Worker {
     const g = await r.gradSum(env.step, from, to);
     if (this.active !== a) return;
     const t1 = performance.now();
-    const ack = { lossSum: g.lossSum, count: g.count, checksum: '', error: '', computeMs: t1 - t0, allreduceMs: 0, waitMs, bytesSent: 0, bytesReceived: 0 };
+    const ack = {
+      lossSum: g.lossSum,
+      count: g.count,
+      checksum: '',
+      error: '',
+      computeMs: t1 - t0,
+      allreduceMs: 0,
+      waitMs,
+      bytesSent: 0,
+      bytesReceived: 0,
+    };
     // A bad local gradient is this worker's own failure: say so before it reaches any peer.
     if (!Number.isFinite(g.lossSum) || !allFinite(g.grad)) {
       ack.error = `non-finite gradient or loss at step ${env.step} on worker ${this.id}`;
@@ -351,7 +415,8 @@ export class Worker {
       mean = meanGradient(sum, env.body.globalBatch);
     } catch (e) {
       if (this.active !== a) return;
-      if (!(e instanceof NonFiniteError)) return this.o.log(`worker ${this.id}: step ${env.step} all-reduce (${collective.transport}) failed: ${(e as Error).message}`);
+      if (!(e instanceof NonFiniteError))
+        return this.o.log(`worker ${this.id}: step ${env.step} all-reduce (${collective.transport}) failed: ${(e as Error).message}`);
       ack.error = `non-finite reduced gradient at step ${env.step} (${collective.transport}): ${e.message}`;
       return this.send('ack', ack, env.step, env.membershipEpoch);
     }
@@ -361,13 +426,21 @@ export class Worker {
     Object.assign(ack, { allreduceMs: this.idleSince - t1, bytesSent: collective.bytesSent, bytesReceived: collective.bytesReceived });
     this.telemetry.bytesSent += collective.bytesSent;
     this.telemetry.bytesReceived += collective.bytesReceived;
-    this.telemetry.emit('workerStep', { run: this.o.run, worker: this.id, step: env.step, images: g.count, lossMean: g.lossSum / g.count, ...ack });
+    this.telemetry.emit('workerStep', {
+      run: this.o.run,
+      worker: this.id,
+      step: env.step,
+      images: g.count,
+      lossMean: g.lossSum / g.count,
+      ...ack,
+    });
     this.send('ack', ack, env.step, env.membershipEpoch);
   }
 
   /** Gradient chunks (transport nats); they can overtake the plan they belong to. */
   private onGrad(env: EnvelopeOf<'grad'>, size: number): void {
-    if (env.session !== this.session || !this.session) return this.reject(new WireError('wrong_session', `grad chunk of session ${env.session}`));
+    if (env.session !== this.session || !this.session)
+      return this.reject(new WireError('wrong_session', `grad chunk of session ${env.session}`));
     this.nats.accept(env, size, { mepoch: this.epochFloor, step: this.step });
   }
 }

@@ -30,7 +30,10 @@ export function gaussianModel(sde: SDE, shape: DataShape, mu: number[], s0: numb
         const a = perSample(sde.alphaTensor(t));
         const s = perSample(sde.stdTensor(t));
         const m = tf.tensor4d(mu, [1, ...shape]);
-        const v0 = tf.tensor4d(s0.map((v) => v * v), [1, ...shape]);
+        const v0 = tf.tensor4d(
+          s0.map((v) => v * v),
+          [1, ...shape],
+        );
         const vt = a.square().mul(v0).add(s.square());
         return x.sub(a.mul(m)).div(vt).neg() as tf.Tensor4D;
       }),
@@ -62,11 +65,21 @@ export function mixtureModel(sde: SDE, shape: DataShape, weights: [number, numbe
         const vt = a.square().mul(v).add(s.square()); // [n,1,1,1]
         const diffs = means.map((m) => x.sub(a.mul(tf.tensor4d(m, [1, ...shape]))));
         // responsibilities r_k = softmax_k(log w_k - |x - alpha m_k|^2 / (2 vt)), equal covariances
-        const logits = tf.stack(diffs.map((df, k) => tf.sub(logw[k], df.square().reshape([n, -1]).sum(1).div(vt.reshape([n]).mul(2)))), 1);
+        const logits = tf.stack(
+          diffs.map((df, k) =>
+            tf.sub(
+              logw[k],
+              df
+                .square()
+                .reshape([n, -1])
+                .sum(1)
+                .div(vt.reshape([n]).mul(2)),
+            ),
+          ),
+          1,
+        );
         const r = tf.softmax(logits, 1); // [n, 2]
-        const mix = diffs
-          .map((df, k) => df.mul(r.slice([0, k], [n, 1]).reshape([n, 1, 1, 1])))
-          .reduce((p, c) => p.add(c));
+        const mix = diffs.map((df, k) => df.mul(r.slice([0, k], [n, 1]).reshape([n, 1, 1, 1]))).reduce((p, c) => p.add(c));
         return mix.div(vt).neg() as tf.Tensor4D;
       }),
     logp: (t, x) => {

@@ -16,7 +16,12 @@ function cpuMs(tid: string): number {
   return (Number(f[11]) + Number(f[12])) * 10;
 }
 
-const snapshot = () => new Map(readdirSync('/proc/self/task').filter((t) => Number(t) !== process.pid).map((t) => [t, cpuMs(t)]));
+const snapshot = () =>
+  new Map(
+    readdirSync('/proc/self/task')
+      .filter((t) => Number(t) !== process.pid)
+      .map((t) => [t, cpuMs(t)]),
+  );
 
 await registerTorchBackend({ threads: 1 });
 const a = tf.randomNormal([256, 256]);

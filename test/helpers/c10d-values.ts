@@ -26,5 +26,7 @@ export function expectedSum(kind: ValueKind, n: number, seed: number, world: num
 }
 
 export function digest(v: Float32Array): string {
-  return createHash('sha256').update(new Uint8Array(v.buffer, v.byteOffset, v.byteLength)).digest('hex');
+  return createHash('sha256')
+    .update(new Uint8Array(v.buffer, v.byteOffset, v.byteLength))
+    .digest('hex');
 }

@@ -11,7 +11,11 @@ export interface CliResult {
 }
 
 /** Run one of the package's bin scripts to completion. */
-export function runBin(bin: 'scoreflow' | 'coordinator' | 'worker', args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): CliResult {
+export function runBin(
+  bin: 'scoreflow' | 'coordinator' | 'worker',
+  args: string[],
+  opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {},
+): CliResult {
   const r = spawnSync(process.execPath, [packagePath('bin', `${bin}.js`), ...args], {
     encoding: 'utf8',
     timeout: opts.timeoutMs ?? 300_000,
@@ -22,7 +26,10 @@ export function runBin(bin: 'scoreflow' | 'coordinator' | 'worker', args: string
 
 /** Start a bin script in the background. */
 export function spawnBin(bin: 'scoreflow' | 'coordinator' | 'worker', args: string[], env: NodeJS.ProcessEnv = {}) {
-  return spawn(process.execPath, [packagePath('bin', `${bin}.js`), ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  return spawn(process.execPath, [packagePath('bin', `${bin}.js`), ...args], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
 }
 
 export function tempDir(prefix = 'scoreflow-test-'): string {
@@ -33,5 +40,8 @@ export function tempDir(prefix = 'scoreflow-test-'): string {
 export function errorLines(stderr: string): string[] {
   return stderr
     .split('\n')
-    .filter((l) => l.trim() !== '' && !l.startsWith('backend: ') && !/^=+$/.test(l) && !l.includes('tfjs-node') && !l.startsWith('Hi, looks like'));
+    .filter(
+      (l) =>
+        l.trim() !== '' && !l.startsWith('backend: ') && !/^=+$/.test(l) && !l.includes('tfjs-node') && !l.startsWith('Hi, looks like'),
+    );
 }

@@ -55,7 +55,15 @@ export async function startCluster(
   };
   const run = copts.run ?? 'test';
   const coordinator = new Coordinator({
-    nc: await conn('coordinator'), run, outDir: copts.outDir ?? tempDir(), configJson, batchSize, minWorkers: n, heartbeatTimeoutMs: 1500, log: quiet, ...copts,
+    nc: await conn('coordinator'),
+    run,
+    outDir: copts.outDir ?? tempDir(),
+    configJson,
+    batchSize,
+    minWorkers: n,
+    heartbeatTimeoutMs: 1500,
+    log: quiet,
+    ...copts,
   });
   await coordinator.start();
   const workers: Worker[] = [];
@@ -66,7 +74,15 @@ export async function startCluster(
     const side = c10d ? await startC10d({ host: '127.0.0.1', timeoutMs: 5000 }) : undefined;
     if (side) sides.push(side);
     const w = new Worker({
-      nc: await conn('worker'), run, id: `w${workers.length}`, factory, heartbeatMs: 200, log: quiet, collectives: side?.collectives, dataPlane: side?.dataPlane, ...opts,
+      nc: await conn('worker'),
+      run,
+      id: `w${workers.length}`,
+      factory,
+      heartbeatMs: 200,
+      log: quiet,
+      collectives: side?.collectives,
+      dataPlane: side?.dataPlane,
+      ...opts,
     });
     workers.push(w);
     w.start();
@@ -74,7 +90,10 @@ export async function startCluster(
   };
   for (let i = 0; i < n; i++) await addWorker();
   return {
-    coordinator, workers, conns, addWorker,
+    coordinator,
+    workers,
+    conns,
+    addWorker,
     async close() {
       await coordinator.close();
       for (const w of workers) await w.close();

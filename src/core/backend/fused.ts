@@ -54,7 +54,12 @@ export function groupNormAct(
     const v = shift === null ? x : x.add(shift.reshape([n, 1, 1, c]));
     const g = v.reshape([n, h, w, groups, c / groups]);
     const { mean, variance } = tf.moments(g, [1, 2, 4], true);
-    const z = g.sub(mean).mul(tf.rsqrt(variance.add(eps))).reshape([n, h, w, c]).mul(gamma).add(beta);
+    const z = g
+      .sub(mean)
+      .mul(tf.rsqrt(variance.add(eps)))
+      .reshape([n, h, w, c])
+      .mul(gamma)
+      .add(beta);
     return (swish ? z.mul(tf.sigmoid(z)) : z) as tf.Tensor4D;
   });
 }

@@ -117,10 +117,14 @@ function threads(n: number | undefined): string {
 
 function load(name: ConcreteBackendName, opts: InitBackendOptions): Promise<BackendInfo> {
   switch (name) {
-    case 'torch': return loadTorch(opts);
-    case 'tensorflow': return loadTensorflow();
-    case 'wasm': return loadWasm(opts);
-    case 'cpu': return loadCpu();
+    case 'torch':
+      return loadTorch(opts);
+    case 'tensorflow':
+      return loadTensorflow();
+    case 'wasm':
+      return loadWasm(opts);
+    case 'cpu':
+      return loadCpu();
   }
 }
 
@@ -166,7 +170,9 @@ async function loadTensorflow(): Promise<BackendInfo> {
       continue;
     }
     if (tf.findBackendFactory('tensorflow') === null) {
-      throw new Error(`${pkg} registered no 'tensorflow' backend with this @tensorflow/tfjs ${tf.version_core}; install a matching version`);
+      throw new Error(
+        `${pkg} registered no 'tensorflow' backend with this @tensorflow/tfjs ${tf.version_core}; install a matching version`,
+      );
     }
     await activate('tensorflow');
     return { name: 'tensorflow', package: pkg };
@@ -174,7 +180,8 @@ async function loadTensorflow(): Promise<BackendInfo> {
   if (failures.length > 0) throw new Error(failures.join('; '));
   throw new Error(
     'neither @tensorflow/tfjs-node-gpu nor @tensorflow/tfjs-node is installed; run `npm install @tensorflow/tfjs-node` ' +
-    '(or `npm install @tensorflow/tfjs-node-gpu` for CUDA), whose install downloads libtensorflow');
+      '(or `npm install @tensorflow/tfjs-node-gpu` for CUDA), whose install downloads libtensorflow',
+  );
 }
 
 async function loadWasm(opts: InitBackendOptions): Promise<BackendInfo> {
@@ -188,7 +195,9 @@ async function loadWasm(opts: InitBackendOptions): Promise<BackendInfo> {
   await activate('wasm');
   const simd = (await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT')) === true;
   return {
-    name: 'wasm', simd, threads: getThreadsCount(),
+    name: 'wasm',
+    simd,
+    threads: getThreadsCount(),
     extraKernels: [...wasmKernelChanges.added],
     replacedKernels: [...wasmKernelChanges.replaced],
     fixedKernels: [...wasmKernelChanges.fixed],
@@ -206,7 +215,12 @@ async function loadCpu(): Promise<BackendInfo> {
 
 function firstLine(e: unknown): string {
   const text = e instanceof Error ? e.message : String(e);
-  return text.split('\n').find((l) => l.trim() !== '')?.trim() ?? 'unknown error';
+  return (
+    text
+      .split('\n')
+      .find((l) => l.trim() !== '')
+      ?.trim() ?? 'unknown error'
+  );
 }
 
 function errorCode(e: unknown): unknown {

@@ -9,7 +9,14 @@
  * gradient value (then nothing was written). `scalars`: [scale, beta1, beta2, stepSize, sqrtBc2,
  * eps, decay].
  */
-export type NativeAdam = (g: Float32Array, p: Float32Array, m: Float32Array, v: Float32Array, ema: Float32Array, scalars: Float64Array) => number;
+export type NativeAdam = (
+  g: Float32Array,
+  p: Float32Array,
+  m: Float32Array,
+  v: Float32Array,
+  ema: Float32Array,
+  scalars: Float64Array,
+) => number;
 
 let offered: NativeAdam | undefined;
 

@@ -28,7 +28,13 @@ export function conv2DBackpropFilter(args: KernelArgs): Info {
   const [n, h, w, cin] = shape4(x, 'Conv2DBackpropFilter x');
   const [fh, fw, , cout] = attrs.filterShape;
   const info = tf.backend_util.computeConv2DInfo(
-    [n, h, w, cin], attrs.filterShape, attrs.strides, 1, attrs.pad as Pad, attrs.dimRoundingMode);
+    [n, h, w, cin],
+    attrs.filterShape,
+    attrs.strides,
+    1,
+    attrs.pad as Pad,
+    attrs.dimRoundingMode,
+  );
   const [dn, oh, ow, dc] = shape4(dy, 'Conv2DBackpropFilter dy');
   if (dn !== n || oh !== info.outHeight || ow !== info.outWidth || dc !== cout) {
     throw new Error(`Conv2DBackpropFilter: dy shape [${dy.shape}] does not match the forward output [${info.outShape}]`);
@@ -47,9 +53,13 @@ export function conv2DBackpropFilter(args: KernelArgs): Info {
   const xt = run('Transpose', backend, { x: xs }, { perm: [3, 1, 2, 0] });
   if (cropped) free(backend, xs);
   const dyt = run('Transpose', backend, { x: dy }, { perm: [1, 2, 0, 3] });
-  const pad = [[0, 0], [top, needH - top - keepH], [left, needW - left - keepW], [0, 0]];
-  const conv = run('Conv2D', backend, { x: xt, filter: dyt },
-    { strides: [1, 1], pad, dataFormat: 'NHWC', dilations: [sh, sw] });
+  const pad = [
+    [0, 0],
+    [top, needH - top - keepH],
+    [left, needW - left - keepW],
+    [0, 0],
+  ];
+  const conv = run('Conv2D', backend, { x: xt, filter: dyt }, { strides: [1, 1], pad, dataFormat: 'NHWC', dilations: [sh, sw] });
   free(backend, xt, dyt);
   const dW = run('Transpose', backend, { x: conv }, { perm: [1, 2, 0, 3] });
   free(backend, conv);
@@ -63,7 +73,15 @@ export function conv2DBackpropFilter(args: KernelArgs): Info {
  * a stride-1 correlation of dy rows [lo, hi) = [base - taps + 1, base + rows) with the taps
  * reversed. Of those rows, [from, to) exist in dy; the rest become zero padding.
  */
-interface Phase { p: number; taps: number; rows: number; from: number; to: number; before: number; after: number }
+interface Phase {
+  p: number;
+  taps: number;
+  rows: number;
+  from: number;
+  to: number;
+  before: number;
+  after: number;
+}
 
 function phases(size: number, f: number, s: number, pad: number, dySize: number): Phase[] {
   const out: Phase[] = [];
@@ -99,8 +117,16 @@ function subFilter(w: Float32Array, [, fw, cin, cout]: number[], rp: Phase, cp: 
 }
 
 /** dx over one (row, column) residue class, zero-padded to [n, mh, mw, cin]. */
-function phaseBlock(backend: Backend, dy: Info, w: Float32Array, wShape: number[], rp: Phase, cp: Phase,
-  strides: [number, number], block: number[]): Info {
+function phaseBlock(
+  backend: Backend,
+  dy: Info,
+  w: Float32Array,
+  wShape: number[],
+  rp: Phase,
+  cp: Phase,
+  strides: [number, number],
+  block: number[],
+): Info {
   const [n, oh, ow, cout] = dy.shape;
   const cin = wShape[2];
   if (rp.taps === 0 || cp.taps === 0 || rp.rows === 0 || cp.rows === 0 || rp.to === rp.from || cp.to === cp.from) {
@@ -111,12 +137,29 @@ function phaseBlock(backend: Backend, dy: Info, w: Float32Array, wShape: number[
     ? run('Slice', backend, { x: dy }, { begin: [0, rp.from, cp.from, 0], size: [n, rp.to - rp.from, cp.to - cp.from, cout] })
     : dy;
   const filter = upload(backend, [rp.taps, cp.taps, cout, cin], subFilter(w, wShape, rp, cp, ...strides));
-  const pad = [[0, 0], [rp.before, rp.after], [cp.before, cp.after], [0, 0]];
+  const pad = [
+    [0, 0],
+    [rp.before, rp.after],
+    [cp.before, cp.after],
+    [0, 0],
+  ];
   const conv = run('Conv2D', backend, { x: dys, filter }, { strides: [1, 1], pad, dataFormat: 'NHWC', dilations: [1, 1] });
   free(backend, filter, ...(crop ? [dys] : []));
   if (rp.rows === block[1] && cp.rows === block[2]) return conv;
-  const padded = run('PadV2', backend, { x: conv },
-    { paddings: [[0, 0], [0, block[1] - rp.rows], [0, block[2] - cp.rows], [0, 0]], constantValue: 0 });
+  const padded = run(
+    'PadV2',
+    backend,
+    { x: conv },
+    {
+      paddings: [
+        [0, 0],
+        [0, block[1] - rp.rows],
+        [0, block[2] - cp.rows],
+        [0, 0],
+      ],
+      constantValue: 0,
+    },
+  );
   free(backend, conv);
   return padded;
 }
@@ -188,10 +231,22 @@ export function withExplicitSamePadding(original: tf.KernelFunc, depthwise: bool
     const attrs = (args.attrs ?? {}) as unknown as tf.Conv2DAttrs;
     if (attrs.pad !== 'same' || (attrs.dataFormat ?? 'NHWC') !== 'NHWC') return original(args);
     const { x, filter } = args.inputs as { x: Info; filter: Info };
-    const info = tf.backend_util.computeConv2DInfo(shape4(x, 'conv x'), shape4(filter, 'conv filter'), attrs.strides,
-      attrs.dilations ?? 1, 'same', attrs.dimRoundingMode, depthwise);
+    const info = tf.backend_util.computeConv2DInfo(
+      shape4(x, 'conv x'),
+      shape4(filter, 'conv filter'),
+      attrs.strides,
+      attrs.dilations ?? 1,
+      'same',
+      attrs.dimRoundingMode,
+      depthwise,
+    );
     const { top, bottom, left, right } = info.padInfo;
-    const pad = [[0, 0], [top, bottom], [left, right], [0, 0]];
+    const pad = [
+      [0, 0],
+      [top, bottom],
+      [left, right],
+      [0, 0],
+    ];
     return original({ ...args, attrs: { ...args.attrs, pad } });
   };
 }

@@ -13,9 +13,7 @@ import { conv2DBackpropFilter, conv2DBackpropInputVia, withExplicitSamePadding }
 import { WASM } from './wasm-ops.js';
 
 /** Kernels we add to 'wasm' because it has none. */
-const ADDED: ReadonlyArray<[string, tf.KernelFunc]> = [
-  [tf.Conv2DBackpropFilter, conv2DBackpropFilter as tf.KernelFunc],
-];
+const ADDED: ReadonlyArray<[string, tf.KernelFunc]> = [[tf.Conv2DBackpropFilter, conv2DBackpropFilter as tf.KernelFunc]];
 
 /** Stock wasm kernels we wrap: the wrapper gets the stock kernelFunc to fall back on. */
 const WRAPPED: ReadonlyArray<[string, 'replaced' | 'fixed', (stock: tf.KernelFunc) => tf.KernelFunc]> = [

@@ -13,9 +13,7 @@ export type Shape4 = [number, number, number, number];
 export type KernelArgs = { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: tf.NamedAttrMap };
 
 /** Runs wasm kernel `name`; `inputs` is a map, or an array for Concat. */
-export function run(
-  name: string, backend: Backend, inputs: tf.NamedTensorInfoMap | Info[], attrs: tf.NamedAttrMap = {},
-): Info {
+export function run(name: string, backend: Backend, inputs: tf.NamedTensorInfoMap | Info[], attrs: tf.NamedAttrMap = {}): Info {
   const kernel = tf.getKernel(name, WASM);
   if (kernel === undefined) throw new Error(`wasm backend has no '${name}' kernel`);
   const out = kernel.kernelFunc({ inputs: inputs as tf.NamedTensorInfoMap, backend, attrs });
@@ -38,8 +36,12 @@ export function zeros(backend: Backend, shape: number[]): Info {
 
 /** A new float32 tensor on `backend` holding `values`. */
 export function upload(backend: Backend, shape: number[], values: Float32Array): Info {
-  return (backend as unknown as { makeOutput(s: number[], d: string, o?: number, v?: Float32Array): Info })
-    .makeOutput(shape, 'float32', undefined, values);
+  return (backend as unknown as { makeOutput(s: number[], d: string, o?: number, v?: Float32Array): Info }).makeOutput(
+    shape,
+    'float32',
+    undefined,
+    values,
+  );
 }
 
 export function shape4(info: Info | number[], what: string): Shape4 {

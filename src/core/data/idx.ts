@@ -56,7 +56,9 @@ function readMaybeGzip(path: string): Buffer {
     return gunzipSync(buf, { maxOutputLength });
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') {
-      throw new Error(`${path}: decompresses to more than ${formatBytes(maxOutputLength)}, more than memory allows for its images; wrong file?`);
+      throw new Error(
+        `${path}: decompresses to more than ${formatBytes(maxOutputLength)}, more than memory allows for its images; wrong file?`,
+      );
     }
     throw new Error(`${path}: gzip data are corrupt or truncated (${String((err as Error).message).split('\n')[0]})`);
   }
@@ -75,13 +77,17 @@ function header(buf: Uint8Array, src: string, magic: number, ndims: number): num
   if (buf.byteLength < 4) throw new Error(`${src}: file too short (${buf.byteLength} bytes) for an IDX ${kind} file`);
   const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   const m = view.getUint32(0, false);
-  if (m !== magic) throw new Error(`${src}: magic number ${m} (0x${m.toString(16).padStart(8, '0')}, ${magicName(m)}) is not ${magic}, an IDX ${kind} file`);
+  if (m !== magic)
+    throw new Error(
+      `${src}: magic number ${m} (0x${m.toString(16).padStart(8, '0')}, ${magicName(m)}) is not ${magic}, an IDX ${kind} file`,
+    );
   if (buf.byteLength < head) throw new Error(`${src}: truncated IDX header (${buf.byteLength} of ${head} bytes)`);
   const dims = Array.from({ length: ndims }, (_, i) => view.getUint32(4 + 4 * i, false));
   if (dims.some((d) => d === 0)) throw new Error(`${src}: IDX dimensions [${dims.join(',')}] contain a zero`);
   const per = dims.slice(1).reduce((a, b) => a * b, 1);
   const need = dims[0] * per;
-  if (per > MAX_PIXELS_PER_IMAGE || need > MAX_BYTES) throw new Error(`${src}: IDX dimensions [${dims.join(',')}] are absurd; corrupt header?`);
+  if (per > MAX_PIXELS_PER_IMAGE || need > MAX_BYTES)
+    throw new Error(`${src}: IDX dimensions [${dims.join(',')}] are absurd; corrupt header?`);
   const have = buf.byteLength - head;
   if (have < need) throw new Error(`${src}: truncated: header says [${dims.join(',')}] = ${need} data bytes, file has ${have}`);
   if (have > need) throw new Error(`${src}: ${have - need} trailing bytes after the [${dims.join(',')}] data`);

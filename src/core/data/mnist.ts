@@ -97,7 +97,8 @@ export function imageSetFromFloat(data: Float32Array, n: number, h: number, w: n
 }
 
 function checkLimit(limit: number | undefined, who = 'loadImages'): void {
-  if (limit !== undefined && !(Number.isSafeInteger(limit) && limit > 0)) throw new Error(`${who}: limit must be a positive integer, got ${limit}`);
+  if (limit !== undefined && !(Number.isSafeInteger(limit) && limit > 0))
+    throw new Error(`${who}: limit must be a positive integer, got ${limit}`);
 }
 
 function fromNpy(path: string, limit: number | undefined): ImageSet {
@@ -151,7 +152,8 @@ export function loadLabels(source: DatasetName | string, opts: { limit?: number 
  * likelihood bounds that of the discrete bytes. `u` must match `x` in length.
  */
 export function dequantise(x: Float32Array, u: Float32Array, out = new Float32Array(x.length)): Float32Array {
-  if (u.length !== x.length || out.length !== x.length) throw new Error(`dequantise: lengths differ (x ${x.length}, u ${u.length}, out ${out.length})`);
+  if (u.length !== x.length || out.length !== x.length)
+    throw new Error(`dequantise: lengths differ (x ${x.length}, u ${u.length}, out ${out.length})`);
   for (let i = 0; i < x.length; i++) out[i] = (x[i] * 255 + u[i]) / 256;
   return out;
 }

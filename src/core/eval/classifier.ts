@@ -139,7 +139,8 @@ export class MnistClassifier {
   ) {
     checkClassifierConfig(config);
     this.infos = classifierParams(config);
-    if (params.length !== numParams(this.infos)) throw new Error(`classifier: ${params.length} parameters, the architecture has ${numParams(this.infos)}`);
+    if (params.length !== numParams(this.infos))
+      throw new Error(`classifier: ${params.length} parameters, the architecture has ${numParams(this.infos)}`);
     this.p = tf.tidy(() => upload(this.infos, params));
   }
 
@@ -153,7 +154,8 @@ export class MnistClassifier {
    */
   run(images: Float32Array, n: number, opts: { batchSize?: number } = {}): ClassifierOutputs {
     const d = IMAGE_SIZE * IMAGE_SIZE;
-    if (!Number.isSafeInteger(n) || n < 0 || images.length !== n * d) throw new Error(`classifier: ${images.length} values is not n*28*28 with n = ${n}`);
+    if (!Number.isSafeInteger(n) || n < 0 || images.length !== n * d)
+      throw new Error(`classifier: ${images.length} values is not n*28*28 with n = ${n}`);
     const bs = opts.batchSize ?? 500;
     const features = new Float32Array(n * this.config.hidden);
     const logits = new Float32Array(n * NUM_CLASSES);
@@ -286,9 +288,15 @@ export function trainClassifier(images: Float32Array, labels: Uint8Array, opts: 
 }
 
 /** Save as safetensors (atomically), with the architecture and `meta` in __metadata__. */
-export async function saveClassifier(path: string, config: ClassifierConfig, params: Float32Array, meta: Record<string, string> = {}): Promise<void> {
+export async function saveClassifier(
+  path: string,
+  config: ClassifierConfig,
+  params: Float32Array,
+  meta: Record<string, string> = {},
+): Promise<void> {
   const infos = classifierParams(checkClassifierConfig(config));
-  if (params.length !== numParams(infos)) throw new Error(`saveClassifier: ${params.length} parameters, the architecture has ${numParams(infos)}`);
+  if (params.length !== numParams(infos))
+    throw new Error(`saveClassifier: ${params.length} parameters, the architecture has ${numParams(infos)}`);
   const tensors: Record<string, { shape: number[]; data: Float32Array }> = {};
   for (const info of infos) tensors[info.name] = { shape: info.shape, data: params.slice(info.offset, info.offset + info.size) };
   await writeSafetensors(path, tensors, { ...meta, format: CLASSIFIER_FORMAT, config: JSON.stringify(config) }, { digest: true });
@@ -310,7 +318,8 @@ export function decodeClassifier(file: SafetensorsFile): { config: ClassifierCon
   const config = checkClassifierConfig(raw as ClassifierConfig, src);
   const infos = classifierParams(config);
   const known = new Set(infos.map((i) => i.name));
-  for (const name of file.tensors.keys()) if (!known.has(name)) throw new Error(`${src}: unexpected tensor '${name}' (not a classifier parameter)`);
+  for (const name of file.tensors.keys())
+    if (!known.has(name)) throw new Error(`${src}: unexpected tensor '${name}' (not a classifier parameter)`);
   const params = new Float32Array(numParams(infos));
   for (const info of infos) params.set(getFloat32(file, info.name, info.shape), info.offset);
   return { config, params };

@@ -65,7 +65,8 @@ const PIXELS = IMAGE_SIZE * IMAGE_SIZE;
 
 function checkImages(images: Images, what: string): void {
   if (!Number.isSafeInteger(images.n) || images.n < 2) throw new Error(`${what}: need at least 2 images, got ${images.n}`);
-  if (images.data.length !== images.n * PIXELS) throw new Error(`${what}: ${images.data.length} values is not n*28*28 with n = ${images.n}`);
+  if (images.data.length !== images.n * PIXELS)
+    throw new Error(`${what}: ${images.data.length} values is not n*28*28 with n = ${images.n}`);
 }
 
 /** Values clipped to [0,1] (NaN is rejected, not clipped), and how many were outside. */
@@ -155,7 +156,12 @@ export function meanConfidence(logits: Float32Array): number {
 }
 
 /** The reference's feature statistics, pixel histogram and speckle (images already in [0,1], or clipped here). */
-export function referenceStats(classifier: MnistClassifier, images: Images, source = 'reference', opts: { batchSize?: number } = {}): ReferenceStats {
+export function referenceStats(
+  classifier: MnistClassifier,
+  images: Images,
+  source = 'reference',
+  opts: { batchSize?: number } = {},
+): ReferenceStats {
   checkImages(images, source);
   const { data } = clipUnit(images.data, source);
   const out = classifier.run(data, images.n, opts);

@@ -74,12 +74,16 @@ function writeTempSync(target: string, data: AtomicData): string {
   try {
     for (const c of chunks(data)) {
       // writeSync may write less than asked (signals, pipes); loop until the chunk is out
-      for (let off = 0; off < c.byteLength; ) off += fs.writeSync(fd, c, off, Math.min(c.byteLength - off, MAX_WRITE));
+      for (let off = 0; off < c.byteLength;) off += fs.writeSync(fd, c, off, Math.min(c.byteLength - off, MAX_WRITE));
     }
     fs.fsyncSync(fd);
     fs.closeSync(fd);
   } catch (err) {
-    try { fs.closeSync(fd); } catch { /* already closed */ }
+    try {
+      fs.closeSync(fd);
+    } catch {
+      /* already closed */
+    }
     removeQuietlySync(tmp);
     fail(target, 'write temp file', err);
   }
@@ -87,7 +91,11 @@ function writeTempSync(target: string, data: AtomicData): string {
 }
 
 function removeQuietlySync(path: string): void {
-  try { fs.unlinkSync(path); } catch { /* best effort */ }
+  try {
+    fs.unlinkSync(path);
+  } catch {
+    /* best effort */
+  }
 }
 
 /** Write `data` to `path` atomically (see the module comment). Blocks the event loop. */
@@ -110,7 +118,10 @@ export function writeFilesAtomicSync(files: Iterable<readonly [string, AtomicDat
     temps.forEach(removeQuietlySync);
     throw err;
   }
-  renameAllSync(list.map(([t]) => t), temps);
+  renameAllSync(
+    list.map(([t]) => t),
+    temps,
+  );
 }
 
 function renameAllSync(targets: string[], temps: string[]): void {
@@ -123,7 +134,11 @@ function renameAllSync(targets: string[], temps: string[]): void {
     }
   }
   for (const dir of new Set(targets.map((t) => dirname(t)))) {
-    try { fsyncDirSync(dir); } catch (err) { fail(dir, 'fsync directory', err); }
+    try {
+      fsyncDirSync(dir);
+    } catch (err) {
+      fail(dir, 'fsync directory', err);
+    }
   }
 }
 
@@ -134,7 +149,7 @@ async function writeTemp(target: string, data: AtomicData): Promise<string> {
   const fh = await open(tmp, 'wx', 0o666).catch((err) => fail(target, 'create temp file', err));
   try {
     for (const c of chunks(data)) {
-      for (let off = 0; off < c.byteLength; ) off += (await fh.write(c, off, Math.min(c.byteLength - off, MAX_WRITE))).bytesWritten;
+      for (let off = 0; off < c.byteLength;) off += (await fh.write(c, off, Math.min(c.byteLength - off, MAX_WRITE))).bytesWritten;
     }
     await fh.sync();
     await fh.close();
@@ -168,7 +183,11 @@ export async function writeFilesAtomic(files: Iterable<readonly [string, AtomicD
     });
   }
   for (const dir of new Set(list.map(([t]) => dirname(t)))) {
-    try { fsyncDirSync(dir); } catch (err) { fail(dir, 'fsync directory', err); }
+    try {
+      fsyncDirSync(dir);
+    } catch (err) {
+      fail(dir, 'fsync directory', err);
+    }
   }
 }
 

@@ -52,10 +52,12 @@ export function checkInputFile(path: string, what: string, maxBytes: number, mem
     throw new Error(`${path}: cannot read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
   }
   if (!st.isFile()) throw new Error(`${path}: is ${kindOf(st)}, not a regular file; expected ${what}`);
-  if (st.size > maxBytes) throw new Error(`${path}: ${formatBytes(st.size)} is too large for ${what} (at most ${formatBytes(maxBytes)}); wrong file?`);
+  if (st.size > maxBytes)
+    throw new Error(`${path}: ${formatBytes(st.size)} is too large for ${what} (at most ${formatBytes(maxBytes)}); wrong file?`);
   const need = st.size * memoryFactor;
   const free = availableMemory();
-  if (need > free) throw new Error(`${path}: reading it (${what}) needs about ${formatBytes(need)} of memory, ${formatBytes(free)} is available`);
+  if (need > free)
+    throw new Error(`${path}: reading it (${what}) needs about ${formatBytes(need)} of memory, ${formatBytes(free)} is available`);
   return st.size;
 }
 

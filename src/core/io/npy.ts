@@ -25,7 +25,8 @@ function pyShape(shape: readonly number[]): string {
 }
 
 function checkShape(shape: readonly number[], n: number, where: string): void {
-  if (!shape.every((d) => Number.isSafeInteger(d) && d >= 0)) throw new Error(`${where}: shape ${JSON.stringify(shape)} is not a list of non-negative integers`);
+  if (!shape.every((d) => Number.isSafeInteger(d) && d >= 0))
+    throw new Error(`${where}: shape ${JSON.stringify(shape)} is not a list of non-negative integers`);
   const size = shape.reduce((a, b) => a * b, 1);
   if (size !== n) throw new Error(`${where}: shape [${shape.join(',')}] needs ${size} values, data has ${n}`);
 }
@@ -67,7 +68,10 @@ function parseHeader(text: string, src: string): { descr: string; fortran: boole
   if (!t.startsWith('{') || !t.endsWith('}') || !descr || !fortran || !shape) {
     throw new Error(`${src}: malformed .npy header ${JSON.stringify(t.slice(0, 120))}`);
   }
-  const dims = shape[1].split(',').map((s) => s.trim()).filter((s) => s !== '');
+  const dims = shape[1]
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s !== '');
   if (!dims.every((d) => /^\d+L?$/.test(d))) throw new Error(`${src}: bad shape (${shape[1]}) in .npy header`);
   return { descr: descr[1], fortran: fortran[1] === 'True', shape: dims.map((d) => parseInt(d, 10)) };
 }

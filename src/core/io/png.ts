@@ -25,7 +25,13 @@ function toByte(v: number): number {
 }
 
 /** Lay out `n` images of h x w (row-major in `images`, values in [0,1]) as one grayscale grid. */
-export function gridPixels(images: Float32Array, n: number, h: number, w: number, opts: GridOptions = {}): { width: number; height: number; gray: Uint8Array } {
+export function gridPixels(
+  images: Float32Array,
+  n: number,
+  h: number,
+  w: number,
+  opts: GridOptions = {},
+): { width: number; height: number; gray: Uint8Array } {
   positiveInt(n, 'n');
   positiveInt(h, 'h');
   positiveInt(w, 'w');

@@ -108,7 +108,12 @@ function entries(tensors: TensorsInput): [string, TensorInput][] {
 }
 
 /** The file as a list of chunks (header, then each tensor's bytes), without copying tensor data. */
-export function encodeSafetensorsChunks(tensors: TensorsInput, metadata?: Record<string, string>, label = 'safetensors', opts: EncodeOptions = {}): Uint8Array[] {
+export function encodeSafetensorsChunks(
+  tensors: TensorsInput,
+  metadata?: Record<string, string>,
+  label = 'safetensors',
+  opts: EncodeOptions = {},
+): Uint8Array[] {
   const header: Record<string, unknown> = {};
   const blobs: Uint8Array[] = [];
   let offset = 0;
@@ -117,7 +122,8 @@ export function encodeSafetensorsChunks(tensors: TensorsInput, metadata?: Record
     if (name === '' || name === '__metadata__') throw new Error(`${label}: invalid tensor name '${name}'`);
     const dtype = dtypeOf(t.data, where);
     if (!isShape(t.shape)) throw new Error(`${where}: shape ${JSON.stringify(t.shape)} is not a list of non-negative integers`);
-    if (numel(t.shape) !== t.data.length) throw new Error(`${where}: shape ${fmtShape(t.shape)} needs ${numel(t.shape)} values, data has ${t.data.length}`);
+    if (numel(t.shape) !== t.data.length)
+      throw new Error(`${where}: shape ${fmtShape(t.shape)} needs ${numel(t.shape)} values, data has ${t.data.length}`);
     const bytes = toLEBytes(t.data);
     header[name] = { dtype, shape: [...t.shape], data_offsets: [offset, offset + bytes.byteLength] };
     offset += bytes.byteLength;
@@ -153,11 +159,21 @@ export function encodeSafetensors(tensors: TensorsInput, metadata?: Record<strin
 }
 
 /** Write atomically (see atomic.ts): a crash leaves the old file or the complete new one. */
-export async function writeSafetensors(path: string, tensors: TensorsInput, metadata?: Record<string, string>, opts: EncodeOptions = {}): Promise<void> {
+export async function writeSafetensors(
+  path: string,
+  tensors: TensorsInput,
+  metadata?: Record<string, string>,
+  opts: EncodeOptions = {},
+): Promise<void> {
   await writeFileAtomic(path, encodeSafetensorsChunks(tensors, metadata, path, opts));
 }
 
-export function writeSafetensorsSync(path: string, tensors: TensorsInput, metadata?: Record<string, string>, opts: EncodeOptions = {}): void {
+export function writeSafetensorsSync(
+  path: string,
+  tensors: TensorsInput,
+  metadata?: Record<string, string>,
+  opts: EncodeOptions = {},
+): void {
   writeFileAtomicSync(path, encodeSafetensorsChunks(tensors, metadata, path, opts));
 }
 
@@ -185,7 +201,8 @@ interface Entry {
 function parseHeader(buf: Uint8Array, src: string): { json: Record<string, unknown>; dataStart: number } {
   if (buf.byteLength < 8) throw new Error(`${src}: file too short for a safetensors header (${buf.byteLength} bytes)`);
   const n = new DataView(buf.buffer, buf.byteOffset, 8).getBigUint64(0, true);
-  if (n > BigInt(buf.byteLength - 8)) throw new Error(`${src}: header length ${n} exceeds the file (${buf.byteLength} bytes); truncated or not safetensors`);
+  if (n > BigInt(buf.byteLength - 8))
+    throw new Error(`${src}: header length ${n} exceeds the file (${buf.byteLength} bytes); truncated or not safetensors`);
   if (n > BigInt(MAX_HEADER)) throw new Error(`${src}: header length ${n} is absurd (limit ${MAX_HEADER})`);
   const len = Number(n);
   let json: unknown;
@@ -211,14 +228,17 @@ function parseEntry(name: string, h: unknown, src: string): Entry {
   const where = `${src}: tensor '${name}'`;
   if (typeof h !== 'object' || h === null) throw new Error(`${where}: header entry is not an object`);
   const { dtype, shape, data_offsets: off } = h as Record<string, unknown>;
-  if (typeof dtype !== 'string' || !(dtype in DTYPES)) throw new Error(`${where}: unsupported dtype ${JSON.stringify(dtype)} (supported: ${Object.keys(DTYPES).join(', ')})`);
+  if (typeof dtype !== 'string' || !(dtype in DTYPES))
+    throw new Error(`${where}: unsupported dtype ${JSON.stringify(dtype)} (supported: ${Object.keys(DTYPES).join(', ')})`);
   if (!isShape(shape)) throw new Error(`${where}: shape ${JSON.stringify(shape)} is not a list of non-negative integers`);
   if (!Array.isArray(off) || off.length !== 2 || !isShape(off) || off[0] > off[1]) {
     throw new Error(`${where}: data_offsets ${JSON.stringify(off)} is not [begin, end] with 0 <= begin <= end`);
   }
   const need = numel(shape) * DTYPES[dtype as Dtype].size;
   if (off[1] - off[0] !== need) {
-    throw new Error(`${where}: data_offsets [${off[0]},${off[1]}] hold ${off[1] - off[0]} bytes but ${dtype} ${fmtShape(shape)} needs ${need}`);
+    throw new Error(
+      `${where}: data_offsets [${off[0]},${off[1]}] hold ${off[1] - off[0]} bytes but ${dtype} ${fmtShape(shape)} needs ${need}`,
+    );
   }
   return { name, dtype: dtype as Dtype, shape, begin: off[0], end: off[1] };
 }
@@ -229,7 +249,10 @@ function checkTiling(list: Entry[], dataLen: number, src: string): void {
   let pos = 0;
   let prev: Entry | undefined;
   for (const e of sorted) {
-    if (e.end > dataLen) throw new Error(`${src}: tensor '${e.name}' data_offsets [${e.begin},${e.end}] run past the data (${dataLen} bytes); truncated file?`);
+    if (e.end > dataLen)
+      throw new Error(
+        `${src}: tensor '${e.name}' data_offsets [${e.begin},${e.end}] run past the data (${dataLen} bytes); truncated file?`,
+      );
     if (e.begin < pos) throw new Error(`${src}: tensor '${e.name}' [${e.begin},${e.end}] overlaps tensor '${prev?.name}'`);
     if (e.begin > pos) throw new Error(`${src}: data bytes [${pos},${e.begin}) belong to no tensor`);
     pos = e.end;
@@ -247,7 +270,9 @@ function checkDigest(buf: Uint8Array, dataStart: number, metadata: Record<string
   if (want === undefined) return 'none';
   const got = createHash('sha256').update(buf.subarray(dataStart)).digest('hex');
   if (got !== want) {
-    throw new CorruptDataError(`${source}: corrupt: its tensor data do not match the SHA-256 recorded in the file (${DIGEST_KEY}); restore a good copy or retrain`);
+    throw new CorruptDataError(
+      `${source}: corrupt: its tensor data do not match the SHA-256 recorded in the file (${DIGEST_KEY}); restore a good copy or retrain`,
+    );
   }
   return 'verified';
 }

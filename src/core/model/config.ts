@@ -42,7 +42,8 @@ export function modelConfig(partial: Partial<ModelConfig> = {}): ModelConfig {
     // The strides and output_padding of the reference U-Net are fixed for 28x28 inputs.
     throw new Error(`ScoreNet is built for 28x28 images, got ${cfg.height}x${cfg.width}`);
   }
-  if (cfg.precond !== 'std' && cfg.precond !== 'edm') throw new Error(`model preconditioning must be std or edm, got ${String(cfg.precond)}`);
+  if (cfg.precond !== 'std' && cfg.precond !== 'edm')
+    throw new Error(`model preconditioning must be std or edm, got ${String(cfg.precond)}`);
   if (!(cfg.sigmaData > 0 && Number.isFinite(cfg.sigmaData))) throw new Error(`model sigma_data must be positive, got ${cfg.sigmaData}`);
   groupsFor(cfg); // validates divisibility
   return cfg;

@@ -48,13 +48,27 @@ export function paramInfos(cfg: ModelConfig): ParamInfo[] {
     add(`${name}.bias`, 'vector', [c], { constant: 0 });
   };
   add('embed.W', 'vector', [e / 2], { normal: cfg.fourierScale }, false);
-  conv('conv1', 1, c0); dense('dense1', c0); gnorm('gnorm1', c0);
-  conv('conv2', c0, c1); dense('dense2', c1); gnorm('gnorm2', c1);
-  conv('conv3', c1, c2); dense('dense3', c2); gnorm('gnorm3', c2);
-  conv('conv4', c2, c3); dense('dense4', c3); gnorm('gnorm4', c3);
-  tconv('tconv4', c3, c2); dense('dense5', c2); gnorm('tgnorm4', c2);
-  tconv('tconv3', c2 + c2, c1); dense('dense6', c1); gnorm('tgnorm3', c1);
-  tconv('tconv2', c1 + c1, c0); dense('dense7', c0); gnorm('tgnorm2', c0);
+  conv('conv1', 1, c0);
+  dense('dense1', c0);
+  gnorm('gnorm1', c0);
+  conv('conv2', c0, c1);
+  dense('dense2', c1);
+  gnorm('gnorm2', c1);
+  conv('conv3', c1, c2);
+  dense('dense3', c2);
+  gnorm('gnorm3', c2);
+  conv('conv4', c2, c3);
+  dense('dense4', c3);
+  gnorm('gnorm4', c3);
+  tconv('tconv4', c3, c2);
+  dense('dense5', c2);
+  gnorm('tgnorm4', c2);
+  tconv('tconv3', c2 + c2, c1);
+  dense('dense6', c1);
+  gnorm('tgnorm3', c1);
+  tconv('tconv2', c1 + c1, c0);
+  dense('dense7', c0);
+  gnorm('tgnorm2', c0);
   tconv('tconv1', c0 + c0, 1, true);
   groupsFor(cfg);
   return out;
@@ -149,8 +163,13 @@ export function initParams(infos: ParamInfo[], seed: number): Float32Array {
 export function structurallyZeroGrads(cfg: ModelConfig): string[] {
   const g = groupsFor(cfg);
   const pairs: Array<[string, string]> = [
-    ['dense1', 'gnorm1'], ['dense2', 'gnorm2'], ['dense3', 'gnorm3'], ['dense4', 'gnorm4'],
-    ['dense5', 'tgnorm4'], ['dense6', 'tgnorm3'], ['dense7', 'tgnorm2'],
+    ['dense1', 'gnorm1'],
+    ['dense2', 'gnorm2'],
+    ['dense3', 'gnorm3'],
+    ['dense4', 'gnorm4'],
+    ['dense5', 'tgnorm4'],
+    ['dense6', 'tgnorm3'],
+    ['dense7', 'tgnorm2'],
   ];
   return pairs
     .filter(([, norm]) => g[norm].groups === g[norm].channels)

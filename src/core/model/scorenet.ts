@@ -38,7 +38,10 @@ export class ScoreNet {
 
   /** Gaussian Fourier features of t, passed through swish: [N, embedDim]. */
   private embed(p: ParamTensors, t: tf.Tensor1D): tf.Tensor2D {
-    const proj = t.expandDims(1).mul(p['embed.W'].expandDims(0)).mul(2 * Math.PI);
+    const proj = t
+      .expandDims(1)
+      .mul(p['embed.W'].expandDims(0))
+      .mul(2 * Math.PI);
     return swish(tf.concat([tf.sin(proj), tf.cos(proj)], 1)) as tf.Tensor2D;
   }
 
@@ -61,8 +64,7 @@ export class ScoreNet {
 
   /** s_theta(x, t): x [N,H,W,1], t [N] -> [N,H,W,1]. Call inside tf.tidy. */
   apply(p: ParamTensors, x: tf.Tensor4D, t: tf.Tensor1D): tf.Tensor4D {
-    const conv = (h: tf.Tensor4D, name: string, stride: number) =>
-      tf.conv2d(h, p[`${name}.weight`] as tf.Tensor4D, stride, 'valid');
+    const conv = (h: tf.Tensor4D, name: string, stride: number) => tf.conv2d(h, p[`${name}.weight`] as tf.Tensor4D, stride, 'valid');
     // swish(GroupNorm(h + Dense(embed))): one fused kernel where the backend has it
     const block = (h: tf.Tensor4D, dense: string, norm: string) =>
       groupNormAct(h, this.dense(p, dense, embed), p[`${norm}.weight`], p[`${norm}.bias`], this.groups[norm].groups);

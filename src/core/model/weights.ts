@@ -48,7 +48,8 @@ export function inferModelConfig(file: SafetensorsFile): ModelConfig {
     if (!t) throw new Error(`${file.source}: tensor '${name}' is missing; is this a ScoreNet checkpoint?`);
     return t.shape[axis];
   };
-  if (dim('conv1.weight', 1) !== 1) throw new Error(`${file.source}: conv1.weight expects ${dim('conv1.weight', 1)} input channels; ScoreNet here takes 1-channel images`);
+  if (dim('conv1.weight', 1) !== 1)
+    throw new Error(`${file.source}: conv1.weight expects ${dim('conv1.weight', 1)} input channels; ScoreNet here takes 1-channel images`);
   const fromMeta = file.metadata.model ? (JSON.parse(file.metadata.model) as Partial<ModelConfig>) : {};
   return modelConfig({
     ...fromMeta,
@@ -95,7 +96,12 @@ export function loadWeights(path: string, opts: { ema?: boolean } = {}): LoadedW
 }
 
 /** A bare PyTorch state_dict of the given flat parameters (e.g. to export EMA weights). */
-export async function saveWeights(path: string, model: ModelConfig, params: Float32Array, meta: Record<string, string> = {}): Promise<void> {
+export async function saveWeights(
+  path: string,
+  model: ModelConfig,
+  params: Float32Array,
+  meta: Record<string, string> = {},
+): Promise<void> {
   const tensors: Record<string, TensorInput> = {};
   flatToStateDict(paramInfos(model), params, '', tensors);
   await writeSafetensors(path, tensors, { format: FORMAT, model: JSON.stringify(model), ...meta }, { digest: true });

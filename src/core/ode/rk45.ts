@@ -69,7 +69,9 @@ export class OdeStallError extends Error {
     readonly h: number,
     readonly problem: number,
   ) {
-    super(`ODE solver stalled at t=${t.toPrecision(8)}: step size ${h.toExponential(3)} fell below the floor (problem ${problem}); the vector field is stiff, not finite, or the tolerances too tight`);
+    super(
+      `ODE solver stalled at t=${t.toPrecision(8)}: step size ${h.toExponential(3)} fell below the floor (problem ${problem}); the vector field is stiff, not finite, or the tolerances too tight`,
+    );
     this.name = 'OdeStallError';
   }
 }
@@ -88,7 +90,14 @@ function checkOptions(o: Rk45Options): Required<Omit<Rk45Options, 'h0' | 'onProg
 }
 
 /** Solve m independent d-dimensional problems from t0 to t1 (either direction), y0 holding m*d values. */
-export async function rk45(field: BatchField, t0: number, t1: number, y0: ArrayLike<number>, m: number, opts: Rk45Options = {}): Promise<Rk45Result> {
+export async function rk45(
+  field: BatchField,
+  t0: number,
+  t1: number,
+  y0: ArrayLike<number>,
+  m: number,
+  opts: Rk45Options = {},
+): Promise<Rk45Result> {
   const o = checkOptions(opts);
   if (!(Number.isSafeInteger(m) && m >= 0)) throw new Error(`rk45: problem count must be a non-negative integer, got ${m}`);
   if (m > 0 && y0.length % m !== 0) throw new Error(`rk45: ${y0.length} initial values do not split into ${m} problems`);
@@ -112,7 +121,8 @@ export async function rk45(field: BatchField, t0: number, t1: number, y0: ArrayL
   const evalInto = async (ids: number[], ts: Float64Array, ys: Float64Array, dst: Float64Array): Promise<void> => {
     calls++;
     const out = await field(ts, ys, ids);
-    if (out.length !== ids.length * d) throw new Error(`rk45: vector field returned ${out.length} values for ${ids.length} problems of dimension ${d}`);
+    if (out.length !== ids.length * d)
+      throw new Error(`rk45: vector field returned ${out.length} values for ${ids.length} problems of dimension ${d}`);
     ids.forEach((i, j) => {
       nfe[i]++;
       for (let q = 0; q < d; q++) dst[i * d + q] = out[j * d + q];
@@ -180,7 +190,10 @@ export async function rk45(field: BatchField, t0: number, t1: number, y0: ArrayL
     const ids = all.filter((i) => !done[i]);
     for (const i of ids) {
       if (h[i] < hFloor) throw new OdeStallError(t[i], h[i], i);
-      if (++attempts[i] > o.maxSteps) throw new Error(`ODE solver gave up after ${o.maxSteps} steps at t=${t[i].toPrecision(6)} (step size ${h[i].toExponential(3)}, problem ${i})`);
+      if (++attempts[i] > o.maxSteps)
+        throw new Error(
+          `ODE solver gave up after ${o.maxSteps} steps at t=${t[i].toPrecision(6)} (step size ${h[i].toExponential(3)}, problem ${i})`,
+        );
       // do not step past t1
       const remaining = Math.abs(t1 - t[i]);
       hStep[i] = dir * Math.min(h[i], remaining);

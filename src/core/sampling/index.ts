@@ -62,7 +62,8 @@ export const SAMPLE_DEFAULTS = {
   batchSize: 64,
 } as const;
 
-export type ResolvedSampleOptions = Required<Omit<SampleOptions, 'latent' | 'onProgress' | 'firstStep'>> & Pick<SampleOptions, 'latent' | 'onProgress' | 'firstStep'>;
+export type ResolvedSampleOptions = Required<Omit<SampleOptions, 'latent' | 'onProgress' | 'firstStep'>> &
+  Pick<SampleOptions, 'latent' | 'onProgress' | 'firstStep'>;
 
 export function isSamplerName(s: string): s is SamplerName {
   return (SAMPLER_NAMES as readonly string[]).includes(s);
@@ -93,10 +94,12 @@ export function resolveSampleOptions(o: SampleOptions): ResolvedSampleOptions {
   };
   const minSteps = heun ? 1 : 2;
   if (!Number.isSafeInteger(r.seed) || r.seed < 0) throw new Error(`seed must be a non-negative integer, got ${r.seed}`);
-  if (!(Number.isSafeInteger(r.steps) && r.steps >= minSteps)) throw new Error(`steps must be an integer >= ${minSteps} for the ${r.sampler} sampler, got ${r.steps}`);
+  if (!(Number.isSafeInteger(r.steps) && r.steps >= minSteps))
+    throw new Error(`steps must be an integer >= ${minSteps} for the ${r.sampler} sampler, got ${r.steps}`);
   if (!(r.eps > 0 && r.eps < 1)) throw new Error(`eps must be in (0, 1), got ${r.eps}`);
   if (!(r.snr > 0 && Number.isFinite(r.snr))) throw new Error(`snr must be positive, got ${r.snr}`);
-  if (!(Number.isSafeInteger(r.correctorSteps) && r.correctorSteps >= 0)) throw new Error(`corrector steps must be a non-negative integer, got ${r.correctorSteps}`);
+  if (!(Number.isSafeInteger(r.correctorSteps) && r.correctorSteps >= 0))
+    throw new Error(`corrector steps must be a non-negative integer, got ${r.correctorSteps}`);
   if (!(r.rtol > 0 && Number.isFinite(r.rtol))) throw new Error(`rtol must be positive, got ${r.rtol}`);
   if (!(r.atol > 0 && Number.isFinite(r.atol))) throw new Error(`atol must be positive, got ${r.atol}`);
   if (r.firstStep !== undefined && !(r.firstStep > 0)) throw new Error(`first step must be positive, got ${r.firstStep}`);
@@ -104,7 +107,8 @@ export function resolveSampleOptions(o: SampleOptions): ResolvedSampleOptions {
   if (!(r.churn >= 0 && Number.isFinite(r.churn))) throw new Error(`churn must be >= 0, got ${r.churn}`);
   if (!(r.sTmin >= 0 && r.sTmax >= r.sTmin)) throw new Error(`need 0 <= S_tmin <= S_tmax, got ${r.sTmin}, ${r.sTmax}`);
   if (!(r.sNoise > 0 && Number.isFinite(r.sNoise))) throw new Error(`S_noise must be positive, got ${r.sNoise}`);
-  if (!(Number.isSafeInteger(r.batchSize) && r.batchSize >= 1)) throw new Error(`batch size must be a positive integer, got ${r.batchSize}`);
+  if (!(Number.isSafeInteger(r.batchSize) && r.batchSize >= 1))
+    throw new Error(`batch size must be a positive integer, got ${r.batchSize}`);
   return r;
 }
 
@@ -116,7 +120,15 @@ export function makeStepSampler(model: ScoreModel, o: ResolvedSampleOptions): St
     case 'pc':
       return new PredictorCorrector(model.sde, o.steps, o.eps, o.snr, o.correctorSteps);
     case 'heun':
-      return new HeunEdm(model.sde, { steps: o.steps, rho: o.rho, churn: o.churn, sTmin: o.sTmin, sTmax: o.sTmax, sNoise: o.sNoise, eps: o.eps });
+      return new HeunEdm(model.sde, {
+        steps: o.steps,
+        rho: o.rho,
+        churn: o.churn,
+        sTmin: o.sTmin,
+        sTmax: o.sTmax,
+        sNoise: o.sNoise,
+        eps: o.eps,
+      });
     case 'ode':
       throw new Error('the ode sampler is adaptive and has no fixed steps');
   }
@@ -145,11 +157,14 @@ export function priorDraw(model: ScoreModel, seed: number, i: number, d: number,
 /** Samples with indices [from, to), batch by batch. */
 export async function sampleRange(model: ScoreModel, opts: SampleOptions, from: number, to: number): Promise<SampleResult> {
   const o = resolveSampleOptions(opts);
-  if (!(Number.isSafeInteger(from) && Number.isSafeInteger(to) && 0 <= from && from <= to)) throw new Error(`bad index range [${from}, ${to})`);
+  if (!(Number.isSafeInteger(from) && Number.isSafeInteger(to) && 0 <= from && from <= to))
+    throw new Error(`bad index range [${from}, ${to})`);
   const score = new BatchScore(model, Math.max(o.batchSize, 1));
   const d = score.d;
-  if (o.latent !== undefined && o.latent.length % d !== 0) throw new Error(`latent has ${o.latent.length} values, not a multiple of the sample size ${d} ([${model.shape.join(',')}])`);
-  if (o.latent !== undefined && to * d > o.latent.length) throw new Error(`latent holds ${o.latent.length / d} samples, range [${from}, ${to}) needs ${to}`);
+  if (o.latent !== undefined && o.latent.length % d !== 0)
+    throw new Error(`latent has ${o.latent.length} values, not a multiple of the sample size ${d} ([${model.shape.join(',')}])`);
+  if (o.latent !== undefined && to * d > o.latent.length)
+    throw new Error(`latent holds ${o.latent.length / d} samples, range [${from}, ${to}) needs ${to}`);
   const samples = new Float32Array((to - from) * d);
   const nfe = new Int32Array(to - from);
   for (let a = from; a < to; a += o.batchSize) {
@@ -198,7 +213,15 @@ export async function sampleRange(model: ScoreModel, opts: SampleOptions, from: 
  * with RK45, each row with its own step sizes. t0 = 1 -> t1 = eps decodes latents into samples;
  * eps -> 1 encodes data into latents.
  */
-export async function probabilityFlow(model: ScoreModel, score: BatchScore, x0: Float64Array, m: number, t0: number, t1: number, ode: Rk45Options) {
+export async function probabilityFlow(
+  model: ScoreModel,
+  score: BatchScore,
+  x0: Float64Array,
+  m: number,
+  t0: number,
+  t1: number,
+  ode: Rk45Options,
+) {
   const sde = model.sde;
   const d = score.d;
   return rk45(

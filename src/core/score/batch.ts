@@ -69,7 +69,13 @@ export class BatchScore {
    * Skilling–Hutchinson estimator; with the d basis vectors as probes and w = 1 it is the exact
    * trace. Probes are processed as replicas of the batch, maxBatch rows at a time.
    */
-  async scoreAndDivergence(x: ArrayLike<number>, t: ArrayLike<number>, probes: Float32Array, k: number, weight: number): Promise<{ score: Float32Array; div: Float64Array }> {
+  async scoreAndDivergence(
+    x: ArrayLike<number>,
+    t: ArrayLike<number>,
+    probes: Float32Array,
+    k: number,
+    weight: number,
+  ): Promise<{ score: Float32Array; div: Float64Array }> {
     const m = t.length;
     const d = this.d;
     if (probes.length !== m * k * d) throw new Error(`scoreAndDivergence: ${probes.length} probe values, expected ${m}*${k}*${d}`);
@@ -101,7 +107,16 @@ export class BatchScore {
   }
 
   /** One batched forward + backward: rows (replica r, sample j) of x tiled; returns s of replica 0 and v^T J per row. */
-  private async vjpChunk(xs: Float32Array, ts: Float32Array, probes: Float32Array, a: number, b: number, r0: number, r1: number, k: number): Promise<{ s: Float32Array; vjp: Float32Array }> {
+  private async vjpChunk(
+    xs: Float32Array,
+    ts: Float32Array,
+    probes: Float32Array,
+    a: number,
+    b: number,
+    r0: number,
+    r1: number,
+    k: number,
+  ): Promise<{ s: Float32Array; vjp: Float32Array }> {
     const n = b - a;
     const reps = r1 - r0;
     const d = this.d;

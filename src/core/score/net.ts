@@ -21,7 +21,10 @@ export interface NetScoreModel extends ScoreModel {
 
 /** Wrap flat parameters (our layout) of a ScoreNet; uploads them once. */
 export function netScoreModel(
-  model: ModelConfig, sde: SdeConfig, params: Float32Array, meta: { which?: 'ema' | 'raw'; step?: number | null; unverified?: boolean } = {},
+  model: ModelConfig,
+  sde: SdeConfig,
+  params: Float32Array,
+  meta: { which?: 'ema' | 'raw'; step?: number | null; unverified?: boolean } = {},
 ): NetScoreModel {
   const net = new ScoreNet(model, makeSde(sde));
   const p: ParamTensors = tf.tidy(() => net.tensors(params));
@@ -58,6 +61,10 @@ export function scoreModelFromStateDict(path: string): NetScoreModel {
   const meta = file.metadata;
   const sde: SdeConfig = meta.sde
     ? (JSON.parse(meta.sde) as SdeConfig)
-    : { name: 've', sigmaMin: meta.sigma_min ? Number(meta.sigma_min) : undefined, sigmaMax: meta.sigma_max ? Number(meta.sigma_max) : undefined };
+    : {
+        name: 've',
+        sigmaMin: meta.sigma_min ? Number(meta.sigma_min) : undefined,
+        sigmaMax: meta.sigma_max ? Number(meta.sigma_max) : undefined,
+      };
   return netScoreModel(model, sde, flat);
 }

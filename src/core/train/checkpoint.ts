@@ -11,7 +11,14 @@
  * Checkpoints from before the digest load unverified (`digest: 'none'`; callers say so).
  */
 import {
-  CorruptDataError, decodeSafetensors, encodeSafetensors, inspectSafetensors, readSafetensors, type DigestStatus, type SafetensorsFile, type TensorInput,
+  CorruptDataError,
+  decodeSafetensors,
+  encodeSafetensors,
+  inspectSafetensors,
+  readSafetensors,
+  type DigestStatus,
+  type SafetensorsFile,
+  type TensorInput,
 } from '../io/safetensors.js';
 import { paramInfos } from '../model/params.js';
 import { checkNames, flatToStateDict, FORMAT, stateDictToFlat, TRAIN_PREFIXES } from '../model/weights.js';
@@ -28,17 +35,21 @@ export function encodeCheckpoint(cfg: TrainConfig, s: OptimState, extraMeta: Rec
   flatToStateDict(infos, s.m, SLOTS.m, tensors);
   flatToStateDict(infos, s.v, SLOTS.v, tensors);
   const perEpoch = extraMeta.steps_per_epoch ? Number(extraMeta.steps_per_epoch) : 0;
-  return encodeSafetensors(tensors, {
-    format: FORMAT,
-    step: String(s.step),
-    epoch: String(perEpoch ? Math.floor(s.step / perEpoch) : 0),
-    seed: String(cfg.seed),
-    model: JSON.stringify(cfg.model),
-    sde: JSON.stringify(cfg.sde),
-    train: JSON.stringify(cfg),
-    rng: 'counter-based: Rng(seed, stream, step, index)',
-    ...extraMeta,
-  }, { digest: true });
+  return encodeSafetensors(
+    tensors,
+    {
+      format: FORMAT,
+      step: String(s.step),
+      epoch: String(perEpoch ? Math.floor(s.step / perEpoch) : 0),
+      seed: String(cfg.seed),
+      model: JSON.stringify(cfg.model),
+      sde: JSON.stringify(cfg.sde),
+      train: JSON.stringify(cfg),
+      rng: 'counter-based: Rng(seed, stream, step, index)',
+      ...extraMeta,
+    },
+    { digest: true },
+  );
 }
 
 export interface DecodedCheckpoint {

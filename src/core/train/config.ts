@@ -97,7 +97,6 @@ export function recipeValues(name: string): TrainConfigInput {
   return { ...RECIPES[name as RecipeName] };
 }
 
-
 /** Fill defaults and validate, with one-line errors. */
 export function trainConfig(input: TrainConfigInput = {}): TrainConfig {
   const defined = Object.fromEntries(Object.entries(input).filter(([, v]) => v !== undefined));
@@ -119,13 +118,22 @@ export function trainConfig(input: TrainConfigInput = {}): TrainConfig {
   check(['sigma2', 'likelihood', 'edm'].includes(cfg.weighting), `weighting must be sigma2, likelihood or edm, got ${cfg.weighting}`);
   check(Object.hasOwn(RECIPES, cfg.recipe), `unknown recipe '${cfg.recipe}' (expected ${Object.keys(RECIPES).join(' or ')})`);
   check(cfg.noise === 'uniform' || cfg.noise === 'lognormal', `noise must be uniform or lognormal, got ${cfg.noise}`);
-  check(Number.isFinite(cfg.pMean) && cfg.pStd > 0 && Number.isFinite(cfg.pStd), `lognormal noise needs finite P_mean and P_std > 0, got ${cfg.pMean}, ${cfg.pStd}`);
+  check(
+    Number.isFinite(cfg.pMean) && cfg.pStd > 0 && Number.isFinite(cfg.pStd),
+    `lognormal noise needs finite P_mean and P_std > 0, got ${cfg.pMean}, ${cfg.pStd}`,
+  );
   check(cfg.sigmaData > 0 && Number.isFinite(cfg.sigmaData), `sigma_data must be positive, got ${cfg.sigmaData}`);
   // both are written for the VE SDE (x(t) = x(0) + std(t) z, sigma(t) inverted in closed form)
-  check(cfg.sde.name === 've' || (cfg.noise === 'uniform' && cfg.weighting !== 'edm' && cfg.model.precond === 'std'), `lognormal noise, edm weighting and edm preconditioning need the VE SDE, got ${cfg.sde.name}`);
+  check(
+    cfg.sde.name === 've' || (cfg.noise === 'uniform' && cfg.weighting !== 'edm' && cfg.model.precond === 'std'),
+    `lognormal noise, edm weighting and edm preconditioning need the VE SDE, got ${cfg.sde.name}`,
+  );
   check(Number.isInteger(cfg.lrWarmup) && cfg.lrWarmup >= 0, `lr warm-up must be a non-negative integer of steps, got ${cfg.lrWarmup}`);
   check(['constant', 'rsqrt', 'cosine'].includes(cfg.lrDecay), `lr decay must be constant, rsqrt or cosine, got ${cfg.lrDecay}`);
-  check(cfg.lrDecay === 'constant' || (Number.isInteger(cfg.lrDecaySteps) && cfg.lrDecaySteps >= 1), `lr decay ${cfg.lrDecay} needs lrDecaySteps >= 1, got ${cfg.lrDecaySteps}`);
+  check(
+    cfg.lrDecay === 'constant' || (Number.isInteger(cfg.lrDecaySteps) && cfg.lrDecaySteps >= 1),
+    `lr decay ${cfg.lrDecay} needs lrDecaySteps >= 1, got ${cfg.lrDecaySteps}`,
+  );
   return cfg;
 }
 

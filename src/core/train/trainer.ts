@@ -100,7 +100,8 @@ export class Trainer {
   /** SHA-256 over parameters, moments, EMA and step: equal across replicas iff their states are. */
   checksum(): string {
     const h = createHash('sha256');
-    for (const a of [this.state.params, this.state.m, this.state.v, this.state.ema]) h.update(new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
+    for (const a of [this.state.params, this.state.m, this.state.v, this.state.ema])
+      h.update(new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
     h.update(String(this.state.step));
     return h.digest('hex').slice(0, 16);
   }

@@ -56,7 +56,8 @@ export interface C10dSide {
 export async function startC10d(o: C10dOptions): Promise<C10dSide> {
   const gloo = c10dAvailable('gloo');
   const nccl = c10dAvailable('nccl');
-  if (!gloo.ok && !(nccl.ok && o.cuda)) return { collectives: {}, dataPlane: { host: o.host, storePort: 0, note: gloo.why }, close: () => {} };
+  if (!gloo.ok && !(nccl.ok && o.cuda))
+    return { collectives: {}, dataPlane: { host: o.host, storePort: 0, note: gloo.why }, close: () => {} };
   const store = await StoreServer.listen(o.host, o.port ?? 0);
   const collectives: C10dSide['collectives'] = {};
   if (gloo.ok) collectives.gloo = new C10dCollective('gloo', o);
@@ -103,7 +104,10 @@ export class C10dCollective implements Collective {
   private group?: { key: string; pg: Promise<ProcessGroup> };
   private ctx?: StepContext;
 
-  constructor(readonly transport: 'gloo' | 'nccl', private readonly o: C10dOptions) {}
+  constructor(
+    readonly transport: 'gloo' | 'nccl',
+    private readonly o: C10dOptions,
+  ) {}
 
   begin(ctx: StepContext): void {
     this.ctx = ctx;
@@ -113,8 +117,15 @@ export class C10dCollective implements Collective {
     const [storeHost, storePort] = splitHostPort(ctx.store);
     // Forming the group is a rendezvous with every member: start it now, while the gradient is computed.
     const pg = ProcessGroup.create({
-      backend: this.transport, storeHost, storePort, prefix: key, rank: ctx.members.indexOf(ctx.me), worldSize: ctx.members.length,
-      timeoutMs: this.o.timeoutMs, iface: this.o.iface, device: this.transport === 'nccl' ? 0 : undefined,
+      backend: this.transport,
+      storeHost,
+      storePort,
+      prefix: key,
+      rank: ctx.members.indexOf(ctx.me),
+      worldSize: ctx.members.length,
+      timeoutMs: this.o.timeoutMs,
+      iface: this.o.iface,
+      device: this.transport === 'nccl' ? 0 : undefined,
     });
     pg.catch(() => {}); // (a failed rendezvous surfaces in reduce)
     this.group = { key, pg };
@@ -136,7 +147,10 @@ export class C10dCollective implements Collective {
   private dropGroup(): void {
     const g = this.group;
     this.group = undefined;
-    void g?.pg.then((pg) => pg.close(), () => {});
+    void g?.pg.then(
+      (pg) => pg.close(),
+      () => {},
+    );
   }
 
   close(): void {

@@ -67,7 +67,11 @@ export class AllReduce {
   private resolve!: (sum: Float32Array) => void;
   readonly done: Promise<Float32Array>;
 
-  constructor(readonly ctx: StepContext, private readonly publish: Publish, private readonly sender = Sender.now()) {
+  constructor(
+    readonly ctx: StepContext,
+    private readonly publish: Publish,
+    private readonly sender = Sender.now(),
+  ) {
     this.n = ctx.members.length;
     this.rank = ctx.members.indexOf(ctx.me);
     if (this.rank < 0) throw new Error(`worker ${ctx.me} is not a member of step ${ctx.step}`);
@@ -98,7 +102,13 @@ export class AllReduce {
 
   /** Every chunk is stamped by the worker's Sender: a copy of it is refused as a duplicate. */
   private header() {
-    return this.sender.stamp({ run: this.ctx.run, worker: this.ctx.me, step: this.ctx.step, membershipEpoch: this.ctx.mepoch, session: this.ctx.session });
+    return this.sender.stamp({
+      run: this.ctx.run,
+      worker: this.ctx.me,
+      step: this.ctx.step,
+      membershipEpoch: this.ctx.mepoch,
+      session: this.ctx.session,
+    });
   }
 
   /** Chunk j of owner range r: [offset, length]. */
@@ -123,7 +133,13 @@ export class AllReduce {
         const r = (this.rank + k) % this.n;
         if (j >= this.chunksOf(r)) continue;
         const [o, len] = this.chunk(r, j);
-        const msg = encodeGrad(this.header(), { phase: Phase.REDUCE, owner: r, senderRank: this.rank, offset: o, count: g.count }, g.grad, o, len);
+        const msg = encodeGrad(
+          this.header(),
+          { phase: Phase.REDUCE, owner: r, senderRank: this.rank, offset: o, count: g.count },
+          g.grad,
+          o,
+          len,
+        );
         this.bytesSent += msg.byteLength;
         this.publish(subjects.worker(this.ctx.run, this.ctx.members[r]), msg);
       }
@@ -142,12 +158,19 @@ export class AllReduce {
     if (sender < 0) throw new WireError('unknown_worker', `chunk from ${env.worker}, not a member of step ${this.ctx.step}`);
     if (sender === this.rank) throw new WireError('unexpected', 'chunk claims to come from ourselves');
     const owner = c.phase === Phase.REDUCE ? this.rank : sender;
-    if ((c.phase !== Phase.REDUCE && c.phase !== Phase.GATHER) || c.owner !== owner || (c.phase === Phase.REDUCE && c.senderRank !== sender))
+    if (
+      (c.phase !== Phase.REDUCE && c.phase !== Phase.GATHER) ||
+      c.owner !== owner ||
+      (c.phase === Phase.REDUCE && c.senderRank !== sender)
+    )
       throw new WireError('bad_chunk', `phase ${c.phase} owner ${c.owner} sender ${c.senderRank} from rank ${sender}`);
     const [a, b] = [this.owners[owner], this.owners[owner + 1]];
     const len = Math.min(this.ctx.chunkFloats, b - c.offset);
     if (c.offset < a || c.offset >= b || (c.offset - a) % this.ctx.chunkFloats !== 0 || c.data.byteLength !== len * 4)
-      throw new WireError('bad_chunk', `offset ${c.offset} with ${c.data.byteLength} bytes does not fit range [${a}, ${b}) of rank ${owner}`);
+      throw new WireError(
+        'bad_chunk',
+        `offset ${c.offset} with ${c.data.byteLength} bytes does not fit range [${a}, ${b}) of rank ${owner}`,
+      );
     const j = (c.offset - a) / this.ctx.chunkFloats;
     if (c.phase === Phase.REDUCE) this.acceptReduce(sender, j, c);
     else this.acceptGather(owner, j, c);
@@ -156,7 +179,8 @@ export class AllReduce {
 
   private acceptReduce(sender: number, j: number, c: EnvelopeOf<'grad'>['body']): void {
     if (this.seen[j * this.n + sender]) throw new WireError('duplicate', `chunk at ${c.offset} from rank ${sender} again`);
-    if (c.count !== this.shard(sender)) throw new WireError('bad_chunk', `rank ${sender} claims ${c.count} samples, its shard has ${this.shard(sender)}`);
+    if (c.count !== this.shard(sender))
+      throw new WireError('bad_chunk', `rank ${sender} claims ${c.count} samples, its shard has ${this.shard(sender)}`);
     const v = leF32(c.data, c.data.byteOffset % 4 === 0 ? undefined : this.scratch());
     if (!allFinite(v)) throw new WireError('non_finite', `NaN/Inf in reduce chunk at ${c.offset} from rank ${sender}`);
     this.seen[j * this.n + sender] = 1;
@@ -174,7 +198,8 @@ export class AllReduce {
   private acceptGather(owner: number, j: number, c: EnvelopeOf<'grad'>['body']): void {
     const slot = owner + j * this.n;
     if (this.gatherSeen[slot]) throw new WireError('duplicate', `gather chunk at ${c.offset} again`);
-    if (c.count !== this.ctx.globalBatch) throw new WireError('bad_chunk', `gather chunk for ${c.count} samples, the batch has ${this.ctx.globalBatch}`);
+    if (c.count !== this.ctx.globalBatch)
+      throw new WireError('bad_chunk', `gather chunk for ${c.count} samples, the batch has ${this.ctx.globalBatch}`);
     // Check before copying: a NaN chunk must not reach the sum.
     const v = leF32(c.data, c.data.byteOffset % 4 === 0 ? undefined : this.scratch());
     if (!allFinite(v)) throw new WireError('non_finite', `NaN/Inf in gather chunk at ${c.offset}`);
@@ -203,7 +228,13 @@ export class AllReduce {
     this.next[j] = this.n + 1; // done
     const [o, len] = this.chunk(this.rank, j);
     if (this.n > 1) {
-      const msg = encodeGrad(this.header(), { phase: Phase.GATHER, owner: this.rank, senderRank: this.rank, offset: o, count: this.ctx.globalBatch }, this.sum, o, len);
+      const msg = encodeGrad(
+        this.header(),
+        { phase: Phase.GATHER, owner: this.rank, senderRank: this.rank, offset: o, count: this.ctx.globalBatch },
+        this.sum,
+        o,
+        len,
+      );
       this.bytesSent += msg.byteLength;
       this.publish(subjects.gather(this.ctx.run), msg);
     }
@@ -229,7 +260,11 @@ export class NatsCollective implements Collective {
   private ar?: AllReduce;
   private early: { env: EnvelopeOf<'grad'>; size: number }[] = [];
 
-  constructor(private readonly publish: Publish, private readonly sender: Sender, private readonly reject: (e: unknown) => void) {}
+  constructor(
+    private readonly publish: Publish,
+    private readonly sender: Sender,
+    private readonly reject: (e: unknown) => void,
+  ) {}
 
   get bytesSent(): number {
     return this.ar?.bytesSent ?? 0;
@@ -271,8 +306,11 @@ export class NatsCollective implements Collective {
       }
       return;
     }
-    const later = ctx ? newer(env, ctx) : floor !== undefined && (env.membershipEpoch > floor.mepoch || (env.membershipEpoch === floor.mepoch && env.step >= floor.step));
-    if (!later || this.early.length >= EARLY_LIMIT) return this.reject(new WireError('stale_epoch', `grad chunk of step ${env.step} epoch ${env.membershipEpoch}`));
+    const later = ctx
+      ? newer(env, ctx)
+      : floor !== undefined && (env.membershipEpoch > floor.mepoch || (env.membershipEpoch === floor.mepoch && env.step >= floor.step));
+    if (!later || this.early.length >= EARLY_LIMIT)
+      return this.reject(new WireError('stale_epoch', `grad chunk of step ${env.step} epoch ${env.membershipEpoch}`));
     this.early.push({ env, size });
   }
 

@@ -18,7 +18,17 @@ export interface C10dOps {
   listen(host: string, port: number): Promise<NativeHandle>;
   storePort(store: NativeHandle): number;
   storeClose(store: NativeHandle): void;
-  create(backend: string, storeHost: string, storePort: number, prefix: string, rank: number, worldSize: number, timeoutMs: number, iface: string, device: number): Promise<NativeHandle>;
+  create(
+    backend: string,
+    storeHost: string,
+    storePort: number,
+    prefix: string,
+    rank: number,
+    worldSize: number,
+    timeoutMs: number,
+    iface: string,
+    device: number,
+  ): Promise<NativeHandle>;
   allreduce(group: NativeHandle, values: Float32Array): Promise<void>;
   close(group: NativeHandle): void;
 }

@@ -48,7 +48,9 @@ function missing(): { gloo: string; nccl: string } {
     const addon = loadTorchAddon();
     if (addon.c10d === undefined) return both(`the addon was built before c10d existed (rebuild it: ${REBUILD})`);
     const { gloo, nccl } = addon.c10d.info();
-    const noNccl = addon.info().cuda ? `built without c10d nccl (rebuild where NCCL's headers are: ${REBUILD})` : 'libtorch without CUDA (or no GPU visible)';
+    const noNccl = addon.info().cuda
+      ? `built without c10d nccl (rebuild where NCCL's headers are: ${REBUILD})`
+      : 'libtorch without CUDA (or no GPU visible)';
     return { gloo: gloo ? '' : `built without c10d gloo (install libgloo-dev and rebuild: ${REBUILD})`, nccl: nccl ? '' : noNccl };
   } catch (e) {
     return both(`addon not built or not loading: ${firstLine(e)}`);
@@ -91,7 +93,7 @@ export class StoreServer {
    * own client connects there.
    */
   static async listen(host: string, port = 0): Promise<StoreServer> {
-    if (typeof host !== 'string' || host === '') throw new Error('c10d: the store server needs a host (this machine\'s name or address)');
+    if (typeof host !== 'string' || host === '') throw new Error("c10d: the store server needs a host (this machine's name or address)");
     if (!isPort(port, 0)) throw new Error(`c10d: store port must be an integer in [0, 65535] (0: any free port), got ${port}`);
     const native = ops();
     const handle = await native.listen(host, port).catch((e: unknown) => {
@@ -116,15 +118,18 @@ function checkGroupOptions(o: GroupOptions): void {
     throw new Error(`c10d: ${line}`);
   };
   if (o.backend !== 'gloo' && o.backend !== 'nccl') fail(`backend must be 'gloo' or 'nccl', got '${String(o.backend)}'`);
-  if (typeof o.storeHost !== 'string' || o.storeHost === '') fail('storeHost must name the machine of rank 0\'s store server');
+  if (typeof o.storeHost !== 'string' || o.storeHost === '') fail("storeHost must name the machine of rank 0's store server");
   if (!isPort(o.storePort, 1)) fail(`storePort must be an integer in [1, 65535], got ${o.storePort}`);
   if (typeof o.prefix !== 'string' || o.prefix === '') fail('prefix must be a non-empty string, new for each group membership');
   if (!(Number.isInteger(o.worldSize) && o.worldSize >= 1)) fail(`worldSize must be an integer >= 1, got ${o.worldSize}`);
-  if (!(Number.isInteger(o.rank) && o.rank >= 0 && o.rank < o.worldSize)) fail(`rank must be an integer in [0, ${o.worldSize}), got ${o.rank}`);
+  if (!(Number.isInteger(o.rank) && o.rank >= 0 && o.rank < o.worldSize))
+    fail(`rank must be an integer in [0, ${o.worldSize}), got ${o.rank}`);
   if (!(Number.isFinite(o.timeoutMs) && o.timeoutMs > 0)) fail(`timeoutMs must be a positive number of milliseconds, got ${o.timeoutMs}`);
-  if (o.iface !== undefined && (typeof o.iface !== 'string' || o.iface === '')) fail('iface, when given, must name an interface, host or address');
+  if (o.iface !== undefined && (typeof o.iface !== 'string' || o.iface === ''))
+    fail('iface, when given, must name an interface, host or address');
   if (o.device !== undefined && o.backend !== 'nccl') fail('device is for the nccl backend only');
-  if (o.device !== undefined && !(Number.isInteger(o.device) && o.device >= 0)) fail(`device must be a CUDA device index >= 0, got ${o.device}`);
+  if (o.device !== undefined && !(Number.isInteger(o.device) && o.device >= 0))
+    fail(`device must be a CUDA device index >= 0, got ${o.device}`);
 }
 
 export class ProcessGroup {

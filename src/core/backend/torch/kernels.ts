@@ -127,7 +127,14 @@ type Shape4 = [number, number, number, number];
  * the attributes (the gradient kernels have no dilations attribute: tfjs takes their dilation to
  * be 1), written with the two tensor ids into the slots the addon's convolution ops read.
  */
-function convSetup(b: TorchBackend, kernel: string, attrs: Attrs, ids: [tf.TensorInfo, tf.TensorInfo], xShape: number[], filterShape: number[]): void {
+function convSetup(
+  b: TorchBackend,
+  kernel: string,
+  attrs: Attrs,
+  ids: [tf.TensorInfo, tf.TensorInfo],
+  xShape: number[],
+  filterShape: number[],
+): void {
   nhwcOnly(attrs, kernel);
   const info = tf.backend_util.computeConv2DInfo(
     xShape as Shape4,

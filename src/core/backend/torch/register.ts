@@ -20,8 +20,7 @@ export interface TorchBackendOptions {
  * With SCOREFLOW_TORCH_TIMES=1 in the environment at registration, each kernel's calls and
  * wall time (JS and libtorch together, without tfjs's own bookkeeping) are counted here.
  */
-const kernelTimes: Map<string, { calls: number; ms: number }> | null =
-  process.env.SCOREFLOW_TORCH_TIMES === '1' ? new Map() : null;
+const kernelTimes: Map<string, { calls: number; ms: number }> | null = process.env.SCOREFLOW_TORCH_TIMES === '1' ? new Map() : null;
 
 function timedKernel(name: string, run: tf.KernelFunc): tf.KernelFunc {
   const entry = { calls: 0, ms: 0 };
@@ -61,7 +60,8 @@ function registerKernels(native: TorchAddon): void {
   const names = new Map(native.ops().map((n, k) => [n, k]));
   for (const [kernelName, impl] of Object.entries(KERNELS)) {
     const op = names.get(ADDON_OP[kernelName] ?? kernelName);
-    if (op === undefined) throw new Error(`torch backend: the addon lacks op '${kernelName}'; rebuild it with node native/build.mjs --force`);
+    if (op === undefined)
+      throw new Error(`torch backend: the addon lacks op '${kernelName}'; rebuild it with node native/build.mjs --force`);
     const counter = { calls: 0 };
     kernelCalls.set(kernelName, counter);
     const run: tf.KernelFunc = ({ inputs, attrs, backend }) => {
