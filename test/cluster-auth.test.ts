@@ -279,7 +279,9 @@ async function coordinatorRun(c: Case, out: string): Promise<{ code: number | nu
         for (const pid of childrenOf(child.pid!)) {
           started.add(pid);
           const cmdline = procFile(pid, 'cmdline');
-          if (!cmdline) continue;
+          // Spawned through `setpriv --pdeathsig ...`, which then execs the real command under the
+          // same pid: until that exec the cmdline is setpriv's. Look again on the next round.
+          if (!cmdline || cmdline[0]?.endsWith('setpriv')) continue;
           if (!seen.worker && cmdline.some((a) => a.endsWith('worker.js'))) {
             const environ = procFile(pid, 'environ');
             if (environ) seen.worker = { cmdline, environ };
