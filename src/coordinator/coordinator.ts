@@ -90,7 +90,7 @@ interface Member {
 
 interface Plan {
   step: number;
-  mepoch: number;
+  membershipEpoch: number;
   view: string[];
   shardStart: number[];
   transport: string;
@@ -101,14 +101,14 @@ interface Plan {
 
 export class Coordinator {
   readonly telemetry: Telemetry;
-  private readonly o: typeof DEFAULTS & CoordinatorOptions & { log: (l: string) => void };
+  private readonly opts: typeof DEFAULTS & CoordinatorOptions & { log: (l: string) => void };
   private readonly dir: RunDir;
   private record!: RunRecord;
   private readonly members = new Map<string, Member>();
   private seq = 0;
   private committed = 0;
-  private commitEpoch = 0;
-  private mepoch = 0;
+  private commitMembershipEpoch = 0;
+  private membershipEpoch = 0;
   private bumpEpoch = true;
   private lastView = '';
   private lastTransport = '';
@@ -138,10 +138,10 @@ export class Coordinator {
   readonly done: Promise<RunResult>;
 
   constructor(opts: CoordinatorOptions) {
-    this.o = { ...DEFAULTS, log: () => {}, ...opts } as typeof this.o;
+    this.opts = { ...DEFAULTS, log: () => {}, ...opts } as typeof this.opts;
     checkId('run', opts.run);
     this.dir = new RunDir(opts.outDir);
-    this.telemetry = opts.telemetry ?? new Telemetry(this.o.log);
+    this.telemetry = opts.telemetry ?? new Telemetry(this.opts.log);
     this.done = new Promise((r) => (this.resolve = r));
   }
 
@@ -156,13 +156,13 @@ export class Coordinator {
   /** Loads or creates the run record, subscribes, says Hello (workers of a previous coordinator re-attach). */
   async start(): Promise<void> {
     await this.restore();
-    const { nc, run } = this.o;
+    const { nc, run } = this.opts;
     this.subs.push(nc.subscribe(subjects.coord(run), { callback: (err, m) => !err && this.onMessage(m.data) }));
     void this.watchConnection();
     this.timer = setInterval(() => this.tick(), 100);
     this.broadcast('hello', { committed: this.committed });
     this.telemetry.ready = true;
-    this.o.log(`coordinator: run ${run} at step ${this.committed}, waiting for ${this.o.minWorkers} worker(s) on ${nc.getServer()}`);
+    this.opts.log(`coordinator: run ${run} at step ${this.committed}, waiting for ${this.opts.minWorkers} worker(s) on ${nc.getServer()}`);
   }
 
   async close(): Promise<void> {
@@ -175,53 +175,57 @@ export class Coordinator {
 
   private async restore(): Promise<void> {
     const prev = this.dir.read();
-    if (prev && prev.run !== this.o.run)
-      throw new Error(`${this.o.outDir} holds run ${prev.run}, not ${this.o.run}: pass --run ${prev.run} or another --out`);
+    if (prev && prev.run !== this.opts.run)
+      throw new Error(`${this.opts.outDir} holds run ${prev.run}, not ${this.opts.run}: pass --run ${prev.run} or another --out`);
     this.record = prev
       ? { ...prev, incarnation: prev.incarnation + 1 }
-      : { run: this.o.run, incarnation: 1, configJson: this.o.configJson };
+      : { run: this.opts.run, incarnation: 1, configJson: this.opts.configJson };
     // The run's config is the recorded one (workers train with it): plan with its batch size too.
     const recorded = (JSON.parse(this.record.configJson) as { batchSize?: unknown }).batchSize;
-    if (typeof recorded === 'number' && Number.isInteger(recorded) && recorded >= 1) this.o.batchSize = recorded;
-    if (this.o.steps === undefined && this.o.epochs === undefined && prev?.totalSteps) this.o.steps = prev.totalSteps;
-    this.mepoch = (this.record.incarnation & 0xffff) * 0x10000;
+    if (typeof recorded === 'number' && Number.isInteger(recorded) && recorded >= 1) this.opts.batchSize = recorded;
+    if (this.opts.steps === undefined && this.opts.epochs === undefined && prev?.totalSteps) this.opts.steps = prev.totalSteps;
+    this.membershipEpoch = (this.record.incarnation & 0xffff) * 0x10000;
     if (prev?.checkpoint) {
       const bytes = this.dir.readCheckpoint(prev.checkpoint);
       this.state = { bytes, step: prev.checkpoint.step, checksum: prev.checkpoint.checksum };
-      this.o.log(`coordinator: resuming run ${this.o.run} from its checkpoint at step ${prev.checkpoint.step}`);
-    } else if (this.o.resumeFrom) {
-      const step = checkpointStep(this.o.resumeFrom);
+      this.opts.log(`coordinator: resuming run ${this.opts.run} from its checkpoint at step ${prev.checkpoint.step}`);
+    } else if (this.opts.resumeFrom) {
+      const step = checkpointStep(this.opts.resumeFrom);
       if (step === undefined) throw new Error('the --resume file is not a training checkpoint (no step in its metadata)');
-      this.state = { bytes: this.o.resumeFrom, step, checksum: '' };
+      this.state = { bytes: this.opts.resumeFrom, step, checksum: '' };
     }
     this.committed = this.lastCkptStep = this.state?.step ?? 0;
     await this.dir.write(this.record);
   }
 
   private totalSteps(): number | undefined {
-    if (this.o.steps !== undefined) return this.o.steps;
-    if (this.o.epochs !== undefined && this.stepsPerEpoch) return this.o.epochs * this.stepsPerEpoch;
+    if (this.opts.steps !== undefined) return this.opts.steps;
+    if (this.opts.epochs !== undefined && this.stepsPerEpoch) return this.opts.epochs * this.stepsPerEpoch;
     return undefined;
   }
 
   // ---------------------------------------------------------------- messages
 
   private send<K extends BodyKind>(subject: string, kind: K, body: Bodies[K], step = this.committed): void {
-    this.o.nc.publish(
+    this.opts.nc.publish(
       subject,
-      encode(this.sender.stamp({ run: this.o.run, worker: '', step, membershipEpoch: this.mepoch, session: this.session }), kind, body),
+      encode(
+        this.sender.stamp({ run: this.opts.run, worker: '', step, membershipEpoch: this.membershipEpoch, session: this.session }),
+        kind,
+        body,
+      ),
     );
   }
 
   private broadcast<K extends BodyKind>(kind: K, body: Bodies[K], step = this.committed): void {
-    this.send(subjects.ctl(this.o.run), kind, body, step);
+    this.send(subjects.ctl(this.opts.run), kind, body, step);
   }
 
   private onMessage(data: Uint8Array): void {
     if (this.finished) return;
     try {
       const env = decode(data);
-      if (env.run !== this.o.run) throw new WireError('other_run', `message for run ${env.run}`);
+      if (env.run !== this.opts.run) throw new WireError('other_run', `message for run ${env.run}`);
       if (env.worker === '') throw new WireError('unexpected', `${env.kind} that claims to come from a coordinator`);
       this.guard.check(env.worker, env.origin, env.seq);
       this.handle(env);
@@ -229,7 +233,7 @@ export class Coordinator {
       if (e instanceof WireError) this.telemetry.reject(e.reason, e.message);
       else {
         // A bug met by some input: say so loudly, but a message must not end the run.
-        this.o.log(`coordinator: internal error on a message: ${(e as Error).stack ?? e}`);
+        this.opts.log(`coordinator: internal error on a message: ${(e as Error).stack ?? e}`);
         this.telemetry.reject('unexpected', (e as Error).message);
       }
       return;
@@ -275,7 +279,7 @@ export class Coordinator {
     const now = Date.now();
     if (now - (this.helloAt.get(worker) ?? 0) < 1000) return;
     this.helloAt.set(worker, now);
-    this.send(subjects.worker(this.o.run, worker), 'hello', { committed: this.committed });
+    this.send(subjects.worker(this.opts.run, worker), 'hello', { committed: this.committed });
   }
 
   private onJoin(env: EnvelopeOf<'join'>): void {
@@ -284,16 +288,16 @@ export class Coordinator {
     } catch (e) {
       throw new WireError('unexpected', (e as Error).message);
     }
-    const want = this.o.transport;
+    const want = this.opts.transport;
     if (want !== 'auto' && want !== 'nats' && !env.body.transports.includes(want)) {
       const why = env.body.transportNote ? ` (${env.body.transportNote})` : '';
       const reason = `the run uses --transport ${want}, the worker offers ${env.body.transports.join(', ') || 'nats'}${why}`;
-      this.o.log(`coordinator: worker ${env.worker} refused: ${reason}`);
-      return this.send(subjects.worker(this.o.run, env.worker), 'stop', {
+      this.opts.log(`coordinator: worker ${env.worker} refused: ${reason}`);
+      return this.send(subjects.worker(this.opts.run, env.worker), 'stop', {
         reason: `refused: ${reason}`,
         ok: false,
         committed: 0,
-        commitEpoch: 0,
+        commitMembershipEpoch: 0,
         nonce: env.body.nonce,
       });
     }
@@ -301,10 +305,10 @@ export class Coordinator {
     // Every member of a plan takes a non-empty shard of the global batch, so a run has at most
     // batchSize members; a worker beyond that stays out (idle) and, since its heartbeats get a
     // Hello, joins as soon as a member leaves.
-    if (!old && this.members.size >= this.o.batchSize) {
+    if (!old && this.members.size >= this.opts.batchSize) {
       if (!this.idle.has(env.worker))
-        this.o.log(
-          `coordinator: worker ${env.worker} left idle: the global batch of ${this.o.batchSize} is split over ${this.members.size} worker(s) already; it joins when one leaves`,
+        this.opts.log(
+          `coordinator: worker ${env.worker} left idle: the global batch of ${this.opts.batchSize} is split over ${this.members.size} worker(s) already; it joins when one leaves`,
         );
       this.idle.add(env.worker);
       return;
@@ -321,7 +325,7 @@ export class Coordinator {
       transfer: '',
     });
     // `session` is in every message we send; a Welcome also echoes the Join's nonce.
-    this.o.log(
+    this.opts.log(
       `coordinator: worker ${env.worker} joined (${env.body.host} pid ${env.body.pid}, device ${env.body.device}, ${env.body.threads} thread(s), ${env.body.backend})`,
     );
     this.membersChanged();
@@ -347,7 +351,7 @@ export class Coordinator {
 
   private onAck(m: Member, env: EnvelopeOf<'ack'>): void {
     const p = this.plan;
-    if (!p || env.step !== p.step || env.membershipEpoch !== p.mepoch || !p.view.includes(m.id))
+    if (!p || env.step !== p.step || env.membershipEpoch !== p.membershipEpoch || !p.view.includes(m.id))
       throw new WireError('stale_epoch', `ack of step ${env.step} epoch ${env.membershipEpoch} from ${m.id}`);
     if (env.body.error) return this.fatal(`${env.body.error}; the last good checkpoint is at step ${this.lastCkptStep}`);
     if (!Number.isFinite(env.body.lossSum)) throw new WireError('non_finite', `ack with loss sum ${env.body.lossSum}`);
@@ -372,7 +376,9 @@ export class Coordinator {
     this.ckpt = undefined;
     this.telemetry.lastCheckpointAt = Date.now();
     this.telemetry.emit('checkpoint', { step: got.step, path: rec.file, ms: Date.now() - c.started, bytes: got.bytes.byteLength });
-    this.o.log(`coordinator: checkpoint at step ${got.step} (${(got.bytes.byteLength / 1e6).toFixed(1)} MB, ${Date.now() - c.started} ms)`);
+    this.opts.log(
+      `coordinator: checkpoint at step ${got.step} (${(got.bytes.byteLength / 1e6).toFixed(1)} MB, ${Date.now() - c.started} ms)`,
+    );
     this.tick();
   }
 
@@ -385,12 +391,12 @@ export class Coordinator {
     if (this.plan) {
       const p = this.plan;
       if (p.view.every((id) => p.acks.has(id))) this.commit(p);
-      else if (now - p.started > Math.max(this.o.stepTimeoutMs, 10 * this.lastStepMs)) this.abort(`step ${p.step} timed out`);
+      else if (now - p.started > Math.max(this.opts.stepTimeoutMs, 10 * this.lastStepMs)) this.abort(`step ${p.step} timed out`);
       if (this.plan) return;
     }
     if (this.ckpt) {
       if (now < this.ckpt.deadline) return;
-      this.o.log(`coordinator: checkpoint from ${this.ckpt.donor} timed out; retrying`);
+      this.opts.log(`coordinator: checkpoint from ${this.ckpt.donor} timed out; retrying`);
       this.ckpt = undefined;
     }
     if (this.sync) {
@@ -404,7 +410,7 @@ export class Coordinator {
   /** Between steps: checkpoint, finish, sync joiners, or plan the next step. */
   private boundary(): void {
     const total = this.totalSteps();
-    const every = this.o.checkpointEvery;
+    const every = this.opts.checkpointEvery;
     const due = this.committed > this.lastCkptStep && (this.committed === total || (every > 0 && this.committed % every === 0));
     if (due && this.donor()) return this.startCheckpoint();
     if (total !== undefined && this.committed >= total && this.lastCkptStep === this.committed)
@@ -414,7 +420,7 @@ export class Coordinator {
     const view = [...this.members.values()]
       .filter((m) => m.phase === 'ready' && m.readyStep === this.committed)
       .sort((a, b) => a.seq - b.seq);
-    if (!this.started && view.length < this.o.minWorkers) return;
+    if (!this.started && view.length < this.opts.minWorkers) return;
     if (!view.length || total === undefined || !this.numParams) return;
     this.started = true;
     this.startPlan(view.map((m) => m.id));
@@ -431,13 +437,22 @@ export class Coordinator {
     // there are workers (those left out get the state again after the step).
     const view = ready.slice(0, B);
     const key = view.join(',');
-    if (this.bumpEpoch || key !== this.lastView) this.mepoch++;
+    if (this.bumpEpoch || key !== this.lastView) this.membershipEpoch++;
     this.bumpEpoch = false;
     this.lastView = key;
-    const checksum = this.o.checksumEvery > 0 && step % this.o.checksumEvery === 0;
+    const checksum = this.opts.checksumEvery > 0 && step % this.opts.checksumEvery === 0;
     const shardStart = rangeBounds(B, view.length);
     const { transport, store } = this.transportFor(view);
-    this.plan = { step, mepoch: this.mepoch, view, shardStart, transport, acks: new Map(), started: Date.now(), checksum };
+    this.plan = {
+      step,
+      membershipEpoch: this.membershipEpoch,
+      view,
+      shardStart,
+      transport,
+      acks: new Map(),
+      started: Date.now(),
+      checksum,
+    };
     this.broadcast(
       'plan',
       {
@@ -448,8 +463,8 @@ export class Coordinator {
         checksum,
         committed: this.committed,
         numParams: this.numParams,
-        chunkFloats: chunkFloatsFor(this.o.nc.info?.max_payload ?? 1 << 20),
-        commitEpoch: this.commitEpoch,
+        chunkFloats: chunkFloatsFor(this.opts.nc.info?.max_payload ?? 1 << 20),
+        commitMembershipEpoch: this.commitMembershipEpoch,
         transport,
         store,
       },
@@ -467,7 +482,7 @@ export class Coordinator {
     const all = (t: string) => joins.every((j) => j.transports.includes(t));
     let transport: TransportName;
     let why: string;
-    if (this.o.transport !== 'auto') [transport, why] = [this.o.transport, '--transport'];
+    if (this.opts.transport !== 'auto') [transport, why] = [this.opts.transport, '--transport'];
     else if (all('nccl') && joins.every((j) => j.device >= 0)) [transport, why] = ['nccl', 'every member is a CUDA worker with NCCL'];
     else if (all('gloo')) [transport, why] = ['gloo', "every member's torch addon has c10d Gloo"];
     else {
@@ -475,7 +490,7 @@ export class Coordinator {
       const lacking = joins.filter((j) => !j.transports.includes('gloo')).map((j) => j.transportNote || `${j.backend} worker without c10d`);
       why = `not every member has c10d Gloo (${[...new Set(lacking)].join('; ')})`;
     }
-    if (transport !== this.lastTransport) this.o.log(`coordinator: gradients over ${transport}: ${why}`);
+    if (transport !== this.lastTransport) this.opts.log(`coordinator: gradients over ${transport}: ${why}`);
     this.lastTransport = transport;
     const j0 = joins[0];
     return { transport, store: transport === 'nats' ? '' : `${j0.dataHost}:${j0.storePort}` };
@@ -491,7 +506,7 @@ export class Coordinator {
     }
     this.plan = undefined;
     this.committed = p.step + 1;
-    this.commitEpoch = p.mepoch;
+    this.commitMembershipEpoch = p.membershipEpoch;
     for (const m of this.members.values()) {
       if (p.view.includes(m.id)) m.readyStep = this.committed;
       else if (m.phase === 'ready') m.phase = 'new'; // missed this step: needs the state again
@@ -508,7 +523,7 @@ export class Coordinator {
     this.lastCommitAt = now;
     this.lastStepMs = stepMs;
     const r = {
-      run: this.o.run,
+      run: this.opts.run,
       step: p.step,
       lossMean: this.lossMean(p),
       workers: p.view.length,
@@ -548,7 +563,7 @@ export class Coordinator {
   /** Samples in step k's global batch: --batch-size, but an epoch's last batch holds the data set's remainder. */
   private batchOf(step: number): number {
     const spe = this.stepsPerEpoch;
-    return spe && this.lastBatch && step % spe === spe - 1 ? this.lastBatch : this.o.batchSize;
+    return spe && this.lastBatch && step % spe === spe - 1 ? this.lastBatch : this.opts.batchSize;
   }
 
   private abort(reason: string): void {
@@ -558,29 +573,29 @@ export class Coordinator {
     this.bumpEpoch = true;
     this.telemetry.stepsAborted++;
     this.telemetry.emit('abort', { step: p.step, reason });
-    this.o.log(`coordinator: step ${p.step} aborted (${reason}); re-planning over ${this.members.size} worker(s)`);
+    this.opts.log(`coordinator: step ${p.step} aborted (${reason}); re-planning over ${this.members.size} worker(s)`);
   }
 
   private startSync(targets: Member[]): void {
-    const transfer = `${this.o.run}-${this.record.incarnation}-${++this.transfers}`;
+    const transfer = `${this.opts.run}-${this.record.incarnation}-${++this.transfers}`;
     const init = this.committed === 0 && !this.state;
     const source = this.state && this.state.step === this.committed ? 'coordinator' : this.donor();
     if (!init && !source) {
       // Every worker that held step `committed` is gone: fall back to the last checkpoint.
       const to = this.state?.step ?? 0;
-      this.o.log(
+      this.opts.log(
         `coordinator: no live worker holds step ${this.committed}; rolling back to ${this.state ? 'the checkpoint at' : ''} step ${to}`,
       );
       this.committed = to;
       this.bumpEpoch = true;
       return this.startSync(targets);
     }
-    this.sync = { transfer, targets: new Set(targets.map((m) => m.id)), deadline: Date.now() + this.o.syncTimeoutMs };
+    this.sync = { transfer, targets: new Set(targets.map((m) => m.id)), deadline: Date.now() + this.opts.syncTimeoutMs };
     if (source === 'coordinator' && this.state!.checksum) this.sync.expect = this.state!.checksum;
     for (const m of targets) {
       m.phase = 'syncing';
       m.transfer = init ? '' : transfer;
-      this.send(subjects.worker(this.o.run, m.id), 'welcome', {
+      this.send(subjects.worker(this.opts.run, m.id), 'welcome', {
         configJson: this.record.configJson,
         committed: this.committed,
         init,
@@ -590,11 +605,17 @@ export class Coordinator {
     }
     if (init) return;
     if (source === 'coordinator') {
-      const header = { run: this.o.run, worker: '', step: this.state!.step, membershipEpoch: this.mepoch, session: this.session };
+      const header = {
+        run: this.opts.run,
+        worker: '',
+        step: this.state!.step,
+        membershipEpoch: this.membershipEpoch,
+        session: this.session,
+      };
       for (const m of targets)
         void sendState(
-          this.o.nc,
-          subjects.worker(this.o.run, m.id),
+          this.opts.nc,
+          subjects.worker(this.opts.run, m.id),
           header,
           this.sender,
           transfer,
@@ -608,16 +629,22 @@ export class Coordinator {
         targets: ids,
         committed: this.committed,
         transfer,
-        commitEpoch: this.commitEpoch,
+        commitMembershipEpoch: this.commitMembershipEpoch,
       });
     }
   }
 
   private startCheckpoint(): void {
     const d = this.donor()!;
-    const transfer = `${this.o.run}-${this.record.incarnation}-${++this.transfers}`;
-    this.ckpt = { transfer, donor: d.id, deadline: Date.now() + this.o.syncTimeoutMs, started: Date.now() };
-    this.broadcast('stateRequest', { donor: d.id, targets: [''], committed: this.committed, transfer, commitEpoch: this.commitEpoch });
+    const transfer = `${this.opts.run}-${this.record.incarnation}-${++this.transfers}`;
+    this.ckpt = { transfer, donor: d.id, deadline: Date.now() + this.opts.syncTimeoutMs, started: Date.now() };
+    this.broadcast('stateRequest', {
+      donor: d.id,
+      targets: [''],
+      committed: this.committed,
+      transfer,
+      commitMembershipEpoch: this.commitMembershipEpoch,
+    });
   }
 
   // ---------------------------------------------------------------- membership
@@ -625,13 +652,13 @@ export class Coordinator {
   private expire(): void {
     const now = Date.now();
     for (const m of [...this.members.values()]) {
-      if (now - m.lastSeen > this.o.heartbeatTimeoutMs) this.drop(m.id, `no heartbeat for ${((now - m.lastSeen) / 1000).toFixed(1)} s`);
+      if (now - m.lastSeen > this.opts.heartbeatTimeoutMs) this.drop(m.id, `no heartbeat for ${((now - m.lastSeen) / 1000).toFixed(1)} s`);
     }
   }
 
   private drop(id: string, reason: string, announce = true): void {
     if (!this.members.delete(id)) return;
-    if (announce) this.o.log(`coordinator: worker ${id} removed: ${reason}`);
+    if (announce) this.opts.log(`coordinator: worker ${id} removed: ${reason}`);
     if (this.plan?.view.includes(id)) this.abort(`worker ${id} ${reason}`);
     this.sync?.targets.delete(id);
     if (this.ckpt?.donor === id) this.ckpt = undefined;
@@ -645,7 +672,7 @@ export class Coordinator {
 
   /** A broker reconnect may have lost messages: give members a grace period and redo the phase. */
   private async watchConnection(): Promise<void> {
-    for await (const s of this.o.nc.status()) {
+    for await (const s of this.opts.nc.status()) {
       if (s.type !== 'reconnect' || this.finished) continue;
       for (const m of this.members.values()) m.lastSeen = Date.now();
       this.redo('the coordinator reconnected to NATS');
@@ -656,7 +683,7 @@ export class Coordinator {
   /** Messages may have been lost: abort the phase in flight, to be redone under a new epoch. */
   private redo(why: string): void {
     if (!this.plan && !this.sync && !this.ckpt) return;
-    this.o.log(`coordinator: ${why}; redoing the current phase`);
+    this.opts.log(`coordinator: ${why}; redoing the current phase`);
     this.abort(why);
     if (this.sync) for (const id of this.sync.targets) this.members.get(id)!.phase = 'new';
     this.sync = undefined;
@@ -666,7 +693,7 @@ export class Coordinator {
   // ---------------------------------------------------------------- the end
 
   private fatal(reason: string): void {
-    this.o.log(`coordinator: STOPPING RUN ${this.o.run}: ${reason}`);
+    this.opts.log(`coordinator: STOPPING RUN ${this.opts.run}: ${reason}`);
     this.finish({ ok: false, reason, step: this.committed });
   }
 
@@ -675,7 +702,13 @@ export class Coordinator {
     this.finished = true;
     clearInterval(this.timer);
     if (announce)
-      this.broadcast('stop', { reason: r.reason, ok: r.ok, committed: this.committed, commitEpoch: this.commitEpoch, nonce: 0 });
+      this.broadcast('stop', {
+        reason: r.reason,
+        ok: r.ok,
+        committed: this.committed,
+        commitMembershipEpoch: this.commitMembershipEpoch,
+        nonce: 0,
+      });
     this.telemetry.emit('done', r);
     this.resolve(r);
   }

@@ -73,16 +73,16 @@ export interface TaskOutcome {
 
 export class TaskFailed extends Error {}
 
-export async function runTask(o: TaskOptions): Promise<TaskOutcome> {
-  const log = o.log ?? (() => {});
-  const { nc, run, spec } = o;
-  const task = o.task ?? `t${randomBytes(6).toString('hex')}`;
-  const jobs = planJobs(o.n, batchSizeOf(spec), o.batchesPerJob ?? 1);
+export async function runTask(opts: TaskOptions): Promise<TaskOutcome> {
+  const log = opts.log ?? (() => {});
+  const { nc, run, spec } = opts;
+  const task = opts.task ?? `t${randomBytes(6).toString('hex')}`;
+  const jobs = planJobs(opts.n, batchSizeOf(spec), opts.batchesPerJob ?? 1);
   const jsm = await jetstreamManager(nc);
-  await ensureQueue(jsm, run, o.queue);
+  await ensureQueue(jsm, run, opts.queue);
   const js = nc.jetstream();
   const results = await (await js.consumers.get(streams.results(run), { filterSubjects: jobSubjects.result(run, task) })).consume();
-  const collector = new Collector(o, task, jobs, log);
+  const collector = new Collector(opts, task, jobs, log);
   const seqToJob = new Map<number, number>();
   const advisory = nc.subscribe(`$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.${streams.jobs(run)}.${WORKERS_CONSUMER}`, {
     callback: (err, m) => {
@@ -97,7 +97,7 @@ export async function runTask(o: TaskOptions): Promise<TaskOutcome> {
       results.stop();
     },
   });
-  const timers = watchQueue(o, jsm, run, collector, log);
+  const timers = watchQueue(opts, jsm, run, collector, log);
   try {
     const specJson = JSON.stringify(spec);
     for (const j of jobs) {
@@ -129,7 +129,7 @@ export async function runTask(o: TaskOptions): Promise<TaskOutcome> {
 
 /** Polls the consumer once a second: queue depth for metrics, and a hint when nobody works. */
 function watchQueue(
-  o: TaskOptions,
+  opts: TaskOptions,
   jsm: Awaited<ReturnType<typeof jetstreamManager>>,
   run: string,
   c: Collector,
@@ -140,11 +140,11 @@ function watchQueue(
   const t = setInterval(() => {
     void jsm.consumers.info(streams.jobs(run), WORKERS_CONSUMER).then(
       (info) => {
-        o.onQueueDepth?.(info.num_pending);
-        if (!warned && c.progress.jobsDone === 0 && info.num_ack_pending === 0 && Date.now() - started > (o.idleWarnMs ?? 15_000)) {
+        opts.onQueueDepth?.(info.num_pending);
+        if (!warned && c.progress.jobsDone === 0 && info.num_ack_pending === 0 && Date.now() - started > (opts.idleWarnMs ?? 15_000)) {
           warned = true;
           log(
-            `coordinator: no worker has taken a job of run ${run} yet; start workers with: worker start --nats ${o.nc.getServer()} --run ${run}`,
+            `coordinator: no worker has taken a job of run ${run} yet; start workers with: worker start --nats ${opts.nc.getServer()} --run ${run}`,
           );
         }
       },
@@ -171,13 +171,13 @@ class Collector {
   private failure?: string;
 
   constructor(
-    private readonly o: TaskOptions,
+    private readonly opts: TaskOptions,
     private readonly task: string,
     private readonly jobs: JobRange[],
     private readonly log: (l: string) => void,
   ) {
-    this.progress = { jobs: jobs.length, jobsDone: 0, items: o.n, itemsDone: 0 };
-    this.nfe = new Int32Array(o.n);
+    this.progress = { jobs: jobs.length, jobsDone: 0, items: opts.n, itemsDone: 0 };
+    this.nfe = new Int32Array(opts.n);
   }
 
   isDone(index: number): boolean {
@@ -195,7 +195,7 @@ class Collector {
     try {
       c = decodeResult(m.data);
       const j = this.jobs[c.index];
-      if (c.run !== this.o.run || c.task !== this.task || !j || j.from !== c.from || j.to !== c.to) {
+      if (c.run !== this.opts.run || c.task !== this.task || !j || j.from !== c.from || j.to !== c.to) {
         throw new JobWireError('bad_chunk', `result for ${c.run}/${c.task} job ${c.index} [${c.from}, ${c.to})`);
       }
     } catch (e) {
@@ -221,7 +221,7 @@ class Collector {
   private place(r: AssembledResult): void {
     const m = r.to - r.from;
     if (r.nfe.length !== m) throw new JobWireError('bad_chunk', `${r.nfe.length} nfe values for ${m} items`);
-    if (this.o.spec.kind === 'sample') {
+    if (this.opts.spec.kind === 'sample') {
       const v = payloadValues(r.payload, Float32Array);
       if (!this.values) {
         this.itemSize = v.length / m;
@@ -229,14 +229,14 @@ class Collector {
         if (!(Number.isInteger(this.itemSize) && this.itemSize > 0 && r.shape.reduce((a, b) => a * b, 1) === this.itemSize)) {
           throw new JobWireError('bad_chunk', `${v.length} values for ${m} samples of shape [${r.shape.join(',')}]`);
         }
-        this.values = new Float32Array(this.o.n * this.itemSize);
+        this.values = new Float32Array(this.opts.n * this.itemSize);
       }
       if (v.length !== m * this.itemSize) throw new JobWireError('bad_chunk', `${v.length} values for ${m} samples of ${this.itemSize}`);
       this.values.set(v, r.from * this.itemSize);
     } else {
       const v = payloadValues(r.payload, Float64Array);
       if (v.length !== m) throw new JobWireError('bad_chunk', `${v.length} bits/dim values for ${m} images`);
-      this.values ??= new Float64Array(this.o.n);
+      this.values ??= new Float64Array(this.opts.n);
       this.values.set(v, r.from);
     }
     this.nfe.set(r.nfe, r.from);
@@ -250,7 +250,7 @@ class Collector {
     }
     this.progress.jobsDone++;
     this.progress.itemsDone += m;
-    this.o.onJob?.(r, this.progress);
+    this.opts.onJob?.(r, this.progress);
   }
 
   outcome(): TaskOutcome {

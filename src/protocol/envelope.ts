@@ -62,7 +62,7 @@ export interface StepPlan {
   committed: number;
   numParams: number;
   chunkFloats: number;
-  commitEpoch: number;
+  commitMembershipEpoch: number;
   transport: string;
   store: string;
 }
@@ -90,7 +90,7 @@ export interface StateRequest {
   targets: string[];
   committed: number;
   transfer: string;
-  commitEpoch: number;
+  commitMembershipEpoch: number;
 }
 export interface StateChunk {
   transfer: string;
@@ -108,7 +108,7 @@ export interface Stop {
   reason: string;
   ok: boolean;
   committed: number;
-  commitEpoch: number;
+  commitMembershipEpoch: number;
   nonce: number;
 }
 

@@ -74,7 +74,7 @@ const yieldToLoop = () => new Promise<void>((r) => setImmediate(r));
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 export class JobRunner extends EventEmitter<{ job: [JobEvent] }> {
-  private readonly o: Required<JobRunnerOptions>;
+  private readonly opts: Required<JobRunnerOptions>;
   private readonly js: JetStreamClient;
   private consumer?: Consumer;
   private loaded?: Loaded;
@@ -86,7 +86,7 @@ export class JobRunner extends EventEmitter<{ job: [JobEvent] }> {
 
   constructor(opts: JobRunnerOptions) {
     super();
-    this.o = { isIdle: () => true, pullMs: 2000, workingMs: 1000, log: () => {}, ...opts };
+    this.opts = { isIdle: () => true, pullMs: 2000, workingMs: 1000, log: () => {}, ...opts };
     this.js = opts.nc.jetstream();
   }
 
@@ -109,17 +109,17 @@ export class JobRunner extends EventEmitter<{ job: [JobEvent] }> {
 
   private async run(): Promise<void> {
     while (!this.closed) {
-      if (!this.o.isIdle()) {
+      if (!this.opts.isIdle()) {
         await sleep(500);
         continue;
       }
       let m: JsMsg | null;
       try {
-        this.consumer ??= await this.js.consumers.get(streams.jobs(this.o.run), WORKERS_CONSUMER);
-        m = await this.consumer.next({ expires: this.o.pullMs });
+        this.consumer ??= await this.js.consumers.get(streams.jobs(this.opts.run), WORKERS_CONSUMER);
+        m = await this.consumer.next({ expires: this.opts.pullMs });
       } catch (e) {
         // No queue yet (no task was ever started for this run), or the connection is down.
-        if (!isNotFound(e)) this.o.log(`worker ${this.o.id}: jobs: ${(e as Error).message}`);
+        if (!isNotFound(e)) this.opts.log(`worker ${this.opts.id}: jobs: ${(e as Error).message}`);
         this.consumer = undefined;
         await sleep(1000);
         continue;
@@ -143,9 +143,9 @@ export class JobRunner extends EventEmitter<{ job: [JobEvent] }> {
     let job: Job;
     try {
       job = decodeJob(m.data);
-      if (job.run !== this.o.run) throw new JobWireError('undecodable', `job of run ${job.run}`);
+      if (job.run !== this.opts.run) throw new JobWireError('undecodable', `job of run ${job.run}`);
     } catch (e) {
-      this.o.log(`worker ${this.o.id}: terminated an unreadable job message: ${(e as Error).message}`);
+      this.opts.log(`worker ${this.opts.id}: terminated an unreadable job message: ${(e as Error).message}`);
       return m.term();
     }
     const head = {
@@ -154,12 +154,12 @@ export class JobRunner extends EventEmitter<{ job: [JobEvent] }> {
       index: job.index,
       from: job.from,
       to: job.to,
-      worker: this.o.id,
-      attempt: `${this.o.id}#${m.info.deliveryCount}`,
+      worker: this.opts.id,
+      attempt: `${this.opts.id}#${m.info.deliveryCount}`,
       delivery: m.info.deliveryCount,
     };
-    this.o.log(
-      `worker ${this.o.id}: job ${job.index}/${job.jobs} [${job.from}, ${job.to}) of task ${job.task} (${job.kind}, delivery ${m.info.deliveryCount})`,
+    this.opts.log(
+      `worker ${this.opts.id}: job ${job.index}/${job.jobs} [${job.from}, ${job.to}) of task ${job.task} (${job.kind}, delivery ${m.info.deliveryCount})`,
     );
     const t0 = performance.now();
     let out: Computed;
@@ -167,9 +167,9 @@ export class JobRunner extends EventEmitter<{ job: [JobEvent] }> {
       out = await this.compute(job, m);
     } catch (e) {
       const error = (e as Error).message.split('\n')[0];
-      this.o.log(`worker ${this.o.id}: job ${job.index} of task ${job.task} failed: ${error}`);
+      this.opts.log(`worker ${this.opts.id}: job ${job.index} of task ${job.task} failed: ${error}`);
       await this.publish(
-        { ...head, nfe: [], calls: 0, seconds: 0, backend: this.o.backend, weights: '', shape: [], error },
+        { ...head, nfe: [], calls: 0, seconds: 0, backend: this.opts.backend, weights: '', shape: [], error },
         new Uint8Array(0),
       ).catch(() => {});
       m.term(error);
@@ -185,7 +185,7 @@ export class JobRunner extends EventEmitter<{ job: [JobEvent] }> {
           nfe: out.nfe,
           calls: out.calls,
           seconds,
-          backend: this.o.backend,
+          backend: this.opts.backend,
           weights: this.loaded?.model.which ?? '',
           shape: out.shape,
           error: '',
@@ -194,8 +194,8 @@ export class JobRunner extends EventEmitter<{ job: [JobEvent] }> {
       );
       await m.ackAck();
     } catch (e) {
-      this.o.log(
-        `worker ${this.o.id}: job ${job.index}: could not deliver the result (${(e as Error).message}); releasing it for redelivery`,
+      this.opts.log(
+        `worker ${this.opts.id}: job ${job.index}: could not deliver the result (${(e as Error).message}); releasing it for redelivery`,
       );
       m.nak(1000);
       return;
@@ -208,7 +208,7 @@ export class JobRunner extends EventEmitter<{ job: [JobEvent] }> {
     payload: Uint8Array,
   ): Promise<void> {
     const subject = jobSubjects.result(head.run, head.task);
-    for (const c of chunkResult(head, payload, this.o.nc.info?.max_payload ?? 1024 * 1024)) {
+    for (const c of chunkResult(head, payload, this.opts.nc.info?.max_payload ?? 1024 * 1024)) {
       await this.js.publish(subject, encodeResult(c));
     }
   }
@@ -225,7 +225,7 @@ export class JobRunner extends EventEmitter<{ job: [JobEvent] }> {
       shape: loaded.model.shape,
       score: (x, t) => {
         const now = performance.now();
-        if (now - last >= this.o.workingMs) {
+        if (now - last >= this.opts.workingMs) {
           last = now;
           m.working();
         }

@@ -56,7 +56,7 @@ export function defaultWorkerId(device: number): string {
 export class Worker {
   readonly id: string;
   readonly telemetry: Telemetry;
-  private readonly o: Required<Omit<WorkerOptions, 'telemetry' | 'id' | 'collectives' | 'dataPlane'>> & Pick<WorkerOptions, 'dataPlane'>;
+  private readonly opts: Required<Omit<WorkerOptions, 'telemetry' | 'id' | 'collectives' | 'dataPlane'>> & Pick<WorkerOptions, 'dataPlane'>;
   private readonly nats: NatsCollective;
   private readonly sender = Sender.now();
   private readonly guard = new ReplayGuard();
@@ -64,8 +64,8 @@ export class Worker {
   private replica?: Replica;
   private configJson = '';
   private active?: Active;
-  private held?: { step: number; mepoch: number; mean: Float32Array };
-  private epochFloor = 0;
+  private held?: { step: number; membershipEpoch: number; mean: Float32Array };
+  private membershipEpochFloor = 0;
   /** The coordinator session we were welcomed into (0: none yet), and our last Join's nonce. */
   private session = 0;
   private nonce = 0;
@@ -81,12 +81,12 @@ export class Worker {
   readonly done: Promise<WorkerResult>;
 
   constructor(opts: WorkerOptions) {
-    this.o = { device: -1, threads: 1, backend: 'auto', heartbeatMs: 500, log: () => {}, ...opts };
-    this.id = checkId('worker', opts.id ?? defaultWorkerId(this.o.device));
+    this.opts = { device: -1, threads: 1, backend: 'auto', heartbeatMs: 500, log: () => {}, ...opts };
+    this.id = checkId('worker', opts.id ?? defaultWorkerId(this.opts.device));
     checkId('run', opts.run);
-    this.telemetry = opts.telemetry ?? new Telemetry(this.o.log);
+    this.telemetry = opts.telemetry ?? new Telemetry(this.opts.log);
     this.nats = new NatsCollective(
-      (s, b) => this.o.nc.publish(s, b),
+      (s, b) => this.opts.nc.publish(s, b),
       this.sender,
       (e) => this.reject(e),
     );
@@ -110,14 +110,14 @@ export class Worker {
   }
 
   start(): void {
-    const { nc, run } = this.o;
+    const { nc, run } = this.opts;
     for (const subject of [subjects.ctl(run), subjects.worker(run, this.id), subjects.gather(run)]) {
       this.subs.push(nc.subscribe(subject, { callback: (err, msg) => !err && this.onMessage(msg.data) }));
     }
     this.join();
-    this.timer = setInterval(() => this.heartbeat(false), this.o.heartbeatMs);
+    this.timer = setInterval(() => this.heartbeat(false), this.opts.heartbeatMs);
     void this.watchConnection();
-    this.o.log(`worker ${this.id} joining run ${run}`);
+    this.opts.log(`worker ${this.id} joining run ${run}`);
   }
 
   /** Leaves without a word (tests: a clean stand-in for a dead process is SIGKILL). */
@@ -132,14 +132,20 @@ export class Worker {
     this.finish(result);
   }
 
-  private send<K extends BodyKind>(kind: K, body: Bodies[K], step: number, mepoch = 0, subject = subjects.coord(this.o.run)): void {
+  private send<K extends BodyKind>(
+    kind: K,
+    body: Bodies[K],
+    step: number,
+    membershipEpoch = 0,
+    subject = subjects.coord(this.opts.run),
+  ): void {
     if (this.closed) return;
     const bytes = encode(
-      this.sender.stamp({ run: this.o.run, worker: this.id, step, membershipEpoch: mepoch, session: this.session }),
+      this.sender.stamp({ run: this.opts.run, worker: this.id, step, membershipEpoch: membershipEpoch, session: this.session }),
       kind,
       body,
     );
-    this.o.nc.publish(subject, bytes);
+    this.opts.nc.publish(subject, bytes);
   }
 
   private heartbeat(reconnected: boolean): void {
@@ -148,16 +154,16 @@ export class Worker {
 
   /** After a broker reconnect, tell the coordinator at once: messages of the step in flight may be lost. */
   private async watchConnection(): Promise<void> {
-    for await (const s of this.o.nc.status()) {
+    for await (const s of this.opts.nc.status()) {
       if (this.closed) return;
       if (s.type === 'reconnect') this.heartbeat(true);
     }
   }
 
   private join(): void {
-    const { device, threads, backend } = this.o;
+    const { device, threads, backend } = this.opts;
     this.nonce = randomInt(1, 2 ** 32 - 1);
-    const dp = this.o.dataPlane;
+    const dp = this.opts.dataPlane;
     this.send(
       'join',
       {
@@ -182,7 +188,7 @@ export class Worker {
     let env: Envelope;
     try {
       env = decode(data);
-      if (env.run !== this.o.run) throw new WireError('other_run', `message for run ${env.run}`);
+      if (env.run !== this.opts.run) throw new WireError('other_run', `message for run ${env.run}`);
       if (env.worker === this.id) throw new WireError('unexpected', `${env.kind} that claims to come from this worker`);
       this.guard.check(env.worker, env.origin, env.seq);
     } catch (e) {
@@ -195,7 +201,7 @@ export class Worker {
 
   private reject(e: unknown): void {
     if (e instanceof WireError) this.telemetry.reject(e.reason, e.message);
-    else this.o.log(`worker ${this.id}: ${(e as Error).stack ?? e}`);
+    else this.opts.log(`worker ${this.id}: ${(e as Error).stack ?? e}`);
   }
 
   private async onControl(env: Envelope): Promise<void> {
@@ -205,8 +211,8 @@ export class Worker {
     const refusal = env.kind === 'stop' && env.body.nonce !== 0 && env.body.nonce === this.nonce && fromCoordinator;
     if (env.kind !== 'hello' && env.kind !== 'welcome' && !refusal && env.session !== this.session)
       throw new WireError('wrong_session', `${env.kind} of session ${env.session}`);
-    if (fromCoordinator && env.kind !== 'welcome' && env.kind !== 'hello' && env.membershipEpoch < this.epochFloor)
-      throw new WireError('stale_epoch', `${env.kind} of membership epoch ${env.membershipEpoch} < ${this.epochFloor}`);
+    if (fromCoordinator && env.kind !== 'welcome' && env.kind !== 'hello' && env.membershipEpoch < this.membershipEpochFloor)
+      throw new WireError('stale_epoch', `${env.kind} of membership epoch ${env.membershipEpoch} < ${this.membershipEpochFloor}`);
     switch (env.kind) {
       case 'hello':
         return this.onHello(env);
@@ -215,15 +221,15 @@ export class Worker {
       case 'state':
         return this.onState(env);
       case 'plan':
-        this.epochFloor = env.membershipEpoch;
-        if (!this.commit(env.body.committed, env.body.commitEpoch)) return;
+        this.membershipEpochFloor = env.membershipEpoch;
+        if (!this.commit(env.body.committed, env.body.commitMembershipEpoch)) return;
         return this.onPlan(env);
       case 'stateRequest':
-        if (!this.commit(env.body.committed, env.body.commitEpoch)) return;
+        if (!this.commit(env.body.committed, env.body.commitMembershipEpoch)) return;
         return this.onStateRequest(env);
       case 'stop':
-        this.commit(env.body.committed, env.body.commitEpoch);
-        this.o.log(`worker ${this.id}: run ${env.body.ok ? 'finished' : 'stopped'}: ${env.body.reason}`);
+        this.commit(env.body.committed, env.body.commitMembershipEpoch);
+        this.opts.log(`worker ${this.id}: run ${env.body.ok ? 'finished' : 'stopped'}: ${env.body.reason}`);
         return this.close({ ok: env.body.ok, reason: env.body.reason, step: this.step });
       default:
         throw new WireError('unexpected', `${env.kind} on a worker`);
@@ -232,14 +238,14 @@ export class Worker {
 
   /**
    * Brings the replica to `committed` steps: applies the held gradient of step
-   * committed-1 if it was computed under `commitEpoch`. Returns false (and asks to join
+   * committed-1 if it was computed under `commitMembershipEpoch`. Returns false (and asks to join
    * again) when that is impossible: this replica missed a step and needs the state.
    */
-  private commit(committed: number, commitEpoch: number): boolean {
+  private commit(committed: number, commitMembershipEpoch: number): boolean {
     const r = this.replica;
     if (!r) return false;
     const h = this.held;
-    if (h && h.step === committed - 1 && r.step === h.step && h.mepoch === commitEpoch) {
+    if (h && h.step === committed - 1 && r.step === h.step && h.membershipEpoch === commitMembershipEpoch) {
       r.apply(h.mean);
       this.held = undefined;
     }
@@ -251,7 +257,7 @@ export class Worker {
       this.reject(new WireError('stale_epoch', `message says ${committed} steps are committed, this replica holds ${r.step}`));
       return false;
     }
-    this.o.log(`worker ${this.id}: state at step ${r.step} but ${committed} are committed; asking for the state`);
+    this.opts.log(`worker ${this.id}: state at step ${r.step} but ${committed} are committed; asking for the state`);
     this.replica = undefined;
     void r.close();
     this.active = undefined;
@@ -277,13 +283,13 @@ export class Worker {
     const w = env.body;
     if (w.nonce !== this.nonce) throw new WireError('unexpected', 'welcome that answers none of our joins');
     this.session = env.session;
-    this.epochFloor = 0;
+    this.membershipEpochFloor = 0;
     this.active = undefined;
     this.held = undefined;
-    this.epochFloor = Math.max(this.epochFloor, env.membershipEpoch);
+    this.membershipEpochFloor = Math.max(this.membershipEpochFloor, env.membershipEpoch);
     this.configJson = w.configJson;
     if (w.init) {
-      await this.replace(await this.o.factory(w.configJson), '');
+      await this.replace(await this.opts.factory(w.configJson), '');
     } else {
       this.awaiting = { transfer: w.transfer, committed: w.committed };
     }
@@ -294,7 +300,7 @@ export class Worker {
     if (!got || !this.awaiting || got.transfer !== this.awaiting.transfer) return;
     this.awaiting = undefined;
     try {
-      await this.replace(await this.o.factory(this.configJson, got.bytes), got.transfer);
+      await this.replace(await this.opts.factory(this.configJson, got.bytes), got.transfer);
     } catch (e) {
       this.send(
         'synced',
@@ -320,7 +326,7 @@ export class Worker {
     const bytes = this.replica.exportState();
     const checksum = this.replica.checksum();
     const header = {
-      run: this.o.run,
+      run: this.opts.run,
       worker: this.id,
       step: this.replica.step,
       membershipEpoch: env.membershipEpoch,
@@ -328,8 +334,8 @@ export class Worker {
     };
     // The export above is the snapshot; sending it must not hold up the next plan.
     for (const t of q.targets) {
-      const subject = t === '' ? subjects.coord(this.o.run) : subjects.worker(this.o.run, t);
-      void sendState(this.o.nc, subject, header, this.sender, q.transfer, bytes, checksum).then(
+      const subject = t === '' ? subjects.coord(this.opts.run) : subjects.worker(this.opts.run, t);
+      void sendState(this.opts.nc, subject, header, this.sender, q.transfer, bytes, checksum).then(
         (n) => (this.telemetry.bytesSent += n),
         (e) => this.reject(e),
       );
@@ -343,7 +349,7 @@ export class Worker {
     if (!p.members.includes(this.id)) return;
     const r = this.replica!;
     if (r.step !== env.step) {
-      this.o.log(`worker ${this.id}: plan for step ${env.step} but state at ${r.step}; asking for the state`);
+      this.opts.log(`worker ${this.id}: plan for step ${env.step} but state at ${r.step}; asking for the state`);
       return this.join();
     }
     const waitMs = performance.now() - this.idleSince;
@@ -357,10 +363,10 @@ export class Worker {
     const collective = this.collectives.get((p.transport || 'nats') as TransportName);
     if (!collective) throw new WireError('unexpected', `plan asks for transport '${p.transport}', which this worker does not offer`);
     const ctx: StepContext = {
-      run: this.o.run,
+      run: this.opts.run,
       me: this.id,
       step: env.step,
-      mepoch: env.membershipEpoch,
+      membershipEpoch: env.membershipEpoch,
       members: p.members,
       numParams: p.numParams,
       chunkFloats: p.chunkFloats,
@@ -416,18 +422,18 @@ export class Worker {
     } catch (e) {
       if (this.active !== a) return;
       if (!(e instanceof NonFiniteError))
-        return this.o.log(`worker ${this.id}: step ${env.step} all-reduce (${collective.transport}) failed: ${(e as Error).message}`);
+        return this.opts.log(`worker ${this.id}: step ${env.step} all-reduce (${collective.transport}) failed: ${(e as Error).message}`);
       ack.error = `non-finite reduced gradient at step ${env.step} (${collective.transport}): ${e.message}`;
       return this.send('ack', ack, env.step, env.membershipEpoch);
     }
     this.active = undefined;
-    this.held = { step: env.step, mepoch: env.membershipEpoch, mean };
+    this.held = { step: env.step, membershipEpoch: env.membershipEpoch, mean };
     this.idleSince = performance.now();
     Object.assign(ack, { allreduceMs: this.idleSince - t1, bytesSent: collective.bytesSent, bytesReceived: collective.bytesReceived });
     this.telemetry.bytesSent += collective.bytesSent;
     this.telemetry.bytesReceived += collective.bytesReceived;
     this.telemetry.emit('workerStep', {
-      run: this.o.run,
+      run: this.opts.run,
       worker: this.id,
       step: env.step,
       images: g.count,
@@ -441,6 +447,6 @@ export class Worker {
   private onGrad(env: EnvelopeOf<'grad'>, size: number): void {
     if (env.session !== this.session || !this.session)
       return this.reject(new WireError('wrong_session', `grad chunk of session ${env.session}`));
-    this.nats.accept(env, size, { mepoch: this.epochFloor, step: this.step });
+    this.nats.accept(env, size, { membershipEpoch: this.membershipEpochFloor, step: this.step });
   }
 }

@@ -106,12 +106,12 @@ export class C10dCollective implements Collective {
 
   constructor(
     readonly transport: 'gloo' | 'nccl',
-    private readonly o: C10dOptions,
+    private readonly opts: C10dOptions,
   ) {}
 
   begin(ctx: StepContext): void {
     this.ctx = ctx;
-    const key = `sf/${ctx.run}/${ctx.session}/${ctx.mepoch}`;
+    const key = `sf/${ctx.run}/${ctx.session}/${ctx.membershipEpoch}`;
     if (this.group?.key === key) return;
     this.dropGroup();
     const [storeHost, storePort] = splitHostPort(ctx.store);
@@ -123,8 +123,8 @@ export class C10dCollective implements Collective {
       prefix: key,
       rank: ctx.members.indexOf(ctx.me),
       worldSize: ctx.members.length,
-      timeoutMs: this.o.timeoutMs,
-      iface: this.o.iface,
+      timeoutMs: this.opts.timeoutMs,
+      iface: this.opts.iface,
       device: this.transport === 'nccl' ? 0 : undefined,
     });
     pg.catch(() => {}); // (a failed rendezvous surfaces in reduce)

@@ -23,7 +23,7 @@ export interface StepContext {
   run: string;
   me: string;
   step: number;
-  mepoch: number;
+  membershipEpoch: number;
   members: string[];
   numParams: number;
   chunkFloats: number;
@@ -46,6 +46,6 @@ export interface Collective {
 }
 
 /** Whether traffic of (membershipEpoch, step) belongs to a plan after ctx's. */
-export function newer(m: { membershipEpoch: number; step: number }, ctx: { mepoch: number; step: number }): boolean {
-  return m.membershipEpoch > ctx.mepoch || (m.membershipEpoch === ctx.mepoch && m.step > ctx.step);
+export function newer(m: { membershipEpoch: number; step: number }, ctx: { membershipEpoch: number; step: number }): boolean {
+  return m.membershipEpoch > ctx.membershipEpoch || (m.membershipEpoch === ctx.membershipEpoch && m.step > ctx.step);
 }

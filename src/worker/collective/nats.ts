@@ -106,7 +106,7 @@ export class AllReduce {
       run: this.ctx.run,
       worker: this.ctx.me,
       step: this.ctx.step,
-      membershipEpoch: this.ctx.mepoch,
+      membershipEpoch: this.ctx.membershipEpoch,
       session: this.ctx.session,
     });
   }
@@ -280,7 +280,7 @@ export class NatsCollective implements Collective {
     const early = this.early;
     this.early = [];
     for (const e of early) {
-      if (e.env.step === ctx.step && e.env.membershipEpoch === ctx.mepoch) this.accept(e.env, e.size);
+      if (e.env.step === ctx.step && e.env.membershipEpoch === ctx.membershipEpoch) this.accept(e.env, e.size);
       else if (newer(e.env, ctx)) this.early.push(e);
     }
   }
@@ -295,10 +295,10 @@ export class NatsCollective implements Collective {
    * A gradient chunk. `current` is the plan in flight (if any) and `floor` the oldest
    * (membership epoch, step) that can still come; anything older is stale.
    */
-  accept(env: EnvelopeOf<'grad'>, size: number, floor?: { mepoch: number; step: number }): void {
+  accept(env: EnvelopeOf<'grad'>, size: number, floor?: { membershipEpoch: number; step: number }): void {
     const ar = this.ar;
     const ctx = ar?.ctx;
-    if (ar && ctx && env.step === ctx.step && env.membershipEpoch === ctx.mepoch) {
+    if (ar && ctx && env.step === ctx.step && env.membershipEpoch === ctx.membershipEpoch) {
       try {
         ar.accept(env, size);
       } catch (e) {
@@ -308,7 +308,8 @@ export class NatsCollective implements Collective {
     }
     const later = ctx
       ? newer(env, ctx)
-      : floor !== undefined && (env.membershipEpoch > floor.mepoch || (env.membershipEpoch === floor.mepoch && env.step >= floor.step));
+      : floor !== undefined &&
+        (env.membershipEpoch > floor.membershipEpoch || (env.membershipEpoch === floor.membershipEpoch && env.step >= floor.step));
     if (!later || this.early.length >= EARLY_LIMIT)
       return this.reject(new WireError('stale_epoch', `grad chunk of step ${env.step} epoch ${env.membershipEpoch}`));
     this.early.push({ env, size });
