@@ -169,6 +169,7 @@ export function summarise({ reports, acks }: { reports: StepReport[]; acks: AckT
     allreduce_ms: round(median(rs.map((r) => r.allreduceMs))),
     collective_ms: round(median(collective)),
     wait_ms: round(median(rs.map((r) => r.waitMs))),
+    wait_ms_mean: round(rs.reduce((a, r) => a + r.waitMs, 0) / Math.max(1, rs.length), 3),
     bytes_sent_per_worker: Math.round(median(rs.map((r) => r.bytesSent))),
     bytes_received_per_worker: Math.round(median(rs.map((r) => r.bytesReceived))),
     images_per_s: round(median(rs.map((r) => r.imagesPerSec)), 1),

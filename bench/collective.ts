@@ -75,7 +75,7 @@ async function glooAllreduce(n: number, reps: number): Promise<Json> {
 }
 
 /** `scoreflow train --threads T` on the torch backend: images/s, median over the steps after a warm-up. */
-function singleProcess(threads: number, steps: number): Json {
+function singleProcess(threads: number, steps: number, batchSize: number): Json {
   const out = mkdtempSync(join(tmpdir(), 'scoreflow-bench-'));
   try {
     const r = spawnSync(
@@ -91,6 +91,8 @@ function singleProcess(threads: number, steps: number): Json {
         'torch',
         '--limit',
         '4096',
+        '--batch-size',
+        String(batchSize),
         '--out',
         out,
       ],
@@ -101,7 +103,11 @@ function singleProcess(threads: number, steps: number): Json {
       .trim()
       .split('\n')
       .map((l) => JSON.parse(l) as { images_per_s: number });
-    return { threads, images_per_s: round(median(rows.slice(Math.min(5, rows.length - 1)).map((x) => x.images_per_s)), 1) };
+    return {
+      threads,
+      batch: batchSize,
+      images_per_s: round(median(rows.slice(Math.min(5, rows.length - 1)).map((x) => x.images_per_s)), 1),
+    };
   } finally {
     rmSync(out, { recursive: true, force: true });
   }
@@ -114,36 +120,41 @@ export async function benchCollective(o: CollectiveBenchOptions): Promise<Json> 
   const out: Json = { cores: availableParallelism(), vector_floats: P };
   const server = await NatsServer.start({ jetstream: false });
   try {
-    // ---- training, 2 x 1 thread, batch 32
+    // ---- training, 2 x 1 thread, global batch 32 (beside DDP) and 120; one process at 2 threads beside each
     log('collective: PyTorch DDP (gloo) training, 2 processes x 1 thread, batch 32');
     const steps = quick ? 15 : 40;
     const ddp = ddpBaseline(o, ['--train', '--workers', '2', '--warmup', quick ? '5' : '10', '--steps', String(steps)]);
-    const train: Json = { pytorch: ddp.train ?? ddp };
-    const cfgJson = JSON.stringify({ seed: 0, batchSize: 32, dataset: 'train[:4096]' });
-    for (const transport of ['gloo', 'nats'] as const) {
-      log(`collective: ScoreNet training over ${transport}, 2 workers x 1 thread on torch`);
-      const run = await runCluster(server, {
-        n: 2,
-        run: `train-${transport}`,
-        configJson: cfgJson,
-        batchSize: 32,
-        steps: steps + 5,
-        backend: 'torch',
-        threads: 1,
-        transport,
-      });
-      train[transport] = summarise(run, 5);
-    }
-    log('collective: scoreflow train --threads 2 (one process)');
-    train.single_process = singleProcess(2, steps + 5);
     const ddpIps = ((ddp.train as Json | undefined)?.ddp as Json | undefined)?.images_per_s as number | undefined;
-    const ips = (t: string) => ((train[t] as Json).images_per_s as number) ?? NaN;
-    train.ratios = {
-      gloo_over_ddp: ddpIps ? round(ips('gloo') / ddpIps, 3) : null,
-      nats_over_ddp: ddpIps ? round(ips('nats') / ddpIps, 3) : null,
-      gloo_over_single_process: round(ips('gloo') / ((train.single_process as Json).images_per_s as number), 3),
-    };
-    out.training = train;
+    for (const batch of [32, 120]) {
+      const train: Json = batch === 32 ? { pytorch: ddp.train ?? ddp } : {};
+      const cfgJson = JSON.stringify({ seed: 0, batchSize: batch, dataset: 'train[:4096]' });
+      const runSteps = batch === 32 ? steps + 5 : Math.round(steps / 2) + 5;
+      for (const transport of ['gloo', 'nats'] as const) {
+        log(`collective: ScoreNet training over ${transport}, batch ${batch}, 2 workers x 1 thread on torch`);
+        const run = await runCluster(server, {
+          n: 2,
+          run: `train${batch}-${transport}`,
+          configJson: cfgJson,
+          batchSize: batch,
+          steps: runSteps,
+          backend: 'torch',
+          threads: 1,
+          transport,
+        });
+        train[transport] = summarise(run, 5);
+      }
+      log(`collective: scoreflow train --threads 2 (one process), batch ${batch}`);
+      train.single_process = singleProcess(2, runSteps, batch);
+      const ips = (t: string) => ((train[t] as Json).images_per_s as number) ?? NaN;
+      train.ratios = {
+        ...(batch === 32
+          ? { gloo_over_ddp: ddpIps ? round(ips('gloo') / ddpIps, 3) : null, nats_over_ddp: ddpIps ? round(ips('nats') / ddpIps, 3) : null }
+          : {}),
+        gloo_over_single_process: round(ips('gloo') / ips('single_process'), 3),
+        nats_over_single_process: round(ips('nats') / ips('single_process'), 3),
+      };
+      out[`training_batch_${batch}`] = train;
+    }
 
     // ---- the bare all-reduce
     log(`collective: bare all-reduce of ${P} floats at ${sizes.join(', ')} processes (torch.distributed, ours)`);

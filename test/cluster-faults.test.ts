@@ -1,13 +1,20 @@
 /**
  * Faults against a real nats-server, in one process (synthetic objective, so each test
- * takes a second or two): a worker vanishing mid-step, the broker restarting, the
- * coordinator dying and a new one resuming from the run directory. In every case the run
+ * takes a second or two): a worker vanishing mid-step, an all-reduce that completes on
+ * some members and not on others, the broker restarting, the coordinator dying and a new
+ * one resuming from the run directory, all of it many times over. In every case the run
  * finishes with exactly the parameters of an uninterrupted run (no step lost or applied
- * twice). The same faults with real processes and SIGKILL: cluster-process.test.ts.
+ * twice): bit for bit when the membership never changed. Also: the coordinator is off the
+ * step path (one plan, a Commit every few steps, no message per step). The same faults with
+ * real processes and SIGKILL: cluster-process.test.ts.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { connectNats } from '../src/cluster/connect.js';
+import { decode, type BodyKind } from '../src/protocol/envelope.js';
+import { subjects } from '../src/protocol/subjects.js';
 import { Coordinator } from '../src/coordinator/coordinator.js';
 import { meanGradient } from '../src/core/train/step.js';
 import { SyntheticReplica, SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../src/worker/synthetic.js';
@@ -26,6 +33,15 @@ function assertMatchesReference(r: SyntheticReplica | undefined): void {
   const d = maxRelDiff(r.params, ref.params);
   assert.ok(d < 1e-5, `max relative difference to the uninterrupted run: ${d}`);
 }
+
+/** Steps in train.jsonl, in file order. */
+function logged(dir: string): number[] {
+  return readFileSync(join(dir, 'train.jsonl'), 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => (JSON.parse(l) as { step: number }).step);
+}
+const range = (a: number, b: number) => Array.from({ length: b - a }, (_, i) => a + i);
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 async function until(f: () => boolean, ms = 10_000): Promise<void> {
@@ -64,6 +80,122 @@ for (const transport of TRANSPORTS) {
       }
     });
 
+    it('the coordinator is off the step path: one plan, a Commit every C steps, acks only the other way', async () => {
+      const nc = await connectNats({ url: server.url });
+      const kinds = new Map<BodyKind, number>();
+      nc.subscribe(subjects.ctl('offpath'), {
+        callback: (err, m) => {
+          if (err) return;
+          const k = decode(m.data).kind;
+          kinds.set(k, (kinds.get(k) ?? 0) + 1);
+        },
+      });
+      let acks = 0;
+      nc.subscribe(subjects.coord('offpath'), { callback: (err, m) => !err && decode(m.data).kind === 'ack' && acks++ });
+      await nc.flush();
+      const outDir = tempDir();
+      const c = await syntheticCluster(server, 2, cfg, {
+        steps: STEPS,
+        commitEvery: 8,
+        checkpointEvery: 0,
+        outDir,
+        run: 'offpath',
+        transport,
+      });
+      try {
+        const res = await c.coordinator.done;
+        assert.ok(res.ok, res.reason);
+        for (const w of c.workers) assertMatchesReference((await w.done, w.state) as SyntheticReplica);
+        await nc.flush();
+        assert.equal(kinds.get('plan'), 1, 'plans');
+        assert.equal(kinds.get('commit'), STEPS / 8, 'commits');
+        assert.equal(acks, 2 * STEPS, 'one ack per worker and step');
+        const perStep = [...kinds].filter(([k]) => k !== 'plan' && k !== 'commit' && k !== 'hello' && k !== 'stateRequest' && k !== 'stop');
+        assert.deepEqual(perStep, [], 'no other control message');
+        assert.deepEqual(logged(outDir), range(0, STEPS), 'each step logged once, in order');
+      } finally {
+        await c.close();
+        await nc.close();
+      }
+    });
+
+    it('an all-reduce that completes on one member and not on the others: all go back to the last commit and re-run it', async () => {
+      const outDir = tempDir();
+      const c = await syntheticCluster(server, 3, cfg, { steps: STEPS, commitEvery: 5, heartbeatTimeoutMs: 600, outDir, transport });
+      const seen = c.workers.map(() => new Map<number, number>());
+      c.workers.forEach((w, i) => w.telemetry.on('workerStep', (r) => seen[i].set(r.step, (seen[i].get(r.step) ?? 0) + 1)));
+      // Worker 1 applies step 13 (its all-reduce completed) and dies before it acks.
+      c.workers[1].telemetry.on('workerStep', (r) => r.step === 13 && void c.workers[1].close());
+      try {
+        const res = await c.coordinator.done;
+        assert.ok(res.ok, res.reason);
+        assert.ok(c.coordinator.telemetry.stepsAborted >= 1, 'expected an aborted plan');
+        for (const i of [0, 2]) {
+          assertMatchesReference((await c.workers[i].done, c.workers[i].state) as SyntheticReplica);
+          assert.equal(seen[i].get(10), 2, `worker ${i} re-ran step 10 (from the commit at step 10)`);
+          assert.ok((seen[i].get(14) ?? 0) <= 2 && seen[i].get(9) === 1, `worker ${i}: ${[...seen[i]]}`);
+        }
+        assert.deepEqual(logged(outDir), range(0, STEPS), 'each step logged once, in order');
+      } finally {
+        await c.close();
+      }
+    });
+
+    it('killed and resumed many times, membership unchanged: bit for bit the weights of an undisturbed run', async () => {
+      const opts = { steps: STEPS, commitEvery: 4, checkpointEvery: 8, heartbeatTimeoutMs: 800, transport };
+      const quiet = await syntheticCluster(server, 2, cfg, { ...opts, run: 'undisturbed' });
+      let want: Float32Array;
+      try {
+        assert.ok((await quiet.coordinator.done).ok);
+        await Promise.all(quiet.workers.map((w) => w.done));
+        want = Float32Array.from((quiet.workers[0].state as SyntheticReplica).params);
+      } finally {
+        await quiet.close();
+      }
+      const outDir = tempDir();
+      const c = await syntheticCluster(server, 2, cfg, { ...opts, outDir, run: 'chaos' });
+      const coordinators: Coordinator[] = [c.coordinator];
+      const current = () => coordinators[coordinators.length - 1];
+      try {
+        for (const [i, fault] of (['coordinator', 'worker', 'broker', 'coordinator', 'coordinator'] as const).entries()) {
+          const at = Math.min(STEPS - 6, 6 * (i + 1) + Math.floor(Math.random() * 4));
+          await until(() => current().step >= at, 30_000);
+          await sleep(Math.random() * 30);
+          if (fault === 'broker') await server.restart(150);
+          else if (fault === 'worker') {
+            // the last rank dies; a new worker takes its place (same rank, same shard)
+            await c.workers[c.workers.length - 1].close();
+            await c.addWorker({ id: `w${c.workers.length}` });
+          } else {
+            // (in one process a closed coordinator's checkpoint write would go on beside its
+            // successor's start: kill it just after one, as a kill -9 between two would)
+            await new Promise((r) => current().telemetry.once('checkpoint', r));
+            await current().close();
+            const nc = await connectNats({ url: server.url });
+            c.conns.push(nc);
+            const next = new Coordinator({ nc, run: 'chaos', outDir, configJson: '{}', batchSize: cfg.batchSize, minWorkers: 2, ...opts });
+            coordinators.push(next);
+            await next.start();
+          }
+        }
+        const res = await current().done;
+        assert.ok(res.ok, res.reason);
+        const live = c.workers.filter((w) => w.state?.step === STEPS);
+        assert.ok(live.length >= 2, 'two workers finished');
+        for (const w of live) {
+          const got = (w.state as SyntheticReplica).params;
+          assert.ok(
+            got.every((v, i) => Object.is(v, want[i])),
+            `max relative difference to the undisturbed run: ${maxRelDiff(got, want)}`,
+          );
+        }
+        assert.deepEqual(logged(outDir), range(0, STEPS), 'each step logged once, in order');
+      } finally {
+        for (const k of coordinators.slice(1)) await k.close();
+        await c.close();
+      }
+    });
+
     it('the NATS server restarts mid-run: clients reconnect and the run continues', async () => {
       const c = await syntheticCluster(server, 2, cfg, { steps: STEPS, checksumEvery: 5, transport });
       try {
@@ -79,7 +211,16 @@ for (const transport of TRANSPORTS) {
 
     it('the coordinator dies; a new one on the same run directory resumes and workers re-attach', async () => {
       const outDir = tempDir();
-      const c = await syntheticCluster(server, 2, cfg, { steps: STEPS, checkpointEvery: 10, outDir, run: 'restart', transport });
+      const c = await syntheticCluster(server, 2, cfg, {
+        steps: STEPS,
+        checkpointEvery: 10,
+        commitEvery: 2,
+        outDir,
+        run: 'restart',
+        transport,
+      });
+      let lastCheckpoint = 0;
+      c.coordinator.telemetry.on('checkpoint', (e) => (lastCheckpoint = e.step));
       let second: Coordinator | undefined;
       try {
         await until(() => c.coordinator.step >= 14);
@@ -88,9 +229,19 @@ for (const transport of TRANSPORTS) {
         const nc = await connectNats({ url: server.url });
         c.conns.push(nc);
         // (flags that say another batch size: the run's recorded config wins)
-        second = new Coordinator({ nc, run: 'restart', outDir, configJson: '{}', batchSize: 5, checkpointEvery: 10, transport });
+        second = new Coordinator({
+          nc,
+          run: 'restart',
+          outDir,
+          configJson: '{}',
+          batchSize: 5,
+          checkpointEvery: 10,
+          minWorkers: 2,
+          transport,
+        });
         await second.start();
-        assert.equal(second.step, 10, 'resumes from the last checkpoint');
+        assert.ok(lastCheckpoint >= 10);
+        assert.equal(second.step, lastCheckpoint, 'resumes from the last checkpoint');
         const res = await second.done;
         assert.ok(res.ok, res.reason);
         for (const w of c.workers) assertMatchesReference((await w.done, w.state) as SyntheticReplica);

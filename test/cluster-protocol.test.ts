@@ -9,6 +9,7 @@ import { meanGradient } from '../src/core/train/step.js';
 import { SyntheticReplica, SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../src/worker/synthetic.js';
 import { startNats, syntheticCluster, type NatsServer } from './helpers/nats.js';
 import { maxRelDiff } from '../src/core/parity.js';
+import { ProcessGroup } from '../src/core/backend/torch/c10d.js';
 
 const TRANSPORTS = ['nats', 'gloo'] as const;
 
@@ -104,8 +105,8 @@ describe('gloo against nats', () => {
   before(async () => (server = await startNats()));
   after(async () => server?.close());
 
-  const finalParams = async (n: number, transport: 'nats' | 'gloo', cfg: SyntheticConfig) => {
-    const c = await syntheticCluster(server, n, cfg, { steps: 10, checksumEvery: 2, transport });
+  const finalParams = async (n: number, transport: 'nats' | 'gloo', cfg: SyntheticConfig, bucketFloats?: number) => {
+    const c = await syntheticCluster(server, n, cfg, { steps: 10, checksumEvery: 2, transport }, { bucketFloats });
     try {
       assert.ok((await c.coordinator.done).ok);
       await Promise.all(c.workers.map((w) => w.done));
@@ -126,5 +127,33 @@ describe('gloo against nats', () => {
     const [c, d] = [await finalParams(3, 'nats', cfg), await finalParams(3, 'gloo', cfg)];
     const diff = maxRelDiff(c, d);
     assert.ok(diff < 1e-5, `3 workers: max relative difference ${diff}`);
+  });
+
+  it('gloo in buckets during the backward pass against one all-reduce after it: 2 workers bitwise; 3 within float re-association', async (t) => {
+    const cfg = { ...SYNTHETIC_DEFAULTS, params: 100_003, batchSize: 12 };
+    // Count the all-reduces issued: with buckets, a step issues several.
+    const original = ProcessGroup.prototype.allreduceSum;
+    let calls = 0;
+    ProcessGroup.prototype.allreduceSum = function (buf: Float32Array) {
+      calls++;
+      return original.call(this, buf);
+    };
+    try {
+      const whole = await finalParams(2, 'gloo', cfg, 0);
+      assert.equal(calls, 2 * 10, 'one all-reduce per worker and step');
+      calls = 0;
+      const bucketed = await finalParams(2, 'gloo', cfg, 7_000); // 15 buckets, cut across the 4 "layers"
+      assert.ok(calls > 2 * 10 * 10, `${calls} all-reduces: buckets were not used`);
+      assert.ok(
+        whole.every((v, i) => Object.is(v, bucketed[i])),
+        `2 workers: max relative difference ${maxRelDiff(whole, bucketed)}`,
+      );
+      const [c, d] = [await finalParams(3, 'gloo', cfg, 0), await finalParams(3, 'gloo', cfg, 7_000)];
+      const diff = maxRelDiff(c, d);
+      t.diagnostic(`3 workers, buckets against one all-reduce: max relative parameter difference ${diff.toExponential(2)} after 10 steps`);
+      assert.ok(diff < 1e-5, `3 workers: max relative difference ${diff}`);
+    } finally {
+      ProcessGroup.prototype.allreduceSum = original;
+    }
   });
 });

@@ -173,3 +173,40 @@ test('bad input: one clear line, non-zero exit, nothing overwritten', async () =
   expectOneLineFailure(['train', '--resume', '--steps', '2', '--out', weightsOnly, '--backend', 'wasm'], /not a training checkpoint/);
   assert.ok(statSync(join(weightsOnly, 'checkpoint.safetensors')).size > 0);
 });
+
+test('a gradient sink gets every parameter once, during the backward pass, last layers first, bit for bit the plain gradient', async () => {
+  await initBackend('wasm', { log: () => {} });
+  const data = loadImages('train', { limit: 16 });
+  const config = trainConfig({ seed: 3, batchSize: 8, model: { channels: [8, 16, 16, 16], embedDim: 16 } });
+  const trainer = Trainer.create(config, data);
+  const plain = await trainer.gradSum(0, 0, 8);
+  const seen = new Uint8Array(trainer.numParams);
+  const order: number[] = [];
+  const sink = {
+    grad: new Float32Array(trainer.numParams),
+    ready(offset: number, size: number) {
+      for (let i = offset; i < offset + size; i++) seen[i]++;
+      order.push(offset);
+    },
+  };
+  const streamed = await trainer.gradSum(0, 0, 8, sink);
+  assert.equal(streamed.grad, sink.grad, 'the sum is in the sink');
+  assert.ok(
+    seen.every((n) => n === 1),
+    'every float reported ready exactly once',
+  );
+  assert.equal(streamed.lossSum, plain.lossSum);
+  assert.ok(
+    plain.grad.every((v, i) => Object.is(v, streamed.grad[i])),
+    'same bits as without a sink',
+  );
+  // fixed parameters first (their zeros are final at once), then the backward pass hands the
+  // trainable ones over from the last (the output layers) to the first: exactly reversed here
+  const fixed = trainer.engine.net.infos.filter((i) => !i.trainable).length;
+  const handed = order.slice(fixed);
+  assert.ok(
+    handed.every((o, i) => i === 0 || o < handed[i - 1]),
+    `order of offsets: ${order.join(',')}`,
+  );
+  trainer.dispose();
+});

@@ -1,23 +1,28 @@
 /**
- * The coordinator of a training run: membership, step plans, the ack barrier, commits,
- * checksums, checkpoints and fault handling. It holds no model: workers compute, the
- * coordinator decides. One phase at a time:
+ * The coordinator of a training run: membership, step plans, commits, checksums,
+ * checkpoints and fault handling. It holds no model and is off the step's critical path:
+ * workers compute, all-reduce and apply step after step; the coordinator decides.
  *
- *   plan  StepPlan(k) published; wait for an Ack(k) from every member of the plan. All in:
- *         step k is committed (every later control message says so, and workers apply
- *         their held gradient then). A member lost, a rejoin, a broker reconnect or a
- *         timeout: the plan is aborted and step k re-planned over the survivors under a
- *         new membership epoch; nothing of the aborted plan was applied anywhere.
- *   sync  new members get the state of step `committed` (Welcome + a state transfer from
- *         a live worker or from the coordinator's checkpoint, or init from the seed on a
- *         fresh run) before they take part in a step.
- *   ckpt  a member exports its state to the coordinator, which writes it atomically.
+ *   plan  StepPlan(from `committed` to the end of the run) for one membership epoch. Acks
+ *         flow in asynchronously; a step acked by every member is checked (checksums) and
+ *         queued for the log; at every snapshot point (a multiple of the commit interval)
+ *         acked by all, the queued steps are committed: logged to train.jsonl, and a
+ *         Commit tells the workers they may drop older snapshots. A member lost, a join, a
+ *         broker reconnect or no progress: the plan is aborted (the membership epoch
+ *         grows, which stops every worker's steps) and the run re-planned from the last
+ *         commit, which every member holds a snapshot of: they restore it and re-run
+ *         what was lost, exactly (data and noise are functions of seed and step).
+ *   sync  new members get the state of step `committed` (Welcome + a state transfer from a
+ *         live worker's snapshot or from the coordinator's checkpoint, or init from the seed
+ *         on a fresh run) before they take part in a plan.
+ *   ckpt  at a commit, a member exports its snapshot of that step to the coordinator, which
+ *         writes it atomically while the steps go on.
  */
 import { randomInt } from 'node:crypto';
 import type { NatsConnection, Subscription } from 'nats';
 import { RunDir, checkpointStep, type RunRecord } from './run-dir.js';
 import { sendState, StateInbox } from '../protocol/state-transfer.js';
-import { Telemetry } from '../cluster/telemetry.js';
+import { Telemetry, type StepReport } from '../cluster/telemetry.js';
 import { chunkFloatsFor, rangeBounds } from '../protocol/chunking.js';
 import {
   decode,
@@ -53,7 +58,9 @@ export interface CoordinatorOptions {
   checksumEvery?: number;
   /** Checkpoint every this many steps (0: only at the end). */
   checkpointEvery?: number;
-  /** A step taking longer than max(this, 10 × the last step) is re-planned. */
+  /** Commit (log, and let workers drop older snapshots) every this many steps; a failure re-runs at most this many. */
+  commitEvery?: number;
+  /** No step acked by every member for longer than max(this, 10 × the last step): the plan is aborted and re-planned. */
   stepTimeoutMs?: number;
   syncTimeoutMs?: number;
   /** How gradients move: `auto` (nccl when every member is a CUDA worker with it, gloo when every member has it, else nats) or one of them. */
@@ -74,6 +81,7 @@ const DEFAULTS = {
   heartbeatTimeoutMs: 3000,
   checksumEvery: 10,
   checkpointEvery: 100,
+  commitEvery: 10,
   stepTimeoutMs: 30_000,
   syncTimeoutMs: 60_000,
 };
@@ -89,14 +97,25 @@ interface Member {
 }
 
 interface Plan {
-  step: number;
+  start: number;
+  until: number;
   membershipEpoch: number;
   view: string[];
-  shardStart: number[];
   transport: string;
-  acks: Map<string, Ack>;
+  /** Steps [start, acked) are acked by every member; acks of later steps by step. */
+  acked: number;
+  acks: Map<number, Map<string, Ack>>;
+  /** Rows of acked steps not yet committed (logged at the next commit). */
+  rows: StepRow[];
   started: number;
-  checksum: boolean;
+  progressAt: number;
+  /** A member's own failure (a non-finite gradient) at a step: the run stops there. */
+  error?: { step: number; reason: string; at: number };
+}
+
+interface StepRow {
+  report: StepReport;
+  log: { step: number } & Record<string, unknown>;
 }
 
 export class Coordinator {
@@ -107,21 +126,18 @@ export class Coordinator {
   private readonly members = new Map<string, Member>();
   private seq = 0;
   private committed = 0;
-  private commitMembershipEpoch = 0;
   private membershipEpoch = 0;
-  private bumpEpoch = true;
-  private lastView = '';
   private lastTransport = '';
   private plan?: Plan;
-  private sync?: { transfer: string; targets: Set<string>; deadline: number; expect?: string };
-  private ckpt?: { transfer: string; donor: string; deadline: number; started: number };
+  private sync?: { transfer: string; targets: Set<string>; deadline: number; expect?: string; donor?: string };
+  private ckpt?: { transfer: string; donor: string; step: number; deadline: number; started: number };
   private state?: { bytes: Uint8Array; step: number; checksum: string };
   private lastCkptStep = 0;
   private stepsPerEpoch = 0;
   private lastBatch = 0;
   private numParams = 0;
   private lastStepMs = 0;
-  private lastCommitAt = 0;
+  private lastAckedAt = 0;
   private started = false;
   private transfers = 0;
   private readonly helloAt = new Map<string, number>();
@@ -296,19 +312,17 @@ export class Coordinator {
       return this.send(subjects.worker(this.opts.run, env.worker), 'stop', {
         reason: `refused: ${reason}`,
         ok: false,
-        committed: 0,
-        commitMembershipEpoch: 0,
         nonce: env.body.nonce,
       });
     }
     const old = this.members.get(env.worker);
-    // Every member of a plan takes a non-empty shard of the global batch, so a run has at most
-    // batchSize members; a worker beyond that stays out (idle) and, since its heartbeats get a
-    // Hello, joins as soon as a member leaves.
-    if (!old && this.members.size >= this.opts.batchSize) {
+    // Every member of a plan takes a non-empty shard of every global batch, so a run has at
+    // most min(batch size, an epoch's last batch) members; a worker beyond that stays out
+    // (idle) and, since its heartbeats get a Hello, joins as soon as a member leaves.
+    if (!old && this.members.size >= this.capacity()) {
       if (!this.idle.has(env.worker))
         this.opts.log(
-          `coordinator: worker ${env.worker} left idle: the global batch of ${this.opts.batchSize} is split over ${this.members.size} worker(s) already; it joins when one leaves`,
+          `coordinator: worker ${env.worker} left idle: the global batch of ${this.capacity()} is split over ${this.members.size} worker(s) already; it joins when one leaves`,
         );
       this.idle.add(env.worker);
       return;
@@ -351,22 +365,29 @@ export class Coordinator {
 
   private onAck(m: Member, env: EnvelopeOf<'ack'>): void {
     const p = this.plan;
-    if (!p || env.step !== p.step || env.membershipEpoch !== p.membershipEpoch || !p.view.includes(m.id))
+    if (!p || env.membershipEpoch !== p.membershipEpoch || env.step < p.acked || env.step >= p.until || !p.view.includes(m.id))
       throw new WireError('stale_epoch', `ack of step ${env.step} epoch ${env.membershipEpoch} from ${m.id}`);
-    if (env.body.error) return this.fatal(`${env.body.error}; the last good checkpoint is at step ${this.lastCkptStep}`);
+    if (env.body.error) {
+      // Stop once the steps before it are in (their acks are on their way): they are durable.
+      p.error ??= { step: env.step, reason: env.body.error, at: Date.now() };
+      return this.advance(p);
+    }
     if (!Number.isFinite(env.body.lossSum)) throw new WireError('non_finite', `ack with loss sum ${env.body.lossSum}`);
     const rank = p.view.indexOf(m.id);
-    const shard = p.shardStart[rank + 1] - p.shardStart[rank];
-    if (env.body.count !== shard)
-      throw new WireError('bad_chunk', `ack for ${env.body.count} samples from ${m.id}, its shard has ${shard}`);
-    p.acks.set(m.id, env.body);
+    const shard = rangeBounds(this.batchOf(env.step), p.view.length);
+    if (env.body.count !== shard[rank + 1] - shard[rank])
+      throw new WireError('bad_chunk', `ack for ${env.body.count} samples from ${m.id}, its shard has ${shard[rank + 1] - shard[rank]}`);
+    const acks = p.acks.get(env.step) ?? p.acks.set(env.step, new Map()).get(env.step)!;
+    if (acks.has(m.id)) throw new WireError('duplicate', `second ack of step ${env.step} from ${m.id}`);
+    acks.set(m.id, env.body);
+    this.advance(p);
   }
 
   private async onState(env: EnvelopeOf<'state'>): Promise<void> {
     const got = this.inbox.add(env); // a bad chunk throws WireError('bad_state')
     if (!got) return;
     const c = this.ckpt;
-    if (!c || got.transfer !== c.transfer || got.step !== this.committed)
+    if (!c || got.transfer !== c.transfer || got.step !== c.step)
       throw new WireError('unexpected', `state transfer ${got.transfer} at step ${got.step}`);
     const rec = await this.dir.writeCheckpoint(got.bytes, got.step, got.checksum);
     this.record = { ...this.record, checkpoint: rec, totalSteps: this.totalSteps() };
@@ -390,8 +411,13 @@ export class Coordinator {
     const now = Date.now();
     if (this.plan) {
       const p = this.plan;
-      if (p.view.every((id) => p.acks.has(id))) this.commit(p);
-      else if (now - p.started > Math.max(this.opts.stepTimeoutMs, 10 * this.lastStepMs)) this.abort(`step ${p.step} timed out`);
+      this.advance(p);
+      if (this.plan && [...this.members.values()].some((m) => m.phase === 'new')) this.abort('a worker joined');
+      else if (this.plan && now - p.progressAt > Math.max(this.opts.stepTimeoutMs, 10 * this.lastStepMs))
+        this.abort(`no step acked by every member for ${now - p.progressAt} ms`);
+    }
+    if (this.plan || this.ckpt) {
+      if (this.plan && !this.ckpt && this.checkpointDue()) this.startCheckpoint(this.plan.view[0]);
       if (this.plan) return;
     }
     if (this.ckpt) {
@@ -407,12 +433,16 @@ export class Coordinator {
     this.boundary();
   }
 
-  /** Between steps: checkpoint, finish, sync joiners, or plan the next step. */
+  private checkpointDue(): boolean {
+    const every = this.opts.checkpointEvery;
+    return this.committed > this.lastCkptStep && (this.committed === this.totalSteps() || (every > 0 && this.committed % every === 0));
+  }
+
+  /** No plan in flight: checkpoint, finish, sync joiners, or plan the rest of the run. */
   private boundary(): void {
     const total = this.totalSteps();
-    const every = this.opts.checkpointEvery;
-    const due = this.committed > this.lastCkptStep && (this.committed === total || (every > 0 && this.committed % every === 0));
-    if (due && this.donor()) return this.startCheckpoint();
+    const d = this.donor();
+    if (this.checkpointDue() && d) return this.startCheckpoint(d.id);
     if (total !== undefined && this.committed >= total && this.lastCkptStep === this.committed)
       return this.finish({ ok: true, reason: `done: ${this.committed} steps`, step: this.committed });
     const fresh = [...this.members.values()].filter((m) => m.phase === 'new');
@@ -421,54 +451,72 @@ export class Coordinator {
       .filter((m) => m.phase === 'ready' && m.readyStep === this.committed)
       .sort((a, b) => a.seq - b.seq);
     if (!this.started && view.length < this.opts.minWorkers) return;
-    if (!view.length || total === undefined || !this.numParams) return;
+    if (!view.length || total === undefined || !this.numParams || this.committed >= total) return;
     this.started = true;
-    this.startPlan(view.map((m) => m.id));
+    this.startPlan(
+      view.map((m) => m.id),
+      total,
+    );
   }
 
   private donor(): Member | undefined {
     return [...this.members.values()].filter((m) => m.phase === 'ready' && m.readyStep === this.committed).sort((a, b) => a.seq - b.seq)[0];
   }
 
-  private startPlan(ready: string[]): void {
-    const step = this.committed;
-    const B = this.batchOf(step);
-    // Every member takes a non-empty shard: an epoch's last batch may hold fewer samples than
-    // there are workers (those left out get the state again after the step).
-    const view = ready.slice(0, B);
-    const key = view.join(',');
-    if (this.bumpEpoch || key !== this.lastView) this.membershipEpoch++;
-    this.bumpEpoch = false;
-    this.lastView = key;
-    const checksum = this.opts.checksumEvery > 0 && step % this.opts.checksumEvery === 0;
-    const shardStart = rangeBounds(B, view.length);
+  /** Members a plan can have: each takes a non-empty shard of every global batch (an epoch's last one may be smaller). */
+  private capacity(): number {
+    return Math.min(this.opts.batchSize, this.lastBatch || this.opts.batchSize);
+  }
+
+  /** Steps a failure may cost (re-run from the last commit); checkpoints fall on commits. */
+  private commitEvery(): number {
+    const gcd = (a: number, b: number): number => (b ? gcd(b, a % b) : a);
+    const c = Math.max(1, this.opts.commitEvery);
+    return this.opts.checkpointEvery > 0 ? gcd(c, this.opts.checkpointEvery) : c;
+  }
+
+  private startPlan(ready: string[], total: number): void {
+    const start = this.committed;
+    const view = ready.slice(0, this.capacity());
+    for (const id of ready.slice(view.length)) {
+      // (only when an epoch's last batch turned out smaller than the members: they wait idle)
+      this.members.delete(id);
+      this.idle.add(id);
+      this.opts.log(`coordinator: worker ${id} left idle: an epoch's last batch has ${this.capacity()} samples; it joins when one leaves`);
+    }
+    if (view.length < ready.length) this.membersChanged();
+    this.membershipEpoch++;
     const { transport, store } = this.transportFor(view);
+    const now = Date.now();
     this.plan = {
-      step,
+      start,
+      until: total,
       membershipEpoch: this.membershipEpoch,
       view,
-      shardStart,
       transport,
+      acked: start,
       acks: new Map(),
-      started: Date.now(),
-      checksum,
+      rows: [],
+      started: now,
+      progressAt: now,
     };
+    this.lastAckedAt = now;
     this.broadcast(
       'plan',
       {
-        epoch: this.stepsPerEpoch ? Math.floor(step / this.stepsPerEpoch) : 0,
         members: view,
-        shardStart,
-        globalBatch: B,
-        checksum,
-        committed: this.committed,
         numParams: this.numParams,
         chunkFloats: chunkFloatsFor(this.opts.nc.info?.max_payload ?? 1 << 20),
-        commitMembershipEpoch: this.commitMembershipEpoch,
         transport,
         store,
+        until: total,
+        batchSize: this.opts.batchSize,
+        stepsPerEpoch: this.stepsPerEpoch,
+        lastBatch: this.lastBatch || this.opts.batchSize,
+        commitEvery: this.commitEvery(),
+        checksumEvery: this.opts.checksumEvery,
       },
-      step,
+      start,
     );
   }
 
@@ -496,36 +544,74 @@ export class Coordinator {
     return { transport, store: transport === 'nats' ? '' : `${j0.dataHost}:${j0.storePort}` };
   }
 
-  private commit(p: Plan): void {
-    if (p.checksum) {
-      const sums = new Set([...p.acks.values()].map((a) => a.checksum));
-      if (sums.size !== 1) {
-        const who = [...p.acks].map(([id, a]) => `${id}=${a.checksum}`).join(' ');
-        return this.fatal(`parameter checksum mismatch before step ${p.step}: ${who}; the replicas diverged, stopping`);
+  /** Takes the steps every member has acked, in order; commits at snapshot points. */
+  private advance(p: Plan): void {
+    const every = this.commitEvery();
+    const e = p.error;
+    if (e && (p.acked >= e.step || Date.now() - e.at > 2000)) {
+      this.logRows(p);
+      this.committed = p.acked;
+      return this.fatal(`${e.reason}; the last good checkpoint is at step ${this.lastCkptStep}`);
+    }
+    for (let acks = p.acks.get(p.acked); acks && acks.size === p.view.length; acks = p.acks.get(p.acked)) {
+      const step = p.acked;
+      if (this.opts.checksumEvery > 0 && step % this.opts.checksumEvery === 0) {
+        const sums = new Set([...acks.values()].map((a) => a.checksum));
+        if (sums.size !== 1) {
+          const who = [...acks].map(([id, a]) => `${id}=${a.checksum}`).join(' ');
+          return this.fatal(`parameter checksum mismatch before step ${step}: ${who}; the replicas diverged, stopping`);
+        }
       }
+      p.acks.delete(step);
+      p.rows.push(this.row(p, step, acks));
+      p.acked = step + 1;
+      p.progressAt = Date.now();
+      if (p.acked % every === 0 || p.acked === p.until) this.commit(p);
+      if (e && p.acked >= e.step) return this.advance(p);
     }
-    this.plan = undefined;
-    this.committed = p.step + 1;
-    this.commitMembershipEpoch = p.membershipEpoch;
-    for (const m of this.members.values()) {
-      if (p.view.includes(m.id)) m.readyStep = this.committed;
-      else if (m.phase === 'ready') m.phase = 'new'; // missed this step: needs the state again
-    }
-    this.report(p);
   }
 
-  private report(p: Plan): void {
-    const acks = [...p.acks.values()];
+  private logRows(p: Plan): void {
+    for (const r of p.rows) {
+      this.telemetry.stepsCommitted++;
+      this.telemetry.emit('step', r.report);
+      this.dir.log(r.log);
+    }
+    p.rows = [];
+  }
+
+  /** Steps before p.acked are durable: logged, and a re-plan never goes back before them. */
+  private commit(p: Plan): void {
+    this.committed = p.acked;
+    this.logRows(p);
+    for (const m of this.members.values()) {
+      if (p.view.includes(m.id)) m.readyStep = this.committed;
+      else if (m.phase === 'ready') m.phase = 'new'; // not in this plan: needs the state again
+    }
+    if (p.acked === p.until) this.plan = undefined;
+    this.broadcast('commit', { step: this.committed }, this.committed);
+  }
+
+  private row(p: Plan, step: number, byWorker: Map<string, Ack>): StepRow {
+    const acks = [...byWorker.values()];
     const now = Date.now();
-    const stepMs = now - p.started;
+    // A step's time is the interval between the moments consecutive steps were acked by
+    // every member (the first: since the plan), at least the slowest worker's own step.
+    const interval = now - this.lastAckedAt;
+    this.lastAckedAt = now;
     const max = (f: (a: Ack) => number) => Math.max(...acks.map(f));
-    const interval = this.lastCommitAt ? now - this.lastCommitAt : stepMs;
-    this.lastCommitAt = now;
+    const stepMs = Math.max(
+      interval,
+      max((a) => a.stepMs),
+    );
     this.lastStepMs = stepMs;
-    const r = {
+    let lossSum = 0;
+    for (const id of p.view) lossSum += byWorker.get(id)!.lossSum; // rank order
+    const batch = this.batchOf(step);
+    const report: StepReport = {
       run: this.opts.run,
-      step: p.step,
-      lossMean: this.lossMean(p),
+      step,
+      lossMean: lossSum / batch,
       workers: p.view.length,
       stepMs,
       transport: p.transport,
@@ -534,30 +620,24 @@ export class Coordinator {
       waitMs: max((a) => a.waitMs),
       bytesSent: acks.reduce((s, a) => s + a.bytesSent, 0) / acks.length,
       bytesReceived: acks.reduce((s, a) => s + a.bytesReceived, 0) / acks.length,
-      imagesPerSec: (this.batchOf(p.step) * 1000) / Math.max(1, interval),
+      imagesPerSec: (batch * 1000) / Math.max(1e-3, stepMs),
     };
-    this.telemetry.stepsCommitted++;
-    this.telemetry.emit('step', r);
-    this.dir.log({
-      step: p.step,
-      loss: r.lossMean,
-      workers: r.workers,
-      transport: p.transport,
-      ms: stepMs,
-      compute_ms: r.computeMs,
-      allreduce_ms: r.allreduceMs,
-      wait_ms: r.waitMs,
-      bytes_sent: r.bytesSent,
-      bytes_received: r.bytesReceived,
-      time: new Date(now).toISOString(),
-    });
-  }
-
-  /** The batch's mean loss: the members' shard sums added in rank order. */
-  private lossMean(p: Plan): number {
-    let sum = 0;
-    for (const id of p.view) sum += p.acks.get(id)!.lossSum;
-    return sum / this.batchOf(p.step);
+    return {
+      report,
+      log: {
+        step,
+        loss: report.lossMean,
+        workers: report.workers,
+        transport: p.transport,
+        ms: stepMs,
+        compute_ms: report.computeMs,
+        allreduce_ms: report.allreduceMs,
+        wait_ms: report.waitMs,
+        bytes_sent: report.bytesSent,
+        bytes_received: report.bytesReceived,
+        time: new Date(now).toISOString(),
+      },
+    };
   }
 
   /** Samples in step k's global batch: --batch-size, but an epoch's last batch holds the data set's remainder. */
@@ -566,14 +646,25 @@ export class Coordinator {
     return spe && this.lastBatch && step % spe === spe - 1 ? this.lastBatch : this.opts.batchSize;
   }
 
+  /**
+   * Ends the plan in flight: the members still here hold a snapshot of the last commit, the
+   * plan's acked but uncommitted steps are forgotten (to be re-run), and the membership
+   * epoch grows, so the next control message stops every worker's steps.
+   */
   private abort(reason: string): void {
     const p = this.plan;
     if (!p) return;
     this.plan = undefined;
-    this.bumpEpoch = true;
+    this.membershipEpoch++;
+    for (const id of p.view) {
+      const m = this.members.get(id);
+      if (m?.phase === 'ready') m.readyStep = this.committed;
+    }
     this.telemetry.stepsAborted++;
-    this.telemetry.emit('abort', { step: p.step, reason });
-    this.opts.log(`coordinator: step ${p.step} aborted (${reason}); re-planning over ${this.members.size} worker(s)`);
+    this.telemetry.emit('abort', { step: p.acked, reason });
+    this.opts.log(
+      `coordinator: plan aborted at step ${p.acked} (${reason}); back to the commit at step ${this.committed} over ${this.members.size} worker(s)`,
+    );
   }
 
   private startSync(targets: Member[]): void {
@@ -587,10 +678,15 @@ export class Coordinator {
         `coordinator: no live worker holds step ${this.committed}; rolling back to ${this.state ? 'the checkpoint at' : ''} step ${to}`,
       );
       this.committed = to;
-      this.bumpEpoch = true;
+      this.membershipEpoch++;
       return this.startSync(targets);
     }
-    this.sync = { transfer, targets: new Set(targets.map((m) => m.id)), deadline: Date.now() + this.opts.syncTimeoutMs };
+    this.sync = {
+      transfer,
+      targets: new Set(targets.map((m) => m.id)),
+      deadline: Date.now() + this.opts.syncTimeoutMs,
+      donor: source === 'coordinator' ? undefined : source?.id,
+    };
     if (source === 'coordinator' && this.state!.checksum) this.sync.expect = this.state!.checksum;
     for (const m of targets) {
       m.phase = 'syncing';
@@ -624,27 +720,16 @@ export class Coordinator {
         ).catch(() => {});
     } else {
       const ids = targets.map((m) => m.id);
-      this.broadcast('stateRequest', {
-        donor: source!.id,
-        targets: ids,
-        committed: this.committed,
-        transfer,
-        commitMembershipEpoch: this.commitMembershipEpoch,
-      });
+      this.broadcast('stateRequest', { donor: source!.id, targets: ids, step: this.committed, transfer });
     }
   }
 
-  private startCheckpoint(): void {
-    const d = this.donor()!;
+  /** The donor exports its state (or snapshot) of step `committed`; a plan in flight goes on. */
+  private startCheckpoint(donor: string): void {
     const transfer = `${this.opts.run}-${this.record.incarnation}-${++this.transfers}`;
-    this.ckpt = { transfer, donor: d.id, deadline: Date.now() + this.opts.syncTimeoutMs, started: Date.now() };
-    this.broadcast('stateRequest', {
-      donor: d.id,
-      targets: [''],
-      committed: this.committed,
-      transfer,
-      commitMembershipEpoch: this.commitMembershipEpoch,
-    });
+    const now = Date.now();
+    this.ckpt = { transfer, donor, step: this.committed, deadline: now + this.opts.syncTimeoutMs, started: now };
+    this.broadcast('stateRequest', { donor, targets: [''], step: this.committed, transfer });
   }
 
   // ---------------------------------------------------------------- membership
@@ -661,6 +746,11 @@ export class Coordinator {
     if (announce) this.opts.log(`coordinator: worker ${id} removed: ${reason}`);
     if (this.plan?.view.includes(id)) this.abort(`worker ${id} ${reason}`);
     this.sync?.targets.delete(id);
+    if (this.sync?.donor === id) {
+      // the state was coming from it: start the transfer again from another source
+      for (const t of this.sync.targets) this.members.get(t)!.phase = 'new';
+      this.sync = undefined;
+    }
     if (this.ckpt?.donor === id) this.ckpt = undefined;
     this.membersChanged();
   }
@@ -701,14 +791,7 @@ export class Coordinator {
     if (this.finished) return;
     this.finished = true;
     clearInterval(this.timer);
-    if (announce)
-      this.broadcast('stop', {
-        reason: r.reason,
-        ok: r.ok,
-        committed: this.committed,
-        commitMembershipEpoch: this.commitMembershipEpoch,
-        nonce: 0,
-      });
+    if (announce) this.broadcast('stop', { reason: r.reason, ok: r.ok, nonce: 0 });
     this.telemetry.emit('done', r);
     this.resolve(r);
   }

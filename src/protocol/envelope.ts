@@ -13,8 +13,8 @@ import { WireError } from './errors.js';
 
 export { WireError, type RejectReason } from './errors.js';
 
-/** 3: gradient chunks are protobuf GradChunk bodies (2: a binary frame of our own). */
-export const PROTOCOL_VERSION = 3;
+/** 4: a plan covers a range of steps, acks are asynchronous, Commit is a message (3: one step per plan, two-phase commit). */
+export const PROTOCOL_VERSION = 4;
 
 export enum Phase {
   REDUCE = 0,
@@ -54,17 +54,20 @@ export interface Synced {
   lastBatch: number;
 }
 export interface StepPlan {
-  epoch: number;
   members: string[];
-  shardStart: number[];
-  globalBatch: number;
-  checksum: boolean;
-  committed: number;
   numParams: number;
   chunkFloats: number;
-  commitMembershipEpoch: number;
   transport: string;
   store: string;
+  until: number;
+  batchSize: number;
+  stepsPerEpoch: number;
+  lastBatch: number;
+  commitEvery: number;
+  checksumEvery: number;
+}
+export interface Commit {
+  step: number;
 }
 export interface GradChunk {
   phase: Phase;
@@ -75,8 +78,6 @@ export interface GradChunk {
   data: Uint8Array;
 }
 export interface Ack {
-  lossSum: number;
-  count: number;
   checksum: string;
   error: string;
   computeMs: number;
@@ -84,13 +85,15 @@ export interface Ack {
   waitMs: number;
   bytesSent: number;
   bytesReceived: number;
+  lossSum: number;
+  count: number;
+  stepMs: number;
 }
 export interface StateRequest {
   donor: string;
   targets: string[];
-  committed: number;
+  step: number;
   transfer: string;
-  commitMembershipEpoch: number;
 }
 export interface StateChunk {
   transfer: string;
@@ -107,8 +110,6 @@ export interface Hello {
 export interface Stop {
   reason: string;
   ok: boolean;
-  committed: number;
-  commitMembershipEpoch: number;
   nonce: number;
 }
 
@@ -117,6 +118,7 @@ export interface Bodies {
   welcome: Welcome;
   heartbeat: Heartbeat;
   plan: StepPlan;
+  commit: Commit;
   grad: GradChunk;
   ack: Ack;
   stateRequest: StateRequest;
@@ -148,6 +150,7 @@ const BODY_TYPES: Record<BodyKind, string> = {
   welcome: 'Welcome',
   heartbeat: 'Heartbeat',
   plan: 'StepPlan',
+  commit: 'Commit',
   grad: 'GradChunk',
   ack: 'Ack',
   stateRequest: 'StateRequest',

@@ -3,7 +3,12 @@
  * GradPool in production (./trainer-replica.ts), or the synthetic objective of
  * ./synthetic.ts in protocol tests and the communication benchmark.
  */
-import type { GradSum } from '../core/train/api.js';
+import type { GradSink, GradSum } from '../core/train/api.js';
+
+/** A copy of a replica's whole state at one step (parameters, optimizer moments, EMA): a rollback point. */
+export interface Snapshot {
+  readonly step: number;
+}
 
 export interface Replica {
   /** Updates applied so far. */
@@ -12,13 +17,18 @@ export interface Replica {
   stepsPerEpoch(): number;
   /** Samples in the global batch of an epoch's last step (the whole batch when it divides the data set). */
   lastBatch(): number;
-  /** Gradient sum over samples [from, to) of `step`'s global batch, at the current parameters. */
-  gradSum(step: number, from: number, to: number): Promise<GradSum>;
+  /** Gradient sum over samples [from, to) of `step`'s global batch, at the current parameters; a sink gets it part by part as it is computed. */
+  gradSum(step: number, from: number, to: number, sink?: GradSink): Promise<GradSum>;
   /** The identical update on every replica (clip, Adam, EMA, step += 1). */
   apply(meanGrad: Float32Array): void;
-  /** Equal across replicas iff their states are. */
-  checksum(): string;
-  exportState(): Uint8Array;
+  /** A copy of the whole state, to go back to with `restore`. */
+  snapshot(): Snapshot;
+  /** Makes the state the snapshot's (the snapshot stays usable). */
+  restore(s: Snapshot): void;
+  /** Equal across replicas iff their states are (of `s` when given, else the current state). */
+  checksum(s?: Snapshot): string;
+  /** The current state, or the snapshot `s`, as the bytes a state transfer or checkpoint carries. */
+  exportState(s?: Snapshot): Uint8Array;
   importState(bytes: Uint8Array): void;
   close(): Promise<void>;
 }

@@ -6,8 +6,14 @@
  * or applies gradients shows up in the parameters.
  */
 import { createHash } from 'node:crypto';
-import type { GradSum } from '../core/train/api.js';
-import type { Replica } from './replica.js';
+import type { GradSink, GradSum } from '../core/train/api.js';
+import type { Replica, Snapshot } from './replica.js';
+
+interface SyntheticState extends Snapshot {
+  theta: Float32Array;
+  m: Float32Array;
+  v: Float32Array;
+}
 
 export interface SyntheticConfig {
   synthetic: true;
@@ -71,10 +77,21 @@ export class SyntheticReplica implements Replica {
     return (step * this.config.batchSize + b) % this.config.samples;
   }
 
-  async gradSum(step: number, from: number, to: number): Promise<GradSum> {
+  /**
+   * With a sink, the gradient is handed over in four "layers" from the last to the first, as a
+   * backward pass produces them (after the compute time, which here comes first).
+   */
+  async gradSum(step: number, from: number, to: number, sink?: GradSink): Promise<GradSum> {
     const g = this.gradSumSync(step, from, to);
     if (this.config.computeMs) await new Promise((r) => setTimeout(r, this.config.computeMs));
-    return g;
+    if (!sink) return g;
+    const P = this.numParams;
+    sink.grad.set(g.grad);
+    for (let l = 3; l >= 0; l--) {
+      const [a, b] = [Math.floor((l * P) / 4), Math.floor(((l + 1) * P) / 4)];
+      if (b > a) sink.ready(a, b - a);
+    }
+    return { ...g, grad: sink.grad };
   }
 
   gradSumSync(step: number, from: number, to: number): GradSum {
@@ -122,20 +139,35 @@ export class SyntheticReplica implements Replica {
     this.step++;
   }
 
-  checksum(): string {
+  snapshot(): SyntheticState {
+    return { step: this.step, theta: this.theta.slice(), m: this.m.slice(), v: this.v.slice() };
+  }
+
+  restore(s: Snapshot): void {
+    const x = s as SyntheticState;
+    [this.theta, this.m, this.v, this.step] = [x.theta.slice(), x.m.slice(), x.v.slice(), x.step];
+  }
+
+  private current(s?: Snapshot): SyntheticState {
+    return (s as SyntheticState | undefined) ?? { step: this.step, theta: this.theta, m: this.m, v: this.v };
+  }
+
+  checksum(s?: Snapshot): string {
+    const x = this.current(s);
     const h = createHash('sha256');
-    for (const a of [this.theta, this.m, this.v]) h.update(new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
-    return h.update(String(this.step)).digest('hex').slice(0, 16);
+    for (const a of [x.theta, x.m, x.v]) h.update(new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
+    return h.update(String(x.step)).digest('hex').slice(0, 16);
   }
 
   /** [u32 step][u32 P][θ][m][v], little-endian. */
-  exportState(): Uint8Array {
+  exportState(s?: Snapshot): Uint8Array {
+    const x = this.current(s);
     const P = this.numParams;
     const out = new Uint8Array(8 + 12 * P);
     const dv = new DataView(out.buffer);
-    dv.setUint32(0, this.step, true);
+    dv.setUint32(0, x.step, true);
     dv.setUint32(4, P, true);
-    [this.theta, this.m, this.v].forEach((a, k) => out.set(new Uint8Array(a.buffer, a.byteOffset, 4 * P), 8 + 4 * P * k));
+    [x.theta, x.m, x.v].forEach((a, k) => out.set(new Uint8Array(a.buffer, a.byteOffset, 4 * P), 8 + 4 * P * k));
     return out;
   }
 

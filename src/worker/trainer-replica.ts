@@ -9,6 +9,8 @@ import { loadCheckpointBytes } from '../core/train/checkpoint.js';
 import { trainConfig, type TrainConfig } from '../core/train/config.js';
 import { GradPool } from '../core/train/pool.js';
 import { Trainer } from '../core/train/trainer.js';
+import type { OptimState } from '../core/train/adam.js';
+import type { GradSink } from '../core/train/api.js';
 import type { Replica, ReplicaFactory } from './replica.js';
 import { isSyntheticConfig, syntheticReplica } from './synthetic.js';
 
@@ -42,17 +44,23 @@ class TrainerReplica implements Replica {
   lastBatch(): number {
     return this.t.batch(this.t.stepsPerEpoch() - 1).indices.length;
   }
-  gradSum(step: number, from: number, to: number) {
-    return this.t.gradSum(step, from, to);
+  gradSum(step: number, from: number, to: number, sink?: GradSink) {
+    return this.t.gradSum(step, from, to, sink);
   }
   apply(meanGrad: Float32Array): void {
     this.t.apply(meanGrad);
   }
-  checksum(): string {
-    return this.t.checksum();
+  snapshot(): OptimState {
+    return this.t.snapshot();
   }
-  exportState(): Uint8Array {
-    return this.t.exportState();
+  restore(s: OptimState): void {
+    this.t.restore(s);
+  }
+  checksum(s?: OptimState): string {
+    return this.t.checksum(s);
+  }
+  exportState(s?: OptimState): Uint8Array {
+    return this.t.exportState({}, s);
   }
   importState(bytes: Uint8Array): void {
     this.t.importState(bytes);

@@ -1,9 +1,11 @@
 /**
- * A cluster worker: joins a run, heartbeats, and for every StepPlan it is a member of
- * computes the gradient sum of its shard, takes part in the all-reduce, holds the reduced
- * gradient and acks. It applies a held gradient only when the coordinator says the step is
- * committed (any later control message carries `committed`): two-phase commit, so a step
- * is applied by all live workers or by none, whoever dies when.
+ * A cluster worker: joins a run, heartbeats, and for every StepPlan it is a member of runs
+ * the plan's range of steps back to back: the gradient sum of its shard, the all-reduce,
+ * the update as soon as the reduced sum is here, an ack that nobody waits for. Snapshots
+ * of the whole state at the plan's snapshot points are its rollback points: the all-reduce
+ * can complete on some members and fail on others, so after a failure the coordinator
+ * re-plans from its last Commit (a snapshot every member holds), every member restores it
+ * and re-runs the lost steps, which are functions of (seed, step): exact.
  */
 import { randomInt } from 'node:crypto';
 import { hostname } from 'node:os';
@@ -14,9 +16,10 @@ import { decode, encode, WireError, type BodyKind, type Bodies, type Envelope, t
 import { sendState, StateInbox } from '../protocol/state-transfer.js';
 import { ReplayGuard, Sender } from '../protocol/sequence.js';
 import { checkId, subjects } from '../protocol/subjects.js';
-import type { Collective, StepContext, TransportName } from './collective/index.js';
+import { rangeBounds } from '../protocol/chunking.js';
+import type { Collective, TransportName } from './collective/index.js';
 import { NatsCollective } from './collective/nats.js';
-import type { Replica, ReplicaFactory } from './replica.js';
+import type { Replica, ReplicaFactory, Snapshot } from './replica.js';
 
 export interface WorkerOptions {
   nc: NatsConnection;
@@ -46,6 +49,9 @@ interface Active {
   collective: Collective;
 }
 
+/** Commit intervals a worker may run past the last Commit before it waits for one. */
+const AHEAD = 3;
+
 export function defaultWorkerId(device: number): string {
   const host = hostname()
     .replace(/[^A-Za-z0-9_-]/g, '_')
@@ -64,7 +70,12 @@ export class Worker {
   private replica?: Replica;
   private configJson = '';
   private active?: Active;
-  private held?: { step: number; membershipEpoch: number; mean: Float32Array };
+  /** The last plan this worker is a member of (its epoch's Commits apply), and its rollback points by step. */
+  private plan?: EnvelopeOf<'plan'>;
+  private readonly snapshots = new Map<number, Snapshot>();
+  /** The last Commit (or the plan's first step), and the step loop waiting for the next one, if it is. */
+  private durable = 0;
+  private wake?: () => void;
   private membershipEpochFloor = 0;
   /** The coordinator session we were welcomed into (0: none yet), and our last Join's nonce. */
   private session = 0;
@@ -213,6 +224,12 @@ export class Worker {
       throw new WireError('wrong_session', `${env.kind} of session ${env.session}`);
     if (fromCoordinator && env.kind !== 'welcome' && env.kind !== 'hello' && env.membershipEpoch < this.membershipEpochFloor)
       throw new WireError('stale_epoch', `${env.kind} of membership epoch ${env.membershipEpoch} < ${this.membershipEpochFloor}`);
+    // The coordinator has moved to a newer membership epoch (a failure, a join): the steps of
+    // the plan in flight stop here; the next plan says where to go on from.
+    if (fromCoordinator && this.active && env.kind !== 'hello' && env.membershipEpoch > this.active.env.membershipEpoch) {
+      this.active = undefined;
+      this.wake?.();
+    }
     switch (env.kind) {
       case 'hello':
         return this.onHello(env);
@@ -222,13 +239,14 @@ export class Worker {
         return this.onState(env);
       case 'plan':
         this.membershipEpochFloor = env.membershipEpoch;
-        if (!this.commit(env.body.committed, env.body.commitMembershipEpoch)) return;
         return this.onPlan(env);
+      case 'commit':
+        return this.onCommit(env);
       case 'stateRequest':
-        if (!this.commit(env.body.committed, env.body.commitMembershipEpoch)) return;
+        this.membershipEpochFloor = env.membershipEpoch;
         return this.onStateRequest(env);
       case 'stop':
-        this.commit(env.body.committed, env.body.commitMembershipEpoch);
+        this.active = undefined;
         this.opts.log(`worker ${this.id}: run ${env.body.ok ? 'finished' : 'stopped'}: ${env.body.reason}`);
         return this.close({ ok: env.body.ok, reason: env.body.reason, step: this.step });
       default:
@@ -236,33 +254,26 @@ export class Worker {
     }
   }
 
-  /**
-   * Brings the replica to `committed` steps: applies the held gradient of step
-   * committed-1 if it was computed under `commitMembershipEpoch`. Returns false (and asks to join
-   * again) when that is impossible: this replica missed a step and needs the state.
-   */
-  private commit(committed: number, commitMembershipEpoch: number): boolean {
+  /** This replica cannot follow the coordinator (it missed steps, or holds no snapshot of a re-plan's step): ask for the state. */
+  private resync(why: string): void {
+    this.opts.log(`worker ${this.id}: ${why}; asking for the state`);
     const r = this.replica;
-    if (!r) return false;
-    const h = this.held;
-    if (h && h.step === committed - 1 && r.step === h.step && h.membershipEpoch === commitMembershipEpoch) {
-      r.apply(h.mean);
-      this.held = undefined;
-    }
-    if (h && h.step < committed - 1) this.held = undefined;
-    if (r.step === committed) return true;
-    // Within a session the committed count never falls (a rollback re-welcomes everyone), so
-    // a message saying otherwise is stale: it must not cost us our state.
-    if (r.step > committed) {
-      this.reject(new WireError('stale_epoch', `message says ${committed} steps are committed, this replica holds ${r.step}`));
-      return false;
-    }
-    this.opts.log(`worker ${this.id}: state at step ${r.step} but ${committed} are committed; asking for the state`);
     this.replica = undefined;
-    void r.close();
+    void r?.close();
     this.active = undefined;
+    this.plan = undefined;
+    this.snapshots.clear();
     this.join();
-    return false;
+  }
+
+  /** Steps before `step` are durable: no re-plan goes back before it, so older snapshots can go. */
+  private onCommit(env: EnvelopeOf<'commit'>): void {
+    if (this.plan?.membershipEpoch !== env.membershipEpoch) return;
+    const s = env.body.step;
+    if (!this.snapshots.has(s)) throw new WireError('unexpected', `commit of step ${s}, which is no snapshot point of this worker`);
+    for (const k of this.snapshots.keys()) if (k < s) this.snapshots.delete(k);
+    this.durable = Math.max(this.durable, s);
+    this.wake?.();
   }
 
   /**
@@ -283,10 +294,10 @@ export class Worker {
     const w = env.body;
     if (w.nonce !== this.nonce) throw new WireError('unexpected', 'welcome that answers none of our joins');
     this.session = env.session;
-    this.membershipEpochFloor = 0;
     this.active = undefined;
-    this.held = undefined;
-    this.membershipEpochFloor = Math.max(this.membershipEpochFloor, env.membershipEpoch);
+    this.plan = undefined;
+    this.snapshots.clear();
+    this.membershipEpochFloor = env.membershipEpoch;
     this.configJson = w.configJson;
     if (w.init) {
       await this.replace(await this.opts.factory(w.configJson), '');
@@ -313,6 +324,7 @@ export class Worker {
   private async replace(r: Replica, transfer: string): Promise<void> {
     await this.replica?.close();
     this.replica = r;
+    this.snapshots.clear();
     this.send(
       'synced',
       { checksum: r.checksum(), stepsPerEpoch: r.stepsPerEpoch(), numParams: r.numParams, transfer, error: '', lastBatch: r.lastBatch() },
@@ -320,19 +332,18 @@ export class Worker {
     );
   }
 
+  /** Sends our state of step `step`: the current one, or the snapshot of that step (a checkpoint while we go on, or a re-plan's rollback point). */
   private onStateRequest(env: EnvelopeOf<'stateRequest'>): void {
     const q = env.body;
-    if (q.donor !== this.id || !this.replica) return;
-    const bytes = this.replica.exportState();
-    const checksum = this.replica.checksum();
-    const header = {
-      run: this.opts.run,
-      worker: this.id,
-      step: this.replica.step,
-      membershipEpoch: env.membershipEpoch,
-      session: this.session,
-    };
-    // The export above is the snapshot; sending it must not hold up the next plan.
+    const r = this.replica;
+    if (q.donor !== this.id || !r) return;
+    const snap = r.step === q.step ? undefined : this.snapshots.get(q.step);
+    if (r.step !== q.step && !snap)
+      throw new WireError('unexpected', `state of step ${q.step} requested; this worker is at step ${r.step} with no snapshot of it`);
+    const bytes = r.exportState(snap);
+    const checksum = r.checksum(snap);
+    const header = { run: this.opts.run, worker: this.id, step: q.step, membershipEpoch: env.membershipEpoch, session: this.session };
+    // The export above is the snapshot; sending it must not hold up the steps.
     for (const t of q.targets) {
       const subject = t === '' ? subjects.coord(this.opts.run) : subjects.worker(this.opts.run, t);
       void sendState(this.opts.nc, subject, header, this.sender, q.transfer, bytes, checksum).then(
@@ -342,105 +353,146 @@ export class Worker {
     }
   }
 
+  /**
+   * A plan: steps [header step, until) with these members. A replica past its first step goes
+   * back to its snapshot of it (the coordinator's last commit: every member holds one).
+   */
   private onPlan(env: EnvelopeOf<'plan'>): void {
     const p = env.body;
     this.active = undefined;
-    if (this.held?.step === env.step) this.held = undefined; // a re-plan replaces an unapplied result
-    if (!p.members.includes(this.id)) return;
-    const r = this.replica!;
-    if (r.step !== env.step) {
-      this.opts.log(`worker ${this.id}: plan for step ${env.step} but state at ${r.step}; asking for the state`);
-      return this.join();
-    }
-    const waitMs = performance.now() - this.idleSince;
+    this.plan = undefined;
+    const r = this.replica;
+    if (!p.members.includes(this.id) || !r) return;
+    const n = p.members.length;
     if (
       p.numParams !== r.numParams ||
-      p.shardStart.length !== p.members.length + 1 ||
       p.chunkFloats < 1 ||
-      p.shardStart[p.members.length] !== p.globalBatch
+      p.commitEvery < 1 ||
+      p.until <= env.step ||
+      p.batchSize < n ||
+      (p.stepsPerEpoch > 0 && p.lastBatch < n)
     )
-      throw new WireError('unexpected', `plan for ${p.numParams} params / ${p.members.length} members does not fit this replica`);
+      throw new WireError('unexpected', `plan for ${p.numParams} params / ${n} members / steps [${env.step}, ${p.until}) does not fit`);
     const collective = this.collectives.get((p.transport || 'nats') as TransportName);
     if (!collective) throw new WireError('unexpected', `plan asks for transport '${p.transport}', which this worker does not offer`);
-    const ctx: StepContext = {
-      run: this.opts.run,
-      me: this.id,
-      step: env.step,
-      membershipEpoch: env.membershipEpoch,
-      members: p.members,
-      numParams: p.numParams,
-      chunkFloats: p.chunkFloats,
-      globalBatch: p.globalBatch,
-      session: this.session,
-      shardStart: p.shardStart,
-      store: p.store,
-    };
-    collective.begin(ctx);
+    if (r.step !== env.step) {
+      const snap = this.snapshots.get(env.step);
+      if (!snap) return this.resync(`plan from step ${env.step} but state at ${r.step} with no snapshot of it`);
+      this.opts.log(`worker ${this.id}: back from step ${r.step} to step ${env.step} (re-planned)`);
+      r.restore(snap);
+    }
+    for (const k of this.snapshots.keys()) if (k > env.step) this.snapshots.delete(k); // of an abandoned plan
+    if (!this.snapshots.has(env.step)) this.snapshots.set(env.step, r.snapshot());
     const a: Active = { env, collective };
     this.active = a;
-    void this.runStep(a, r, waitMs).catch((e) => this.reject(e));
+    this.plan = env;
+    this.durable = env.step;
+    void this.runSteps(a, r).catch((e) => this.reject(e));
   }
 
   /**
-   * Our shard's gradient sum, the all-reduce, the mean (core/train/step.ts, as `scoreflow
-   * train` takes it), held until the coordinator commits the step. A reduce that fails (a
-   * peer died mid-collective) is only logged: the coordinator re-plans the step.
+   * The plan's steps, back to back: our shard's gradient sum, the all-reduce, the mean
+   * (core/train/step.ts, as `scoreflow train` takes it), the update, a snapshot at snapshot
+   * points, then the ack (asynchronous: nothing waits for an answer). A reduce that fails (a
+   * peer died mid-collective) is only logged: the coordinator re-plans from its last commit.
    */
-  private async runStep(a: Active, r: Replica, waitMs: number): Promise<void> {
+  private async runSteps(a: Active, r: Replica): Promise<void> {
     const { env, collective } = a;
-    const rank = env.body.members.indexOf(this.id);
-    const [from, to] = [env.body.shardStart[rank], env.body.shardStart[rank + 1]];
-    const t0 = performance.now();
-    const g = await r.gradSum(env.step, from, to);
-    if (this.active !== a) return;
-    const t1 = performance.now();
-    const ack = {
-      lossSum: g.lossSum,
-      count: g.count,
-      checksum: '',
-      error: '',
-      computeMs: t1 - t0,
-      allreduceMs: 0,
-      waitMs,
-      bytesSent: 0,
-      bytesReceived: 0,
-    };
-    // A bad local gradient is this worker's own failure: say so before it reaches any peer.
-    if (!Number.isFinite(g.lossSum) || !allFinite(g.grad)) {
-      ack.error = `non-finite gradient or loss at step ${env.step} on worker ${this.id}`;
-      return this.send('ack', ack, env.step, env.membershipEpoch);
-    }
-    let mean: Float32Array;
-    try {
-      const reduced = collective.reduce(g);
-      // The checksum is of the state before this step's update, which nothing changes until the
-      // commit: hash it while the peers' contributions are on their way, not before computing.
-      if (env.body.checksum) ack.checksum = r.checksum();
-      const sum = await reduced;
+    const p = env.body;
+    const n = p.members.length;
+    const rank = p.members.indexOf(this.id);
+    let idleSince = this.idleSince;
+    // Control messages and heartbeats need turns of the event loop: a step that waited for
+    // its all-reduce gave them one; one that did not (a lone member, a synchronous
+    // transport) yields before the next.
+    let turned = true;
+    const turn = () => (turned = true);
+    for (let k = env.step; k < p.until; k++) {
+      if (!turned) await new Promise((resolve) => setImmediate(resolve));
+      // At most AHEAD commit intervals past the last Commit: a coordinator that is gone (or a
+      // broker that is) stops the steps there, and snapshots never pile up.
+      while (this.active === a && k >= this.durable + AHEAD * p.commitEvery) await new Promise<void>((resolve) => (this.wake = resolve));
       if (this.active !== a) return;
-      mean = meanGradient(sum, env.body.globalBatch);
-    } catch (e) {
+      turned = false;
+      setImmediate(turn);
+      const t0 = performance.now();
+      const batch = p.stepsPerEpoch > 0 && k % p.stepsPerEpoch === p.stepsPerEpoch - 1 ? p.lastBatch : p.batchSize;
+      const shardStart = rangeBounds(batch, n);
+      collective.begin({
+        run: this.opts.run,
+        me: this.id,
+        step: k,
+        membershipEpoch: env.membershipEpoch,
+        members: p.members,
+        numParams: p.numParams,
+        chunkFloats: p.chunkFloats,
+        globalBatch: batch,
+        session: this.session,
+        shardStart,
+        store: p.store,
+      });
+      const g = await r.gradSum(k, shardStart[rank], shardStart[rank + 1], collective.sink?.());
       if (this.active !== a) return;
-      if (!(e instanceof NonFiniteError))
-        return this.opts.log(`worker ${this.id}: step ${env.step} all-reduce (${collective.transport}) failed: ${(e as Error).message}`);
-      ack.error = `non-finite reduced gradient at step ${env.step} (${collective.transport}): ${e.message}`;
-      return this.send('ack', ack, env.step, env.membershipEpoch);
+      const t1 = performance.now();
+      const ack = {
+        lossSum: g.lossSum,
+        count: g.count,
+        checksum: '',
+        error: '',
+        computeMs: t1 - t0,
+        allreduceMs: 0,
+        waitMs: t0 - idleSince,
+        bytesSent: 0,
+        bytesReceived: 0,
+        stepMs: 0,
+      };
+      // A bad local gradient is this worker's own failure: say so before it reaches any peer.
+      if (!Number.isFinite(g.lossSum) || !allFinite(g.grad)) {
+        ack.error = `non-finite gradient or loss at step ${k} on worker ${this.id}`;
+        this.active = undefined;
+        return this.send('ack', ack, k, env.membershipEpoch);
+      }
+      let mean: Float32Array;
+      try {
+        const reduced = collective.reduce(g);
+        // The checksum is of the state before this step's update: hash it while the peers' contributions are on their way.
+        if (p.checksumEvery > 0 && k % p.checksumEvery === 0) ack.checksum = r.checksum();
+        const sum = await reduced;
+        if (this.active !== a) return;
+        mean = meanGradient(sum, batch);
+      } catch (e) {
+        if (this.active !== a) return;
+        this.active = undefined;
+        if (!(e instanceof NonFiniteError))
+          return this.opts.log(`worker ${this.id}: step ${k} all-reduce (${collective.transport}) failed: ${(e as Error).message}`);
+        ack.error = `non-finite reduced gradient at step ${k} (${collective.transport}): ${e.message}`;
+        return this.send('ack', ack, k, env.membershipEpoch);
+      }
+      const t2 = performance.now();
+      r.apply(mean);
+      const next = k + 1;
+      if (next % p.commitEvery === 0 || next === p.until) this.snapshots.set(next, r.snapshot());
+      idleSince = performance.now();
+      Object.assign(ack, {
+        allreduceMs: t2 - t1,
+        stepMs: idleSince - t0,
+        bytesSent: collective.bytesSent,
+        bytesReceived: collective.bytesReceived,
+      });
+      this.telemetry.bytesSent += collective.bytesSent;
+      this.telemetry.bytesReceived += collective.bytesReceived;
+      this.telemetry.emit('workerStep', {
+        run: this.opts.run,
+        worker: this.id,
+        step: k,
+        images: g.count,
+        lossMean: g.lossSum / g.count,
+        ...ack,
+      });
+      this.send('ack', ack, k, env.membershipEpoch);
     }
-    this.active = undefined;
-    this.held = { step: env.step, membershipEpoch: env.membershipEpoch, mean };
-    this.idleSince = performance.now();
-    Object.assign(ack, { allreduceMs: this.idleSince - t1, bytesSent: collective.bytesSent, bytesReceived: collective.bytesReceived });
-    this.telemetry.bytesSent += collective.bytesSent;
-    this.telemetry.bytesReceived += collective.bytesReceived;
-    this.telemetry.emit('workerStep', {
-      run: this.opts.run,
-      worker: this.id,
-      step: env.step,
-      images: g.count,
-      lossMean: g.lossSum / g.count,
-      ...ack,
-    });
-    this.send('ack', ack, env.step, env.membershipEpoch);
+    if (this.active === a) this.active = undefined;
+    this.idleSince = idleSince;
   }
 
   /** Gradient chunks (transport nats); they can overtake the plan they belong to. */

@@ -13,12 +13,24 @@ export interface GradSum {
 }
 
 /**
+ * Where a gradient sum goes while the backward pass computes it (a cluster worker overlaps
+ * the all-reduce with the rest of the backward pass this way). The source writes each
+ * parameter's gradient sum into `grad` at its offset and calls `ready` as soon as that range
+ * is final, in the order the backward pass produces them; the GradSum it returns has `grad`
+ * as its vector. The values are the same as without a sink, bit for bit.
+ */
+export interface GradSink {
+  readonly grad: Float32Array;
+  ready(offset: number, size: number): void;
+}
+
+/**
  * Whatever computes gradient sums of a slice of step `step`'s global batch at `params`
  * (`version` changes whenever they do): a GradEngine in this thread, or a GradPool of
  * piscina threads. The Trainer asks its source; it never computes a gradient itself.
  */
 export interface GradSource {
-  gradSum(params: Float32Array, version: number, step: number, from: number, to: number): GradSum | Promise<GradSum>;
+  gradSum(params: Float32Array, version: number, step: number, from: number, to: number, sink?: GradSink): GradSum | Promise<GradSum>;
 }
 
 export interface ParamSpec {

@@ -13,7 +13,7 @@ import { numParams } from '../model/params.js';
 import { Rng, Stream } from '../rng.js';
 import { makeSde } from '../sde.js';
 import { trainTime } from './noise.js';
-import type { GradSource, GradSum, StepBatch } from './api.js';
+import type { GradSink, GradSource, GradSum, StepBatch } from './api.js';
 import { stepBatch } from '../data/batches.js';
 import type { TrainConfig } from './config.js';
 
@@ -78,26 +78,54 @@ export class GradEngine implements GradSource {
     return { x, t, z };
   }
 
-  /** Sum over samples [from, to) of step `step` of the per-sample loss gradients. */
-  gradSum(params: Float32Array, version: number, step: number, from: number, to: number): GradSum {
+  /**
+   * Sum over samples [from, to) of step `step` of the per-sample loss gradients. With a sink,
+   * each trainable parameter passes through an identity whose gradient function hands the
+   * parameter's (then final) gradient to the sink during the backward pass.
+   */
+  gradSum(params: Float32Array, version: number, step: number, from: number, to: number, sink?: GradSink): GradSum {
     const p = this.paramTensors(params, version);
     const { x, t, z } = this.inputs(step, from, to);
     const count = to - from;
     const { h, w } = this.data;
     const trainable = this.net.infos.filter((i) => i.trainable);
-    const grad = new Float32Array(this.numParams);
+    const grad = sink?.grad ?? new Float32Array(this.numParams);
+    if (grad.length !== this.numParams) throw new Error(`gradient sink holds ${grad.length} values, the model ${this.numParams}`);
+    const handed = new Uint8Array(trainable.length);
+    // Fixed parameters have no gradient: their zeros are final from the start.
+    if (sink)
+      for (const info of this.net.infos)
+        if (!info.trainable) {
+          grad.fill(0, info.offset, info.offset + info.size);
+          sink.ready(info.offset, info.size);
+        }
+    const tap = (k: number) =>
+      tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => ({
+        value: tf.clone(args[0] as tf.Tensor),
+        gradFunc: (dy: tf.Tensor) => {
+          const { offset, size } = trainable[k];
+          grad.set(dy.dataSync() as Float32Array, offset);
+          handed[k] = 1;
+          sink!.ready(offset, size);
+          return dy;
+        },
+      }));
     const lossSum = tf.tidy(() => {
       const xs = tf.tensor4d(x, [count, h, w, 1]);
       const ts = tf.tensor1d(t);
       const zs = tf.tensor4d(z, [count, h, w, 1]);
       const f = (...ws: tf.Tensor[]) => {
         const pp: ParamTensors = { ...p };
-        trainable.forEach((info, k) => (pp[info.name] = ws[k]));
+        trainable.forEach((info, k) => (pp[info.name] = sink ? tap(k)(ws[k]) : ws[k]));
         const score = (a: tf.Tensor4D, b: tf.Tensor1D) => this.net.apply(pp, a, b);
         return dsmLossPerSample(score, this.net.sde, xs, ts, zs, this.config.weighting, this.config.sigmaData).sum() as tf.Scalar;
       };
       const { value, grads } = tf.valueAndGrads(f)(trainable.map((info) => p[info.name]));
-      trainable.forEach((info, k) => grad.set(grads[k].dataSync() as Float32Array, info.offset));
+      trainable.forEach((info, k) => {
+        if (handed[k]) return;
+        grad.set(grads[k].dataSync() as Float32Array, info.offset);
+        sink?.ready(info.offset, info.size);
+      });
       return value.dataSync()[0];
     });
     return { grad, lossSum, count };

@@ -7,7 +7,7 @@
  */
 import { availableParallelism } from 'node:os';
 import { Piscina } from 'piscina';
-import type { GradSource, GradSum } from './api.js';
+import type { GradSink, GradSource, GradSum } from './api.js';
 import type { TrainConfig } from './config.js';
 import { GradEngine, type Images } from './engine.js';
 
@@ -85,9 +85,13 @@ export class GradPool implements GradSource {
     return pool;
   }
 
-  /** Sum of per-sample gradients over samples [from, to) of `step`'s global batch. */
-  async gradSum(params: Float32Array, version: number, step: number, from: number, to: number): Promise<GradSum> {
-    if (this.local) return this.local.gradSum(params, version, step, from, to);
+  /**
+   * Sum of per-sample gradients over samples [from, to) of `step`'s global batch. A sink gets
+   * each parameter's gradient during the backward pass when this thread computes it; from
+   * threads, the whole sum at the end.
+   */
+  async gradSum(params: Float32Array, version: number, step: number, from: number, to: number, sink?: GradSink): Promise<GradSum> {
+    if (this.local) return this.local.gradSum(params, version, step, from, to, sink);
     if (this.sharedVersion !== version) {
       this.shared!.set(params);
       this.sharedVersion = version;
@@ -102,7 +106,10 @@ export class GradPool implements GradSource {
       total.lossSum += results[i].lossSum;
       total.count += results[i].count;
     }
-    return total;
+    if (!sink) return total;
+    sink.grad.set(total.grad);
+    sink.ready(0, total.grad.length);
+    return { ...total, grad: sink.grad };
   }
 
   async close(): Promise<void> {

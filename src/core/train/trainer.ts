@@ -4,7 +4,7 @@
  * The cluster runs one per worker; `scoreflow train` one. A step is step.ts's.
  */
 import { createHash } from 'node:crypto';
-import type { GradSource, GradSum, ParamSpec, StepBatch } from './api.js';
+import type { GradSink, GradSource, GradSum, ParamSpec, StepBatch } from './api.js';
 import { adamStep, newOptimState, type OptimState } from './adam.js';
 import { encodeCheckpoint, loadCheckpointBytes, loadTrainingCheckpoint, type DecodedCheckpoint } from './checkpoint.js';
 import type { TrainConfig } from './config.js';
@@ -86,9 +86,9 @@ export class Trainer {
     return this;
   }
 
-  /** Sum over samples [from, to) of step `step`'s global batch of the per-sample loss gradients, at the current parameters. */
-  async gradSum(step: number, from: number, to: number): Promise<GradSum> {
-    return this.source.gradSum(this.state.params, this.version, step, from, to);
+  /** Sum over samples [from, to) of step `step`'s global batch of the per-sample loss gradients, at the current parameters (api.ts: the sink). */
+  async gradSum(step: number, from: number, to: number, sink?: GradSink): Promise<GradSum> {
+    return this.source.gradSum(this.state.params, this.version, step, from, to, sink);
   }
 
   /** The identical update on every replica: clip, Adam, EMA, step += 1 (throws on a non-finite gradient, changing nothing). */
@@ -97,12 +97,24 @@ export class Trainer {
     this.version++;
   }
 
-  /** SHA-256 over parameters, moments, EMA and step: equal across replicas iff their states are. */
-  checksum(): string {
+  /** A copy of the whole state (parameters, moments, EMA, step): a rollback point. */
+  snapshot(): OptimState {
+    const s = this.state;
+    return { params: s.params.slice(), m: s.m.slice(), v: s.v.slice(), ema: s.ema.slice(), step: s.step };
+  }
+
+  /** Goes back to a snapshot (copied in: the snapshot stays usable). */
+  restore(s: OptimState): void {
+    if (s.params.length !== this.numParams) throw new Error(`snapshot has ${s.params.length} parameters, the model ${this.numParams}`);
+    this.state = { params: s.params.slice(), m: s.m.slice(), v: s.v.slice(), ema: s.ema.slice(), step: s.step };
+    this.version++;
+  }
+
+  /** SHA-256 over parameters, moments, EMA and step (of `s`, else the current state): equal across replicas iff their states are. */
+  checksum(s: OptimState = this.state): string {
     const h = createHash('sha256');
-    for (const a of [this.state.params, this.state.m, this.state.v, this.state.ema])
-      h.update(new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
-    h.update(String(this.state.step));
+    for (const a of [s.params, s.m, s.v, s.ema]) h.update(new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
+    h.update(String(s.step));
     return h.digest('hex').slice(0, 16);
   }
 
@@ -110,8 +122,9 @@ export class Trainer {
     return { steps_per_epoch: String(this.stepsPerEpoch()), ...extra };
   }
 
-  exportState(extra: Record<string, string> = {}): Uint8Array {
-    return encodeCheckpoint(this.config, this.state, this.meta(extra));
+  /** The current state (or the snapshot `s`) in the checkpoint format. */
+  exportState(extra: Record<string, string> = {}, s: OptimState = this.state): Uint8Array {
+    return encodeCheckpoint(this.config, s, this.meta(extra));
   }
 
   importState(bytes: Uint8Array): void {

@@ -18,7 +18,8 @@
  */
 import { createSocket } from 'node:dgram';
 import { lookup } from 'node:dns/promises';
-import type { GradSum } from '../../core/train/api.js';
+import type { GradSink, GradSum } from '../../core/train/api.js';
+import { allFinite } from '../../core/train/step.js';
 import { ProcessGroup, StoreServer, c10dInfo } from '../../core/backend/torch/c10d.js';
 import type { Collective, StepContext } from './index.js';
 
@@ -33,6 +34,65 @@ export interface C10dOptions {
   timeoutMs: number;
   /** The worker's GPU (NCCL is offered only with one). */
   cuda?: boolean;
+  /**
+   * Overlap: the gradient is all-reduced in buckets of this many floats, cut from the end of the
+   * vector (the last layers, whose gradients the backward pass finishes first), each as soon as
+   * the backward pass has finished it; 0: one all-reduce of the whole vector after it.
+   * Default BUCKET_FLOATS.
+   */
+  bucketFloats?: number;
+}
+
+/** 1 MiB buckets (DDP's first bucket; its later ones are 25 MB, beyond our whole 4 MB gradient). */
+export const BUCKET_FLOATS = 1 << 18;
+
+/** One step's buckets: bucket i holds floats [max(0, P - (i+1)b), P - ib); they are all-reduced in order i = 0, 1, ... */
+class Buckets implements GradSink {
+  readonly grad: Float32Array;
+  private readonly left: Float64Array;
+  private next = 0;
+  /** A bucket was not finite: it and every later one stayed home. */
+  bad = false;
+  readonly works: Promise<void>[] = [];
+
+  constructor(
+    private readonly pg: ProcessGroup,
+    numParams: number,
+    private readonly b: number,
+  ) {
+    this.grad = new Float32Array(numParams);
+    const n = Math.ceil(numParams / b);
+    this.left = Float64Array.from({ length: n }, (_, i) => this.end(i) - this.start(i));
+  }
+
+  private start(i: number): number {
+    return Math.max(0, this.grad.length - (i + 1) * this.b);
+  }
+
+  private end(i: number): number {
+    return this.grad.length - i * this.b;
+  }
+
+  ready(offset: number, size: number): void {
+    const P = this.grad.length;
+    const last = offset + size;
+    for (let i = Math.floor((P - last) / this.b); i < this.left.length && this.end(i) > offset; i++)
+      this.left[i] -= Math.min(this.end(i), last) - Math.max(this.start(i), offset);
+    this.launch(false);
+  }
+
+  /** Starts the finished buckets in order (all of them at the end). Every rank issues the same all-reduces in the same order. */
+  launch(all: boolean): void {
+    while (!this.bad && this.next < this.left.length && (all || this.left[this.next] <= 0)) {
+      const v = this.grad.subarray(this.start(this.next), this.end(this.next));
+      // A non-finite bucket goes nowhere, nor does any after it: the worker reports its own failure.
+      if (!allFinite(v)) return void (this.bad = true);
+      const w = this.pg.allreduceSum(v);
+      w.catch(() => {}); // (awaited in reduce; a step abandoned before it must not leave a rejection unhandled)
+      this.works.push(w);
+      this.next++;
+    }
+  }
 }
 
 /** Whether this process can take part in `transport`, and if not, one line saying why. */
@@ -101,8 +161,9 @@ export async function defaultDataHost(natsUrl: string): Promise<string> {
 export class C10dCollective implements Collective {
   bytesSent = 0;
   bytesReceived = 0;
-  private group?: { key: string; pg: Promise<ProcessGroup> };
+  private group?: { key: string; pg: Promise<ProcessGroup>; ready?: ProcessGroup };
   private ctx?: StepContext;
+  private buckets?: Buckets;
 
   constructor(
     readonly transport: 'gloo' | 'nccl',
@@ -111,6 +172,7 @@ export class C10dCollective implements Collective {
 
   begin(ctx: StepContext): void {
     this.ctx = ctx;
+    this.buckets = undefined;
     const key = `sf/${ctx.run}/${ctx.session}/${ctx.membershipEpoch}`;
     if (this.group?.key === key) return;
     this.dropGroup();
@@ -128,7 +190,25 @@ export class C10dCollective implements Collective {
       device: this.transport === 'nccl' ? 0 : undefined,
     });
     pg.catch(() => {}); // (a failed rendezvous surfaces in reduce)
-    this.group = { key, pg };
+    const group: NonNullable<typeof this.group> = { key, pg };
+    void pg.then(
+      (g) => (group.ready = g),
+      () => {},
+    );
+    this.group = group;
+  }
+
+  /**
+   * Buckets that go out while the backward pass runs, once the epoch's group has formed (an
+   * all-reduce is issued from inside the backward pass, synchronously, so it needs the group
+   * itself, not its promise; the first step of an epoch reduces after the backward pass).
+   */
+  sink(): GradSink | undefined {
+    const b = this.opts.bucketFloats ?? BUCKET_FLOATS;
+    const pg = this.group?.ready;
+    if (!b || !pg || !this.ctx) return undefined;
+    this.buckets = new Buckets(pg, this.ctx.numParams, b);
+    return this.buckets;
   }
 
   async reduce(local: GradSum): Promise<Float32Array> {
@@ -136,8 +216,13 @@ export class C10dCollective implements Collective {
     const ctx = this.ctx;
     if (!g || !ctx) throw new Error('reduce before begin');
     if (local.grad.length !== ctx.numParams) throw new Error(`gradient has ${local.grad.length} values, the plan says ${ctx.numParams}`);
-    const pg = await g.pg;
-    await pg.allreduceSum(local.grad);
+    const buckets = this.buckets;
+    this.buckets = undefined;
+    if (buckets && buckets.grad === local.grad) {
+      buckets.launch(true);
+      if (buckets.bad) throw new Error('the gradient has NaN or infinite values');
+      await Promise.all(buckets.works);
+    } else await (await g.pg).allreduceSum(local.grad);
     // A ring all-reduce moves 2(N-1)/N of the vector each way per worker (Gloo's and NCCL's algorithms for this size).
     const n = ctx.members.length;
     this.bytesSent = this.bytesReceived = n > 1 ? Math.round((2 * (n - 1) * 4 * ctx.numParams) / n) : 0;

@@ -10,9 +10,11 @@
  *   nats        reduce-scatter to rank-owned ranges and all-gather through the broker,
  *               summed in rank order (./nats.ts). Works wherever the broker is reachable.
  *   gloo, nccl  a c10d process group of the plan's members (./c10d.ts): direct TCP between
- *               workers on CPUs (Gloo), NCCL on GPUs.
+ *               workers on CPUs (Gloo), NCCL on GPUs. They overlap the all-reduce with the
+ *               backward pass: `sink()` hands the gradient computation a GradSink, whose
+ *               buckets go out as soon as the backward pass has finished them.
  */
-import type { GradSum } from '../../core/train/api.js';
+import type { GradSink, GradSum } from '../../core/train/api.js';
 
 import type { TransportName } from '../../protocol/transports.js';
 
@@ -41,6 +43,8 @@ export interface Collective {
   readonly bytesSent: number;
   readonly bytesReceived: number;
   begin(ctx: StepContext): void;
+  /** After begin: where the gradient sum goes while it is computed, if this transport reduces parts of it early (then `reduce` gets the sum in the sink's vector). */
+  sink?(): GradSink | undefined;
   reduce(local: GradSum): Promise<Float32Array>;
   close(): void;
 }
