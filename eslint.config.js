@@ -1,7 +1,7 @@
 import tseslint from 'typescript-eslint';
 
 /**
- * The rooms of src/ and who may enter which (README, "Where things live"):
+ * The rooms of src/ and who may enter which (the map: README.md, "Layout"):
  *   cli -> coordinator | worker -> cluster | protocol -> core;  metrics beside, fed by cli.
  * Coordinator and worker never import each other; core imports no networking, HTTP or CLI.
  */

@@ -176,7 +176,7 @@ describe('cluster processes', () => {
       const c = start('coordinator', coordArgs(dir, server.url, ['--min-workers', '3', '--transport', transport]));
       const ws = [0, 1, 2].map((i) => start('worker', workerArgs(server.url, i + offset)));
       procs.push(c, ...ws);
-      await until(() => logged(dir).length >= 4 + Math.floor(Math.random() * 8), 30_000, 'the first steps');
+      await until(() => logged(dir).length >= 4 + Math.floor(Math.random() * 8), 90_000, 'the first steps');
       await sleep(Math.random() * 60);
       ws[1].child.kill('SIGKILL');
       assert.equal(await c.exited, 0, c.output());
@@ -192,7 +192,7 @@ describe('cluster processes', () => {
       const c1 = start('coordinator', coordArgs(dir, server.url, ['--min-workers', '2', '--transport', transport]));
       const ws = [0, 1].map((i) => start('worker', workerArgs(server.url, 10 + i + offset)));
       procs.push(c1, ...ws);
-      await until(() => logged(dir).length >= 12 + Math.floor(Math.random() * 6), 30_000, 'steps past the first checkpoint');
+      await until(() => logged(dir).length >= 12 + Math.floor(Math.random() * 6), 90_000, 'steps past the first checkpoint');
       c1.child.kill('SIGKILL');
       await c1.exited;
       const before = logged(dir);

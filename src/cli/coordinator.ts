@@ -7,7 +7,7 @@
 import { existsSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { Option, type Command } from 'commander';
-import { Coordinator } from '../coordinator/coordinator.js';
+import { Coordinator, COORDINATOR_DEFAULTS } from '../coordinator/coordinator.js';
 import { readRunRecord } from '../coordinator/run-dir.js';
 import { isDatasetName, loadImages } from '../core/data/mnist.js';
 import { readSafetensorsBytes } from '../core/io/safetensors.js';
@@ -157,9 +157,24 @@ const cmd = program.command('start').description('run a training job over NATS w
 addClusterOptions(addTrainingOptions(cmd), 'they join with `worker start` (e.g. Kubernetes pods)')
   .option('--run <id>', 'run id (default: the name of --out)')
   .option('--min-workers <n>', 'workers to wait for before the first step (default: --gpus, or 1 with --no-spawn)', parseIntArg(1, 4096))
-  .option('--checksum-every <n>', 'compare parameter checksums every n steps (0: never)', parseIntArg(0, 1e9), 10)
-  .option('--heartbeat-timeout <ms>', 'declare a silent worker lost after this long', parseIntArg(100, 3_600_000), 3000)
-  .option('--step-timeout <ms>', 're-plan a step that takes longer than this (and 10x the last one)', parseIntArg(100, 86_400_000), 30_000)
+  .option(
+    '--checksum-every <n>',
+    'compare parameter checksums every n steps (0: never)',
+    parseIntArg(0, 1e9),
+    COORDINATOR_DEFAULTS.checksumEvery,
+  )
+  .option(
+    '--heartbeat-timeout <ms>',
+    'declare a silent worker lost after this long',
+    parseIntArg(100, 3_600_000),
+    COORDINATOR_DEFAULTS.heartbeatTimeoutMs,
+  )
+  .option(
+    '--step-timeout <ms>',
+    're-plan a step that takes longer than this (and 10x the last one)',
+    parseIntArg(100, 86_400_000),
+    COORDINATOR_DEFAULTS.stepTimeoutMs,
+  )
   .addOption(
     new Option(
       '--transport <t>',

@@ -17,6 +17,7 @@ import { readNpy } from '../core/io/npy.js';
 import { readSafetensors } from '../core/io/safetensors.js';
 import {
   CLASSIFIER_DEFAULTS,
+  CLASSIFIER_TRAIN_DEFAULTS,
   IMAGE_SIZE,
   checkClassifierConfig,
   MnistClassifier,
@@ -191,10 +192,10 @@ export function registerEvaluate(program: Command): void {
     .command('classifier')
     .description('train the MNIST classifier whose features `scoreflow evaluate` uses; prints its test accuracy')
     .requiredOption('--out <file.safetensors>', 'where to save the weights (atomically)')
-    .option('--epochs <n>', 'passes over the MNIST training set', parseIntArg(1), 2)
-    .option('--seed <s>', 'seed of the initialisation and the batch order', parseIntArg(0), 0)
-    .option('--batch-size <b>', 'images per Adam step', parseIntArg(1), 64)
-    .option('--lr <lr>', 'initial Adam learning rate (cosine decay to 0)', parseFloatArg({ exclusiveMin: 0 }), 1e-3)
+    .option('--epochs <n>', 'passes over the MNIST training set', parseIntArg(1), CLASSIFIER_TRAIN_DEFAULTS.epochs)
+    .option('--seed <s>', 'seed of the initialisation and the batch order', parseIntArg(0), CLASSIFIER_TRAIN_DEFAULTS.seed)
+    .option('--batch-size <b>', 'images per Adam step', parseIntArg(1), CLASSIFIER_TRAIN_DEFAULTS.batchSize)
+    .option('--lr <lr>', 'initial Adam learning rate (cosine decay to 0)', parseFloatArg({ exclusiveMin: 0 }), CLASSIFIER_TRAIN_DEFAULTS.lr)
     .option('--channels <c1,c2>', 'output channels of the two convolutions', parseTwoInts, CLASSIFIER_DEFAULTS.channels)
     .option('--hidden <h>', 'width of the feature layer (the features of the Fréchet distance)', parseIntArg(1), CLASSIFIER_DEFAULTS.hidden)
     .option('--train-limit <n>', 'train on the first n training images only', parseIntArg(1))

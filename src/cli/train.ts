@@ -5,8 +5,17 @@ import { join } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { loadImages } from '../core/data/mnist.js';
 import { StepLog } from '../core/io/jsonl.js';
-import { loadTrainingCheckpoint } from '../core/train/checkpoint.js';
-import { parseDataset, RECIPES, recipeValues, trainConfig, type RecipeName, type TrainConfig } from '../core/train/config.js';
+import { SDE_DEFAULTS } from '../core/sde.js';
+import { CHECKPOINT_EVERY, loadTrainingCheckpoint } from '../core/train/checkpoint.js';
+import {
+  parseDataset,
+  RECIPES,
+  recipeValues,
+  TRAIN_DEFAULTS,
+  trainConfig,
+  type RecipeName,
+  type TrainConfig,
+} from '../core/train/config.js';
 import { GradPool } from '../core/train/pool.js';
 import { NonFiniteError, trainStep } from '../core/train/step.js';
 import { Trainer } from '../core/train/trainer.js';
@@ -66,15 +75,27 @@ export function addTrainingOptions(cmd: Command): Command {
     .hook('preAction', (c) => applyRecipe(c))
     .option('--steps <n>', 'train until this many steps in total (counting resumed ones)', parseIntArg(1, 1e9))
     .option('--epochs <n>', 'train until this many epochs in total', parseIntArg(1, 1e6))
-    .option('--seed <s>', 'seed of every random stream', parseIntArg(0), 0)
-    .option('--batch-size <b>', 'global batch size (at most the data set size)', parseIntArg(1), 32)
-    .option('--lr <lr>', 'Adam learning rate, in (0, 1]', parseFloatArg({ exclusiveMin: 0, max: 1 }), 1e-4)
-    .option('--ema <decay>', 'EMA decay of the sampling weights (0: none)', parseFloatArg({ min: 0, max: 0.999999 }), 0.999)
-    .option('--grad-clip <norm>', 'clip the global gradient norm (0: off)', parseFloatArg({ min: 0, max: 1e9 }), 0)
-    .addOption(new Option('--weighting <w>', 'DSM weighting lambda(t)').choices(['sigma2', 'likelihood', 'edm']).default('sigma2'))
-    .addOption(new Option('--sde <name>', 'forward SDE').choices(['ve', 'vp', 'subvp']).default('ve'))
-    .option('--sigma-min <s>', 'VE sigma_min, in (0, 1]', parseFloatArg({ exclusiveMin: 0, max: 1 }), 0.01)
-    .option('--sigma-max <s>', 'VE sigma_max, above sigma_min and at most 1e4', parseFloatArg({ exclusiveMin: 0, max: 1e4 }), 22)
+    .option('--seed <s>', 'seed of every random stream', parseIntArg(0), TRAIN_DEFAULTS.seed)
+    .option('--batch-size <b>', 'global batch size (at most the data set size)', parseIntArg(1), TRAIN_DEFAULTS.batchSize)
+    .option('--lr <lr>', 'Adam learning rate, in (0, 1]', parseFloatArg({ exclusiveMin: 0, max: 1 }), TRAIN_DEFAULTS.lr)
+    .option(
+      '--ema <decay>',
+      'EMA decay of the sampling weights (0: none)',
+      parseFloatArg({ min: 0, max: 0.999999 }),
+      TRAIN_DEFAULTS.emaDecay,
+    )
+    .option('--grad-clip <norm>', 'clip the global gradient norm (0: off)', parseFloatArg({ min: 0, max: 1e9 }), TRAIN_DEFAULTS.gradClip)
+    .addOption(
+      new Option('--weighting <w>', 'DSM weighting lambda(t)').choices(['sigma2', 'likelihood', 'edm']).default(TRAIN_DEFAULTS.weighting),
+    )
+    .addOption(new Option('--sde <name>', 'forward SDE').choices(['ve', 'vp', 'subvp']).default(SDE_DEFAULTS.name))
+    .option('--sigma-min <s>', 'VE sigma_min, in (0, 1]', parseFloatArg({ exclusiveMin: 0, max: 1 }), SDE_DEFAULTS.sigmaMin)
+    .option(
+      '--sigma-max <s>',
+      'VE sigma_max, above sigma_min and at most 1e4',
+      parseFloatArg({ exclusiveMin: 0, max: 1e4 }),
+      SDE_DEFAULTS.sigmaMax,
+    )
     .option('--channels <c>', 'ScoreNet channels, four comma-separated', parseChannels)
     .option('--embed-dim <d>', 'time embedding width (even)', parseIntArg(2, 4096))
     .option('--data <source>', 'train | test | fashion-train | path to an IDX/.npy image file', 'train')
@@ -88,7 +109,7 @@ export function addTrainingOptions(cmd: Command): Command {
     )
     .option('--out <dir>', 'output directory (checkpoint, log.jsonl)', 'runs/train')
     .option('--resume', 'continue from <out>/checkpoint.safetensors', false)
-    .option('--ckpt-every <n>', 'write a checkpoint every n steps', parseIntArg(1, 1e9), 200);
+    .option('--ckpt-every <n>', 'write a checkpoint every n steps', parseIntArg(1, 1e9), CHECKPOINT_EVERY);
 }
 
 export interface TrainFlags {

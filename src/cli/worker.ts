@@ -12,7 +12,7 @@ import { bindTelemetry, createMetrics } from '../metrics/index.js';
 import { JobRunner } from '../worker/jobs.js';
 import { trainerReplicas } from '../worker/trainer-replica.js';
 import { defaultDataHost, startC10d } from '../worker/collective/c10d.js';
-import { defaultWorkerId, Worker } from '../worker/worker.js';
+import { defaultWorkerId, Worker, WORKER_DEFAULTS } from '../worker/worker.js';
 import { backendOption, main, newProgram, parseIntArg, parsePort, poolThreads, startBackend } from './common.js';
 
 interface WorkerFlags extends AuthFlags {
@@ -158,7 +158,7 @@ addAuthOptions(
       10_000,
     )
     .option('--no-c10d', 'offer only the nats transport (no c10d store, no direct worker-to-worker traffic)')
-    .addOption(new Option('--heartbeat-ms <ms>').argParser(parseIntArg(50)).default(500).hideHelp())
+    .addOption(new Option('--heartbeat-ms <ms>').argParser(parseIntArg(50)).default(WORKER_DEFAULTS.heartbeatMs).hideHelp())
     .addOption(
       new Option('--parent-pipe', 'exit when stdin closes (set by coordinator start for the workers it spawns)').default(false).hideHelp(),
     ),

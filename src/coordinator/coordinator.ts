@@ -35,6 +35,7 @@ import {
   type EnvelopeOf,
   type Join,
 } from '../protocol/envelope.js';
+import { CHECKPOINT_EVERY } from '../core/train/checkpoint.js';
 import { ReplayGuard, Sender } from '../protocol/sequence.js';
 import { checkId, subjects } from '../protocol/subjects.js';
 import type { TransportChoice, TransportName } from '../protocol/transports.js';
@@ -75,12 +76,13 @@ export interface RunResult {
   step: number;
 }
 
-const DEFAULTS = {
+/** The coordinator's defaults; `coordinator start`'s help text reads them from here. */
+export const COORDINATOR_DEFAULTS = {
   transport: 'auto' as TransportChoice,
   minWorkers: 1,
   heartbeatTimeoutMs: 3000,
   checksumEvery: 10,
-  checkpointEvery: 100,
+  checkpointEvery: CHECKPOINT_EVERY,
   commitEvery: 10,
   stepTimeoutMs: 30_000,
   syncTimeoutMs: 60_000,
@@ -120,7 +122,7 @@ interface StepRow {
 
 export class Coordinator {
   readonly telemetry: Telemetry;
-  private readonly opts: typeof DEFAULTS & CoordinatorOptions & { log: (l: string) => void };
+  private readonly opts: typeof COORDINATOR_DEFAULTS & CoordinatorOptions & { log: (l: string) => void };
   private readonly dir: RunDir;
   private record!: RunRecord;
   private readonly members = new Map<string, Member>();
@@ -154,7 +156,7 @@ export class Coordinator {
   readonly done: Promise<RunResult>;
 
   constructor(opts: CoordinatorOptions) {
-    this.opts = { ...DEFAULTS, log: () => {}, ...opts } as typeof this.opts;
+    this.opts = { ...COORDINATOR_DEFAULTS, log: () => {}, ...opts } as typeof this.opts;
     checkId('run', opts.run);
     this.dir = new RunDir(opts.outDir);
     this.telemetry = opts.telemetry ?? new Telemetry(this.opts.log);

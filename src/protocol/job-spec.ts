@@ -10,7 +10,7 @@
  * the outputs are byte-identical to the single-process run whatever the backend's kernels do.
  */
 import type { DivergenceMode } from '../core/likelihood.js';
-import type { SampleOptions } from '../core/sampling/index.js';
+import { SAMPLE_DEFAULTS, type SampleOptions } from '../core/sampling/index.js';
 
 export interface SampleSpec {
   kind: 'sample';
@@ -58,5 +58,5 @@ export function planJobs(n: number, batchSize: number, batchesPerJob = 1): JobRa
 
 /** The batch size a spec's ranges are aligned to. */
 export function batchSizeOf(spec: TaskSpec): number {
-  return spec.options.batchSize ?? 64;
+  return spec.options.batchSize ?? SAMPLE_DEFAULTS.batchSize;
 }

@@ -25,7 +25,7 @@ import { sampleRange, type SampleOptions } from '../core/sampling/index.js';
 import { loadScoreModel, type NetScoreModel } from '../core/score/net.js';
 import type { ScoreModel } from '../core/score/batch.js';
 import { isNotFound } from '../cluster/jetstream.js';
-import type { LikelihoodSpec, SampleSpec, TaskSpec } from '../protocol/job-spec.js';
+import { batchSizeOf, type LikelihoodSpec, type SampleSpec, type TaskSpec } from '../protocol/job-spec.js';
 import { toLEBytes } from '../core/io/endian.js';
 import { JobWireError, chunkResult, decodeJob, encodeResult, type Job, type JobResultChunk } from '../protocol/jobs.js';
 import { WORKERS_CONSUMER, jobSubjects, streams } from '../protocol/subjects.js';
@@ -274,7 +274,7 @@ export class JobRunner extends EventEmitter<{ job: [JobEvent] }> {
   }
 
   private async sample(model: ScoreModel, spec: SampleSpec, l: Loaded, job: Job): Promise<Computed> {
-    const bs = spec.options.batchSize ?? 64;
+    const bs = batchSizeOf(spec);
     const d = l.model.shape[0] * l.model.shape[1] * l.model.shape[2];
     const samples = new Float32Array((job.to - job.from) * d);
     const nfe: number[] = [];

@@ -52,6 +52,9 @@ interface Active {
 /** Commit intervals a worker may run past the last Commit before it waits for one. */
 const AHEAD = 3;
 
+/** The worker's defaults; `worker start`'s flags read them from here. */
+export const WORKER_DEFAULTS = { device: -1, threads: 1, backend: 'auto', heartbeatMs: 500 };
+
 export function defaultWorkerId(device: number): string {
   const host = hostname()
     .replace(/[^A-Za-z0-9_-]/g, '_')
@@ -92,7 +95,7 @@ export class Worker {
   readonly done: Promise<WorkerResult>;
 
   constructor(opts: WorkerOptions) {
-    this.opts = { device: -1, threads: 1, backend: 'auto', heartbeatMs: 500, log: () => {}, ...opts };
+    this.opts = { ...WORKER_DEFAULTS, log: () => {}, ...opts };
     this.id = checkId('worker', opts.id ?? defaultWorkerId(this.opts.device));
     checkId('run', opts.run);
     this.telemetry = opts.telemetry ?? new Telemetry(this.opts.log);

@@ -38,6 +38,9 @@ export interface ClassifierConfig {
 
 export const CLASSIFIER_DEFAULTS: ClassifierConfig = { channels: [32, 64], hidden: 128 };
 
+/** How `trainClassifier` trains unless told otherwise (`scoreflow classifier`'s help reads these). */
+export const CLASSIFIER_TRAIN_DEFAULTS = { seed: 0, batchSize: 64, epochs: 2, lr: 1e-3 };
+
 export interface ClassifierParam {
   name: string;
   shape: number[];
@@ -225,8 +228,8 @@ export interface TrainedClassifier {
  */
 export function trainClassifier(images: Float32Array, labels: Uint8Array, opts: TrainClassifierOptions = {}): TrainedClassifier {
   const config = checkClassifierConfig(opts.config ?? CLASSIFIER_DEFAULTS);
-  const seed = opts.seed ?? 0;
-  const bs = opts.batchSize ?? 64;
+  const seed = opts.seed ?? CLASSIFIER_TRAIN_DEFAULTS.seed;
+  const bs = opts.batchSize ?? CLASSIFIER_TRAIN_DEFAULTS.batchSize;
   const d = IMAGE_SIZE * IMAGE_SIZE;
   const n = labels.length;
   if (images.length !== n * d) throw new Error(`trainClassifier: ${images.length} pixel values for ${n} labels of 28x28 images`);
@@ -236,12 +239,12 @@ export function trainClassifier(images: Float32Array, labels: Uint8Array, opts: 
   if (!Number.isSafeInteger(seed) || seed < 0) throw new Error(`trainClassifier: seed must be a non-negative integer, got ${seed}`);
   if (!Number.isSafeInteger(bs) || bs < 1) throw new Error(`trainClassifier: batch size must be a positive integer, got ${bs}`);
   const perEpoch = Math.ceil(n / bs);
-  const total = opts.steps ?? perEpoch * (opts.epochs ?? 2);
+  const total = opts.steps ?? perEpoch * (opts.epochs ?? CLASSIFIER_TRAIN_DEFAULTS.epochs);
   if (!Number.isSafeInteger(total) || total < 1) throw new Error(`trainClassifier: need at least one step, got ${total}`);
 
   const infos = classifierParams(config);
   const state = newOptimState(initClassifierParams(config, seed));
-  const baseLr = opts.lr ?? 1e-3;
+  const baseLr = opts.lr ?? CLASSIFIER_TRAIN_DEFAULTS.lr;
   const adam = { lr: baseLr, beta1: 0.9, beta2: 0.999, adamEps: 1e-8, emaDecay: 0, gradClip: 0 };
   const grad = new Float32Array(state.params.length);
   const xBatch = new Float32Array(bs * d);

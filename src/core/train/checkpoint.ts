@@ -27,6 +27,9 @@ import { type TrainConfig, trainConfig } from './config.js';
 
 const SLOTS = { ema: TRAIN_PREFIXES[0], m: TRAIN_PREFIXES[1], v: TRAIN_PREFIXES[2] } as const;
 
+/** Steps between checkpoints, for `scoreflow train` and `coordinator start` alike (`--ckpt-every`). */
+export const CHECKPOINT_EVERY = 200;
+
 export function encodeCheckpoint(cfg: TrainConfig, s: OptimState, extraMeta: Record<string, string> = {}): Buffer {
   const infos = paramInfos(cfg.model);
   const tensors: Record<string, TensorInput> = {};
