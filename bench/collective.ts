@@ -3,11 +3,15 @@
  * --only collective`): every figure sits beside its baseline from reference/ddp_baseline.py
  * (torch.distributed gloo, DDP), measured minutes apart under the same load.
  *
- *  - training: the reference ScoreNet at global batch 32, 2 worker processes x 1 thread on the
- *    torch backend, `coordinator start`-shaped (an in-process coordinator, real `worker start`
- *    processes) over --transport gloo and nats; PyTorch DDP (gloo) at the same shape; and
- *    single-process `scoreflow train --threads 2`. Images/s = global batch / step time
- *    (commit to commit), median over the timed steps.
+ *  - training: the reference ScoreNet at global batch 32 and 120, 2 worker processes x 1 thread
+ *    on the torch backend, `coordinator start`-shaped (an in-process coordinator, real `worker
+ *    start` processes) over gloo (all-reduce in buckets during the backward pass), gloo without
+ *    that overlap (--bucket-kb 0) and nats; PyTorch DDP (gloo) at batch 32; and single-process
+ *    `scoreflow train --threads 2` at both. Images/s = global batch / step time (the interval
+ *    between steps acked by every worker), median over the timed steps; beside it each step's
+ *    split as the workers report it: compute (the backward pass, overlapped buckets included),
+ *    exposed all-reduce (end of compute to the reduced sum), control-plane wait (before a step
+ *    could start; its mean too).
  *  - the bare all-reduce of 1,049,633 floats (the ScoreNet's gradient) at 2, 4, 8 processes:
  *    our Gloo group (bench/allreduce-peer.ts, a barrier before each) against
  *    torch.distributed's, and the nats transport's collective time (the all-reduce of the
@@ -129,19 +133,26 @@ export async function benchCollective(o: CollectiveBenchOptions): Promise<Json> 
       const train: Json = batch === 32 ? { pytorch: ddp.train ?? ddp } : {};
       const cfgJson = JSON.stringify({ seed: 0, batchSize: batch, dataset: 'train[:4096]' });
       const runSteps = batch === 32 ? steps + 5 : Math.round(steps / 2) + 5;
-      for (const transport of ['gloo', 'nats'] as const) {
-        log(`collective: ScoreNet training over ${transport}, batch ${batch}, 2 workers x 1 thread on torch`);
+      // gloo with the all-reduce in buckets during the backward pass (the default), gloo with one
+      // all-reduce after it (--bucket-kb 0), and nats
+      for (const [name, transport, workerArgs] of [
+        ['gloo', 'gloo', []],
+        ['gloo_no_overlap', 'gloo', ['--bucket-kb', '0']],
+        ['nats', 'nats', []],
+      ] as const) {
+        log(`collective: ScoreNet training, ${name}, batch ${batch}, 2 workers x 1 thread on torch`);
         const run = await runCluster(server, {
           n: 2,
-          run: `train${batch}-${transport}`,
+          run: `train${batch}-${name.replace(/_/g, '-')}`,
           configJson: cfgJson,
           batchSize: batch,
           steps: runSteps,
           backend: 'torch',
           threads: 1,
           transport,
+          workerArgs: [...workerArgs],
         });
-        train[transport] = summarise(run, 5);
+        train[name] = summarise(run, 5);
       }
       log(`collective: scoreflow train --threads 2 (one process), batch ${batch}`);
       train.single_process = singleProcess(2, runSteps, batch);
@@ -151,6 +162,7 @@ export async function benchCollective(o: CollectiveBenchOptions): Promise<Json> 
           ? { gloo_over_ddp: ddpIps ? round(ips('gloo') / ddpIps, 3) : null, nats_over_ddp: ddpIps ? round(ips('nats') / ddpIps, 3) : null }
           : {}),
         gloo_over_single_process: round(ips('gloo') / ips('single_process'), 3),
+        gloo_over_gloo_no_overlap: round(ips('gloo') / ips('gloo_no_overlap'), 3),
         nats_over_single_process: round(ips('nats') / ips('single_process'), 3),
       };
       out[`training_batch_${batch}`] = train;

@@ -404,7 +404,10 @@ export class Worker {
     const p = env.body;
     const n = p.members.length;
     const rank = p.members.indexOf(this.id);
-    let idleSince = this.idleSince;
+    // Control-plane wait: before the plan's first step, since this worker was last busy; before
+    // a later one, only while it waits for a Commit (it never does when the coordinator keeps up).
+    let waitMs = performance.now() - this.idleSince;
+    let end = performance.now();
     // Control messages and heartbeats need turns of the event loop: a step that waited for
     // its all-reduce gave them one; one that did not (a lone member, a synchronous
     // transport) yields before the next.
@@ -414,7 +417,9 @@ export class Worker {
       if (!turned) await new Promise((resolve) => setImmediate(resolve));
       // At most AHEAD commit intervals past the last Commit: a coordinator that is gone (or a
       // broker that is) stops the steps there, and snapshots never pile up.
+      const w0 = performance.now();
       while (this.active === a && k >= this.durable + AHEAD * p.commitEvery) await new Promise<void>((resolve) => (this.wake = resolve));
+      if (k > env.step) waitMs = performance.now() - w0;
       if (this.active !== a) return;
       turned = false;
       setImmediate(turn);
@@ -444,7 +449,7 @@ export class Worker {
         error: '',
         computeMs: t1 - t0,
         allreduceMs: 0,
-        waitMs: t0 - idleSince,
+        waitMs,
         bytesSent: 0,
         bytesReceived: 0,
         stepMs: 0,
@@ -475,10 +480,10 @@ export class Worker {
       r.apply(mean);
       const next = k + 1;
       if (next % p.commitEvery === 0 || next === p.until) this.snapshots.set(next, r.snapshot());
-      idleSince = performance.now();
+      end = performance.now();
       Object.assign(ack, {
         allreduceMs: t2 - t1,
-        stepMs: idleSince - t0,
+        stepMs: end - t0,
         bytesSent: collective.bytesSent,
         bytesReceived: collective.bytesReceived,
       });
@@ -495,7 +500,7 @@ export class Worker {
       this.send('ack', ack, k, env.membershipEpoch);
     }
     if (this.active === a) this.active = undefined;
-    this.idleSince = idleSince;
+    this.idleSince = end;
   }
 
   /** Gradient chunks (transport nats); they can overtake the plan they belong to. */
