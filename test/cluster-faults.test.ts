@@ -11,6 +11,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { readFileSync } from 'node:fs';
+import { connect, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { connectNats } from '../src/cluster/connect.js';
 import { decode, type BodyKind } from '../src/protocol/envelope.js';
@@ -44,6 +45,36 @@ function logged(dir: string): number[] {
     .map((l) => (JSON.parse(l) as { step: number }).step);
 }
 const range = (a: number, b: number) => Array.from({ length: b - a }, (_, i) => a + i);
+
+/**
+ * A TCP relay to the broker that can stop moving bytes both ways (a network partition: nothing
+ * is lost or reset, it just does not arrive) and start again.
+ */
+async function partitionableRelay(url: string) {
+  const target = new URL(url);
+  const pairs: Socket[][] = [];
+  let cut = false;
+  const relay = createServer((a) => {
+    const b = connect(Number(target.port), target.hostname);
+    pairs.push([a, b]);
+    a.pipe(b);
+    b.pipe(a);
+    for (const [x, y] of [
+      [a, b],
+      [b, a],
+    ])
+      x.on('error', () => y.destroy()).on('close', () => y.destroy());
+    if (cut) (a.pause(), b.pause());
+  });
+  await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
+  const port = (relay.address() as { port: number }).port;
+  return {
+    url: `nats://127.0.0.1:${port}`,
+    partition: () => ((cut = true), pairs.flat().forEach((s) => s.pause())),
+    heal: () => ((cut = false), pairs.flat().forEach((s) => s.resume())),
+    close: () => (pairs.flat().forEach((s) => s.destroy()), relay.close()),
+  };
+}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 async function until(f: () => boolean, ms = 10_000): Promise<void> {
@@ -198,6 +229,45 @@ for (const transport of TRANSPORTS) {
       } finally {
         for (const k of coordinators.slice(1)) await k.close();
         await c.close();
+      }
+    });
+
+    it('a worker partitioned from the broker for a while: the others go on from the last commit, it comes back and syncs', async (t) => {
+      const slow = { ...cfg, computeMs: 60 };
+      const outDir = tempDir();
+      const relay = await partitionableRelay(server.url);
+      const c = await syntheticCluster(server, 2, slow, {
+        steps: STEPS,
+        commitEvery: 5,
+        heartbeatTimeoutMs: 600,
+        minWorkers: 3,
+        outDir,
+        transport,
+      });
+      const live: number[] = [];
+      c.coordinator.telemetry.on('members', (m) => live.push(m.live));
+      try {
+        const nc = await connectNats({ url: relay.url });
+        c.conns.push(nc);
+        const cut = await c.addWorker({ nc, id: 'cut' });
+        await until(() => c.coordinator.step >= 10, 30_000);
+        relay.partition();
+        await sleep(1500);
+        relay.heal();
+        const res = await c.coordinator.done;
+        assert.ok(res.ok, res.reason);
+        assert.ok(c.coordinator.telemetry.stepsAborted >= 1, 'expected an aborted plan');
+        assert.deepEqual(live.slice(live.indexOf(3)).includes(2), true, `live members over time: ${live}`);
+        assert.equal(live[live.length - 1], 3, `the partitioned worker rejoined: ${live}`);
+        for (const w of c.workers) {
+          const d = assertMatchesReference((await w.done, w.state) as SyntheticReplica);
+          t.diagnostic(`${w.id}: max relative difference ${d.toExponential(2)} to one replica`);
+        }
+        assert.equal(cut.state?.step, STEPS);
+        assert.deepEqual(logged(outDir), range(0, STEPS), 'each step logged once, in order');
+      } finally {
+        await c.close();
+        relay.close();
       }
     });
 
