@@ -64,15 +64,24 @@ async function partitionableRelay(url: string) {
       [b, a],
     ])
       x.on('error', () => y.destroy()).on('close', () => y.destroy());
-    if (cut) (a.pause(), b.pause());
+    if (cut) for (const x of [a, b]) x.pause();
   });
   await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
   const port = (relay.address() as { port: number }).port;
   return {
     url: `nats://127.0.0.1:${port}`,
-    partition: () => ((cut = true), pairs.flat().forEach((s) => s.pause())),
-    heal: () => ((cut = false), pairs.flat().forEach((s) => s.resume())),
-    close: () => (pairs.flat().forEach((s) => s.destroy()), relay.close()),
+    partition() {
+      cut = true;
+      for (const s of pairs.flat()) s.pause();
+    },
+    heal() {
+      cut = false;
+      for (const s of pairs.flat()) s.resume();
+    },
+    close() {
+      for (const s of pairs.flat()) s.destroy();
+      relay.close();
+    },
   };
 }
 
