@@ -78,25 +78,33 @@ export class SyntheticReplica implements Replica {
   }
 
   /**
-   * With a sink, the gradient is handed over in four "layers" from the last to the first, as a
-   * backward pass produces them (after the compute time, which here comes first).
+   * `computeMs` imitates a device: the first half of it is the forward pass, the second half a
+   * backward pass that, with a sink, hands the gradient over in four "layers" from the last to
+   * the first, one every eighth of the compute time (without one: all of it at the end).
    */
   async gradSum(step: number, from: number, to: number, sink?: GradSink): Promise<GradSum> {
-    const g = this.gradSumSync(step, from, to);
-    if (this.config.computeMs) await new Promise((r) => setTimeout(r, this.config.computeMs));
-    if (!sink) return g;
+    const t0 = performance.now();
+    const g = this.gradSumSync(step, from, to, sink?.grad);
+    const ms = this.config.computeMs ?? 0;
+    const until = (t: number) => new Promise((r) => setTimeout(r, Math.max(0, t0 + t - performance.now())));
+    if (!sink) {
+      if (ms) await until(ms);
+      return g;
+    }
+    if (ms) await until(ms / 2);
     const P = this.numParams;
-    sink.grad.set(g.grad);
     for (let l = 3; l >= 0; l--) {
+      if (ms) await until(ms - (l * ms) / 8);
       const [a, b] = [Math.floor((l * P) / 4), Math.floor(((l + 1) * P) / 4)];
       if (b > a) sink.ready(a, b - a);
     }
-    return { ...g, grad: sink.grad };
+    return g;
   }
 
-  gradSumSync(step: number, from: number, to: number): GradSum {
+  gradSumSync(step: number, from: number, to: number, into?: Float32Array): GradSum {
     const P = this.numParams;
-    const grad = new Float32Array(P);
+    // (the simulated gradient assigns every element; the other one adds into them)
+    const grad = !into ? new Float32Array(P) : this.config.simulated ? into : into.fill(0);
     if (this.config.simulated) {
       const n = to - from;
       for (let j = 0; j < P; j++) grad[j] = n * (this.theta[j] - 0.5);

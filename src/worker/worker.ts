@@ -439,7 +439,8 @@ export class Worker {
         shardStart,
         store: p.store,
       });
-      const g = await r.gradSum(k, shardStart[rank], shardStart[rank + 1], collective.sink?.());
+      const sink = collective.sink?.();
+      const g = await r.gradSum(k, shardStart[rank], shardStart[rank + 1], sink);
       if (this.active !== a) return;
       const t1 = performance.now();
       const ack = {
@@ -454,8 +455,9 @@ export class Worker {
         bytesReceived: 0,
         stepMs: 0,
       };
-      // A bad local gradient is this worker's own failure: say so before it reaches any peer.
-      if (!Number.isFinite(g.lossSum) || !allFinite(g.grad)) {
+      // A bad local gradient is this worker's own failure: say so before it reaches any peer
+      // (a sink's transport checks each part before it sends it: reduce() throws NonFiniteError).
+      if (!Number.isFinite(g.lossSum) || (!sink && !allFinite(g.grad))) {
         ack.error = `non-finite gradient or loss at step ${k} on worker ${this.id}`;
         this.active = undefined;
         return this.send('ack', ack, k, env.membershipEpoch);
@@ -473,7 +475,7 @@ export class Worker {
         this.active = undefined;
         if (!(e instanceof NonFiniteError))
           return this.opts.log(`worker ${this.id}: step ${k} all-reduce (${collective.transport}) failed: ${(e as Error).message}`);
-        ack.error = `non-finite reduced gradient at step ${k} (${collective.transport}): ${e.message}`;
+        ack.error = `non-finite gradient at step ${k} on worker ${this.id} (${collective.transport}): ${e.message}`;
         return this.send('ack', ack, k, env.membershipEpoch);
       }
       const t2 = performance.now();

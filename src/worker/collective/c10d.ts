@@ -19,7 +19,7 @@
 import { createSocket } from 'node:dgram';
 import { lookup } from 'node:dns/promises';
 import type { GradSink, GradSum } from '../../core/train/api.js';
-import { allFinite } from '../../core/train/step.js';
+import { allFinite, NonFiniteError } from '../../core/train/step.js';
 import { ProcessGroup, StoreServer, c10dInfo } from '../../core/backend/torch/c10d.js';
 import type { Collective, StepContext } from './index.js';
 
@@ -220,7 +220,7 @@ export class C10dCollective implements Collective {
     this.buckets = undefined;
     if (buckets && buckets.grad === local.grad) {
       buckets.launch(true);
-      if (buckets.bad) throw new Error('the gradient has NaN or infinite values');
+      if (buckets.bad) throw new NonFiniteError('a bucket of the local gradient has NaN or infinite values');
       await Promise.all(buckets.works);
     } else await (await g.pg).allreduceSum(local.grad);
     // A ring all-reduce moves 2(N-1)/N of the vector each way per worker (Gloo's and NCCL's algorithms for this size).
