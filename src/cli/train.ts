@@ -161,7 +161,10 @@ export function targetStep(f: Pick<TrainFlags, 'steps' | 'epochs'>, stepsPerEpoc
   return (f.epochs ?? 1) * stepsPerEpoch;
 }
 
-async function train(f: TrainFlags, cmd: Command): Promise<void> {
+/** `scoreflow train` alone: --shards (not a training setting: no checkpoint records it). */
+type TrainCommandFlags = TrainFlags & { shards?: number };
+
+async function train(f: TrainCommandFlags, cmd: Command): Promise<void> {
   const ckpt = join(f.out, CHECKPOINT);
   if (f.steps !== undefined && f.epochs !== undefined) throw new Error('give --steps or --epochs, not both');
   if (f.resume && !existsSync(ckpt)) throw new Error(`--resume: no checkpoint at ${ckpt}`);
@@ -178,7 +181,8 @@ async function train(f: TrainFlags, cmd: Command): Promise<void> {
   const data = loadImages(dataset.source, { limit: dataset.limit });
   const cfg = resumed?.config ?? configFromFlags(f);
   checkBatchFits(cfg.batchSize, data.n, data.source);
-  const backend = await startBackend(f);
+  // Sharded, every gradient is computed on one thread, as a 1-thread worker computes it.
+  const backend = await startBackend(f.shards === undefined ? f : { ...f, threads: 1 });
   const trainer = resumed ? Trainer.fromCheckpoint(resumed, data) : Trainer.create(cfg, data);
   // The run id travels in every checkpoint, so a checkpoint says which run it continues.
   const run = resumed?.run ?? `train-${randomBytes(6).toString('hex')}`;
@@ -188,12 +192,12 @@ async function train(f: TrainFlags, cmd: Command): Promise<void> {
   // The log holds each step once: lines past the checkpoint (steps a killed run did after it) go.
   const log = new StepLog(join(f.out, 'log.jsonl'));
   log.cut((step) => step <= trainer.step);
-  const threads = poolThreads(backend, f.threads);
-  const pool = await GradPool.create({ threads, backend, config: cfg, data });
+  const threads = poolThreads(backend, f.threads, f.shards);
+  const pool = await GradPool.create({ threads, shards: f.shards, backend, config: cfg, data });
   trainer.setGradSource(pool);
   process.stderr.write(
     `train: recipe ${cfg.recipe}, ${data.source} (${data.n} images), batch ${cfg.batchSize}, lr ${cfg.lr}, ${trainer.numParams} parameters, ` +
-      `steps ${trainer.step} -> ${end}, ${threads} pool thread(s), out ${f.out}\n`,
+      `steps ${trainer.step} -> ${end}, ${f.shards ? `${f.shards} shards on ` : ''}${threads} pool thread(s), out ${f.out}\n`,
   );
   const bar = progressBar('train', ' | loss {loss} | {ips} img/s');
   bar.start(end, trainer.step, { loss: '-', ips: '-' });
@@ -228,7 +232,12 @@ export function checkBatchFits(batchSize: number, n: number, source: string): vo
 }
 
 export function registerTrain(program: Command): void {
-  addTrainingOptions(program.command('train').description('train the ScoreNet with denoising score matching (one process)')).action(
-    (opts: TrainFlags, cmd: Command) => train(opts, cmd),
-  );
+  addTrainingOptions(program.command('train').description('train the ScoreNet with denoising score matching (one process)'))
+    .option(
+      '--shards <n>',
+      "compute each batch as n cluster workers with one thread each do (the coordinator's shards, each on one thread, " +
+        'summed in rank order): the same parameters bit for bit; up to --threads shards at a time',
+      parseIntArg(1, 1024),
+    )
+    .action((opts: TrainCommandFlags, cmd: Command) => train(opts, cmd));
 }
