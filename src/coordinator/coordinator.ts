@@ -17,7 +17,7 @@ import { randomInt } from 'node:crypto';
 import type { NatsConnection, Subscription } from 'nats';
 import { RunDir, checkpointStep, type RunRecord } from './run-dir.js';
 import { sendState, StateInbox } from '../protocol/state-transfer.js';
-import { Telemetry } from '../cluster/telemetry.js';
+import { Telemetry } from '../telemetry/hub.js';
 import { chunkFloatsFor, rangeBounds } from '../protocol/chunking.js';
 import {
   decode,
