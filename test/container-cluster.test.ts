@@ -336,7 +336,7 @@ describe('the image and the Kubernetes pods as podman containers: torch + gloo, 
       const w = logs(`scoreflow-worker-${i}`);
       assert.ok(w.includes(`c10d store on ${ipOf(30 + i)}:29500`), `worker ${i}'s c10d store is not on its pod IP ${ipOf(30 + i)}:\n${w.slice(-2000)}`);
     }
-    for (const p of pods.values()) if (p.name !== 'scoreflow-nats-0') assert.equal(await probe(p, 'readinessProbe'), 200, `${p.name} readiness`);
+    for (const p of pods.values()) assert.equal(await probe(p, 'readinessProbe'), 200, `${p.name} readiness`);
 
     type Sample = { metric: Record<string, string>; value: [number, string] };
     const query = async (q: string): Promise<Sample[]> => {
