@@ -59,7 +59,7 @@ export function addTrainingOptions(cmd: Command): Command {
   return cmd
     .option(
       '--recipe <name>',
-      'training preset: seed (the notebook\'s) or fast (README: "Training recipes"); explicit flags override it',
+      'training preset: seed (the notebook\'s), fast or likelihood (README: "Training recipes"); explicit flags override it',
       parseRecipe,
       'seed',
     )
