@@ -69,7 +69,7 @@ export interface TaskOutcome {
   shape: number[];
   nfe: Int32Array;
   calls: number;
-  /** Jobs done per worker. */
+  /** Jobs done per worker (in this run: not those of TaskOptions.done). */
   workers: Map<string, number>;
   backends: Set<string>;
   /** Which weights the workers loaded ("ema" / "raw"). */
@@ -196,7 +196,7 @@ class Collector {
 
   /** A result from an earlier run of the task (TaskOptions.done). */
   placeDone(r: AssembledResult): void {
-    this.place(r);
+    this.place(r, true);
   }
 
   isDone(index: number): boolean {
@@ -237,7 +237,7 @@ class Collector {
     return this.progress.jobsDone === this.jobs.length ? 'stop' : 'more';
   }
 
-  private place(r: AssembledResult): void {
+  private place(r: AssembledResult, earlier = false): void {
     const m = r.to - r.from;
     if (r.nfe.length !== m) throw new JobWireError('bad_chunk', `${r.nfe.length} nfe values for ${m} items`);
     if (this.opts.spec.kind === 'sample') {
@@ -263,7 +263,7 @@ class Collector {
     }
     this.nfe.set(r.nfe, r.from);
     this.calls += r.calls;
-    this.workers.set(r.worker, (this.workers.get(r.worker) ?? 0) + 1);
+    if (!earlier) this.workers.set(r.worker, (this.workers.get(r.worker) ?? 0) + 1);
     if (r.backend) this.backends.add(r.backend);
     if (r.weights) this.weights.add(r.weights);
     if (r.delivery > 1) {
