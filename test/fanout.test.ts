@@ -230,7 +230,20 @@ describe('coordinator sample / likelihood', () => {
       await until(() => wlog.includes('joining run'), 'worker up');
       const out = join(dir, 'resume.json');
       const journal = join(dir, 'resume.jobs');
-      const args = ['likelihood', '--ckpt', ckpt, ...LIKELIHOOD, '--no-spawn', '--nats', nats.url, '--run', 'resume', ...FAST, '--out', out];
+      const args = [
+        'likelihood',
+        '--ckpt',
+        ckpt,
+        ...LIKELIHOOD,
+        '--no-spawn',
+        '--nats',
+        nats.url,
+        '--run',
+        'resume',
+        ...FAST,
+        '--out',
+        out,
+      ];
       const c = spawnBin('coordinator', args);
       const files = () => (existsSync(journal) ? readdirSync(journal, { recursive: true }).filter((f) => String(f).endsWith('.json')) : []);
       await until(() => files().length >= 1, 'a finished job in the journal');
@@ -244,7 +257,11 @@ describe('coordinator sample / likelihood', () => {
       assert.equal(stable(out), refBpd, 'the resumed report differs from scoreflow likelihood');
       const fan = JSON.parse(r.stdout).fanout as { reused_jobs: number; workers: Record<string, number>; jobs: number };
       assert.equal(fan.reused_jobs, kept);
-      assert.equal(Object.values(fan.workers).reduce((a, b) => a + b, 0), fan.jobs - kept, 'jobs computed again');
+      assert.equal(
+        Object.values(fan.workers).reduce((a, b) => a + b, 0),
+        fan.jobs - kept,
+        'jobs computed again',
+      );
       assert.ok(!existsSync(journal), 'the journal goes once the report is written');
     } finally {
       for (const w of ws) w.kill('SIGKILL');

@@ -156,13 +156,25 @@ test('likelihood recipe: t over many (step, index) draws follows p ~ g^2/std^2 (
   for (let k = 0; k < 100; k++) t.set(engine.inputs(k, 0, 100).t, k * 100);
   engine.dispose();
   const clamp = (x: number) => Math.min(1, Math.max(cfg.eps, x));
-  const d = ksDistance(t, (x) => trainTimeCdf(cfg, clamp(x)), () => 0);
+  const d = ksDistance(
+    t,
+    (x) => trainTimeCdf(cfg, clamp(x)),
+    () => 0,
+  );
   assert.ok(d * Math.sqrt(t.length) < 1.95, `KS distance ${d.toFixed(4)} (n = ${t.length})`);
   // power: the same draws reject U(eps, 1), and the law with eps ten times larger
-  const du = ksDistance(t, (x) => trainTimeCdf({ ...cfg, noise: 'uniform' }, clamp(x)), () => 0);
+  const du = ksDistance(
+    t,
+    (x) => trainTimeCdf({ ...cfg, noise: 'uniform' }, clamp(x)),
+    () => 0,
+  );
   assert.ok(du * Math.sqrt(t.length) > 1.95, `KS distance to U(eps, 1) ${du.toFixed(4)}`);
   const other = { ...cfg, eps: 1e-2 };
-  const d2 = ksDistance(t, (x) => trainTimeCdf(other, Math.min(1, Math.max(other.eps, x))), () => 0);
+  const d2 = ksDistance(
+    t,
+    (x) => trainTimeCdf(other, Math.min(1, Math.max(other.eps, x))),
+    () => 0,
+  );
   assert.ok(d2 * Math.sqrt(t.length) > 1.95, `KS distance to the eps = 1e-2 law ${d2.toFixed(4)}`);
   // half of the draws have std below the geometric mean of std(eps) and std(1)
   const sde = makeSde({ name: 've' });

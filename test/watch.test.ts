@@ -11,7 +11,20 @@ import { test } from 'node:test';
 import { PNG } from 'pngjs';
 import { runBin, tempDir } from './helpers/cli.js';
 
-const SMALL = ['--channels', '8,16,16,16', '--embed-dim', '16', '--limit', '64', '--batch-size', '8', '--backend', 'wasm', '--threads', '1'];
+const SMALL = [
+  '--channels',
+  '8,16,16,16',
+  '--embed-dim',
+  '16',
+  '--limit',
+  '64',
+  '--batch-size',
+  '8',
+  '--backend',
+  'wasm',
+  '--threads',
+  '1',
+];
 const EVAL = ['--eval-images', '3', '--eval-samples', '4', '--eval-tol', '0.1'];
 
 function lines(path: string): Record<string, unknown>[] {

@@ -205,7 +205,10 @@ async function train(f: TrainFlags, cmd: Command): Promise<void> {
       if (trainer.step % f.ckptEvery === 0 || trainer.step === end) await trainer.saveCheckpoint(ckpt, { backend, run });
       if (f.evalEvery && trainer.step % f.evalEvery === 0) {
         // training waits: the sampling weights of this step, scored in this process
-        const model = netScoreModel(cfg.model, cfg.sde, cfg.emaDecay > 0 ? trainer.ema : trainer.params, { which: 'ema', step: trainer.step });
+        const model = netScoreModel(cfg.model, cfg.sde, cfg.emaDecay > 0 ? trainer.ema : trainer.params, {
+          which: 'ema',
+          step: trainer.step,
+        });
         try {
           const r = await watchStep(model, trainer.step, f.out, {
             images: f.evalImages,

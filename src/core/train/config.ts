@@ -107,7 +107,10 @@ export const RECIPES: Record<RecipeName, TrainConfigInput> = {
   },
 };
 
-const recipeNames = () => Object.keys(RECIPES).join(', ').replace(/, ([^,]*)$/, ' or $1');
+const recipeNames = () =>
+  Object.keys(RECIPES)
+    .join(', ')
+    .replace(/, ([^,]*)$/, ' or $1');
 
 /** The recipe's values over the defaults; one-line error for an unknown name. */
 export function recipeValues(name: string): TrainConfigInput {
@@ -135,10 +138,7 @@ export function trainConfig(input: TrainConfigInput = {}): TrainConfig {
   check(cfg.eps > 0 && cfg.eps < 1, `eps must be in (0, 1), got ${cfg.eps}`);
   check(['sigma2', 'likelihood', 'edm'].includes(cfg.weighting), `weighting must be sigma2, likelihood or edm, got ${cfg.weighting}`);
   check(Object.hasOwn(RECIPES, cfg.recipe), `unknown recipe '${cfg.recipe}' (expected ${recipeNames()})`);
-  check(
-    ['uniform', 'lognormal', 'likelihood'].includes(cfg.noise),
-    `noise must be uniform, lognormal or likelihood, got ${cfg.noise}`,
-  );
+  check(['uniform', 'lognormal', 'likelihood'].includes(cfg.noise), `noise must be uniform, lognormal or likelihood, got ${cfg.noise}`);
   check(
     cfg.noise !== 'likelihood' || cfg.weighting === 'likelihood',
     `likelihood noise is importance sampling for the likelihood weighting, got weighting ${cfg.weighting}`,
