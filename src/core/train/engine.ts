@@ -12,7 +12,7 @@ import { ScoreNet, type ParamTensors } from '../model/scorenet.js';
 import { numParams } from '../model/params.js';
 import { Rng, Stream } from '../rng.js';
 import { makeSde } from '../sde.js';
-import { trainTime } from './noise.js';
+import { likelihoodWeight, trainTime } from './noise.js';
 import type { GradSource, GradSum, StepBatch } from './api.js';
 import { stepBatch } from '../data/batches.js';
 import type { TrainConfig } from './config.js';
@@ -94,7 +94,8 @@ export class GradEngine implements GradSource {
         const pp: ParamTensors = { ...p };
         trainable.forEach((info, k) => (pp[info.name] = ws[k]));
         const score = (a: tf.Tensor4D, b: tf.Tensor1D) => this.net.apply(pp, a, b);
-        return dsmLossPerSample(score, this.net.sde, xs, ts, zs, this.config.weighting, this.config.sigmaData).sum() as tf.Scalar;
+        const c = this.config.noise === 'likelihood' ? likelihoodWeight(this.config) : undefined;
+        return dsmLossPerSample(score, this.net.sde, xs, ts, zs, this.config.weighting, this.config.sigmaData, c).sum() as tf.Scalar;
       };
       const { value, grads } = tf.valueAndGrads(f)(trainable.map((info) => p[info.name]));
       trainable.forEach((info, k) => grad.set(grads[k].dataSync() as Float32Array, info.offset));
