@@ -2,7 +2,8 @@ import tseslint from 'typescript-eslint';
 
 /**
  * The rooms of src/ and who may enter which (the map: README.md, "Layout"):
- *   cli -> coordinator | worker -> cluster | protocol -> core;  metrics beside, fed by cli.
+ *   cli -> coordinator | worker -> cluster | protocol -> core;  coordinator and worker report into telemetry,
+ *   which metrics (fed by cli) subscribes to.
  * Coordinator and worker never import each other; core imports no networking, HTTP or CLI.
  */
 const room = (name) => [`./${name}/**`, `../${name}/**`, `../../${name}/**`, `../../../${name}/**`];
@@ -28,10 +29,14 @@ export default tseslint.config(
   },
   {
     files: ['src/core/**'],
-    rules: rule(['protocol', 'cluster', 'coordinator', 'worker', 'cli', 'metrics'], ['nats', 'prom-client', 'commander', 'node:http']),
+    rules: rule(
+      ['protocol', 'cluster', 'telemetry', 'coordinator', 'worker', 'cli', 'metrics'],
+      ['nats', 'prom-client', 'commander', 'node:http'],
+    ),
   },
-  { files: ['src/protocol/**'], rules: rule(['cluster', 'coordinator', 'worker', 'cli', 'metrics']) },
-  { files: ['src/cluster/**'], rules: rule(['coordinator', 'worker', 'cli', 'metrics']) },
+  { files: ['src/protocol/**'], rules: rule(['cluster', 'telemetry', 'coordinator', 'worker', 'cli', 'metrics']) },
+  { files: ['src/cluster/**'], rules: rule(['telemetry', 'coordinator', 'worker', 'cli', 'metrics']) },
+  { files: ['src/telemetry/**'], rules: rule(['cluster', 'coordinator', 'worker', 'cli', 'metrics'], ['nats', 'prom-client']) },
   { files: ['src/coordinator/**'], rules: rule(['worker', 'cli', 'metrics']) },
   { files: ['src/worker/**'], rules: rule(['coordinator', 'cli', 'metrics']) },
   { files: ['src/metrics/**'], rules: rule(['cluster', 'coordinator', 'worker', 'cli']) },

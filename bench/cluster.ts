@@ -20,7 +20,7 @@ import { availableParallelism } from 'node:os';
 import { connectNats } from '../src/cluster/connect.js';
 import { Coordinator } from '../src/coordinator/coordinator.js';
 import { NatsServer } from '../src/cluster/nats-server.js';
-import type { StepReport } from '../src/cluster/telemetry.js';
+import type { StepReport } from '../src/telemetry/hub.js';
 import { packagePath } from '../src/core/paths.js';
 import { chunkFloatsFor } from '../src/protocol/chunking.js';
 import { decode } from '../src/protocol/envelope.js';

@@ -3,7 +3,8 @@
  * reference run in the same session. Flags: --quick (fewer repetitions), --only a,b (sections:
  * torch, core, sampling, cluster, collective, fanout, leak; default all), --backends torch,wasm,...,
  * --threads 1,2 (the thread counts for torch and for PyTorch), --device cuda:0 (torch's device),
- * --leak-steps N (default 1000).
+ * --leak-steps N (default 1000). `--only variance --ckpt PATH` (not in the default list): the
+ * likelihood recipe's importance sampling against uniform t (bench/variance.ts).
  *
  * The PyTorch reference: reference/torch_baseline.py (CPU) by default; with a CUDA --device, or
  * --device-baseline, reference/torch_baseline_device.py on that same device instead (both import
@@ -20,6 +21,7 @@ import { benchCollective } from './collective.js';
 import { benchCore, leakCheck } from './core.js';
 import { benchFanout } from './fanout.js';
 import { benchSampling } from './sampling.js';
+import { benchVariance } from './variance.js';
 import { packagePath } from '../src/core/paths.js';
 import type { BackendName } from '../src/core/backend/index.js';
 
@@ -141,6 +143,12 @@ await section('sampling', async () => {
 await section('cluster', () => benchCluster({ quick, log }));
 await section('collective', () => benchCollective({ quick, log, python, referenceDir }));
 await section('fanout', () => benchFanout({ quick, log }));
+// not in the default list: it needs a trained checkpoint (--ckpt)
+await section('variance', () => {
+  const ckpt = flag('--ckpt');
+  if (!ckpt) throw new Error('--only variance needs --ckpt PATH (a trained checkpoint)');
+  return benchVariance({ ckpt, backend: backends[0], quick });
+});
 if (only.has('leak')) {
   const steps = Number(flag('--leak-steps') ?? 1000);
   log(`leak check: ${steps} training steps on ${backends[0]}`);

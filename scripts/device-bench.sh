@@ -94,7 +94,9 @@ echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 # once more at C++20; if node-gyp itself cannot run, the same compile and link with g++ directly.
 ADDON=native/build/Release/scoreflow_torch.node
 build_direct() { # $1: -std value
-  local b=native/build/Release abi
+  local b=native/build/Release abi src objs=() sources=()
+  # The addon's own files: every native/src/*.cc but the two plain-C++ libraries (see binding.gyp).
+  for src in native/src/*.cc; do case $src in */fused.cc | */adam.cc) ;; *) sources+=("$src") ;; esac; done
   abi=$("$PYTHON" -c 'import torch;print(int(torch._C._GLIBCXX_USE_CXX11_ABI))' 2>/dev/null || echo 1)
   local libs=(-lc10 -ltorch_cpu)
   [ -f "$TORCH_DIR/lib/libtorch.so" ] && libs+=(-ltorch)
@@ -103,11 +105,15 @@ build_direct() { # $1: -std value
   mkdir -p "$b/direct" && set -x &&
     g++ -c -fPIC -pthread -m64 -O3 -fno-trapping-math -fno-math-errno -fexceptions -std=gnu++17 native/src/fused.cc -o "$b/direct/fused.o" &&
     g++ -c -fPIC -pthread -m64 -O3 -ffp-contract=off -fno-math-errno -std=gnu++17 native/src/adam.cc -o "$b/direct/adam.o" &&
-    g++ -c -fPIC -pthread -m64 -O2 -fexceptions -frtti -Wno-unused-parameter -Wno-deprecated-declarations "-std=$1" \
-      "-D_GLIBCXX_USE_CXX11_ABI=$abi" -DNODE_GYP_MODULE_NAME=scoreflow_torch -DBUILDING_NODE_EXTENSION \
-      -I"$NODE_HOME/node/include/node" -I"$TORCH_DIR/include" -I"$TORCH_DIR/include/torch/csrc/api/include" \
-      native/src/scoreflow_torch.cc -o "$b/direct/scoreflow_torch.o" &&
-    g++ -shared -pthread -rdynamic -m64 -o "$ADDON" "$b/direct/scoreflow_torch.o" "$b/direct/fused.o" "$b/direct/adam.o" \
+    for src in "${sources[@]}"; do
+      g++ -c -fPIC -pthread -m64 -O2 -fexceptions -frtti -Wno-unused-parameter -Wno-deprecated-declarations "-std=$1" \
+        "-D_GLIBCXX_USE_CXX11_ABI=$abi" -DNODE_GYP_MODULE_NAME=scoreflow_torch -DBUILDING_NODE_EXTENSION \
+        -I"$NODE_HOME/node/include/node" -I"$TORCH_DIR/include" -I"$TORCH_DIR/include/torch/csrc/api/include" \
+        "$src" -o "$b/direct/$(basename "$src" .cc).o" || break
+      objs+=("$b/direct/$(basename "$src" .cc).o")
+    done &&
+    [ "${#objs[@]}" -eq "${#sources[@]}" ] &&
+    g++ -shared -pthread -rdynamic -m64 -o "$ADDON" "${objs[@]}" "$b/direct/fused.o" "$b/direct/adam.o" \
       -L"$TORCH_DIR/lib" -Wl,-rpath,"$TORCH_DIR/lib" "${libs[@]}"
   local rc=$?
   set +x

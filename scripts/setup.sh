@@ -14,6 +14,15 @@ command -v prometheus >/dev/null && command -v promtool >/dev/null || need+=(pro
 command -v protoc >/dev/null || need+=(protobuf-compiler)                      # a second protobuf decoder, for the wire tests
 # the PyTorch reference, for the interchange tests and the bench (Debian's python3, not a pyenv one)
 /usr/bin/python3 -c 'import torch, numpy, scipy' 2>/dev/null || need+=(python3-torch python3-numpy python3-scipy)
+# containers: the image build and the container-cluster test (scripts/container-bases.sh,
+# test/container-cluster.test.ts): podman with runc, its netavark network stack (which needs
+# iptables) with aardvark-dns for names on the network, and mmdebstrap for the local base images
+command -v podman >/dev/null || need+=(podman)
+command -v runc >/dev/null || need+=(runc)
+[ -x /usr/lib/podman/netavark ] || [ -x /usr/libexec/podman/netavark ] || need+=(netavark)
+[ -x /usr/lib/podman/aardvark-dns ] || [ -x /usr/libexec/podman/aardvark-dns ] || need+=(aardvark-dns)
+command -v iptables >/dev/null || need+=(iptables)
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

@@ -1,9 +1,13 @@
 /**
- * Equivalence with single-process training, on the real Trainer (small ScoreNet, wasm):
- * N workers end K steps with exactly (bitwise) the parameters, Adam moments and EMA of
- * `scoreflow train --threads N`, because both cut the global batch into the same N
- * contiguous slices and add the slices' gradient sums in the same order. Against
- * `--threads 1` the difference is float re-association only (reported, and bounded).
+ * Equivalence with single-process training, on the real Trainer (small ScoreNet), per backend
+ * (wasm, torch) and recipe (seed, fast): N workers with one compute thread each end K steps with
+ * exactly (bitwise) the parameters, Adam moments and EMA of `scoreflow train --shards N`, which
+ * cuts the global batch into the coordinator's N contiguous shards, computes each on one thread
+ * and adds the shards' gradient sums in rank order, as the nats transport does (and Gloo, for
+ * N = 2). Against `--shards 1` the difference is float re-association only (reported, and
+ * bounded); so is Gloo's for N = 3, whose ring adds in another order. On wasm, `--threads N` is
+ * `--shards N` (one single-threaded wasm instance per thread); on torch it is not (intra-op
+ * threads over the whole batch).
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -13,119 +17,121 @@ import { promisify } from 'node:util';
 import { initBackend } from '../src/core/backend/index.js';
 import { packagePath } from '../src/core/paths.js';
 import { loadTrainingCheckpoint } from '../src/core/train/checkpoint.js';
-import { configFromFlags } from '../src/cli/train.js';
 import { trainerReplicas } from '../src/worker/trainer-replica.js';
 import { startCluster, startNats, tempDir, type NatsServer } from './helpers/nats.js';
 import { maxRelDiff } from '../src/core/parity.js';
 
 const run = promisify(execFile);
-// 100 images in batches of 12: the epoch's last step (step 8) has 4, so the run crosses a partial batch
-const K = 10;
-const FLAGS = [
-  '--channels',
-  '8,16,16,16',
-  '--embed-dim',
-  '16',
-  '--data',
-  'train',
-  '--limit',
-  '100',
-  '--batch-size',
-  '12',
-  '--seed',
-  '7',
-  '--backend',
-  'wasm',
-];
-type State = ReturnType<typeof loadTrainingCheckpoint>['state'];
+// 100 images in batches of 12: the epoch's last step (step 8) has 4, so a 10-step run crosses a partial batch
+const FLAGS = ['--channels', '8,16,16,16', '--embed-dim', '16', '--data', 'train', '--limit', '100', '--batch-size', '12', '--seed', '7'];
+type Checkpoint = ReturnType<typeof loadTrainingCheckpoint>;
+type State = Checkpoint['state'];
 
-async function reference(threads: number): Promise<State> {
+/** `scoreflow train` with these flags for `steps` steps: its checkpoint. */
+async function singleProcess(backend: string, recipe: string, steps: number, flags: string[]): Promise<Checkpoint> {
   const out = tempDir();
-  await run(process.execPath, [
-    packagePath('bin', 'scoreflow.js'),
-    'train',
-    ...FLAGS,
-    '--steps',
-    String(K),
-    '--threads',
-    String(threads),
-    '--out',
-    out,
-  ]);
-  return loadTrainingCheckpoint(join(out, 'checkpoint.safetensors')).state;
+  const args = ['train', ...FLAGS, '--backend', backend, '--recipe', recipe, '--steps', String(steps), ...flags, '--out', out];
+  await run(process.execPath, [packagePath('bin', 'scoreflow.js'), ...args]);
+  return loadTrainingCheckpoint(join(out, 'checkpoint.safetensors'));
 }
 
-describe('cluster = scoreflow train (real Trainer)', () => {
-  let server: NatsServer;
-  const refs = new Map<number, State>();
-  before(async () => {
-    server = await startNats();
-    await initBackend('wasm');
-    for (const t of [1, 2, 3]) refs.set(t, await reference(t));
-  });
-  after(async () => server?.close());
+function assertBitwise(got: State, ref: State, what: string): void {
+  for (const k of ['params', 'm', 'v', 'ema'] as const) assert.deepEqual(got[k], ref[k], `${k} differs from ${what}`);
+}
 
-  const cases = [
-    [1, 'nats'],
-    [2, 'nats'],
-    [3, 'nats'],
-    [2, 'gloo'],
-    [3, 'gloo'],
-  ] as const;
-  for (const [n, transport] of cases) {
-    // Gloo's ring adds in another order than the rank order once there are more than two terms.
-    const bitwise = transport === 'nats' || n <= 2;
-    it(`${n} worker(s) over ${transport}: ${bitwise ? 'bitwise equal' : 'within float re-association of'} --threads ${n}, close to --threads 1`, async (t) => {
-      const cfg = configFromFlags({
-        seed: 7,
-        batchSize: 12,
-        lr: 1e-4,
-        ema: 0.999,
-        gradClip: 0,
-        weighting: 'sigma2',
-        sde: 've',
-        sigmaMin: 0.01,
-        sigmaMax: 22,
-        channels: [8, 16, 16, 16],
-        embedDim: 16,
-        data: 'train',
-        limit: 100,
-        backend: 'wasm',
-        out: '',
-        resume: false,
-        ckptEvery: 100,
-      });
-      const factory = trainerReplicas({ backend: 'wasm', threads: 1 });
-      const outDir = tempDir();
-      const c = await startCluster(server, n, JSON.stringify(cfg), cfg.batchSize, factory, {
-        steps: K,
-        checksumEvery: 2,
-        outDir,
-        transport,
-      });
-      try {
-        const res = await c.coordinator.done;
-        assert.ok(res.ok, res.reason);
-        const got = loadTrainingCheckpoint(join(outDir, 'checkpoint.safetensors')).state;
-        assert.equal(got.step, K);
-        const ref = refs.get(n)!;
-        if (bitwise)
-          for (const k of ['params', 'm', 'v', 'ema'] as const)
-            assert.deepEqual(got[k], ref[k], `${k} differs from scoreflow train --threads ${n}`);
-        else {
-          const dn = maxRelDiff(got.params, ref.params);
-          t.diagnostic(`${n} workers over ${transport} vs --threads ${n}: max relative parameter difference ${dn.toExponential(2)}`);
-          assert.ok(dn < 2e-3, `max relative difference to --threads ${n}: ${dn}`);
+const BACKENDS = ['wasm', 'torch'] as const;
+const RECIPES = [
+  // seed: 10 steps (the figures the README quotes), N = 1, 2, 3; fast: 3 steps, N = 2, 3
+  {
+    recipe: 'seed',
+    steps: 10,
+    cases: [
+      [1, 'nats'],
+      [2, 'nats'],
+      [3, 'nats'],
+      [2, 'gloo'],
+      [3, 'gloo'],
+    ],
+  },
+  {
+    recipe: 'fast',
+    steps: 3,
+    cases: [
+      [2, 'nats'],
+      [3, 'nats'],
+      [2, 'gloo'],
+    ],
+  },
+] as const;
+
+for (const backend of BACKENDS) {
+  describe(`cluster = scoreflow train --shards N (${backend}, real Trainer)`, () => {
+    let server: NatsServer;
+    const refs = new Map<string, Checkpoint>();
+    const ref = (recipe: string, n: number) => refs.get(`${recipe}/${n}`)!;
+    before(async () => {
+      server = await startNats();
+      // The workers below run in this process, on one compute thread each (as `--threads 1`).
+      await initBackend(backend, { threads: 1, log: () => {} });
+      for (const { recipe, steps, cases } of RECIPES) {
+        for (const n of new Set([1, ...cases.map(([k]) => k)])) {
+          if (recipe === 'fast' && n === 1) continue;
+          refs.set(`${recipe}/${n}`, await singleProcess(backend, recipe, steps, ['--shards', String(n)]));
         }
-        const d = maxRelDiff(got.params, refs.get(1)!.params);
-        t.diagnostic(`${n} worker(s) vs --threads 1: max relative parameter difference ${d.toExponential(2)}`);
-        // Adam divides by sqrt(v): on near-zero gradient elements, summation-order noise
-        // becomes a full lr-sized step, so the bound is a few lr / max|param|, not 1e-7.
-        assert.ok(d < 2e-3, `max relative difference ${d}`);
-      } finally {
-        await c.close();
-        await factory.close();
       }
     });
-  }
-});
+    after(async () => server?.close());
+
+    for (const { recipe, steps, cases } of RECIPES) {
+      for (const [n, transport] of cases) {
+        // Gloo's ring adds in another order than the rank order once there are more than two terms.
+        const bitwise = transport === 'nats' || n <= 2;
+        const title = `${recipe}: ${n} worker(s) over ${transport}, ${steps} steps: ${bitwise ? 'bitwise equal to' : 'within float re-association of'} --shards ${n}`;
+        it(title, async (t) => {
+          const reference = ref(recipe, n);
+          const factory = trainerReplicas({ backend, threads: 1 });
+          const outDir = tempDir();
+          const c = await startCluster(server, n, JSON.stringify(reference.config), reference.config.batchSize, factory, {
+            steps,
+            checksumEvery: 2,
+            outDir,
+            transport,
+          });
+          try {
+            const res = await c.coordinator.done;
+            assert.ok(res.ok, res.reason);
+            const got = loadTrainingCheckpoint(join(outDir, 'checkpoint.safetensors')).state;
+            assert.equal(got.step, steps);
+            if (bitwise) assertBitwise(got, reference.state, `scoreflow train --shards ${n}`);
+            else {
+              const dn = maxRelDiff(got.params, reference.state.params);
+              t.diagnostic(`${n} workers over ${transport} vs --shards ${n}: max relative parameter difference ${dn.toExponential(2)}`);
+              assert.ok(dn < 2e-3, `max relative difference to --shards ${n}: ${dn}`);
+            }
+            if (recipe === 'seed') {
+              const d = maxRelDiff(got.params, ref(recipe, 1).state.params);
+              t.diagnostic(`${n} worker(s) vs --shards 1: max relative parameter difference ${d.toExponential(2)}`);
+              // Adam divides by sqrt(v): on near-zero gradient elements, summation-order noise
+              // becomes a full lr-sized step, so the bound is a few lr / max|param|, not 1e-7.
+              assert.ok(d < 2e-3, `max relative difference ${d}`);
+            }
+          } finally {
+            await c.close();
+            await factory.close();
+          }
+        });
+      }
+    }
+
+    it('--shards 2 --threads 1 (the shards one after another, in this thread) is --shards 2 (on two threads), fast', async () => {
+      const seq = await singleProcess(backend, 'fast', 3, ['--shards', '2', '--threads', '1']);
+      assertBitwise(seq.state, ref('fast', 2).state, '--shards 2');
+    });
+
+    if (backend === 'wasm')
+      it('wasm: --threads N is --shards N (one single-threaded wasm instance per thread), seed, N = 2, 3', async () => {
+        for (const n of [2, 3])
+          assertBitwise((await singleProcess(backend, 'seed', 10, ['--threads', String(n)])).state, ref('seed', n).state, `--shards ${n}`);
+      });
+  });
+}

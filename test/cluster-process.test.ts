@@ -139,37 +139,45 @@ describe('cluster processes', () => {
 
   for (const [k, transport] of (['nats', 'auto'] as const).entries()) {
     const offset = 100 * k; // worker ids of one transport's runs never meet the other's
-    it(`coordinator start --gpus 2 --transport ${transport} trains end to end, bitwise equal to scoreflow train --threads 2`, async () => {
-      const flags = [
-        '--channels',
-        '8,16,16,16',
-        '--embed-dim',
-        '16',
-        '--limit',
-        '64',
-        '--batch-size',
-        '8',
-        '--steps',
-        '3',
-        '--seed',
-        '5',
-        '--backend',
-        'wasm',
-      ];
-      const [a, b] = [tempDir(), tempDir()];
-      await exec(process.execPath, [bin('scoreflow'), 'train', ...flags, '--threads', '2', '--out', a]);
-      const c = start('coordinator', ['start', '--gpus', '2', ...flags, '--threads', '1', '--transport', transport, '--out', b]);
-      procs.push(c);
-      assert.equal(await c.exited, 0, c.output());
-      assert.match(c.output(), /found 0 GPU\(s\): running 2 worker\(s\) on the CPU|GPU/);
-      // auto takes gloo on this machine (every worker's addon has c10d Gloo) and says why
-      const why = transport === 'auto' ? "gloo: every member's torch addon has c10d Gloo" : 'nats: --transport';
-      assert.ok(c.output().includes(`coordinator: gradients over ${why}`), c.output());
-      const x = loadTrainingCheckpoint(join(a, 'checkpoint.safetensors')).state;
-      const y = loadTrainingCheckpoint(join(b, 'checkpoint.safetensors')).state;
-      assert.equal(y.step, 3);
-      for (const k of ['params', 'm', 'v', 'ema'] as const) assert.deepEqual(y[k], x[k], k);
-    });
+    // The quick start's cluster: on wasm `--threads 2` computes as 2 one-thread workers do; on
+    // torch (intra-op threads) only `--shards 2` does, here with the quick start's recipe.
+    for (const [backend, single, recipe] of [
+      ['wasm', '--threads', 'seed'],
+      ['torch', '--shards', 'fast'],
+    ] as const)
+      it(`coordinator start --gpus 2 --transport ${transport} on ${backend} trains end to end, bitwise equal to scoreflow train ${single} 2 (${recipe} recipe)`, async () => {
+        const flags = [
+          '--recipe',
+          recipe,
+          '--channels',
+          '8,16,16,16',
+          '--embed-dim',
+          '16',
+          '--limit',
+          '64',
+          '--batch-size',
+          '8',
+          '--steps',
+          '3',
+          '--seed',
+          '5',
+          '--backend',
+          backend,
+        ];
+        const [a, b] = [tempDir(), tempDir()];
+        await exec(process.execPath, [bin('scoreflow'), 'train', ...flags, single, '2', '--out', a]);
+        const c = start('coordinator', ['start', '--gpus', '2', ...flags, '--threads', '1', '--transport', transport, '--out', b]);
+        procs.push(c);
+        assert.equal(await c.exited, 0, c.output());
+        assert.match(c.output(), /found 0 GPU\(s\): running 2 worker\(s\) on the CPU|GPU/);
+        // auto takes gloo on this machine (every worker's addon has c10d Gloo) and says why
+        const why = transport === 'auto' ? "gloo: every member's torch addon has c10d Gloo" : 'nats: --transport';
+        assert.ok(c.output().includes(`coordinator: gradients over ${why}`), c.output());
+        const x = loadTrainingCheckpoint(join(a, 'checkpoint.safetensors')).state;
+        const y = loadTrainingCheckpoint(join(b, 'checkpoint.safetensors')).state;
+        assert.equal(y.step, 3);
+        for (const k of ['params', 'm', 'v', 'ema'] as const) assert.deepEqual(y[k], x[k], k);
+      });
 
     it(`${transport}: a worker SIGKILLed at a random moment (mid-step or mid-collective): its step is re-planned, no step lost or applied twice`, async () => {
       const dir = tempDir();

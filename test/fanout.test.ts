@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { writeNpySync } from '../src/core/io/npy.js';
@@ -217,6 +217,56 @@ describe('coordinator sample / likelihood', () => {
       assert.match(l.stderr, /on delivery 2 \(redelivered\)/);
       assert.equal(stable(join(dir, 'kill.json')), refBpd);
     });
+  });
+
+  test('a coordinator killed mid-task resumes: finished jobs come from OUT.jobs/, only the rest is computed, same report', async () => {
+    const nats = await startNats();
+    const ws: ChildProcess[] = [];
+    try {
+      const w = spawnBin('worker', ['start', '--nats', nats.url, '--run', 'resume', '--id', 'r0', '--backend', 'wasm', '--threads', '1']);
+      ws.push(w);
+      let wlog = '';
+      w.stderr!.on('data', (b: Buffer) => (wlog += b));
+      await until(() => wlog.includes('joining run'), 'worker up');
+      const out = join(dir, 'resume.json');
+      const journal = join(dir, 'resume.jobs');
+      const args = [
+        'likelihood',
+        '--ckpt',
+        ckpt,
+        ...LIKELIHOOD,
+        '--no-spawn',
+        '--nats',
+        nats.url,
+        '--run',
+        'resume',
+        ...FAST,
+        '--out',
+        out,
+      ];
+      const c = spawnBin('coordinator', args);
+      const files = () => (existsSync(journal) ? readdirSync(journal, { recursive: true }).filter((f) => String(f).endsWith('.json')) : []);
+      await until(() => files().length >= 1, 'a finished job in the journal');
+      c.kill('SIGKILL');
+      await new Promise((r) => c.once('exit', r));
+      assert.ok(!existsSync(out), 'the killed coordinator wrote no report');
+      const kept = files().length;
+      const r = runBin('coordinator', args);
+      ok(r, 'the resumed coordinator likelihood');
+      assert.match(r.stderr, new RegExp(`${kept} job\\(s\\) taken from .*resume\\.jobs`));
+      assert.equal(stable(out), refBpd, 'the resumed report differs from scoreflow likelihood');
+      const fan = JSON.parse(r.stdout).fanout as { reused_jobs: number; workers: Record<string, number>; jobs: number };
+      assert.equal(fan.reused_jobs, kept);
+      assert.equal(
+        Object.values(fan.workers).reduce((a, b) => a + b, 0),
+        fan.jobs - kept,
+        'jobs computed again',
+      );
+      assert.ok(!existsSync(journal), 'the journal goes once the report is written');
+    } finally {
+      for (const w of ws) w.kill('SIGKILL');
+      await nats.close();
+    }
   });
 
   test('a checkpoint the workers cannot load fails the task once, with their error, and writes nothing', () => {

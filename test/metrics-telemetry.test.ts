@@ -2,7 +2,7 @@
 // (a compile error here means the two have drifted apart).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { Telemetry } from '../src/cluster/telemetry.js';
+import { Telemetry } from '../src/telemetry/hub.js';
 import { bindTelemetry, createMetrics } from '../src/metrics/index.js';
 
 const value = async (m: ReturnType<typeof createMetrics>, name: string, labels: Record<string, string> = {}) => {

@@ -3,7 +3,7 @@
 // what the deployment relies on: probes, limits, security contexts, GPUs, the NATS token, and
 // selectors and ports that meet.
 //
-// Rendering: Debian has no kustomize package, so this file carries a small renderer for the subset
+// Rendering: Debian has no kustomize package, so test/helpers/kustomize.ts is a small renderer for the subset
 // the kustomizations use (resources, namespace, labels, images, strategic-merge patches of named
 // objects) and refuses anything else. Where `kubectl` is installed, its `kubectl kustomize` output
 // must equal ours.
@@ -14,123 +14,16 @@
 // plus the common ones, with unknown fields rejected.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, statSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { Ajv } from 'ajv';
 import { parseAllDocuments } from 'yaml';
 import { packagePath } from '../src/core/paths.js';
-
-type Obj = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+import { containersOf, podSpec, render, WORKLOADS, type Obj } from './helpers/kustomize.js';
 
 const k8sDir = packagePath('deploy', 'k8s');
 const KUSTOMIZATIONS = { base: join(k8sDir, 'base'), example: join(k8sDir, 'overlays', 'example') };
-
-// ---------------------------------------------------------------------------------------------
-// A kustomize subset.
-
-function readDocs(file: string): Obj[] {
-  return parseAllDocuments(readFileSync(file, 'utf8'))
-    .map((d) => d.toJS() as Obj | null)
-    .filter((d): d is Obj => d !== null);
-}
-
-const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
-const named = (v: unknown): v is Obj[] => Array.isArray(v) && v.every((x) => isObj(x) && typeof x.name === 'string');
-
-/** Strategic merge as kustomize does it for these kinds: maps merge, lists of named items merge by name, the rest is replaced. */
-function strategicMerge(base: unknown, patch: unknown): unknown {
-  if (isObj(base) && isObj(patch)) {
-    const out: Obj = { ...base };
-    for (const [k, v] of Object.entries(patch)) {
-      if (v === null) delete out[k];
-      else out[k] = strategicMerge(base[k], v);
-    }
-    return out;
-  }
-  if (named(base) && named(patch) && patch.length > 0) {
-    const out = [...base];
-    for (const p of patch) {
-      const i = out.findIndex((b) => b.name === p.name);
-      if (i >= 0) out[i] = strategicMerge(out[i], p) as Obj;
-      else out.push(p);
-    }
-    return out;
-  }
-  return structuredClone(patch);
-}
-
-const CLUSTER_SCOPED = new Set([
-  'Namespace',
-  'ClusterRole',
-  'ClusterRoleBinding',
-  'PersistentVolume',
-  'StorageClass',
-  'CustomResourceDefinition',
-]);
-const WORKLOADS = new Set(['Deployment', 'StatefulSet', 'DaemonSet', 'ReplicaSet', 'Job']);
-
-function podSpec(o: Obj): Obj | undefined {
-  if (o.kind === 'Pod') return o.spec;
-  if (WORKLOADS.has(o.kind)) return o.spec?.template?.spec;
-  if (o.kind === 'CronJob') return o.spec?.jobTemplate?.spec?.template?.spec;
-  return undefined;
-}
-
-function containersOf(o: Obj): Obj[] {
-  const spec = podSpec(o);
-  return spec ? [...(spec.initContainers ?? []), ...(spec.containers ?? [])] : [];
-}
-
-function splitImage(image: string): { name: string; tag?: string } {
-  const at = image.indexOf('@');
-  const ref = at >= 0 ? image.slice(0, at) : image;
-  const colon = ref.lastIndexOf(':');
-  return colon > ref.lastIndexOf('/') ? { name: ref.slice(0, colon), tag: ref.slice(colon + 1) } : { name: ref };
-}
-
-const SUPPORTED = new Set(['apiVersion', 'kind', 'resources', 'namespace', 'labels', 'images', 'patches']);
-
-function render(dir: string): Obj[] {
-  const k = readDocs(join(dir, 'kustomization.yaml'))[0];
-  for (const key of Object.keys(k)) assert.ok(SUPPORTED.has(key), `${dir}: the test renderer does not support "${key}"`);
-  let objs: Obj[] = [];
-  for (const r of (k.resources ?? []) as string[]) {
-    const path = resolve(dir, r);
-    objs.push(...(statSync(path).isDirectory() ? render(path) : readDocs(path)));
-  }
-  objs = structuredClone(objs);
-
-  for (const p of (k.patches ?? []) as Obj[]) {
-    assert.ok(p.path && !p.target && !p.patch, `${dir}: only "patches: - path:" strategic-merge patches are supported`);
-    for (const patch of readDocs(join(dir, p.path))) {
-      const i = objs.findIndex((o) => o.kind === patch.kind && o.metadata?.name === patch.metadata?.name);
-      assert.ok(i >= 0, `${p.path}: no ${patch.kind} ${patch.metadata?.name} to patch`);
-      objs[i] = strategicMerge(objs[i], patch) as Obj;
-    }
-  }
-  if (k.namespace) for (const o of objs) if (!CLUSTER_SCOPED.has(o.kind)) o.metadata.namespace = k.namespace;
-  for (const l of (k.labels ?? []) as Obj[]) {
-    assert.ok(!l.includeSelectors, `${dir}: labels with includeSelectors are not supported`);
-    for (const o of objs) {
-      o.metadata.labels = { ...o.metadata.labels, ...l.pairs };
-      if (!l.includeTemplates) continue;
-      const template = o.kind === 'CronJob' ? o.spec?.jobTemplate?.spec?.template : WORKLOADS.has(o.kind) ? o.spec?.template : undefined;
-      if (template) template.metadata = { ...template.metadata, labels: { ...template.metadata?.labels, ...l.pairs } };
-      for (const vct of o.kind === 'StatefulSet' ? (o.spec.volumeClaimTemplates ?? []) : [])
-        vct.metadata.labels = { ...vct.metadata.labels, ...l.pairs };
-    }
-  }
-  for (const img of (k.images ?? []) as Obj[]) {
-    for (const c of objs.flatMap(containersOf)) {
-      const { name, tag } = splitImage(c.image);
-      if (name !== img.name) continue;
-      const newTag = img.newTag ?? tag;
-      c.image = (img.newName ?? name) + (img.digest ? `@${img.digest}` : newTag ? `:${newTag}` : '');
-    }
-  }
-  return objs;
-}
 
 const key = (o: Obj) => `${o.kind}/${o.metadata.namespace ?? ''}/${o.metadata.name}`;
 const byKey = (objs: Obj[]) => new Map(objs.map((o) => [key(o), o]));
@@ -328,11 +221,13 @@ function checkDeployment(name: string, objs: Obj[]): void {
         assert.ok(ports.has(c[probe].httpGet.port), `${at}: ${probe} port ${c[probe].httpGet.port} is not a named port`);
       }
       for (const m of c.volumeMounts ?? []) assert.ok(volumes.has(m.name), `${at}: mounts unknown volume ${m.name}`);
-      const token = (c.env ?? []).find((e: Obj) => e.name === 'NATS_TOKEN');
+      // nats-server's config reads $NATS_TOKEN; scoreflow's processes read $SCOREFLOW_NATS_TOKEN (src/cluster/auth.ts).
+      const tokenVar = /scoreflow/.test(c.image) ? 'SCOREFLOW_NATS_TOKEN' : 'NATS_TOKEN';
+      const token = (c.env ?? []).find((e: Obj) => e.name === tokenVar);
       assert.deepEqual(
         token?.valueFrom?.secretKeyRef,
         { name: 'scoreflow-nats', key: 'token' },
-        `${at}: NATS_TOKEN from Secret scoreflow-nats`,
+        `${at}: ${tokenVar} from Secret scoreflow-nats`,
       );
     }
     for (const v of spec.volumes ?? []) {
@@ -506,7 +401,12 @@ describe('the container image', () => {
   test('is multi-stage, ends on a slim Node 20 runtime with a non-root user, and copies paths that exist', () => {
     const froms = lines.filter((l) => /^FROM /i.test(l));
     assert.ok(froms.length >= 2, 'multi-stage');
-    assert.match(froms.at(-1)!, /^FROM node:20[\w.-]*slim\b/);
+    // The runtime base is a build argument whose default is a slim Node 20 image.
+    const runtimeFrom = /^FROM \$\{(\w+)\}/.exec(froms.at(-1)!)?.[1];
+    const runtimeBase = runtimeFrom
+      ? new RegExp(`^ARG ${runtimeFrom}=(\\S+)$`, 'm').exec(lines.join('\n'))?.[1]
+      : froms.at(-1)!.split(/\s+/)[1];
+    assert.match(runtimeBase ?? '', /^node:20[\w.-]*slim$/, `runtime base ${runtimeBase}`);
     const runtime = lines.slice(lines.lastIndexOf(froms.at(-1)!));
     assert.ok(!runtime.some((l) => /npm (ci|install)/.test(l)), 'no npm install in the runtime stage');
     const user = runtime.filter((l) => /^USER /.test(l)).at(-1);

@@ -1,5 +1,6 @@
 /** Training recipes: the fast recipe's noise-level law, loss weight and lr schedule against closed forms; recorded and resumed exactly; bad names fail cleanly. */
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
@@ -14,7 +15,16 @@ import { adamStep, newOptimState } from '../src/core/train/adam.js';
 import { loadTrainingCheckpoint } from '../src/core/train/checkpoint.js';
 import { RECIPES, TRAIN_DEFAULTS, trainConfig } from '../src/core/train/config.js';
 import { GradEngine } from '../src/core/train/engine.js';
-import { lrAt, normalCdf, normalQuantile, trainTimeCdf } from '../src/core/train/noise.js';
+import {
+  likelihoodNormaliser,
+  likelihoodWeight,
+  lrAt,
+  normalCdf,
+  normalQuantile,
+  trainTime,
+  trainTimeCdf,
+  trainTimeDensity,
+} from '../src/core/train/noise.js';
 import { errorLines, runBin, tempDir } from './helpers/cli.js';
 
 const FAST = trainConfig(RECIPES.fast);
@@ -87,6 +97,118 @@ test('fast recipe: t over many (step, index) draws follows the clipped log-norma
     () => 0,
   );
   assert.ok(du * Math.sqrt(u.length) < 1.95, `uniform KS distance ${du.toFixed(4)}`);
+});
+
+const LIK = trainConfig(RECIPES.likelihood);
+
+test('likelihood noise: normaliser, density and CDF against closed forms and quadrature of g^2/std^2 (VE)', () => {
+  const sde = makeSde({ name: 've' });
+  const eps = LIK.eps;
+  // Z = ln(std^2(1)/std^2(eps)) with std^2 = sigma^2 - sigma_min^2, by hand for eps = 1e-3, sigma 0.01..22
+  const L = Math.log(2200);
+  const std2 = (t: number) => 1e-4 * (Math.exp(2 * L * t) - 1);
+  assert.ok(Math.abs(likelihoodNormaliser(LIK) - Math.log(std2(1) / std2(eps))) < 1e-12);
+  assert.ok(Math.abs(likelihoodNormaliser(LIK) - 19.5586) < 1e-4, `Z = ${likelihoodNormaliser(LIK)}`);
+  // ... and against Simpson's rule on the SDE's own g2 and std, in ln t (the integrand ~ 1/t near 0)
+  const f = (t: number) => sde.g2(t) / sde.std(t) ** 2;
+  const quad = (a: number, b: number) => {
+    const m = 20000;
+    const la = Math.log(a);
+    const h = (Math.log(b) - la) / m;
+    let sum = 0;
+    for (let i = 0; i <= m; i++) {
+      const t = Math.exp(la + i * h);
+      sum += (i === 0 || i === m ? 1 : i % 2 ? 4 : 2) * f(t) * t;
+    }
+    return (sum * h) / 3;
+  };
+  assert.ok(Math.abs(quad(eps, 1) - likelihoodNormaliser(LIK)) < 1e-8, `quadrature ${quad(eps, 1)}`);
+  // the truncation matters: Z diverges like -ln eps as eps -> 0 (std(0) = 0)
+  const z4 = likelihoodNormaliser({ ...LIK, eps: 1e-4 });
+  const z5 = likelihoodNormaliser({ ...LIK, eps: 1e-5 });
+  assert.ok(Math.abs(z5 - z4 - Math.log(10)) < 1e-3, `Z(1e-5) - Z(1e-4) = ${z5 - z4}, ln 10 = ${Math.log(10)}`);
+  // density = (g^2/std^2) / Z, the CDF's derivative, and its integral to t
+  for (const t of [0.0011, 0.01, 0.2, 0.5, 0.99]) {
+    const p = trainTimeDensity(LIK, t);
+    assert.ok(Math.abs(p - f(t) / likelihoodNormaliser(LIK)) < 1e-9 * p, `density at ${t}`);
+    const h = 1e-6;
+    const dF = (trainTimeCdf(LIK, t + h) - trainTimeCdf(LIK, t - h)) / (2 * h);
+    assert.ok(Math.abs(dF - p) < 1e-5 * p, `F'(${t}) = ${dF}, p = ${p}`);
+    assert.ok(Math.abs(trainTimeCdf(LIK, t) - quad(eps, t) / likelihoodNormaliser(LIK)) < 1e-8, `F(${t})`);
+    // std(t) is log-uniform: ln std^2 is affine in F
+    assert.ok(Math.abs(Math.log(sde.std(t) ** 2 / sde.std(eps) ** 2) / likelihoodNormaliser(LIK) - trainTimeCdf(LIK, t)) < 1e-9);
+  }
+  assert.equal(trainTimeCdf(LIK, eps), 0);
+  assert.equal(trainTimeCdf(LIK, 1), 1);
+  // inversion: F(F^-1(u)) = u, endpoints included
+  for (const u of [0, 1e-9, 0.1, 0.5, 0.9, 1 - 1e-12]) {
+    assert.ok(Math.abs(trainTimeCdf(LIK, trainTime(LIK, u)) - u) < 1e-9, `u = ${u}`);
+  }
+  assert.ok(Math.abs(trainTime(LIK, 0) - eps) < 1e-15);
+  assert.equal(likelihoodWeight(LIK), likelihoodNormaliser(LIK) / (1 - eps));
+});
+
+test('likelihood recipe: t over many (step, index) draws follows p ~ g^2/std^2 (KS), and not the uniform law', () => {
+  const cfg = trainConfig({ ...RECIPES.likelihood, batchSize: 100, model: { channels: [8, 16, 16, 16], embedDim: 16 } });
+  const images = { n: 100, h: 28, w: 28, data: new Float32Array(100 * 784) };
+  const engine = new GradEngine(cfg, images);
+  const t = new Float64Array(100 * 100);
+  for (let k = 0; k < 100; k++) t.set(engine.inputs(k, 0, 100).t, k * 100);
+  engine.dispose();
+  const clamp = (x: number) => Math.min(1, Math.max(cfg.eps, x));
+  const d = ksDistance(
+    t,
+    (x) => trainTimeCdf(cfg, clamp(x)),
+    () => 0,
+  );
+  assert.ok(d * Math.sqrt(t.length) < 1.95, `KS distance ${d.toFixed(4)} (n = ${t.length})`);
+  // power: the same draws reject U(eps, 1), and the law with eps ten times larger
+  const du = ksDistance(
+    t,
+    (x) => trainTimeCdf({ ...cfg, noise: 'uniform' }, clamp(x)),
+    () => 0,
+  );
+  assert.ok(du * Math.sqrt(t.length) > 1.95, `KS distance to U(eps, 1) ${du.toFixed(4)}`);
+  const other = { ...cfg, eps: 1e-2 };
+  const d2 = ksDistance(
+    t,
+    (x) => trainTimeCdf(other, Math.min(1, Math.max(other.eps, x))),
+    () => 0,
+  );
+  assert.ok(d2 * Math.sqrt(t.length) > 1.95, `KS distance to the eps = 1e-2 law ${d2.toFixed(4)}`);
+  // half of the draws have std below the geometric mean of std(eps) and std(1)
+  const sde = makeSde({ name: 've' });
+  const below = t.filter((x) => sde.std(x) < Math.sqrt(sde.std(cfg.eps) * sde.std(1))).length / t.length;
+  assert.ok(Math.abs(below - 0.5) < 0.02, `fraction below the log-midpoint ${below}`);
+});
+
+test('likelihood weighting with importance-sampled t: c ||std s + z||^2 = g^2 ||s + z/std||^2 / ((1 - eps) p(t))', async () => {
+  await initBackend('cpu', { log: () => {} });
+  const sde = makeSde({ name: 've' });
+  const n = 4;
+  const d = 6;
+  const ts = [0.0012, 0.05, 0.4, 0.97];
+  const x0 = Float32Array.from({ length: n * d }, (_, i) => ((i * 37) % 11) / 11);
+  const z = Float32Array.from({ length: n * d }, (_, i) => Math.sin(i * 1.7) * 1.3);
+  const score = (x: tf.Tensor4D, t: tf.Tensor1D) => {
+    const v = sde.stdTensor(t).square().add(0.09).reshape([-1, 1, 1, 1]);
+    return x.sub(0.45).neg().div(v) as tf.Tensor4D;
+  };
+  const [is, plain] = tf.tidy(() => {
+    const args = [tf.tensor4d(x0, [n, 2, 3, 1]), tf.tensor1d(ts), tf.tensor4d(z, [n, 2, 3, 1])] as const;
+    return [
+      dsmLossPerSample(score, sde, ...args, 'likelihood', 0.31, likelihoodWeight(LIK)).dataSync(),
+      dsmLossPerSample(score, sde, ...args, 'likelihood').dataSync(),
+    ];
+  });
+  for (let i = 0; i < n; i++) {
+    const want = plain[i] / ((1 - LIK.eps) * trainTimeDensity(LIK, ts[i]));
+    assert.ok(Math.abs(is[i] - want) <= 1e-4 * want, `t ${ts[i]}: ${is[i]} vs ${want}`);
+  }
+  assert.throws(
+    () => trainConfig({ ...RECIPES.likelihood, weighting: 'sigma2' }),
+    /likelihood noise is importance sampling for the likelihood weighting, got weighting sigma2/,
+  );
 });
 
 test('edm weighting equals EDM lambda(sigma) ||D - x0||^2 at several sigmas', async () => {
@@ -191,17 +313,31 @@ test('--recipe fast is recorded in the checkpoint, flags override it, and 3 + 3 
   );
 });
 
+test('--recipe likelihood is recorded in the checkpoint with its noise law and weighting', () => {
+  const out = tempDir();
+  const r = runBin('scoreflow', ['train', '--recipe', 'likelihood', ...SMALL, '--steps', '2', '--out', out]);
+  assert.equal(r.code, 0, r.stderr);
+  const { config } = loadTrainingCheckpoint(join(out, 'checkpoint.safetensors'));
+  assert.equal(config.recipe, 'likelihood');
+  for (const k of ['noise', 'weighting', 'lr', 'lrWarmup', 'lrDecay', 'eps'] as const) assert.equal(config[k], LIK[k], k);
+  assert.equal(config.model.precond, LIK.model.precond);
+  // the logged loss is the importance-weighted estimate: finite and positive
+  const lines = readFileSync(join(out, 'log.jsonl'), 'utf8').trim().split('\n');
+  assert.equal(lines.length, 2);
+  for (const l of lines) assert.ok((JSON.parse(l) as { loss: number }).loss > 0);
+});
+
 test('an unknown recipe is one clear line and a non-zero exit', () => {
   for (const bin of ['scoreflow', 'coordinator'] as const) {
     const r = runBin(bin, bin === 'scoreflow' ? ['train', '--recipe', 'turbo'] : ['start', '--recipe', 'turbo']);
     assert.notEqual(r.code, 0);
     const lines = errorLines(r.stderr);
     assert.equal(lines.length, 1, r.stderr);
-    assert.match(lines[0], /unknown recipe 'turbo' \(expected seed or fast\)/);
+    assert.match(lines[0], /unknown recipe 'turbo' \(expected seed, fast or likelihood\)/);
   }
   assert.throws(
     () => trainConfig({ ...RECIPES.fast, sde: { name: 'vp' } }),
-    /lognormal noise, edm weighting and edm preconditioning need the VE SDE, got vp/,
+    /lognormal and likelihood noise, edm weighting and edm preconditioning need the VE SDE, got vp/,
   );
 });
 

@@ -104,8 +104,8 @@ describe('scripts/quickstart.sh', () => {
 
 describe('scripts/recipe-sweep.sh', () => {
   const sweep = join(dir, 'sweep');
-  const env = { SWEEP_CLASSIFIER: clf, TRAIN_FLAGS: '--limit 240 --threads 1' };
-  const args = [sweep, '1 2', 'fast', '8'];
+  const env = { SWEEP_CLASSIFIER: clf, TRAIN_FLAGS: '--limit 240 --threads 1', LIKELIHOOD_FLAGS: '--rtol 0.1 --atol 0.1 --batch-size 4' };
+  const args = [sweep, '1 2', 'fast', '8', '4']; // and bits/dim of the first 4 test images
   let firstTable = '';
 
   test('one recipe at 1 and 2 epochs: a row and a table line per point', () => {
@@ -121,6 +121,8 @@ describe('scripts/recipe-sweep.sh', () => {
     );
     for (const x of rows) {
       assert.ok(Number.isFinite(x.fd) && (x.fd as number) > 0, `fd ${String(x.fd)}`);
+      assert.ok(Number.isFinite(x.bpd) && (x.bpd as number) > 0 && (x.bpd_stderr as number) > 0, `bpd ${String(x.bpd)}`);
+      assert.equal(x.bpd_n, 4);
       assert.ok((x.train_s as number) >= 0 && (x.confidence as number) > 0 && (x.confidence as number) <= 1);
     }
     // the 2-epoch point continued the 1-epoch run: 4 steps logged once each
@@ -130,7 +132,7 @@ describe('scripts/recipe-sweep.sh', () => {
     );
     firstTable = r.stdout.trim();
     const table = firstTable.split('\n');
-    assert.match(table[0], /^\| recipe \| epochs \| steps \| train s \| FD \(8\) \|/);
+    assert.match(table[0], /^\| recipe \| epochs \| steps \| train s \| FD \(8\) \|.* bits\/dim \(test images\) \|$/);
     assert.deepEqual(
       table.slice(2).map((l) => l.split(' | ').slice(0, 3)),
       [
@@ -144,7 +146,7 @@ describe('scripts/recipe-sweep.sh', () => {
     assert.ok(firstTable, 'needs the first run');
     const r = script('recipe-sweep.sh', args, env);
     assert.equal(r.code, 0, r.stderr.slice(-3000));
-    assert.doesNotMatch(r.stderr, /^(train|sample): /m);
+    assert.doesNotMatch(r.stderr, /^(train|sample|likelihood): /m);
     assert.equal(r.stdout.trim(), firstTable);
   });
 });

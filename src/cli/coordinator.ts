@@ -21,6 +21,8 @@ import { addClusterOptions, withCluster, type ClusterFlags } from './cluster.js'
 import { checkOutputDir, main, newProgram, parseIntArg, removeStaleTemps } from './common.js';
 import { registerJobCommands } from './jobs.js';
 import { refuseConflicts, syntheticConflicts, trainConflicts } from './resume.js';
+import { CheckpointWatcher } from './watch.js';
+import { StepLog } from '../core/io/jsonl.js';
 import { addTrainingOptions, CHECKPOINT, checkBatchFits, checkTrainFlags, configFromFlags, type TrainFlags } from './train.js';
 
 interface CoordinatorFlags extends TrainFlags, ClusterFlags {
@@ -138,12 +140,31 @@ async function start(f: CoordinatorFlags, cmd: Command): Promise<void> {
           `step ${r.step + 1}: loss ${r.lossMean.toFixed(3)}, ${r.workers} worker(s), ${r.stepMs} ms, ${r.imagesPerSec.toFixed(1)} img/s`,
         );
     });
+    // --eval-every: scored from the checkpoints the run writes (cli/watch.ts), logged beside the steps
+    const watcher =
+      f.evalEvery && !synthetic
+        ? new CheckpointWatcher(
+            out,
+            f.evalEvery,
+            { evalImages: f.evalImages ?? 64, evalSamples: f.evalSamples ?? 64, evalTol: f.evalTol ?? 1e-5, backend: f.backend },
+            log,
+            (r) => {
+              // train.jsonl counts steps from 0: the checkpoint of step S holds steps 0..S-1
+              new StepLog(join(out, 'train.jsonl')).note({ step: r.step - 1, eval: r, time: new Date().toISOString() });
+              c.metrics?.evalBitsPerDim.set(r.bpd);
+              c.metrics?.evalStep.set(r.step);
+              c.metrics?.evalDuration.set(r.bpd_seconds + r.sample_seconds);
+            },
+          )
+        : undefined;
+    if (watcher) coordinator.telemetry.on('checkpoint', (ck) => watcher.checkpoint(ck.step, ck.path));
     await coordinator.start();
     const stop = () => void coordinator.close();
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
     await c.spawnWorkers();
     const res = await coordinator.done;
+    await watcher?.drain();
     await c.nc.flush().catch(() => {});
     // Let spawned workers see Stop and exit on their own before we take the broker away.
     await c.workersExited(5000);

@@ -4,17 +4,19 @@
  * summary gains a `fanout` entry), plus the cluster flags of `coordinator start`. The work
  * is a task of index-range jobs on the run's JetStream work queue (src/coordinator/fanout.ts).
  */
-import { randomBytes } from 'node:crypto';
-import { dirname, resolve } from 'node:path';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 import type { Command } from 'commander';
 import { QUEUE_DEFAULTS } from '../cluster/jetstream.js';
 import { runTask, type TaskOptions, type TaskOutcome } from '../coordinator/fanout.js';
+import { writeFileAtomic } from '../core/io/atomic.js';
 import { loadImages } from '../core/data/mnist.js';
 import { readNpy } from '../core/io/npy.js';
 import { MODEL_DEFAULTS } from '../core/model/config.js';
 import { resolveSampleOptions } from '../core/sampling/index.js';
-import type { LikelihoodSpec, SampleSpec } from '../protocol/job-spec.js';
-import { payloadValues } from '../protocol/jobs.js';
+import type { JobRange, LikelihoodSpec, SampleSpec } from '../protocol/job-spec.js';
+import { payloadValues, type AssembledResult } from '../protocol/jobs.js';
 import { checkId } from '../protocol/subjects.js';
 import { addClusterOptions, withCluster, type Cluster, type ClusterFlags } from './cluster.js';
 import { backendOption, checkOutDir, parseIntArg, removeStaleTemps } from './common.js';
@@ -138,6 +140,49 @@ async function sample(f: SampleFlags & JobFlags, cmd: Command): Promise<void> {
 
 // ---- coordinator likelihood ---------------------------------------------------------
 
+/**
+ * Finished jobs of a likelihood task, kept beside --out so that an interrupted task resumes
+ * without recomputing them: OUT.jobs/KEY/FROM-TO.json, one file per job, each written atomically
+ * as its result arrives. KEY hashes everything a value depends on: the spec (options, data
+ * name, limit), the job count, the checkpoint's bytes and the images' bytes; another checkpoint
+ * or flag is another folder. The folder is removed once the report is written.
+ */
+class JobJournal {
+  readonly dir: string;
+  constructor(out: string, spec: LikelihoodSpec, n: number, images: Float32Array) {
+    const h = createHash('sha256').update(JSON.stringify({ spec, n }));
+    h.update(readFileSync(spec.ckpt));
+    h.update(new Uint8Array(images.buffer, images.byteOffset, images.byteLength));
+    this.dir = join(out.replace(/\.json$/, '.jobs'), h.digest('hex').slice(0, 16));
+  }
+
+  private path(j: { from: number; to: number }): string {
+    return join(this.dir, `${j.from}-${j.to}.json`);
+  }
+
+  /** The stored result of a job of this range, if a valid one is there. */
+  load(j: JobRange): AssembledResult | undefined {
+    const p = this.path(j);
+    if (!existsSync(p)) return undefined;
+    try {
+      const r = JSON.parse(readFileSync(p, 'utf8')) as Omit<AssembledResult, 'payload'> & { payload: string };
+      if (r.from !== j.from || r.to !== j.to || r.nfe.length !== j.to - j.from) return undefined;
+      return { ...r, index: j.index, delivery: 1, payload: new Uint8Array(Buffer.from(r.payload, 'base64')) };
+    } catch {
+      return undefined; // unreadable: computed again
+    }
+  }
+
+  async save(r: AssembledResult): Promise<void> {
+    mkdirSync(this.dir, { recursive: true });
+    await writeFileAtomic(this.path(r), JSON.stringify({ ...r, payload: Buffer.from(r.payload).toString('base64') }));
+  }
+
+  remove(): void {
+    rmSync(dirname(this.dir), { recursive: true, force: true });
+  }
+}
+
 async function likelihood(f: LikelihoodFlags & JobFlags): Promise<void> {
   if (f.out !== undefined && !f.out.endsWith('.json')) throw new Error(`--out must name a .json file, got '${f.out}'`);
   if (f.out !== undefined) checkOutDir('--out', f.out);
@@ -150,30 +195,56 @@ async function likelihood(f: LikelihoodFlags & JobFlags): Promise<void> {
     raw: f.raw,
     data: f.data !== undefined ? images.source : f.split,
     limit: f.limit,
-    options: { seed: f.seed, hutchinson: f.hutchinson, probes: f.probes, rtol: f.rtol, atol: f.atol, eps: f.eps, batchSize: f.batchSize },
+    options: {
+      seed: f.seed,
+      hutchinson: f.hutchinson,
+      probes: f.probes,
+      rtol: f.rtol,
+      atol: f.atol,
+      eps: f.eps,
+      batchSize: f.batchSize,
+      dequantise: f.dequantise,
+    },
   };
+  if (!existsSync(spec.ckpt)) throw new Error(`${f.ckpt}: no such checkpoint`);
+  const journal = f.out !== undefined ? new JobJournal(f.out, spec, images.n, images.data) : undefined;
+  if (journal) removeStaleTemps('coordinator', journal.dir);
   log(
-    `coordinator likelihood: ${images.n} images of ${images.source}, ${f.hutchinson}${f.hutchinson === 'exact' ? '' : ` x${f.probes}`}, rtol ${f.rtol}, atol ${f.atol}`,
+    `coordinator likelihood: ${images.n} images of ${images.source}, ${f.dequantise} dequantisation, ${f.hutchinson}${f.hutchinson === 'exact' ? '' : ` x${f.probes}`}, rtol ${f.rtol}, atol ${f.atol}` +
+      (journal ? `; finished jobs kept in ${journal.dir} until the report is written` : ''),
   );
+  let reused = 0;
   await withJobCluster(f, 'likelihood', async (c) => {
     // Running mean bits/dim over the images done so far, for the gauge.
     let sum = 0;
     let count = 0;
     const t0 = performance.now();
+    const saves: Promise<void>[] = [];
     const o = await runWithProgress('likelihood', f, c, {
       spec,
       n: images.n,
+      done: (j) => {
+        const r = journal?.load(j);
+        if (r) reused++;
+        return r;
+      },
       onJob: (job) => {
-        for (const v of payloadValues(job.payload, Float64Array)) sum += v;
-        count += job.to - job.from;
+        const m = job.to - job.from;
+        const v = payloadValues(job.payload, Float64Array);
+        for (let i = 0; i < m; i++) sum += v[i];
+        count += m;
         c.metrics?.likelihoodBitsPerDim.set(sum / count);
+        if (journal && job.attempt !== 'journal') saves.push(journal.save({ ...job, attempt: 'journal' }));
       },
     });
+    await Promise.all(saves);
+    if (reused > 0) log(`coordinator likelihood: ${reused} job(s) taken from ${journal!.dir}, not recomputed`);
     const bpd = o.values as Float64Array;
     const seconds = (performance.now() - t0) / 1000;
     const report = {
       ...likelihoodReport(f, {
         bpd,
+        probeVar: o.probeVar!,
         nfe: o.nfe,
         n: images.n,
         source: images.source,
@@ -181,9 +252,10 @@ async function likelihood(f: LikelihoodFlags & JobFlags): Promise<void> {
         seconds,
         backend: [...o.backends].join(','),
       }),
-      fanout: fanoutInfo(c.run, o),
+      fanout: { ...fanoutInfo(c.run, o), reused_jobs: reused },
     };
     await emitLikelihoodReport(f, report);
+    journal?.remove();
   });
 }
 

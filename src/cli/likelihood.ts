@@ -5,7 +5,14 @@
 import { Command, Option } from 'commander';
 import { loadImages } from '../core/data/mnist.js';
 import { writeFileAtomic } from '../core/io/atomic.js';
-import { DIVERGENCE_MODES, likelihoodRange, meanAndStderr, type DivergenceMode } from '../core/likelihood.js';
+import {
+  DEQUANTISATIONS,
+  DIVERGENCE_MODES,
+  likelihoodRange,
+  meanAndStderr,
+  type Dequantisation,
+  type DivergenceMode,
+} from '../core/likelihood.js';
 import { loadScoreModel } from '../core/score/net.js';
 import { backendOption, checkOutDir, deviceOption, noteUnverified, parseFloatArg, parseIntArg, startBackend } from './common.js';
 import { progressBar } from './progress.js';
@@ -18,6 +25,7 @@ export interface LikelihoodFlags {
   seed: number;
   probes: number;
   hutchinson: DivergenceMode;
+  dequantise: Dequantisation;
   rtol: number;
   atol: number;
   eps: number;
@@ -55,6 +63,7 @@ async function likelihood(f: LikelihoodFlags): Promise<void> {
         atol: f.atol,
         eps: f.eps,
         batchSize: f.batchSize,
+        dequantise: f.dequantise,
         onProgress: (done) => bar.update(done),
       });
     } finally {
@@ -63,6 +72,7 @@ async function likelihood(f: LikelihoodFlags): Promise<void> {
     const seconds = (performance.now() - t0) / 1000;
     const report = likelihoodReport(f, {
       bpd: r.bpd,
+      probeVar: r.probeVar,
       nfe: r.nfe,
       n: images.n,
       source: images.source,
@@ -76,16 +86,40 @@ async function likelihood(f: LikelihoodFlags): Promise<void> {
   }
 }
 
+/**
+ * The probes' share of the squared standard error of the mean: (sum_i probeVar_i / n^2) / stderr^2,
+ * the part of the mean's variance that more probes would remove (null with one probe: unmeasurable).
+ */
+export function probeShare(bpd: ArrayLike<number>, probeVar: ArrayLike<number>): number | null {
+  const n = bpd.length;
+  const { stderr } = meanAndStderr(bpd);
+  let s = 0;
+  for (let i = 0; i < n; i++) s += probeVar[i];
+  const share = s / (n * n) / (stderr * stderr);
+  return Number.isFinite(share) ? share : null;
+}
+
 /** The JSON report: mean bits/dim with its standard error, settings, and the per-image values. */
 export function likelihoodReport(
   f: LikelihoodFlags,
-  r: { bpd: Float64Array; nfe: ArrayLike<number>; n: number; source: string; weights: string; seconds: number; backend: string },
+  r: {
+    bpd: Float64Array;
+    probeVar: Float64Array;
+    nfe: ArrayLike<number>;
+    n: number;
+    source: string;
+    weights: string;
+    seconds: number;
+    backend: string;
+  },
 ) {
   const { mean, stderr } = meanAndStderr(r.bpd);
   const nfe = Array.from(r.nfe);
   return {
     bpd: mean,
     bpd_stderr: stderr,
+    probe_share: probeShare(r.bpd, r.probeVar),
+    dequantise: f.dequantise,
     n: r.n,
     data: r.source,
     ckpt: f.ckpt,
@@ -135,6 +169,11 @@ export function addLikelihoodOptions(cmd: Command): Command {
       new Option('--hutchinson <kind>', 'divergence estimator (exact: one backward pass per dimension)')
         .choices(DIVERGENCE_MODES as unknown as string[])
         .default('gaussian'),
+    )
+    .addOption(
+      new Option('--dequantise <kind>', 'uniform: (b + u)/256, +8 bits (the reference); truncnormal: Zheng et al. 2023 (README)')
+        .choices(DEQUANTISATIONS.filter((d) => d !== 'none'))
+        .default('uniform'),
     )
     .option('--rtol <r>', 'RK45 relative tolerance, in (0, 1]', parseFloatArg({ exclusiveMin: 0, max: 1 }), 1e-5)
     .option('--atol <a>', 'RK45 absolute tolerance, in (0, 1]', parseFloatArg({ exclusiveMin: 0, max: 1 }), 1e-5)

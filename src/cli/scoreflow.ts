@@ -6,6 +6,7 @@ import { registerLikelihood } from './likelihood.js';
 import { registerParity } from './parity.js';
 import { registerSample } from './sample.js';
 import { registerTrain } from './train.js';
+import { registerWatch } from './watch.js';
 
 const program = newProgram('scoreflow', 'score-based generative modelling on tfjs (Song et al. 2021)');
 registerTrain(program);
@@ -14,4 +15,5 @@ registerSample(program);
 registerLikelihood(program);
 registerEncode(program);
 registerEvaluate(program);
+registerWatch(program);
 await main(program);

@@ -18,6 +18,8 @@ import {
 } from '../core/train/config.js';
 import { GradPool } from '../core/train/pool.js';
 import { NonFiniteError, trainStep } from '../core/train/step.js';
+import { watchStep, WATCH_DEFAULTS } from '../core/eval/watch.js';
+import { netScoreModel } from '../core/score/net.js';
 import { Trainer } from '../core/train/trainer.js';
 import {
   backendOption,
@@ -68,7 +70,7 @@ export function addTrainingOptions(cmd: Command): Command {
   return cmd
     .option(
       '--recipe <name>',
-      'training preset: seed (the notebook\'s) or fast (README: "Training recipes"); explicit flags override it',
+      'training preset: seed (the notebook\'s), fast or likelihood (README: "Training recipes"); explicit flags override it',
       parseRecipe,
       'seed',
     )
@@ -109,7 +111,21 @@ export function addTrainingOptions(cmd: Command): Command {
     )
     .option('--out <dir>', 'output directory (checkpoint, log.jsonl)', 'runs/train')
     .option('--resume', 'continue from <out>/checkpoint.safetensors', false)
-    .option('--ckpt-every <n>', 'write a checkpoint every n steps', parseIntArg(1, 1e9), CHECKPOINT_EVERY);
+    .option('--ckpt-every <n>', 'write a checkpoint every n steps', parseIntArg(1, 1e9), CHECKPOINT_EVERY)
+    .option(
+      '--eval-every <n>',
+      'every n steps: bits/dim of the first --eval-images test images and a grid of --eval-samples Heun samples (seed 0) under <out>/eval/ (0: never)',
+      parseIntArg(0, 1e9),
+      0,
+    )
+    .option('--eval-images <n>', 'test images for --eval-every bits/dim', parseIntArg(1, 10_000), WATCH_DEFAULTS.images)
+    .option('--eval-samples <n>', 'Heun samples in the --eval-every grid', parseIntArg(1, 10_000), WATCH_DEFAULTS.samples)
+    .option(
+      '--eval-tol <r>',
+      'RK45 rtol = atol of the --eval-every bits/dim',
+      parseFloatArg({ exclusiveMin: 0, max: 1 }),
+      WATCH_DEFAULTS.tol,
+    );
 }
 
 export interface TrainFlags {
@@ -135,6 +151,10 @@ export interface TrainFlags {
   out: string;
   resume: boolean;
   ckptEvery: number;
+  evalEvery?: number;
+  evalImages?: number;
+  evalSamples?: number;
+  evalTol?: number;
 }
 
 /** The run's config: the recipe's values (seed: none), then the flags (which applyRecipe filled from the recipe where not given). */
@@ -161,7 +181,10 @@ export function targetStep(f: Pick<TrainFlags, 'steps' | 'epochs'>, stepsPerEpoc
   return (f.epochs ?? 1) * stepsPerEpoch;
 }
 
-async function train(f: TrainFlags, cmd: Command): Promise<void> {
+/** `scoreflow train` alone: --shards (not a training setting: no checkpoint records it). */
+type TrainCommandFlags = TrainFlags & { shards?: number };
+
+async function train(f: TrainCommandFlags, cmd: Command): Promise<void> {
   const ckpt = join(f.out, CHECKPOINT);
   if (f.steps !== undefined && f.epochs !== undefined) throw new Error('give --steps or --epochs, not both');
   if (f.resume && !existsSync(ckpt)) throw new Error(`--resume: no checkpoint at ${ckpt}`);
@@ -178,7 +201,8 @@ async function train(f: TrainFlags, cmd: Command): Promise<void> {
   const data = loadImages(dataset.source, { limit: dataset.limit });
   const cfg = resumed?.config ?? configFromFlags(f);
   checkBatchFits(cfg.batchSize, data.n, data.source);
-  const backend = await startBackend(f);
+  // Sharded, every gradient is computed on one thread, as a 1-thread worker computes it.
+  const backend = await startBackend(f.shards === undefined ? f : { ...f, threads: 1 });
   const trainer = resumed ? Trainer.fromCheckpoint(resumed, data) : Trainer.create(cfg, data);
   // The run id travels in every checkpoint, so a checkpoint says which run it continues.
   const run = resumed?.run ?? `train-${randomBytes(6).toString('hex')}`;
@@ -188,12 +212,12 @@ async function train(f: TrainFlags, cmd: Command): Promise<void> {
   // The log holds each step once: lines past the checkpoint (steps a killed run did after it) go.
   const log = new StepLog(join(f.out, 'log.jsonl'));
   log.cut((step) => step <= trainer.step);
-  const threads = poolThreads(backend, f.threads);
-  const pool = await GradPool.create({ threads, backend, config: cfg, data });
+  const threads = poolThreads(backend, f.threads, f.shards);
+  const pool = await GradPool.create({ threads, shards: f.shards, backend, config: cfg, data });
   trainer.setGradSource(pool);
   process.stderr.write(
     `train: recipe ${cfg.recipe}, ${data.source} (${data.n} images), batch ${cfg.batchSize}, lr ${cfg.lr}, ${trainer.numParams} parameters, ` +
-      `steps ${trainer.step} -> ${end}, ${threads} pool thread(s), out ${f.out}\n`,
+      `steps ${trainer.step} -> ${end}, ${f.shards ? `${f.shards} shards on ` : ''}${threads} pool thread(s), out ${f.out}\n`,
   );
   const bar = progressBar('train', ' | loss {loss} | {ips} img/s');
   bar.start(end, trainer.step, { loss: '-', ips: '-' });
@@ -209,6 +233,28 @@ async function train(f: TrainFlags, cmd: Command): Promise<void> {
       log.append({ step: trainer.step, epoch, loss, images_per_s: ips, seconds, time: new Date().toISOString() });
       bar.update(trainer.step, { loss: loss.toFixed(2), ips: ips.toFixed(1) });
       if (trainer.step % f.ckptEvery === 0 || trainer.step === end) await trainer.saveCheckpoint(ckpt, { backend, run });
+      if (f.evalEvery && trainer.step % f.evalEvery === 0) {
+        // training waits: the sampling weights of this step, scored in this process
+        const model = netScoreModel(cfg.model, cfg.sde, cfg.emaDecay > 0 ? trainer.ema : trainer.params, {
+          which: 'ema',
+          step: trainer.step,
+        });
+        try {
+          const r = await watchStep(model, trainer.step, f.out, {
+            images: f.evalImages,
+            samples: f.evalSamples,
+            tol: f.evalTol,
+          });
+          log.note({ step: trainer.step, eval: r, time: new Date().toISOString() });
+          bar.stop();
+          process.stderr.write(
+            `train: eval at step ${trainer.step}: ${r.bpd.toFixed(3)} ± ${r.bpd_stderr.toFixed(3)} bits/dim (${r.bpd_images} test images), ${r.png} (${(r.bpd_seconds + r.sample_seconds).toFixed(1)} s)\n`,
+          );
+          bar.start(end, trainer.step, { loss: loss.toFixed(2), ips: ips.toFixed(1) });
+        } finally {
+          model.dispose();
+        }
+      }
     }
   } finally {
     bar.stop();
@@ -228,7 +274,12 @@ export function checkBatchFits(batchSize: number, n: number, source: string): vo
 }
 
 export function registerTrain(program: Command): void {
-  addTrainingOptions(program.command('train').description('train the ScoreNet with denoising score matching (one process)')).action(
-    (opts: TrainFlags, cmd: Command) => train(opts, cmd),
-  );
+  addTrainingOptions(program.command('train').description('train the ScoreNet with denoising score matching (one process)'))
+    .option(
+      '--shards <n>',
+      "compute each batch as n cluster workers with one thread each do (the coordinator's shards, each on one thread, " +
+        'summed in rank order): the same parameters bit for bit; up to --threads shards at a time',
+      parseIntArg(1, 1024),
+    )
+    .action((opts: TrainCommandFlags, cmd: Command) => train(opts, cmd));
 }

@@ -22,7 +22,7 @@ import { randomInt } from 'node:crypto';
 import type { NatsConnection, Subscription } from 'nats';
 import { RunDir, checkpointStep, type RunRecord } from './run-dir.js';
 import { sendState, StateInbox } from '../protocol/state-transfer.js';
-import { Telemetry, type StepReport } from '../cluster/telemetry.js';
+import { Telemetry, type StepReport } from '../telemetry/hub.js';
 import { chunkFloatsFor, rangeBounds } from '../protocol/chunking.js';
 import {
   decode,

@@ -44,6 +44,11 @@ export interface TaskOptions {
   onQueueDepth?: (waiting: number) => void;
   /** Say how to start workers if none took a job after this long (default 15 s). */
   idleWarnMs?: number;
+  /**
+   * Results of jobs done before (a resumed task, see cli/jobs.ts): a job whose range is here is
+   * not queued; its result is placed as if a worker had just sent it.
+   */
+  done?: (job: JobRange) => AssembledResult | undefined;
 }
 
 export interface TaskProgress {
@@ -58,11 +63,13 @@ export interface TaskOutcome {
   jobs: JobRange[];
   /** Sample: n*d float32 values; likelihood: n float64 bits/dim. */
   values: Float32Array | Float64Array;
+  /** Likelihood: each image's probe variance of its bits/dim (likelihood.ts probeVar). */
+  probeVar?: Float64Array;
   /** Sample: [h, w, c] of one item. */
   shape: number[];
   nfe: Int32Array;
   calls: number;
-  /** Jobs done per worker. */
+  /** Jobs done per worker (in this run: not those of TaskOptions.done). */
   workers: Map<string, number>;
   backends: Set<string>;
   /** Which weights the workers loaded ("ema" / "raw"). */
@@ -83,6 +90,12 @@ export async function runTask(opts: TaskOptions): Promise<TaskOutcome> {
   const js = nc.jetstream();
   const results = await (await js.consumers.get(streams.results(run), { filterSubjects: jobSubjects.result(run, task) })).consume();
   const collector = new Collector(opts, task, jobs, log);
+  const todo = jobs.filter((j) => {
+    const r = opts.done?.(j);
+    if (r) collector.placeDone({ ...r, index: j.index });
+    return !r;
+  });
+  if (todo.length === 0) return collector.outcome();
   const seqToJob = new Map<number, number>();
   const advisory = nc.subscribe(`$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.${streams.jobs(run)}.${WORKERS_CONSUMER}`, {
     callback: (err, m) => {
@@ -100,7 +113,7 @@ export async function runTask(opts: TaskOptions): Promise<TaskOutcome> {
   const timers = watchQueue(opts, jsm, run, collector, log);
   try {
     const specJson = JSON.stringify(spec);
-    for (const j of jobs) {
+    for (const j of todo) {
       const ack = await js.publish(
         jobSubjects.todo(run, task),
         encodeJob({ run, task, index: j.index, jobs: jobs.length, from: j.from, to: j.to, kind: spec.kind, specJson }),
@@ -111,7 +124,7 @@ export async function runTask(opts: TaskOptions): Promise<TaskOutcome> {
       seqToJob.set(ack.seq, j.index);
     }
     log(
-      `coordinator: task ${task}: ${jobs.length} job(s) of up to ${jobs[0].to - jobs[0].from} ${spec.kind === 'sample' ? 'samples' : 'images'} queued on ${streams.jobs(run)}`,
+      `coordinator: task ${task}: ${todo.length} job(s)${todo.length < jobs.length ? ` (of ${jobs.length}; the others were done before)` : ''} of up to ${jobs[0].to - jobs[0].from} ${spec.kind === 'sample' ? 'samples' : 'images'} queued on ${streams.jobs(run)}`,
     );
     for await (const m of results) {
       if (collector.take(m) === 'stop') break;
@@ -160,6 +173,7 @@ class Collector {
   readonly progress: TaskProgress;
   private readonly asm = new ResultAssembler();
   private values?: Float32Array | Float64Array;
+  private probeVar?: Float64Array;
   private itemSize = 0;
   private shape: number[] = [];
   private readonly nfe: Int32Array;
@@ -178,6 +192,11 @@ class Collector {
   ) {
     this.progress = { jobs: jobs.length, jobsDone: 0, items: opts.n, itemsDone: 0 };
     this.nfe = new Int32Array(opts.n);
+  }
+
+  /** A result from an earlier run of the task (TaskOptions.done). */
+  placeDone(r: AssembledResult): void {
+    this.place(r, true);
   }
 
   isDone(index: number): boolean {
@@ -218,7 +237,7 @@ class Collector {
     return this.progress.jobsDone === this.jobs.length ? 'stop' : 'more';
   }
 
-  private place(r: AssembledResult): void {
+  private place(r: AssembledResult, earlier = false): void {
     const m = r.to - r.from;
     if (r.nfe.length !== m) throw new JobWireError('bad_chunk', `${r.nfe.length} nfe values for ${m} items`);
     if (this.opts.spec.kind === 'sample') {
@@ -234,14 +253,17 @@ class Collector {
       if (v.length !== m * this.itemSize) throw new JobWireError('bad_chunk', `${v.length} values for ${m} samples of ${this.itemSize}`);
       this.values.set(v, r.from * this.itemSize);
     } else {
+      // m bits/dim values, then their m probe variances
       const v = payloadValues(r.payload, Float64Array);
-      if (v.length !== m) throw new JobWireError('bad_chunk', `${v.length} bits/dim values for ${m} images`);
+      if (v.length !== 2 * m) throw new JobWireError('bad_chunk', `${v.length} values for ${m} images (bits/dim and probe variances)`);
       this.values ??= new Float64Array(this.opts.n);
-      this.values.set(v, r.from);
+      this.probeVar ??= new Float64Array(this.opts.n);
+      this.values.set(v.subarray(0, m), r.from);
+      this.probeVar.set(v.subarray(m), r.from);
     }
     this.nfe.set(r.nfe, r.from);
     this.calls += r.calls;
-    this.workers.set(r.worker, (this.workers.get(r.worker) ?? 0) + 1);
+    if (!earlier) this.workers.set(r.worker, (this.workers.get(r.worker) ?? 0) + 1);
     if (r.backend) this.backends.add(r.backend);
     if (r.weights) this.weights.add(r.weights);
     if (r.delivery > 1) {
@@ -261,6 +283,7 @@ class Collector {
       task: this.task,
       jobs: this.jobs,
       values: this.values,
+      probeVar: this.probeVar,
       shape: this.shape,
       nfe: this.nfe,
       calls: this.calls,

@@ -5,6 +5,8 @@
  *   sigma2 weighting (lambda = std^2, the reference):  l = || s(x(t), t) std + z ||^2
  *   likelihood weighting (lambda = g^2, Song et al. 2021b):  l = g^2(t) || s(x(t), t) + z / std ||^2
  *   edm weighting (Karras et al. 2022, eq. 8), VE only:  l = (1 + std^2 / sigma_data^2) || s(x(t), t) std + z ||^2
+ *   likelihood weighting with importance-sampled t (noise.ts, `likelihood` noise): l = c || s(x(t), t) std + z ||^2,
+ *     c = Z / (1 - eps), the same expectation as the line above under t ~ U(eps, 1) (derivation in noise.ts)
  * All are summed over pixels; per-sample values are returned so callers can sum any slice.
  *
  * Why the edm line is EDM's loss. For VE, x = x0 + sigma z (sigma = std(t)); EDM's denoiser is
@@ -30,6 +32,8 @@ export function dsmLossPerSample(
   z: tf.Tensor4D,
   weighting: Weighting = 'sigma2',
   sigmaData = 0.31,
+  /** With `likelihood` weighting and t from the likelihood noise law: the constant c = Z / (1 - eps). */
+  importance?: number,
 ): tf.Tensor1D {
   const n = x0.shape[0];
   const std = sde.stdTensor(t).reshape([n, 1, 1, 1]);
@@ -38,6 +42,9 @@ export function dsmLossPerSample(
   const s = score(xt, t);
   if (weighting === 'sigma2') {
     return s.mul(std).add(z).square().reshape([n, -1]).sum(1) as tf.Tensor1D;
+  }
+  if (weighting === 'likelihood' && importance !== undefined) {
+    return s.mul(std).add(z).square().reshape([n, -1]).sum(1).mul(importance) as tf.Tensor1D;
   }
   if (weighting === 'edm') {
     const w = std

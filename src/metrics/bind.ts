@@ -1,4 +1,4 @@
-// Bridge from the cluster's telemetry (src/cluster/telemetry.ts: an EventEmitter the
+// Bridge from the cluster's telemetry (src/telemetry/hub.ts: an EventEmitter the
 // coordinator and the workers emit on, which knows nothing of Prometheus) to the metrics. One call:
 //
 //   bindTelemetry(metrics, coordinator.telemetry, { globalBatch: opts.batchSize, expectedWorkers: opts.gpus });

@@ -55,6 +55,10 @@ export interface ScoreflowMetrics {
   likelihoodImages: Counter;
   likelihoodBitsPerDim: Gauge;
   jobQueueDepth: Gauge;
+  // --eval-every (coordinator)
+  evalBitsPerDim: Gauge;
+  evalStep: Gauge;
+  evalDuration: Gauge;
   /**
    * Make the byte counters follow running totals kept elsewhere (read at every scrape), instead of
    * being incremented directly. Use one way or the other, not both.
@@ -169,6 +173,12 @@ export function createRegistry(id: MetricsIdentity): ScoreflowMetrics {
     likelihoodImages: counter('scoreflow_likelihood_images_total', 'Images whose bits/dim has been evaluated'),
     likelihoodBitsPerDim: gauge('scoreflow_likelihood_bits_per_dim', 'Running mean bits/dim over the images evaluated so far'),
     jobQueueDepth: gauge('scoreflow_jobs_queue_depth', 'Sampling/likelihood jobs waiting in the JetStream work queue', false),
+    evalBitsPerDim: gauge(
+      'scoreflow_eval_bits_per_dim',
+      'Bits/dim of the fixed held-out test images at the last --eval-every evaluation (EMA weights, seed 0)',
+    ),
+    evalStep: gauge('scoreflow_eval_step', 'Training step of the checkpoint the last --eval-every evaluation scored'),
+    evalDuration: gauge('scoreflow_eval_duration_seconds', 'Wall time of the last --eval-every evaluation (bits/dim and sample grid)'),
     followTransportTotals: (totals) => {
       transportTotals = totals;
     },

@@ -20,12 +20,5 @@ export function chunkFloatsFor(maxPayload: number): number {
   return Math.max(1, Math.min(MAX_CHUNK_FLOATS, Math.floor((maxPayload - CHUNK_HEADROOM) / 4)));
 }
 
-/**
- * The n+1 boundaries of n near-equal contiguous ranges of [0, total): range r is
- * [b[r], b[r+1]). Used for the shards of a global batch and the owner ranges of a gradient.
- */
-export function rangeBounds(total: number, n: number): number[] {
-  const b: number[] = [];
-  for (let r = 0; r <= n; r++) b.push(Math.floor((total * r) / n));
-  return b;
-}
+/** How a global batch is cut into shards and a gradient into owner ranges: one function, in core. */
+export { rangeBounds } from '../core/data/batches.js';

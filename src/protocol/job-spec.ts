@@ -9,7 +9,7 @@
  * libtorch or cuDNN may pick another algorithm for another batch shape. With aligned batches
  * the outputs are byte-identical to the single-process run whatever the backend's kernels do.
  */
-import type { DivergenceMode } from '../core/likelihood.js';
+import type { Dequantisation, DivergenceMode } from '../core/likelihood.js';
 import { SAMPLE_DEFAULTS, type SampleOptions } from '../core/sampling/index.js';
 
 export interface SampleSpec {
@@ -30,7 +30,17 @@ export interface LikelihoodSpec {
   /** A data set name or an absolute path, and --limit, as loadImages takes them. */
   data: string;
   limit?: number;
-  options: { seed: number; hutchinson: DivergenceMode; probes: number; rtol: number; atol: number; eps: number; batchSize: number };
+  options: {
+    seed: number;
+    hutchinson: DivergenceMode;
+    probes: number;
+    rtol: number;
+    atol: number;
+    eps: number;
+    batchSize: number;
+    /** Absent in specs from before it existed: uniform. */
+    dequantise?: Dequantisation;
+  };
 }
 
 export type TaskSpec = SampleSpec | LikelihoodSpec;

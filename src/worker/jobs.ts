@@ -292,16 +292,19 @@ export class JobRunner extends EventEmitter<{ job: [JobEvent] }> {
 
   private async likelihood(model: ScoreModel, spec: LikelihoodSpec, l: Loaded, job: Job): Promise<Computed> {
     const bs = spec.options.batchSize;
-    const bpd = new Float64Array(job.to - job.from);
+    // payload: the job's m bits/dim values, then their m probe variances (likelihood.ts)
+    const m = job.to - job.from;
+    const out = new Float64Array(2 * m);
     const nfe: number[] = [];
     let calls = 0;
     for (let a = job.from; a < job.to && !this.closed; a += bs) {
       const r = await likelihoodRange(model, l.images!, a, Math.min(job.to, a + bs), spec.options);
-      bpd.set(r.bpd, a - job.from);
+      out.set(r.bpd, a - job.from);
+      out.set(r.probeVar, m + a - job.from);
       nfe.push(...r.nfe);
       calls += r.calls;
       await yieldToLoop();
     }
-    return { payload: toLEBytes(bpd), nfe, calls, shape: [] };
+    return { payload: toLEBytes(out), nfe, calls, shape: [] };
   }
 }

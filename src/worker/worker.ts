@@ -10,7 +10,7 @@
 import { randomInt } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { NatsConnection, Subscription } from 'nats';
-import { Telemetry } from '../cluster/telemetry.js';
+import { Telemetry } from '../telemetry/hub.js';
 import { allFinite, meanGradient, NonFiniteError } from '../core/train/step.js';
 import { decode, encode, WireError, type BodyKind, type Bodies, type Envelope, type EnvelopeOf } from '../protocol/envelope.js';
 import { sendState, StateInbox } from '../protocol/state-transfer.js';

@@ -45,6 +45,17 @@ export function stepBatch(seed: number, step: number, batchSize: number, n: numb
   return { step, epoch, indices: perm.slice(start, Math.min(start + batchSize, n)) };
 }
 
+/**
+ * The n+1 boundaries of n near-equal contiguous ranges of [0, total): range r is
+ * [b[r], b[r+1]). The shards of a global batch (the coordinator's plan, GradPool's parts) and
+ * the owner ranges of a gradient (the nats transport) are all cut by this one function.
+ */
+export function rangeBounds(total: number, n: number): number[] {
+  const b: number[] = [];
+  for (let r = 0; r <= n; r++) b.push(Math.floor((total * r) / n));
+  return b;
+}
+
 /** The images at `indices`, concatenated (NCHW with C = 1), into `out` if given. */
 export function gather(set: ImageSet, indices: ArrayLike<number>, out?: Float32Array): Float32Array {
   const size = set.h * set.w;

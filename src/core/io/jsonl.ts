@@ -69,6 +69,14 @@ export class StepLog {
     return removed;
   }
 
+  /**
+   * A line about a step already logged (an evaluation of its checkpoint: `{step, eval}`), appended
+   * without cutting: it is kept or cut with that step's lines, and is not a step of its own.
+   */
+  note(entry: { step: number } & Record<string, unknown>): void {
+    appendFileSync(this.path, JSON.stringify(entry) + '\n');
+  }
+
   append(entry: { step: number } & Record<string, unknown>): void {
     const last = this.lastStep();
     if (last !== undefined && entry.step <= last) this.cut((s) => s < entry.step);

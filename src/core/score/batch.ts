@@ -75,12 +75,15 @@ export class BatchScore {
     probes: Float32Array,
     k: number,
     weight: number,
-  ): Promise<{ score: Float32Array; div: Float64Array }> {
+    /** Also return each probe's v^T (ds/dx) v, [m*k] (unweighted), for the probes' variance. */
+    perProbe = false,
+  ): Promise<{ score: Float32Array; div: Float64Array; probeDiv?: Float64Array }> {
     const m = t.length;
     const d = this.d;
     if (probes.length !== m * k * d) throw new Error(`scoreAndDivergence: ${probes.length} probe values, expected ${m}*${k}*${d}`);
     const score = new Float32Array(m * d);
     const div = new Float64Array(m);
+    const probeDiv = perProbe ? new Float64Array(m * k) : undefined;
     // chunks of samples [a, b) times probe replicas [r0, r1), at most maxBatch rows each
     const perChunk = Math.max(1, Math.floor(this.maxBatch / Math.max(m, 1)));
     const sampleStep = Math.min(m, this.maxBatch);
@@ -99,11 +102,12 @@ export class BatchScore {
             let acc = 0;
             for (let q = 0; q < d; q++) acc += vjp[row * d + q] * probes[pOff + q];
             div[a + j] += weight * acc;
+            if (probeDiv) probeDiv[(a + j) * k + r0 + r] = acc;
           }
         }
       }
     }
-    return { score, div };
+    return { score, div, probeDiv };
   }
 
   /** One batched forward + backward: rows (replica r, sample j) of x tiled; returns s of replica 0 and v^T J per row. */

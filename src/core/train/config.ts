@@ -20,8 +20,11 @@ export interface TrainConfig {
   weighting: Weighting;
   /** The preset these values started from ('seed' or 'fast', see RECIPES); recorded, not interpreted. */
   recipe: RecipeName;
-  /** How t is drawn: 'uniform' U(eps, 1), or 'lognormal' (EDM: ln sigma ~ N(pMean, pStd^2), VE only); see noise.ts. */
-  noise: 'uniform' | 'lognormal';
+  /**
+   * How t is drawn: 'uniform' U(eps, 1), 'lognormal' (EDM: ln sigma ~ N(pMean, pStd^2), VE only), or
+   * 'likelihood' (importance sampling p(t) ~ g^2/std^2 for the likelihood weighting, VE only); see noise.ts.
+   */
+  noise: 'uniform' | 'lognormal' | 'likelihood';
   pMean: number;
   pStd: number;
   /** sigma_data of the 'edm' weighting (the data's standard deviation; MNIST in [0, 1]: 0.31). */
@@ -65,12 +68,14 @@ export type TrainConfigInput = Partial<Omit<TrainConfig, 'model' | 'sde'>> & {
   sde?: SdeConfig;
 };
 
-export type RecipeName = 'seed' | 'fast';
+export type RecipeName = 'seed' | 'fast' | 'likelihood';
 
 /**
  * Named presets of TrainConfig values. `seed` is TRAIN_DEFAULTS (the notebook's recipe). `fast`
  * (README, "Training recipes"): EDM's log-normal noise levels with their loss weight, a 4x larger
  * batch at a 20x larger peak learning rate with warm-up and a horizon-free 1/sqrt decay.
+ * `likelihood`: the likelihood weighting lambda = g^2 with importance-sampled t (noise.ts), on fast's
+ * batch, schedule and preconditioning.
  * Explicit command-line flags override a recipe's values; the result is what the checkpoint records.
  */
 export const RECIPES: Record<RecipeName, TrainConfigInput> = {
@@ -89,11 +94,27 @@ export const RECIPES: Record<RecipeName, TrainConfigInput> = {
     sigmaData: 0.31,
     model: { precond: 'edm', sigmaData: 0.31 },
   },
+  likelihood: {
+    recipe: 'likelihood',
+    batchSize: 120,
+    lr: 2e-3,
+    lrWarmup: 200,
+    lrDecay: 'rsqrt',
+    lrDecaySteps: 400,
+    noise: 'likelihood',
+    weighting: 'likelihood',
+    model: { precond: 'edm', sigmaData: 0.31 },
+  },
 };
+
+const recipeNames = () =>
+  Object.keys(RECIPES)
+    .join(', ')
+    .replace(/, ([^,]*)$/, ' or $1');
 
 /** The recipe's values over the defaults; one-line error for an unknown name. */
 export function recipeValues(name: string): TrainConfigInput {
-  if (!Object.hasOwn(RECIPES, name)) throw new Error(`unknown recipe '${name}' (expected ${Object.keys(RECIPES).join(' or ')})`);
+  if (!Object.hasOwn(RECIPES, name)) throw new Error(`unknown recipe '${name}' (expected ${recipeNames()})`);
   return { ...RECIPES[name as RecipeName] };
 }
 
@@ -116,8 +137,12 @@ export function trainConfig(input: TrainConfigInput = {}): TrainConfig {
   check(cfg.gradClip >= 0, `gradient clip must be >= 0, got ${cfg.gradClip}`);
   check(cfg.eps > 0 && cfg.eps < 1, `eps must be in (0, 1), got ${cfg.eps}`);
   check(['sigma2', 'likelihood', 'edm'].includes(cfg.weighting), `weighting must be sigma2, likelihood or edm, got ${cfg.weighting}`);
-  check(Object.hasOwn(RECIPES, cfg.recipe), `unknown recipe '${cfg.recipe}' (expected ${Object.keys(RECIPES).join(' or ')})`);
-  check(cfg.noise === 'uniform' || cfg.noise === 'lognormal', `noise must be uniform or lognormal, got ${cfg.noise}`);
+  check(Object.hasOwn(RECIPES, cfg.recipe), `unknown recipe '${cfg.recipe}' (expected ${recipeNames()})`);
+  check(['uniform', 'lognormal', 'likelihood'].includes(cfg.noise), `noise must be uniform, lognormal or likelihood, got ${cfg.noise}`);
+  check(
+    cfg.noise !== 'likelihood' || cfg.weighting === 'likelihood',
+    `likelihood noise is importance sampling for the likelihood weighting, got weighting ${cfg.weighting}`,
+  );
   check(
     Number.isFinite(cfg.pMean) && cfg.pStd > 0 && Number.isFinite(cfg.pStd),
     `lognormal noise needs finite P_mean and P_std > 0, got ${cfg.pMean}, ${cfg.pStd}`,
@@ -126,7 +151,7 @@ export function trainConfig(input: TrainConfigInput = {}): TrainConfig {
   // both are written for the VE SDE (x(t) = x(0) + std(t) z, sigma(t) inverted in closed form)
   check(
     cfg.sde.name === 've' || (cfg.noise === 'uniform' && cfg.weighting !== 'edm' && cfg.model.precond === 'std'),
-    `lognormal noise, edm weighting and edm preconditioning need the VE SDE, got ${cfg.sde.name}`,
+    `lognormal and likelihood noise, edm weighting and edm preconditioning need the VE SDE, got ${cfg.sde.name}`,
   );
   check(Number.isInteger(cfg.lrWarmup) && cfg.lrWarmup >= 0, `lr warm-up must be a non-negative integer of steps, got ${cfg.lrWarmup}`);
   check(['constant', 'rsqrt', 'cosine'].includes(cfg.lrDecay), `lr decay must be constant, rsqrt or cosine, got ${cfg.lrDecay}`);

@@ -12,7 +12,7 @@ import { ScoreNet, type ParamTensors } from '../model/scorenet.js';
 import { numParams } from '../model/params.js';
 import { Rng, Stream } from '../rng.js';
 import { makeSde } from '../sde.js';
-import { trainTime } from './noise.js';
+import { likelihoodWeight, trainTime } from './noise.js';
 import type { GradSink, GradSource, GradSum, StepBatch } from './api.js';
 import { stepBatch } from '../data/batches.js';
 import type { TrainConfig } from './config.js';
@@ -118,7 +118,8 @@ export class GradEngine implements GradSource {
         const pp: ParamTensors = { ...p };
         trainable.forEach((info, k) => (pp[info.name] = sink ? tap(k)(ws[k]) : ws[k]));
         const score = (a: tf.Tensor4D, b: tf.Tensor1D) => this.net.apply(pp, a, b);
-        return dsmLossPerSample(score, this.net.sde, xs, ts, zs, this.config.weighting, this.config.sigmaData).sum() as tf.Scalar;
+        const c = this.config.noise === 'likelihood' ? likelihoodWeight(this.config) : undefined;
+        return dsmLossPerSample(score, this.net.sde, xs, ts, zs, this.config.weighting, this.config.sigmaData, c).sum() as tf.Scalar;
       };
       const { value, grads } = tf.valueAndGrads(f)(trainable.map((info) => p[info.name]));
       trainable.forEach((info, k) => {

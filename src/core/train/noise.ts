@@ -11,6 +11,21 @@
  * stream layout is the seed recipe's, t stays a function of (seed, step, index), and the CDF of t is
  *   F(t) = Phi((ln sigma(t) - P_mean) / P_std)   for eps <= t < 1, F(1) = 1,
  * with the clipped mass as atoms at eps (F(eps) > 0) and at 1.
+ *
+ * `likelihood` (the likelihood recipe; Song, Durkan, Murray & Ermon 2021, sec. 5, derived here for
+ * VE): importance sampling for the weighting lambda(t) = g(t)^2, t ~ p(t) = g^2(t) / (std^2(t) Z)
+ * on [eps, 1]. For VE, std^2(t) = sigma(t)^2 - sigma_min^2 (sde.ts), so d std^2/dt = d sigma^2/dt = g^2
+ * and g^2 / std^2 = d ln std^2 / dt: ln std^2(t) is uniform, i.e. std is log-uniform on
+ * [std(eps), std(1)]. Hence
+ *   Z    = int_eps^1 g^2/std^2 dt = ln(std^2(1) / std^2(eps))   (finite only for eps > 0: std(0) = 0,
+ *          so the integrand ~ 1/t at 0 and Z grows like -ln eps; eps = 1e-3 gives Z = 19.56),
+ *   F(t) = ln(std^2(t) / std^2(eps)) / Z,
+ *   t    = F^-1(u) = ln(1 + std^2(eps) (std^2(1)/std^2(eps))^u / sigma_min^2) / (2 ln(sigma_max/sigma_min)),
+ * with no atoms. The loss estimates the same objective as lambda = g^2 under t ~ U(eps, 1), i.e.
+ * E_U[g^2 ||s + z/std||^2] = E_p[g^2 ||s + z/std||^2 / ((1 - eps) p(t))], and since
+ * g^2 ||s + z/std||^2 = (g^2/std^2) ||std s + z||^2 the per-sample term is
+ *   Z / (1 - eps) * ||std s + z||^2   (likelihoodWeight),
+ * the seed recipe's sigma2 loss times a constant: no g^2 spanning 10 decades in one batch.
  */
 import type { TrainConfig } from './config.js';
 
@@ -63,9 +78,40 @@ export function normalCdf(x: number): number {
 
 type NoiseConfig = Pick<TrainConfig, 'noise' | 'pMean' | 'pStd' | 'eps' | 'sde'>;
 
+/** VE std^2(t) = sigma(t)^2 - sigma_min^2 = sigma_min^2 expm1(2 t ln(sigma_max/sigma_min)), accurate near 0. */
+function veStd2(sde: NoiseConfig['sde'], t: number): number {
+  return sde.sigmaMin ** 2 * Math.expm1(2 * t * Math.log(sde.sigmaMax / sde.sigmaMin));
+}
+
+/** Z = int_eps^1 g^2/std^2 dt = ln(std^2(1)/std^2(eps)), the normaliser of the likelihood noise law (VE). */
+export function likelihoodNormaliser(cfg: Pick<TrainConfig, 'eps' | 'sde'>): number {
+  return Math.log(veStd2(cfg.sde, 1) / veStd2(cfg.sde, cfg.eps));
+}
+
+/** The constant Z / (1 - eps) that turns the sigma2 loss into the importance-sampled g^2-weighted one. */
+export function likelihoodWeight(cfg: Pick<TrainConfig, 'eps' | 'sde'>): number {
+  return likelihoodNormaliser(cfg) / (1 - cfg.eps);
+}
+
+/** The density of t under a noise law on (eps, 1) where it has one (uniform, likelihood). */
+export function trainTimeDensity(cfg: NoiseConfig, t: number): number {
+  if (t < cfg.eps || t > 1) return 0;
+  if (cfg.noise === 'uniform') return 1 / (1 - cfg.eps);
+  if (cfg.noise !== 'likelihood') throw new Error(`no closed-form density for ${cfg.noise} noise`);
+  const L = Math.log(cfg.sde.sigmaMax / cfg.sde.sigmaMin);
+  // g^2/std^2 = 2 L sigma^2 / (sigma^2 - sigma_min^2) = 2 L / (1 - exp(-2 L t))
+  return (2 * L) / -Math.expm1(-2 * L * t) / likelihoodNormaliser(cfg);
+}
+
 /** The training time of one sample from its uniform draw u in [0, 1) (see the file comment). */
 export function trainTime(cfg: NoiseConfig, u: number): number {
   if (cfg.noise === 'uniform') return cfg.eps + (1 - cfg.eps) * u;
+  if (cfg.noise === 'likelihood') {
+    const { sigmaMin, sigmaMax } = cfg.sde;
+    const std2 = veStd2(cfg.sde, cfg.eps) * Math.exp(u * likelihoodNormaliser(cfg));
+    const t = Math.log1p(std2 / sigmaMin ** 2) / (2 * Math.log(sigmaMax / sigmaMin));
+    return Math.min(1, Math.max(cfg.eps, t)); // rounding only
+  }
   const { sigmaMin, sigmaMax } = cfg.sde;
   const t = (cfg.pMean + cfg.pStd * normalQuantile(u) - Math.log(sigmaMin)) / Math.log(sigmaMax / sigmaMin);
   return Math.min(1, Math.max(cfg.eps, t));
@@ -76,6 +122,7 @@ export function trainTimeCdf(cfg: NoiseConfig, t: number): number {
   if (t < cfg.eps) return 0;
   if (t >= 1) return 1;
   if (cfg.noise === 'uniform') return (t - cfg.eps) / (1 - cfg.eps);
+  if (cfg.noise === 'likelihood') return Math.log(veStd2(cfg.sde, t) / veStd2(cfg.sde, cfg.eps)) / likelihoodNormaliser(cfg);
   const { sigmaMin, sigmaMax } = cfg.sde;
   const logSigma = Math.log(sigmaMin) + t * Math.log(sigmaMax / sigmaMin);
   return normalCdf((logSigma - cfg.pMean) / cfg.pStd);

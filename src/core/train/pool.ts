@@ -1,12 +1,14 @@
 /**
  * Data-parallel gradient computation on one machine: piscina worker threads, each with its
- * own tfjs backend instance (wasm runs one thread per instance), sharing the images and the
- * parameters through SharedArrayBuffers. A slice of the batch is cut into one contiguous part
- * per thread and the parts' gradient sums are added in thread order, so the result does not
- * depend on which thread finished first.
+ * own tfjs backend instance on one compute thread (wasm runs one thread per instance; torch is
+ * given one intra-op thread), sharing the images and the parameters through SharedArrayBuffers.
+ * A slice of the batch is cut into one contiguous part per thread (or per shard, see
+ * `shards`) and the parts' gradient sums are added in part order, so the result does not depend
+ * on which thread finished first.
  */
 import { availableParallelism } from 'node:os';
 import { Piscina } from 'piscina';
+import { rangeBounds } from '../data/batches.js';
 import type { GradSink, GradSource, GradSum } from './api.js';
 import type { TrainConfig } from './config.js';
 import { GradEngine, type Images } from './engine.js';
@@ -14,6 +16,14 @@ import { GradEngine, type Images } from './engine.js';
 export interface GradPoolOptions {
   /** Compute threads; 1 computes in the calling thread. Default: the number of cores. */
   threads?: number;
+  /**
+   * Compute the slice as a cluster of `shards` workers with one compute thread each does: cut
+   * into the cluster's contiguous shards, each shard's gradient sum by one backend instance on
+   * one thread (the calling thread's backend must then have one thread too), the sums added in
+   * rank order (the first shard starts the sum, as the nats transport folds them). Default:
+   * one part per thread.
+   */
+  shards?: number;
   backend: string;
   config: TrainConfig;
   data: Images;
@@ -33,18 +43,23 @@ export interface ThreadTask {
   to: number;
 }
 
-/** GradPool threads: one backend instance per core for single-threaded engines (wasm, cpu), else one multi-threaded instance. */
-export function poolThreads(backend: string, threads?: number): number {
+/**
+ * GradPool threads: one backend instance per core for single-threaded engines (wasm, cpu), else
+ * one multi-threaded instance; with `shards`, one single-threaded instance per shard, at most
+ * `threads` of them.
+ */
+export function poolThreads(backend: string, threads?: number, shards?: number): number {
+  if (shards !== undefined) return Math.min(shards, threads ?? availableParallelism());
   return backend === 'wasm' || backend === 'cpu' ? (threads ?? availableParallelism()) : 1;
 }
 
-/** Contiguous near-equal parts of [from, to), at most `parts` of them, none empty. */
+/**
+ * Contiguous near-equal parts of [from, to), at most `parts` of them, none empty: the shards
+ * the coordinator plans for `parts` workers (rangeBounds over at most one worker per sample).
+ */
 export function splitRange(from: number, to: number, parts: number): Array<[number, number]> {
-  const n = to - from;
-  const k = Math.max(1, Math.min(parts, n));
-  const out: Array<[number, number]> = [];
-  for (let i = 0; i < k; i++) out.push([from + Math.floor((i * n) / k), from + Math.floor(((i + 1) * n) / k)]);
-  return out;
+  const b = rangeBounds(to - from, Math.max(1, Math.min(parts, to - from)));
+  return b.slice(1).map((end, i) => [from + b[i], from + end]);
 }
 
 /** Adds b into a. */
@@ -55,6 +70,7 @@ export function addInto(a: Float32Array, b: Float32Array): void {
 export class GradPool implements GradSource {
   private constructor(
     readonly threads: number,
+    readonly shards: number | undefined,
     private readonly local: GradEngine | null,
     private readonly piscina: Piscina | null,
     private readonly shared: Float32Array | null,
@@ -64,7 +80,10 @@ export class GradPool implements GradSource {
 
   static async create(opts: GradPoolOptions): Promise<GradPool> {
     const threads = Math.max(1, Math.floor(opts.threads ?? availableParallelism()));
-    if (threads === 1) return new GradPool(1, new GradEngine(opts.config, opts.data), null, null);
+    const shards = opts.shards;
+    if (shards !== undefined && !(Number.isInteger(shards) && shards >= 1))
+      throw new Error(`shards must be a positive integer, got ${shards}`);
+    if (threads === 1) return new GradPool(1, shards, new GradEngine(opts.config, opts.data), null, null);
     const { n, h, w, data } = opts.data;
     const images = new SharedArrayBuffer(data.byteLength);
     new Float32Array(images).set(data);
@@ -79,7 +98,7 @@ export class GradPool implements GradSource {
       idleTimeout: 2 ** 31 - 1,
       workerData,
     });
-    const pool = new GradPool(threads, null, piscina, new Float32Array(params));
+    const pool = new GradPool(threads, shards, null, piscina, new Float32Array(params));
     // Fail now, with the thread's message, if a backend cannot start in a worker thread.
     await Promise.all(Array.from({ length: threads }, () => piscina.run(null, { name: 'ready' })));
     return pool;
@@ -87,19 +106,24 @@ export class GradPool implements GradSource {
 
   /**
    * Sum of per-sample gradients over samples [from, to) of `step`'s global batch. A sink gets
-   * each parameter's gradient during the backward pass when this thread computes it; from
-   * threads, the whole sum at the end.
+   * each parameter's gradient during the backward pass when this thread computes the whole
+   * slice; otherwise the whole sum at the end.
    */
   async gradSum(params: Float32Array, version: number, step: number, from: number, to: number, sink?: GradSink): Promise<GradSum> {
-    if (this.local) return this.local.gradSum(params, version, step, from, to, sink);
-    if (this.sharedVersion !== version) {
-      this.shared!.set(params);
-      this.sharedVersion = version;
+    const parts = splitRange(from, to, this.shards ?? this.threads);
+    let results: GradSum[];
+    if (this.local) {
+      if (parts.length === 1) return this.local.gradSum(params, version, step, from, to, sink);
+      results = parts.map(([a, b]) => this.local!.gradSum(params, version, step, a, b));
+    } else {
+      if (this.sharedVersion !== version) {
+        this.shared!.set(params);
+        this.sharedVersion = version;
+      }
+      results = await Promise.all(
+        parts.map(([a, b]) => this.piscina!.run({ version, step, from: a, to: b } satisfies ThreadTask) as Promise<GradSum>),
+      );
     }
-    const parts = splitRange(from, to, this.threads);
-    const results: GradSum[] = await Promise.all(
-      parts.map(([a, b]) => this.piscina!.run({ version, step, from: a, to: b } satisfies ThreadTask) as Promise<GradSum>),
-    );
     const total = results[0];
     for (let i = 1; i < results.length; i++) {
       addInto(total.grad, results[i].grad);

@@ -1,5 +1,5 @@
 /**
- * Loading the torch addon (native/src/scoreflow_torch.cc, built by native/build.mjs into
+ * Loading the torch addon (native/src/, entry point register.cc; built by native/build.mjs into
  * native/build/Release/scoreflow_torch.node), and the environment libtorch's libraries must find
  * when they load.
  */
@@ -38,7 +38,7 @@ export interface C10dNative extends Partial<C10dOps> {
   info(): { gloo: boolean; nccl: boolean };
 }
 
-/** The addon's exports (see the N-API functions at the end of scoreflow_torch.cc, and c10d.cc). */
+/** The addon's exports (see the N-API functions in native/src/addon.cc, and c10d.cc). */
 export interface TorchAddon {
   init(buffer: ArrayBuffer, device: string): number;
   ops(): string[];

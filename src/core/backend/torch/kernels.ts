@@ -1,7 +1,8 @@
 /**
  * The torch backend's kernel table: for each tfjs kernel, how its inputs and attributes are
  * written into the addon's argument buffer. Which slot holds what is described once, beside each
- * op in native/src/scoreflow_torch.cc's opTable(); the functions here fill those slots.
+ * op of the addon's op table (native/src/kernels.cc, group_norm.cc, conv.cc); the functions here
+ * fill those slots.
  *
  * Every kernel here runs in libtorch; a kernel that is not listed is not registered for 'torch',
  * so tfjs fails with "Kernel 'X' not registered for backend 'torch'" rather than falling back.
