@@ -8,9 +8,20 @@
 import { randomInt } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { NatsConnection, Subscription } from 'nats';
+import { buildFingerprint } from '../cluster/fingerprint.js';
 import { Telemetry } from '../cluster/telemetry.js';
 import { allFinite, meanGradient, NonFiniteError } from '../core/train/step.js';
-import { decode, encode, WireError, type BodyKind, type Bodies, type Envelope, type EnvelopeOf } from '../protocol/envelope.js';
+import {
+  decode,
+  encode,
+  PROTOCOL_VERSION,
+  VersionError,
+  WireError,
+  type BodyKind,
+  type Bodies,
+  type Envelope,
+  type EnvelopeOf,
+} from '../protocol/envelope.js';
 import { sendState, StateInbox } from '../protocol/state-transfer.js';
 import { ReplayGuard, Sender } from '../protocol/sequence.js';
 import { checkId, subjects } from '../protocol/subjects.js';
@@ -178,6 +189,7 @@ export class Worker {
         dataHost: dp?.host ?? '',
         storePort: dp?.storePort ?? 0,
         transportNote: dp?.note ?? '',
+        build: buildFingerprint(),
       },
       this.step,
     );
@@ -192,6 +204,14 @@ export class Worker {
       if (env.worker === this.id) throw new WireError('unexpected', `${env.kind} that claims to come from this worker`);
       this.guard.check(env.worker, env.origin, env.seq);
     } catch (e) {
+      // Our coordinator (we are not in a run yet) speaks another protocol: we can never join it.
+      if (e instanceof VersionError && e.worker === '' && e.run === this.opts.run && !this.session) {
+        this.opts.log(
+          `worker ${this.id}: the coordinator of run ${this.opts.run} speaks protocol version ${e.version}, this worker ${PROTOCOL_VERSION}: start both from the same build`,
+        );
+        void this.close({ ok: false, reason: `protocol version ${e.version}, not ${PROTOCOL_VERSION}`, step: this.step });
+        return;
+      }
       return this.reject(e);
     }
     // Control messages are handled in arrival order, one at a time (some await I/O).
