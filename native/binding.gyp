@@ -21,7 +21,7 @@
     {
       "target_name": "scoreflow_torch",
       "dependencies": ["sf_fused", "sf_exact"],
-      "sources": ["src/scoreflow_torch.cc", "src/c10d.cc"],
+      "sources": ["src/scoreflow_torch.cc", "src/c10d.cc", "src/store.cc"],
       "include_dirs": ["<!@(node -p \"process.env.SCOREFLOW_TORCH_INCLUDES || ''\")"],
       # USE_C10D_GLOO / USE_C10D_NCCL where build.mjs found them (see c10dConfig there).
       "defines": ["_GLIBCXX_USE_CXX11_ABI=<!(node -p \"process.env.SCOREFLOW_TORCH_CXX11_ABI || '1'\")",
