@@ -39,7 +39,7 @@ const TEMPLATES: { [K in BodyKind]: Bodies[K] } = {
     transportNote: '',
     build: buildFingerprint(),
   },
-  welcome: { configJson: '{}', committed: 1, init: true, transfer: '', nonce: 1 },
+  welcome: { configJson: '{}', committed: 1, init: true, transfer: '', nonce: 1, keep: false },
   heartbeat: { busy: true, reconnected: false },
   plan: {
     epoch: 0,
@@ -59,7 +59,7 @@ const TEMPLATES: { [K in BodyKind]: Bodies[K] } = {
   stateRequest: { donor: 'fz1', targets: [''], committed: 3, transfer: 't', commitMembershipEpoch: 1 },
   state: { transfer: 't', index: 0, count: 2, totalBytes: 10, data: new Uint8Array(5), sha256: 'x', checksum: 'y' },
   synced: { checksum: 'c', stepsPerEpoch: 3, numParams: 8, transfer: '', error: '', lastBatch: 2 },
-  hello: { committed: 2 },
+  hello: { committed: 2, commitMembershipEpoch: 0 },
   stop: { reason: 'x', ok: true, committed: 3, commitMembershipEpoch: 1, nonce: 0 },
 };
 const templates = (Object.keys(TEMPLATES) as BodyKind[]).map((k) => encode(H, k, TEMPLATES[k] as never));

@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { cpSync, existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { connect, createServer, type Socket } from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -159,6 +160,27 @@ describe('recovery', () => {
     assert.equal(await exitWithin(c, 60_000), 0, c.output());
     assert.match(c.output(), /this process did not run for [3-9]\.\d s; worker deadlines are extended by as much/);
     assert.doesNotMatch(c.output(), /removed|rolling back|aborted/);
+    assert.deepEqual(logged(dir), everyStepOnce(STEPS));
+    assertCheckpointMatches(dir, reference(STEPS));
+    for (const w of ws) assert.equal(await w.exited, 0);
+  });
+
+  it('workers SIGSTOPped past the heartbeat timeout are removed, and on their return keep the state they hold: no roll-back', async () => {
+    const dir = tempDir();
+    const c = track(
+      startBin(
+        'coordinator',
+        runArgs(dir, 'wpause', ['--no-spawn', '--nats', server.url, '--min-workers', '2', '--heartbeat-timeout', '1000']),
+      ),
+    );
+    const ws = [0, 1].map((i) => track(startBin('worker', workerArgs(server.url, 'wpause', `wp${i}`))));
+    await until(() => logged(dir).length >= 11, 60_000, 'steps past the first checkpoint');
+    for (const w of ws) w.child.kill('SIGSTOP');
+    await until(() => (c.output().match(/removed: no heartbeat/g) ?? []).length >= 2, 30_000, 'both removed');
+    for (const w of ws) w.child.kill('SIGCONT');
+    assert.equal(await exitWithin(c, 60_000), 0, c.output());
+    assert.match(c.output(), /worker wp\d came back holding step \d+: it keeps its state \(no roll-back\)/);
+    assert.doesNotMatch(c.output(), /rolling back/);
     assert.deepEqual(logged(dir), everyStepOnce(STEPS));
     assertCheckpointMatches(dir, reference(STEPS));
     for (const w of ws) assert.equal(await w.exited, 0);
@@ -328,5 +350,98 @@ describe('recovery', () => {
     assert.ok(!existsSync(join(dir, 'train.jsonl')), 'a step was taken');
     c.child.kill('SIGTERM');
     await c.exited;
+  });
+
+  /** A network namespace joined to this one by a veth pair: this side 10.213.N.1, that side 10.213.N.2. */
+  function otherHost(): { ns: string; here: string; close(): void } {
+    const n = 1 + (process.pid % 250);
+    const ns = `sfrec${process.pid}`;
+    const [a, b] = [`sfa${n}`, `sfb${n}`];
+    const ip = (...args: string[]) => execFileSync('ip', args);
+    ip('netns', 'add', ns);
+    ip('link', 'add', a, 'type', 'veth', 'peer', 'name', b);
+    ip('link', 'set', b, 'netns', ns);
+    ip('addr', 'add', `10.213.${n}.1/24`, 'dev', a);
+    ip('link', 'set', a, 'up');
+    ip('netns', 'exec', ns, 'ip', 'addr', 'add', `10.213.${n}.2/24`, 'dev', b);
+    ip('netns', 'exec', ns, 'ip', 'link', 'set', b, 'up');
+    ip('netns', 'exec', ns, 'ip', 'link', 'set', 'lo', 'up');
+    return {
+      ns,
+      here: `10.213.${n}.1`,
+      close() {
+        ip('link', 'del', a);
+        ip('netns', 'del', ns);
+      },
+    };
+  }
+
+  /** Whether a TCP connection from namespace `ns` to host:port succeeds. */
+  const reachableFrom = (ns: string, host: string, port: number): boolean => {
+    try {
+      execFileSync('ip', ['netns', 'exec', ns, 'timeout', '3', 'bash', '-c', `exec 3<>/dev/tcp/${host}/${port}`], { stdio: 'pipe' });
+      return true;
+    } catch {
+      return false;
+    }
+  };
+
+  const storePort = (out: string, id: string): number =>
+    Number(new RegExp(`worker ${id}: transports nats, gloo \\(c10d store on 127\\.0\\.0\\.1:(\\d+)\\)`).exec(out)?.[1]);
+
+  it("a worker's c10d store on 127.0.0.1 cannot be reached from another network namespace (a listener on every address can)", async () => {
+    const host = otherHost();
+    const control = createServer().listen(0, '0.0.0.0');
+    try {
+      await new Promise((r) => control.once('listening', r));
+      const controlPort = (control.address() as { port: number }).port;
+      const w = track(startBin('worker', [...workerArgs(server.url, 'bind', 'bind0'), '--data-host', '127.0.0.1']));
+      await until(() => storePort(w.output(), 'bind0') > 0, 30_000, "the worker's store");
+      const port = storePort(w.output(), 'bind0');
+      // the namespace reaches this host's addresses: a listener on every address answers it
+      assert.ok(reachableFrom(host.ns, host.here, controlPort), 'the other namespace cannot reach this host at all');
+      assert.ok(!reachableFrom(host.ns, host.here, port), `the store port ${port} is reachable from another host`);
+      assert.ok(reachableFrom(host.ns, '127.0.0.1', port) === false);
+      w.child.kill('SIGTERM');
+      await w.exited;
+    } finally {
+      control.close();
+      host.close();
+    }
+  });
+
+  it("clients holding part of a request on rank 0's store (a new one every second) do not stop a gloo group from forming", async () => {
+    const dir = tempDir();
+    const c = track(
+      startBin('coordinator', runArgs(dir, 'hold', ['--no-spawn', '--nats', server.url, '--min-workers', '2', '--transport', 'gloo'])),
+    );
+    const w0 = track(startBin('worker', workerArgs(server.url, 'hold', 'hold0')));
+    await until(() => storePort(w0.output(), 'hold0') > 0, 60_000, "rank 0's store");
+    const port = storePort(w0.output(), 'hold0');
+    // each hostile client sends the first byte of a request and nothing more (0: libtorch 1.13's TCPStore
+    // took it for a SET and waited for the rest, holding up every other client: no group formed for 60 s)
+    const hostile: Socket[] = [];
+    let dropped = 0;
+    const attack = () => {
+      const s = connect(port, '127.0.0.1', () => s.write(Buffer.from([0])));
+      s.on('error', () => {});
+      s.on('close', () => dropped++);
+      hostile.push(s);
+    };
+    attack();
+    const timer = setInterval(attack, 1000);
+    try {
+      await until(() => /worker hold0 joined/.test(c.output()), 60_000, 'w0 joined');
+      const w1 = track(startBin('worker', workerArgs(server.url, 'hold', 'hold1')));
+      assert.equal(await exitWithin(c, 120_000), 0, c.output());
+      assert.match(c.output(), /gradients over gloo/);
+      assert.deepEqual(logged(dir), everyStepOnce(STEPS));
+      assertCheckpointMatches(dir, reference(STEPS));
+      assert.ok(dropped >= 1, 'no stalled client was disconnected');
+      for (const w of [w0, w1]) assert.equal(await w.exited, 0);
+    } finally {
+      clearInterval(timer);
+      for (const s of hostile) s.destroy();
+    }
   });
 });

@@ -104,6 +104,8 @@ interface Member {
   phase: 'new' | 'syncing' | 'ready';
   readyStep: number;
   transfer: string;
+  /** The step a worker of this session (dropped, e.g. while it was paused) joined holding; -1: none or another session's. */
+  holds: number;
 }
 
 interface Plan {
@@ -142,6 +144,8 @@ export class Coordinator {
   private lastCommitAt = 0;
   private started = false;
   private transfers = 0;
+  /** Set by a roll-back: a state a worker kept from before it is no longer necessarily ours. */
+  private rolledBack = false;
   private readonly helloAt = new Map<string, number>();
   private readonly refused = new Set<string>();
   private readonly build = buildFingerprint();
@@ -183,7 +187,7 @@ export class Coordinator {
     this.subs.push(nc.subscribe(subjects.coord(run), { callback: (err, m) => !err && this.onMessage(m.data) }));
     void this.watchConnection();
     this.timer = setInterval(() => this.tick(), 100);
-    this.broadcast('hello', { committed: this.committed });
+    this.broadcast('hello', { committed: this.committed, commitMembershipEpoch: 0 });
     this.telemetry.ready = true;
     this.opts.log(`coordinator: run ${run} at step ${this.committed}, waiting for ${this.opts.minWorkers} worker(s) on ${nc.getServer()}`);
   }
@@ -308,7 +312,10 @@ export class Coordinator {
     const now = Date.now();
     if (now - (this.helloAt.get(worker) ?? 0) < 1000) return;
     this.helloAt.set(worker, now);
-    this.send(subjects.worker(this.opts.run, worker), 'hello', { committed: this.committed });
+    this.send(subjects.worker(this.opts.run, worker), 'hello', {
+      committed: this.committed,
+      commitMembershipEpoch: this.commitMembershipEpoch,
+    });
   }
 
   private onJoin(env: EnvelopeOf<'join'>): void {
@@ -350,6 +357,7 @@ export class Coordinator {
       phase: 'new',
       readyStep: -1,
       transfer: '',
+      holds: env.session === this.session && env.body.hasState ? env.step : -1,
     });
     // `session` is in every message we send; a Welcome also echoes the Join's nonce.
     this.opts.log(
@@ -664,6 +672,9 @@ export class Coordinator {
     const init = this.committed === 0 && !this.state;
     const source = this.state && this.state.step === this.committed ? 'coordinator' : this.donor();
     if (!init && !source) {
+      // No member holds step `committed`, but a worker of this session that was dropped and came back does: it keeps it.
+      const keepers = this.rolledBack ? [] : targets.filter((m) => m.holds === this.committed);
+      if (keepers.length) return this.keep(keepers);
       // Every worker that held step `committed` is gone: fall back to the last checkpoint.
       const to = this.state?.step ?? 0;
       this.opts.log(
@@ -671,6 +682,7 @@ export class Coordinator {
       );
       this.committed = to;
       this.bumpEpoch = true;
+      this.rolledBack = true;
       return this.startSync(targets);
     }
     this.sync = { transfer, targets: new Set(targets.map((m) => m.id)), deadline: Date.now() + this.opts.syncTimeoutMs };
@@ -684,6 +696,7 @@ export class Coordinator {
         init,
         transfer: m.transfer,
         nonce: m.join.nonce,
+        keep: false,
       });
     }
     if (init) return;
@@ -713,6 +726,29 @@ export class Coordinator {
         committed: this.committed,
         transfer,
         commitMembershipEpoch: this.commitMembershipEpoch,
+      });
+    }
+  }
+
+  /**
+   * Workers of this session that were dropped (their heartbeats missed, e.g. while they were
+   * paused) and came back holding step `committed`: the commits they applied are this
+   * session's, so their state is the run's. They keep it (their checksums must agree) instead
+   * of the run rolling back to its checkpoint.
+   */
+  private keep(keepers: Member[]): void {
+    this.sync = { transfer: '', targets: new Set(keepers.map((m) => m.id)), deadline: Date.now() + this.opts.syncTimeoutMs };
+    for (const m of keepers) {
+      this.opts.log(`coordinator: worker ${m.id} came back holding step ${this.committed}: it keeps its state (no roll-back)`);
+      m.phase = 'syncing';
+      m.transfer = '';
+      this.send(subjects.worker(this.opts.run, m.id), 'welcome', {
+        configJson: this.record.configJson,
+        committed: this.committed,
+        init: false,
+        transfer: '',
+        nonce: m.join.nonce,
+        keep: true,
       });
     }
   }

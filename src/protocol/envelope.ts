@@ -42,6 +42,7 @@ export interface Welcome {
   init: boolean;
   transfer: string;
   nonce: number;
+  keep: boolean;
 }
 export interface Heartbeat {
   busy: boolean;
@@ -105,6 +106,7 @@ export interface StateChunk {
 }
 export interface Hello {
   committed: number;
+  commitMembershipEpoch: number;
 }
 export interface Stop {
   reason: string;

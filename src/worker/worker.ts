@@ -295,6 +295,15 @@ export class Worker {
       const now = Date.now();
       if (now - this.lastForeignHello < 2000) throw new WireError('wrong_session', `hello of session ${env.session} (rate-limited)`);
       this.lastForeignHello = now;
+    } else {
+      // Our coordinator dropped us (we were silent too long): a step it committed meanwhile that
+      // we hold is ours to apply, so that we join holding the state it has committed.
+      const r = this.replica;
+      const h = this.held;
+      if (r && h && h.step === env.body.committed - 1 && r.step === h.step && h.membershipEpoch === env.body.commitMembershipEpoch) {
+        r.apply(h.mean);
+        this.held = undefined;
+      }
     }
     this.join();
   }
@@ -308,7 +317,24 @@ export class Worker {
     this.held = undefined;
     this.membershipEpochFloor = Math.max(this.membershipEpochFloor, env.membershipEpoch);
     this.configJson = w.configJson;
-    if (w.init) {
+    if (w.keep) {
+      // (a state we hold of this coordinator's session, at the step it has committed)
+      const r = this.replica;
+      if (!r || r.step !== w.committed)
+        throw new WireError('unexpected', `welcome keeps a state at step ${w.committed}, this worker holds ${r?.step}`);
+      this.send(
+        'synced',
+        {
+          checksum: r.checksum(),
+          stepsPerEpoch: r.stepsPerEpoch(),
+          numParams: r.numParams,
+          transfer: '',
+          error: '',
+          lastBatch: r.lastBatch(),
+        },
+        r.step,
+      );
+    } else if (w.init) {
       await this.replace(await this.opts.factory(w.configJson), '');
     } else {
       this.awaiting = { transfer: w.transfer, committed: w.committed };
