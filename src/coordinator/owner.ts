@@ -163,20 +163,25 @@ function hold(path: string, first: OwnerRecord, leaseMs: number): Ownership {
     Math.max(100, leaseMs / 3),
   );
   renew.unref();
+  // However the process ends short of SIGKILL (an uncaught error, process.exit anywhere), the claim goes with it.
+  const onExit = () => release();
+  process.once('exit', onExit);
+  const release = () => {
+    process.removeListener('exit', onExit);
+    clearInterval(renew);
+    const cur = existsSync(path) ? readOwner(path) : undefined;
+    if (cur?.owner?.pid === record.pid && cur.owner.host === record.host && cur.owner.bootId === record.bootId) {
+      try {
+        unlinkSync(path);
+      } catch {
+        // gone already
+      }
+    }
+  };
   return {
     get record() {
       return record;
     },
-    release() {
-      clearInterval(renew);
-      const cur = existsSync(path) ? readOwner(path) : undefined;
-      if (cur?.owner?.pid === record.pid && cur.owner.host === record.host && cur.owner.bootId === record.bootId) {
-        try {
-          unlinkSync(path);
-        } catch {
-          // gone already
-        }
-      }
-    },
+    release,
   };
 }
