@@ -4,6 +4,7 @@
  * duplicates and strangers without touching its buffers; and a live run keeps going to
  * the exact result while thousands of such messages hit the coordinator and the workers.
  */
+import { buildFingerprint } from '../src/cluster/fingerprint.js';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -36,8 +37,9 @@ const TEMPLATES: { [K in BodyKind]: Bodies[K] } = {
     dataHost: '127.0.0.1',
     storePort: 4000,
     transportNote: '',
+    build: buildFingerprint(),
   },
-  welcome: { configJson: '{}', committed: 1, init: true, transfer: '', nonce: 1 },
+  welcome: { configJson: '{}', committed: 1, init: true, transfer: '', nonce: 1, keep: false },
   heartbeat: { busy: true, reconnected: false },
   plan: {
     epoch: 0,
@@ -57,7 +59,7 @@ const TEMPLATES: { [K in BodyKind]: Bodies[K] } = {
   stateRequest: { donor: 'fz1', targets: [''], committed: 3, transfer: 't', commitMembershipEpoch: 1 },
   state: { transfer: 't', index: 0, count: 2, totalBytes: 10, data: new Uint8Array(5), sha256: 'x', checksum: 'y' },
   synced: { checksum: 'c', stepsPerEpoch: 3, numParams: 8, transfer: '', error: '', lastBatch: 2 },
-  hello: { committed: 2 },
+  hello: { committed: 2, commitMembershipEpoch: 0 },
   stop: { reason: 'x', ok: true, committed: 3, commitMembershipEpoch: 1, nonce: 0 },
 };
 const templates = (Object.keys(TEMPLATES) as BodyKind[]).map((k) => encode(H, k, TEMPLATES[k] as never));
