@@ -23,7 +23,7 @@
       "dependencies": ["sf_fused", "sf_exact"],
       # register.cc is the entry point; each file says what it holds in its header.
       "sources": ["src/register.cc", "src/addon.cc", "src/kernels.cc", "src/group_norm.cc", "src/conv.cc",
-                  "src/c10d.cc"],
+                  "src/c10d.cc", "src/store.cc"],
       "include_dirs": ["<!@(node -p \"process.env.SCOREFLOW_TORCH_INCLUDES || ''\")"],
       # USE_C10D_GLOO / USE_C10D_NCCL where build.mjs found them (see c10dConfig there).
       "defines": ["_GLIBCXX_USE_CXX11_ABI=<!(node -p \"process.env.SCOREFLOW_TORCH_CXX11_ABI || '1'\")",

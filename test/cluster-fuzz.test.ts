@@ -4,6 +4,7 @@
  * duplicates and strangers without touching its buffers; and a live run keeps going to
  * the exact result while thousands of such messages hit the coordinator and the workers.
  */
+import { buildFingerprint } from '../src/cluster/fingerprint.js';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -36,8 +37,9 @@ const TEMPLATES: { [K in BodyKind]: Bodies[K] } = {
     dataHost: '127.0.0.1',
     storePort: 4000,
     transportNote: '',
+    build: buildFingerprint(),
   },
-  welcome: { configJson: '{}', committed: 1, init: true, transfer: '', nonce: 1 },
+  welcome: { configJson: '{}', committed: 1, init: true, transfer: '', nonce: 1, keep: false },
   heartbeat: { busy: true, reconnected: false },
   plan: {
     members: ['fz1', 'fz2'],

@@ -1,4 +1,4 @@
-// c10d for the addon: a TCPStore server that a worker hosts for its whole life, and process groups
+// c10d for the addon: a rendezvous store server (store.cc) that a worker hosts for its whole life, and process groups
 // (Gloo on CPU; NCCL where libtorch has CUDA) that all-reduce a Float32Array in place.
 //
 // Threads. Nothing here blocks the JS thread. A store server starts on a libuv pool thread. Each
@@ -20,7 +20,8 @@
 #if defined(USE_C10D_GLOO) || defined(USE_C10D_NCCL)
 #define SF_C10D 1
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include "store.h"
 #endif
 #ifdef USE_C10D_GLOO
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -181,21 +182,18 @@ void destroyOffThread(std::unique_ptr<T> p, std::shared_ptr<ExitGuard> guard) {
 
 // ---------------------------------------------------------------- store server
 
-// The TCPStore of libtorch 1.13 listens on every address of the machine, whatever `host` is;
-// `host` is where its own client connects, so it must name this machine.
+// The rendezvous store (store.cc): bound to `host` only, a stalled client holds up no one.
 struct Server {
-  c10::intrusive_ptr<c10d::TCPStore> store;
+  std::unique_ptr<sf::StoreServer> store;
   std::shared_ptr<ExitGuard> guard;
 };
-
-// How long the server's own client may take to connect to it.
-constexpr std::chrono::milliseconds kSelfConnect{10000};
 
 struct ListenJob {
   napi_async_work work = nullptr;
   napi_deferred deferred = nullptr;
   std::string host;
   uint16_t port = 0;
+  std::chrono::milliseconds requestTimeout{0};
   std::unique_ptr<Server> server;
   std::string error;
 };
@@ -210,12 +208,8 @@ void finalizeServer(napi_env, void* data, void*) { destroyServer(std::unique_ptr
 void listenExecute(napi_env, void* data) {
   auto* j = static_cast<ListenJob*>(data);
   try {
-    c10d::TCPStoreOptions o;
-    o.port = j->port;  // 0: the kernel picks a free port, which getPort() reports
-    o.isServer = true;
-    o.waitWorkers = false;
-    o.timeout = kSelfConnect;
-    j->server.reset(new Server{c10::make_intrusive<c10d::TCPStore>(j->host, o), nullptr});
+    // port 0: the kernel picks a free one, which port() reports
+    j->server.reset(new Server{std::make_unique<sf::StoreServer>(j->host, j->port, j->requestTimeout), nullptr});
   } catch (const std::exception& e) {
     j->error = describe(e);
   }
@@ -234,13 +228,14 @@ void listenComplete(napi_env env, napi_status, void* data) {
   napi_resolve_deferred(env, j->deferred, handle);
 }
 
-// listen(host, port): Promise<handle> of a store server.
+// listen(host, port, requestTimeoutMs): Promise<handle> of a store server.
 napi_value Listen(napi_env env, napi_callback_info info) {
   return guarded(env, [&]() -> napi_value {
-    auto a = args(env, info, 2);
+    auto a = args(env, info, 3);
     auto j = std::make_unique<ListenJob>();
     j->host = stringArg(env, a[0]);
     j->port = static_cast<uint16_t>(intArg(env, a[1]));
+    j->requestTimeout = std::chrono::milliseconds(intArg(env, a[2]));
     napi_value promise, name;
     napi_create_promise(env, &j->deferred, &promise);
     napi_create_string_utf8(env, "c10d.listen", NAPI_AUTO_LENGTH, &name);
@@ -257,7 +252,7 @@ napi_value StorePort(napi_env env, napi_callback_info info) {
     auto* s = externalArg<Server>(env, args(env, info, 1)[0]);
     if (!s->store) throw std::invalid_argument("the store server is closed");
     napi_value v;
-    napi_create_uint32(env, s->store->getPort(), &v);
+    napi_create_uint32(env, s->store->port(), &v);
     return v;
   });
 }
@@ -403,13 +398,8 @@ void allreduceCuda(Group& g, const at::Tensor& host) {
 // the others (up to the timeout) while the back-end connects its mesh.
 void createOn(Group& g) {
   const GroupSpec& s = g.spec;
-  c10d::TCPStoreOptions o;
-  o.port = s.port;
-  o.isServer = false;
-  o.waitWorkers = false;
-  o.timeout = s.timeout;
-  auto tcp = c10::make_intrusive<c10d::TCPStore>(s.host, o);
-  auto store = c10::make_intrusive<c10d::PrefixStore>(s.prefix, tcp);
+  auto client = c10::make_intrusive<sf::StoreClient>(s.host, s.port, s.timeout);
+  auto store = c10::make_intrusive<c10d::PrefixStore>(s.prefix, client);
 #ifdef USE_C10D_GLOO
   if (s.backend == "gloo") g.allreduce = makeGloo(store, s);
 #endif

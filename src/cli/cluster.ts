@@ -33,6 +33,12 @@ export function addClusterOptions(cmd: Command, what: string): Command {
     .option('--metrics-port <port>', 'serve /metrics, /healthz, /readyz (spawned workers take the next free ports)', parsePort);
 }
 
+export interface Supervision {
+  maxRestarts: number;
+  restartBackoffMs: number;
+  onGiveUp?: (id: string, running: number) => void;
+}
+
 export interface Cluster {
   nc: NatsConnection;
   /** The broker's URL as workers reach it. */
@@ -42,8 +48,10 @@ export interface Cluster {
   joinCommand: string;
   /** The coordinator's metrics, when --metrics-port was given. */
   metrics?: Metrics;
-  /** Starts the local workers (unless --no-spawn: then it says how to start them). */
-  spawnWorkers(extraArgs?: string[]): Promise<void>;
+  /** Starts the local workers (unless --no-spawn: then it says how to start them) and supervises them. */
+  spawnWorkers(extraArgs?: string[], supervision?: Supervision): Promise<void>;
+  /** The run has ended: no more restarts of spawned workers. */
+  endSupervision(): void;
   /** Waits up to `ms` for spawned workers to exit by themselves (after a Stop). */
   workersExited(ms: number): Promise<void>;
 }
@@ -84,7 +92,7 @@ export async function withCluster<T>(f: ClusterFlags, run: string, fn: (c: Clust
       run,
       metrics,
       joinCommand,
-      async spawnWorkers(extraArgs = []) {
+      async spawnWorkers(extraArgs = [], supervision = { maxRestarts: 0, restartBackoffMs: 0 }) {
         if (!f.spawn) {
           log(`coordinator: start workers with: ${cluster.joinCommand}`);
           return;
@@ -100,8 +108,12 @@ export async function withCluster<T>(f: ClusterFlags, run: string, fn: (c: Clust
           env: authEnv(auth),
           metricsPorts,
           extraArgs,
+          ...supervision,
           log,
         });
+      },
+      endSupervision() {
+        spawned?.endSupervision();
       },
       async workersExited(ms) {
         const children = spawned?.children ?? [];

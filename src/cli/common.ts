@@ -144,10 +144,17 @@ export function newProgram(name: string, description: string): Command {
 }
 
 /** Run a program; any thrown error becomes one line on stderr and exit code 1. */
+/** An error whose line was already written to stderr: exit 1 without writing it again. */
+export class AlreadySaid extends Error {}
+
 export async function main(program: Command): Promise<void> {
   try {
     await program.parseAsync(process.argv);
   } catch (e) {
+    if (e instanceof AlreadySaid) {
+      if (process.env.SCOREFLOW_DEBUG) process.stderr.write(`${e.stack}\n`);
+      process.exit(1);
+    }
     const msg = e instanceof Error ? e.message : String(e);
     process.stderr.write(`${program.name()}: ${msg.split('\n')[0]}\n`);
     if (process.env.SCOREFLOW_DEBUG && e instanceof Error) process.stderr.write(`${e.stack}\n`);

@@ -4,10 +4,11 @@
  * spawns N workers (unless --no-spawn), and drives the run to its end. Restarted on the
  * same --out directory, it resumes from the last checkpoint and the workers re-attach.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { Option, type Command } from 'commander';
 import { Coordinator, COORDINATOR_DEFAULTS } from '../coordinator/coordinator.js';
+import { claimRunDir } from '../coordinator/owner.js';
 import { readRunRecord } from '../coordinator/run-dir.js';
 import { isDatasetName, loadImages } from '../core/data/mnist.js';
 import { readSafetensorsBytes } from '../core/io/safetensors.js';
@@ -18,11 +19,12 @@ import { checkId } from '../protocol/subjects.js';
 import { TRANSPORT_CHOICES, type TransportChoice } from '../protocol/transports.js';
 import { c10dAvailable } from '../worker/collective/c10d.js';
 import { addClusterOptions, withCluster, type ClusterFlags } from './cluster.js';
-import { checkOutputDir, main, newProgram, parseIntArg, removeStaleTemps } from './common.js';
+import { AlreadySaid, checkOutputDir, main, newProgram, parseIntArg, removeStaleTemps } from './common.js';
 import { registerJobCommands } from './jobs.js';
 import { refuseConflicts, syntheticConflicts, trainConflicts } from './resume.js';
 import { CheckpointWatcher } from './watch.js';
 import { StepLog } from '../core/io/jsonl.js';
+import { WATCH_DEFAULTS } from '../core/eval/watch.js';
 import { addTrainingOptions, CHECKPOINT, checkBatchFits, checkTrainFlags, configFromFlags, type TrainFlags } from './train.js';
 
 interface CoordinatorFlags extends TrainFlags, ClusterFlags {
@@ -30,6 +32,7 @@ interface CoordinatorFlags extends TrainFlags, ClusterFlags {
   checksumEvery: number;
   heartbeatTimeout: number;
   stepTimeout: number;
+  maxRestarts: number;
   transport: TransportChoice;
   synthetic?: string;
 }
@@ -114,6 +117,27 @@ async function start(f: CoordinatorFlags, cmd: Command): Promise<void> {
     const a = c10dAvailable(f.transport);
     if (!a.ok) throw new Error(`--transport ${f.transport} is unavailable here: ${a.why}`);
   }
+  // The run directory is ours alone (or this is one line naming its owner) before anything in it is touched.
+  mkdirSync(out, { recursive: true });
+  const ownership = claimRunDir(out, COORDINATOR_DEFAULTS.ownerLeaseMs, log);
+  try {
+    await run_(f, run, out, ckpt, json, batchSize, resumeFrom, minWorkers, synthetic);
+  } finally {
+    ownership.release();
+  }
+}
+
+async function run_(
+  f: CoordinatorFlags,
+  run: string,
+  out: string,
+  ckpt: string,
+  json: string,
+  batchSize: number,
+  resumeFrom: Uint8Array | undefined,
+  minWorkers: number,
+  synthetic: boolean,
+): Promise<void> {
   removeStaleTemps('coordinator', out);
   await withCluster(f, run, async (c) => {
     const coordinator = new Coordinator({
@@ -146,7 +170,12 @@ async function start(f: CoordinatorFlags, cmd: Command): Promise<void> {
         ? new CheckpointWatcher(
             out,
             f.evalEvery,
-            { evalImages: f.evalImages ?? 64, evalSamples: f.evalSamples ?? 64, evalTol: f.evalTol ?? 1e-5, backend: f.backend },
+            {
+              evalImages: f.evalImages ?? WATCH_DEFAULTS.images,
+              evalSamples: f.evalSamples ?? WATCH_DEFAULTS.samples,
+              evalTol: f.evalTol ?? WATCH_DEFAULTS.tol,
+              backend: f.backend,
+            },
             log,
             (r) => {
               // train.jsonl counts steps from 0: the checkpoint of step S holds steps 0..S-1
@@ -162,13 +191,24 @@ async function start(f: CoordinatorFlags, cmd: Command): Promise<void> {
     const stop = () => void coordinator.close();
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
-    await c.spawnWorkers();
+    await c.spawnWorkers([], {
+      maxRestarts: f.maxRestarts,
+      restartBackoffMs: COORDINATOR_DEFAULTS.restartBackoffMs,
+      onGiveUp: (id, running) => {
+        if (running < minWorkers)
+          coordinator.stop(
+            `spawned worker ${id} was given up on after ${f.maxRestarts} restart(s): ${running} worker(s) left, fewer than --min-workers ${minWorkers}`,
+          );
+      },
+    });
     const res = await coordinator.done;
     await watcher?.drain();
+    c.endSupervision();
     await c.nc.flush().catch(() => {});
     // Let spawned workers see Stop and exit on their own before we take the broker away.
     await c.workersExited(5000);
-    if (!res.ok) throw new Error(`run ${run} stopped at step ${res.step}: ${res.reason}`);
+    // (the coordinator said why in its STOPPING line: exit 1 without repeating it)
+    if (!res.ok) throw new AlreadySaid(`run ${run} stopped at step ${res.step}: ${res.reason}`);
     log(`coordinator: run ${run} done at step ${res.step}; checkpoint ${ckpt}`);
   });
 }
@@ -186,7 +226,7 @@ addClusterOptions(addTrainingOptions(cmd), 'they join with `worker start` (e.g. 
   )
   .option(
     '--heartbeat-timeout <ms>',
-    'declare a silent worker lost after this long',
+    'declare a silent worker lost after this long (counting only time the coordinator ran and reached the broker)',
     parseIntArg(100, 3_600_000),
     COORDINATOR_DEFAULTS.heartbeatTimeoutMs,
   )
@@ -196,13 +236,19 @@ addClusterOptions(addTrainingOptions(cmd), 'they join with `worker start` (e.g. 
     parseIntArg(100, 86_400_000),
     COORDINATOR_DEFAULTS.stepTimeoutMs,
   )
+  .option(
+    '--max-restarts <n>',
+    `restarts of a spawned worker that died, with a back-off from ${COORDINATOR_DEFAULTS.restartBackoffMs / 1000} s doubling each time, before giving up on it`,
+    parseIntArg(0, 1000),
+    COORDINATOR_DEFAULTS.maxRestarts,
+  )
   .addOption(
     new Option(
       '--transport <t>',
       'how gradients move: nats (through the broker), gloo (c10d, worker to worker), nccl (GPUs), auto (nccl, else gloo when every worker has it, else nats)',
     )
       .choices([...TRANSPORT_CHOICES])
-      .default('auto'),
+      .default(COORDINATOR_DEFAULTS.transport),
   )
   .addOption(new Option('--synthetic <json>').hideHelp())
   .action((f: CoordinatorFlags, cmd: Command) => start(f, cmd));

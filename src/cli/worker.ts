@@ -13,7 +13,7 @@ import { JobRunner } from '../worker/jobs.js';
 import { trainerReplicas } from '../worker/trainer-replica.js';
 import { BUCKET_FLOATS, defaultDataHost, startC10d } from '../worker/collective/c10d.js';
 import { defaultWorkerId, Worker, WORKER_DEFAULTS } from '../worker/worker.js';
-import { backendOption, main, newProgram, parseIntArg, parsePort, poolThreads, startBackend } from './common.js';
+import { AlreadySaid, backendOption, main, newProgram, parseIntArg, parsePort, poolThreads, startBackend } from './common.js';
 
 interface WorkerFlags extends AuthFlags {
   nats: string;
@@ -125,7 +125,8 @@ async function start(f: WorkerFlags): Promise<void> {
   c10d?.close();
   await factory.close();
   await nc.drain().catch(() => {});
-  if (!res.ok && res.reason !== 'signal') throw new Error(`run ${f.run} stopped: ${res.reason}`);
+  // (the worker said why in its "run stopped" line)
+  if (!res.ok && res.reason !== 'signal') throw new AlreadySaid(`run ${f.run} stopped: ${res.reason}`);
   process.exit(0);
 }
 

@@ -22,11 +22,14 @@ import { randomInt } from 'node:crypto';
 import type { NatsConnection, Subscription } from 'nats';
 import { RunDir, checkpointStep, type RunRecord } from './run-dir.js';
 import { sendState, StateInbox } from '../protocol/state-transfer.js';
+import { buildFingerprint, buildMismatch } from '../cluster/fingerprint.js';
 import { Telemetry, type StepReport } from '../telemetry/hub.js';
 import { chunkFloatsFor, rangeBounds } from '../protocol/chunking.js';
 import {
   decode,
   encode,
+  PROTOCOL_VERSION,
+  VersionError,
   WireError,
   type Ack,
   type Bodies,
@@ -76,7 +79,7 @@ export interface RunResult {
   step: number;
 }
 
-/** The coordinator's defaults; `coordinator start`'s help text reads them from here. */
+/** The one source of the coordinator's defaults (`coordinator start`'s help text reads them from here). */
 export const COORDINATOR_DEFAULTS = {
   transport: 'auto' as TransportChoice,
   minWorkers: 1,
@@ -86,7 +89,20 @@ export const COORDINATOR_DEFAULTS = {
   commitEvery: 10,
   stepTimeoutMs: 30_000,
   syncTimeoutMs: 60_000,
+  /** Restarts of one spawned worker process before the coordinator gives up on it. */
+  maxRestarts: 3,
+  /** First restart delay of a spawned worker; doubled on each further restart of the same worker (at most 30 s). */
+  restartBackoffMs: 1000,
+  /** The run directory's owner lease: renewed every third of it; another host may take over a lease this old. */
+  ownerLeaseMs: 30_000,
 };
+
+/**
+ * A gap this long between two of the coordinator's own 100 ms ticks (measured on the monotonic
+ * clock) means the coordinator itself was not running (SIGSTOP, a frozen VM, swap): it saw
+ * nothing during it, so the gap does not count against any worker's heartbeat deadline.
+ */
+const PAUSE_GAP_MS = 1000;
 
 interface Member {
   id: string;
@@ -96,6 +112,8 @@ interface Member {
   phase: 'new' | 'syncing' | 'ready';
   readyStep: number;
   transfer: string;
+  /** The step a worker of this session (dropped, e.g. while it was paused) joined holding; -1: none or another session's. */
+  holds: number;
 }
 
 interface Plan {
@@ -142,12 +160,19 @@ export class Coordinator {
   private lastAckedAt = 0;
   private started = false;
   private transfers = 0;
+  /** Set by a roll-back: a state a worker kept from before it is no longer necessarily ours. */
+  private rolledBack = false;
   private readonly helloAt = new Map<string, number>();
+  private readonly refused = new Set<string>();
+  private readonly build = buildFingerprint();
   /** Workers kept out because the batch has no sample left for them (logged once each). */
   private readonly idle = new Set<string>();
   private readonly inbox = new StateInbox();
   private subs: Subscription[] = [];
   private timer?: NodeJS.Timeout;
+  /** When liveness was last judged (performance.now()), and whether the broker connection is down. */
+  private lastLook = performance.now();
+  private disconnected = false;
   private finished = false;
   private readonly session = randomInt(1, 2 ** 32 - 1);
   private readonly sender = Sender.now();
@@ -181,6 +206,11 @@ export class Coordinator {
     this.broadcast('hello', { committed: this.committed });
     this.telemetry.ready = true;
     this.opts.log(`coordinator: run ${run} at step ${this.committed}, waiting for ${this.opts.minWorkers} worker(s) on ${nc.getServer()}`);
+  }
+
+  /** Ends the run as failed (one STOPPING line), e.g. when the workers it needs are gone for good. */
+  stop(reason: string): void {
+    if (!this.finished) this.fatal(reason);
   }
 
   async close(): Promise<void> {
@@ -248,6 +278,7 @@ export class Coordinator {
       this.guard.check(env.worker, env.origin, env.seq);
       this.handle(env);
     } catch (e) {
+      if (e instanceof VersionError) this.refuseVersion(e);
       if (e instanceof WireError) this.telemetry.reject(e.reason, e.message);
       else {
         // A bug met by some input: say so loudly, but a message must not end the run.
@@ -266,7 +297,7 @@ export class Coordinator {
     if ((!m || env.session !== this.session) && env.kind === 'heartbeat') return this.hello(env.worker);
     if (!m) throw new WireError('unknown_worker', `${env.kind} from ${JSON.stringify(env.worker)}`);
     if (env.session !== this.session) throw new WireError('wrong_session', `${env.kind} from ${m.id} of session ${env.session}`);
-    m.lastSeen = Date.now();
+    m.lastSeen = performance.now();
     switch (env.kind) {
       case 'heartbeat':
         if (env.body.reconnected) this.redo(`worker ${m.id} reconnected to NATS`);
@@ -306,16 +337,16 @@ export class Coordinator {
     } catch (e) {
       throw new WireError('unexpected', (e as Error).message);
     }
+    const other = buildMismatch(this.build, env.body.build);
+    if (other) return this.refuse(env.worker, env.body.nonce, `built from other code: ${other}`);
     const want = this.opts.transport;
     if (want !== 'auto' && want !== 'nats' && !env.body.transports.includes(want)) {
       const why = env.body.transportNote ? ` (${env.body.transportNote})` : '';
-      const reason = `the run uses --transport ${want}, the worker offers ${env.body.transports.join(', ') || 'nats'}${why}`;
-      this.opts.log(`coordinator: worker ${env.worker} refused: ${reason}`);
-      return this.send(subjects.worker(this.opts.run, env.worker), 'stop', {
-        reason: `refused: ${reason}`,
-        ok: false,
-        nonce: env.body.nonce,
-      });
+      return this.refuse(
+        env.worker,
+        env.body.nonce,
+        `the run uses --transport ${want}, the worker offers ${env.body.transports.join(', ') || 'nats'}${why}`,
+      );
     }
     const old = this.members.get(env.worker);
     // Every member of a plan takes a non-empty shard of every global batch, so a run has at
@@ -334,17 +365,47 @@ export class Coordinator {
     this.members.set(env.worker, {
       id: env.worker,
       seq: this.seq++,
-      lastSeen: Date.now(),
+      lastSeen: performance.now(),
       join: env.body,
       phase: 'new',
       readyStep: -1,
       transfer: '',
+      holds: env.session === this.session && env.body.hasState ? env.step : -1,
     });
     // `session` is in every message we send; a Welcome also echoes the Join's nonce.
     this.opts.log(
       `coordinator: worker ${env.worker} joined (${env.body.host} pid ${env.body.pid}, device ${env.body.device}, ${env.body.threads} thread(s), ${env.body.backend})`,
     );
     this.membersChanged();
+  }
+
+  /** A Stop answering a Join (its nonce): the worker says the reason and exits; said here once per worker and reason. */
+  private refuse(worker: string, nonce: number, reason: string): void {
+    const key = `${worker}\0${reason}`;
+    if (!this.refused.has(key)) this.opts.log(`coordinator: worker ${worker} refused: ${reason}`);
+    this.refused.add(key);
+    this.send(subjects.worker(this.opts.run, worker), 'stop', {
+      reason: `refused: ${reason}`,
+      ok: false,
+      nonce,
+    });
+  }
+
+  /**
+   * A Join or heartbeat in another protocol version: it cannot be answered in its own
+   * language, but a message in ours on its subject tells that worker to exit (once a second).
+   */
+  private refuseVersion(e: VersionError): void {
+    if (e.run !== this.opts.run || (e.kind !== 'join' && e.kind !== 'heartbeat')) return;
+    try {
+      checkId('worker', e.worker);
+    } catch {
+      return;
+    }
+    const now = Date.now();
+    if (now - (this.helloAt.get(e.worker) ?? 0) < 1000) return;
+    this.helloAt.set(e.worker, now);
+    this.refuse(e.worker, 0, `it speaks protocol version ${e.version}, this coordinator ${PROTOCOL_VERSION}`);
   }
 
   private onSynced(m: Member, env: EnvelopeOf<'synced'>): void {
@@ -442,6 +503,7 @@ export class Coordinator {
 
   /** No plan in flight: checkpoint, finish, sync joiners, or plan the rest of the run. */
   private boundary(): void {
+    if (this.finished) return;
     const total = this.totalSteps();
     const d = this.donor();
     if (this.checkpointDue() && d) return this.startCheckpoint(d.id);
@@ -551,7 +613,7 @@ export class Coordinator {
     const every = this.commitEvery();
     const e = p.error;
     if (e && (p.acked >= e.step || Date.now() - e.at > 2000)) {
-      this.logRows(p);
+      if (!this.logRows(p)) return;
       this.committed = p.acked;
       return this.fatal(`${e.reason}; the last good checkpoint is at step ${this.lastCkptStep}`);
     }
@@ -573,19 +635,29 @@ export class Coordinator {
     }
   }
 
-  private logRows(p: Plan): void {
-    for (const r of p.rows) {
+  /** Appends the committed steps' lines; a line that cannot be written (ENOSPC, EIO, ...) stops the run, the log left without a torn line. */
+  private logRows(p: Plan): boolean {
+    const rows = p.rows;
+    p.rows = [];
+    for (const r of rows) {
       this.telemetry.stepsCommitted++;
       this.telemetry.emit('step', r.report);
-      this.dir.log(r.log);
+      try {
+        this.dir.log(r.log);
+      } catch (e) {
+        this.fatal(
+          `cannot append step ${r.log.step} to ${this.dir.logPath}: ${(e as Error).message}; the last checkpoint (step ${this.lastCkptStep}) is intact`,
+        );
+        return false;
+      }
     }
-    p.rows = [];
+    return true;
   }
 
   /** Steps before p.acked are durable: logged, and a re-plan never goes back before them. */
   private commit(p: Plan): void {
     this.committed = p.acked;
-    this.logRows(p);
+    if (!this.logRows(p)) return;
     for (const m of this.members.values()) {
       if (p.view.includes(m.id)) m.readyStep = this.committed;
       else if (m.phase === 'ready') m.phase = 'new'; // not in this plan: needs the state again
@@ -674,13 +746,17 @@ export class Coordinator {
     const init = this.committed === 0 && !this.state;
     const source = this.state && this.state.step === this.committed ? 'coordinator' : this.donor();
     if (!init && !source) {
+      // No member holds step `committed`, but a worker of this session that was dropped and came back does: it keeps it.
+      const keepers = this.rolledBack ? [] : targets.filter((m) => m.holds === this.committed);
+      if (keepers.length) return this.keep(keepers);
       // Every worker that held step `committed` is gone: fall back to the last checkpoint.
       const to = this.state?.step ?? 0;
       this.opts.log(
-        `coordinator: no live worker holds step ${this.committed}; rolling back to ${this.state ? 'the checkpoint at' : ''} step ${to}`,
+        `coordinator: no live worker holds step ${this.committed}; rolling back to ${this.state ? `the checkpoint at step ${to}` : 'step 0 (no checkpoint yet)'}`,
       );
       this.committed = to;
       this.membershipEpoch++;
+      this.rolledBack = true;
       return this.startSync(targets);
     }
     this.sync = {
@@ -699,6 +775,7 @@ export class Coordinator {
         init,
         transfer: m.transfer,
         nonce: m.join.nonce,
+        keep: false,
       });
     }
     if (init) return;
@@ -726,6 +803,29 @@ export class Coordinator {
     }
   }
 
+  /**
+   * Workers of this session that were dropped (their heartbeats missed, e.g. while they were
+   * paused) and came back holding step `committed`: the commits they applied are this
+   * session's, so their state is the run's. They keep it (their checksums must agree) instead
+   * of the run rolling back to its checkpoint.
+   */
+  private keep(keepers: Member[]): void {
+    this.sync = { transfer: '', targets: new Set(keepers.map((m) => m.id)), deadline: Date.now() + this.opts.syncTimeoutMs };
+    for (const m of keepers) {
+      this.opts.log(`coordinator: worker ${m.id} came back holding step ${this.committed}: it keeps its state (no roll-back)`);
+      m.phase = 'syncing';
+      m.transfer = '';
+      this.send(subjects.worker(this.opts.run, m.id), 'welcome', {
+        configJson: this.record.configJson,
+        committed: this.committed,
+        init: false,
+        transfer: '',
+        nonce: m.join.nonce,
+        keep: true,
+      });
+    }
+  }
+
   /** The donor exports its state (or snapshot) of step `committed`; a plan in flight goes on. */
   private startCheckpoint(donor: string): void {
     const transfer = `${this.opts.run}-${this.record.incarnation}-${++this.transfers}`;
@@ -736,11 +836,31 @@ export class Coordinator {
 
   // ---------------------------------------------------------------- membership
 
+  /**
+   * Liveness, judged only over time the coordinator itself could see: while its broker
+   * connection is down nobody is judged (every deadline restarts at the reconnect), and a gap
+   * in its own ticks (it was paused) moves every deadline on by the gap.
+   */
   private expire(): void {
-    const now = Date.now();
+    const now = performance.now();
+    const gap = now - this.lastLook;
+    this.lastLook = now;
+    if (gap > PAUSE_GAP_MS) this.paused(gap);
+    if (this.disconnected) return;
     for (const m of [...this.members.values()]) {
       if (now - m.lastSeen > this.opts.heartbeatTimeoutMs) this.drop(m.id, `no heartbeat for ${((now - m.lastSeen) / 1000).toFixed(1)} s`);
     }
+  }
+
+  /** The coordinator was not running for `ms`: no worker's deadline, and no step's or transfer's, counts that time. */
+  private paused(ms: number): void {
+    // (said when it would have cost a worker its place; shorter stalls, e.g. a busy machine, only move the deadlines)
+    if (ms >= this.opts.heartbeatTimeoutMs)
+      this.opts.log(`coordinator: this process did not run for ${(ms / 1000).toFixed(1)} s; worker deadlines are extended by as much`);
+    for (const m of this.members.values()) m.lastSeen += ms;
+    if (this.plan) this.plan.started += ms;
+    if (this.sync) this.sync.deadline += ms;
+    if (this.ckpt) this.ckpt.deadline += ms;
   }
 
   private drop(id: string, reason: string, announce = true): void {
@@ -765,8 +885,14 @@ export class Coordinator {
   /** A broker reconnect may have lost messages: give members a grace period and redo the phase. */
   private async watchConnection(): Promise<void> {
     for await (const s of this.opts.nc.status()) {
-      if (s.type !== 'reconnect' || this.finished) continue;
-      for (const m of this.members.values()) m.lastSeen = Date.now();
+      if (this.finished) continue;
+      if (s.type === 'disconnect') {
+        if (!this.disconnected) this.opts.log('coordinator: lost the NATS connection; no worker is judged until it is back');
+        this.disconnected = true;
+      }
+      if (s.type !== 'reconnect') continue;
+      this.disconnected = false;
+      for (const m of this.members.values()) m.lastSeen = performance.now();
       this.redo('the coordinator reconnected to NATS');
       this.tick();
     }

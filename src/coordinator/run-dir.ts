@@ -75,6 +75,11 @@ export class RunDir {
     this.steps = new StepLog(join(dir, 'train.jsonl'));
   }
 
+  /** train.jsonl, the committed steps' log. */
+  get logPath(): string {
+    return this.steps.path;
+  }
+
   private get recordPath(): string {
     return join(this.dir, 'cluster.json');
   }

@@ -39,15 +39,30 @@ export interface SpawnOptions {
   metricsPorts?: number[];
   /** More `worker start` flags, the same for every worker. */
   extraArgs?: string[];
+  /** Restarts of one worker process after it died (exit code not 0) before giving up on it. */
+  maxRestarts: number;
+  /** Delay before the first restart of a worker, doubled on each further one (at most 30 s). */
+  restartBackoffMs: number;
+  /** A worker was given up on; `running` is how many spawned workers are still supervised. */
+  onGiveUp?: (id: string, running: number) => void;
   log: (line: string) => void;
 }
 
 export interface Spawned {
-  children: ChildProcess[];
+  /** The current process of every worker (a restarted worker's newest one). */
+  readonly children: ChildProcess[];
+  /** No more restarts from now on (the run has ended). */
+  endSupervision(): void;
   /** SIGTERM, then SIGKILL after `graceMs`. */
   stop(graceMs?: number): Promise<void>;
 }
 
+/**
+ * Starts the workers and supervises them: a worker process that dies (any exit but 0: a
+ * signal, a crash) is started again under the same id after a back-off (restartBackoffMs,
+ * doubled per restart of that worker, at most 30 s), at most maxRestarts times; then one
+ * line says it is given up and onGiveUp is told how many are left.
+ */
 export function spawnWorkers(o: SpawnOptions): Spawned {
   const gpus = countGpus();
   const onGpu = Math.min(gpus, o.n);
@@ -56,8 +71,12 @@ export function spawnWorkers(o: SpawnOptions): Spawned {
   }
   const cpuThreads = o.threads ?? Math.max(1, Math.floor(availableParallelism() / Math.max(1, o.n - onGpu)));
   const children: ChildProcess[] = [];
+  const restarts = new Array<number>(o.n).fill(0);
+  const timers = new Set<NodeJS.Timeout>();
+  let given = 0;
+  let supervising = true;
   const nats = splitUrlCredentials(o.nats);
-  for (let i = 0; i < o.n; i++) {
+  const launch = (i: number): void => {
     const gpu = i < onGpu;
     const id = `${o.run}-w${i}`;
     const args = [
@@ -86,6 +105,8 @@ export function spawnWorkers(o: SpawnOptions): Spawned {
     child.stdin!.on('error', () => {}); // EPIPE once the worker is gone
     const prefix = (l: string) => {
       if (!l) return;
+      // A Stop's reason: the coordinator says it itself, once.
+      if (/^worker \S+: run (stopped|finished): /.test(l) || /^worker: run \S+ stopped: /.test(l)) return;
       o.log(`[w${i}] ${l}`);
       // The port the worker bound (its --metrics-port, or the next free one): say it for scrape configs.
       const port = /^worker \S+: metrics on :(\d+)\//.exec(l)?.[1];
@@ -94,13 +115,36 @@ export function spawnWorkers(o: SpawnOptions): Spawned {
     createInterface({ input: child.stdout!, crlfDelay: Infinity }).on('line', prefix);
     createInterface({ input: child.stderr!, crlfDelay: Infinity }).on('line', prefix);
     child.on('exit', (code, sig) => {
-      if (code !== 0) o.log(`coordinator: worker process w${i} exited (${code ?? sig})`);
+      if (code === 0 || !supervising) return;
+      const what = `coordinator: worker process w${i} exited (${code ?? sig})`;
+      if (restarts[i] >= o.maxRestarts) {
+        given++;
+        o.log(`${what} and was restarted ${restarts[i]} time(s) already (--max-restarts ${o.maxRestarts}): giving up on it`);
+        o.onGiveUp?.(id, o.n - given);
+        return;
+      }
+      const delay = Math.min(30_000, o.restartBackoffMs * 2 ** restarts[i]);
+      restarts[i]++;
+      o.log(`${what}; restarting it in ${(delay / 1000).toFixed(1)} s (restart ${restarts[i]} of ${o.maxRestarts})`);
+      const t = setTimeout(() => {
+        timers.delete(t);
+        if (supervising) launch(i);
+      }, delay);
+      timers.add(t);
     });
-    children.push(child);
-  }
+    children[i] = child;
+  };
+  for (let i = 0; i < o.n; i++) launch(i);
+  const endSupervision = () => {
+    supervising = false;
+    for (const t of timers) clearTimeout(t);
+    timers.clear();
+  };
   return {
     children,
+    endSupervision,
     async stop(graceMs = 5000) {
+      endSupervision();
       await Promise.all(
         children.map((c) => {
           if (c.exitCode !== null || c.signalCode !== null) return;

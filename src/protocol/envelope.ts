@@ -9,9 +9,9 @@
 import protobuf from 'protobufjs';
 import { HOST_LE } from '../core/io/endian.js';
 import { packagePath } from '../core/paths.js';
-import { WireError } from './errors.js';
+import { VersionError, WireError } from './errors.js';
 
-export { WireError, type RejectReason } from './errors.js';
+export { VersionError, WireError, type RejectReason } from './errors.js';
 
 /** 4: a plan covers a range of steps, acks are asynchronous, Commit is a message (3: one step per plan, two-phase commit). */
 export const PROTOCOL_VERSION = 4;
@@ -33,6 +33,8 @@ export interface Join {
   dataHost: string;
   storePort: number;
   transportNote: string;
+  /** The worker's build fingerprint (src/cluster/fingerprint.ts). */
+  build: string;
 }
 export interface Welcome {
   configJson: string;
@@ -40,6 +42,7 @@ export interface Welcome {
   init: boolean;
   transfer: string;
   nonce: number;
+  keep: boolean;
 }
 export interface Heartbeat {
   busy: boolean;
@@ -183,7 +186,8 @@ export function decode(bytes: Uint8Array): Envelope {
   } catch (e) {
     throw new WireError('undecodable', (e as Error).message);
   }
-  if (m.version !== PROTOCOL_VERSION) throw new WireError('version', `protocol version ${String(m.version)}, expected ${PROTOCOL_VERSION}`);
+  if (m.version !== PROTOCOL_VERSION)
+    throw new VersionError(Number(m.version), String(m.body ?? ''), String(m.run ?? ''), String(m.worker ?? ''), PROTOCOL_VERSION);
   const kind = m.body as BodyKind | undefined;
   if (!kind || !(kind in BODY_TYPES)) throw new WireError('no_body', 'message has no body');
   // proto3 leaves default scalars on the prototype; a plain copy keeps our objects simple

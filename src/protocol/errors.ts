@@ -27,3 +27,16 @@ export class WireError extends Error {
     super(`${reason}: ${detail}`);
   }
 }
+
+/** A message of another protocol version: what of its header could be read, so that a Join can be refused in words. */
+export class VersionError extends WireError {
+  constructor(
+    readonly version: number,
+    readonly kind: string,
+    readonly run: string,
+    readonly worker: string,
+    expected: number,
+  ) {
+    super('version', `protocol version ${version}, expected ${expected}`);
+  }
+}

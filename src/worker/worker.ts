@@ -10,9 +10,20 @@
 import { randomInt } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { NatsConnection, Subscription } from 'nats';
+import { buildFingerprint } from '../cluster/fingerprint.js';
 import { Telemetry } from '../telemetry/hub.js';
 import { allFinite, meanGradient, NonFiniteError } from '../core/train/step.js';
-import { decode, encode, WireError, type BodyKind, type Bodies, type Envelope, type EnvelopeOf } from '../protocol/envelope.js';
+import {
+  decode,
+  encode,
+  PROTOCOL_VERSION,
+  VersionError,
+  WireError,
+  type BodyKind,
+  type Bodies,
+  type Envelope,
+  type EnvelopeOf,
+} from '../protocol/envelope.js';
 import { sendState, StateInbox } from '../protocol/state-transfer.js';
 import { ReplayGuard, Sender } from '../protocol/sequence.js';
 import { checkId, subjects } from '../protocol/subjects.js';
@@ -192,6 +203,7 @@ export class Worker {
         dataHost: dp?.host ?? '',
         storePort: dp?.storePort ?? 0,
         transportNote: dp?.note ?? '',
+        build: buildFingerprint(),
       },
       this.step,
     );
@@ -206,6 +218,14 @@ export class Worker {
       if (env.worker === this.id) throw new WireError('unexpected', `${env.kind} that claims to come from this worker`);
       this.guard.check(env.worker, env.origin, env.seq);
     } catch (e) {
+      // Our coordinator (we are not in a run yet) speaks another protocol: we can never join it.
+      if (e instanceof VersionError && e.worker === '' && e.run === this.opts.run && !this.session) {
+        this.opts.log(
+          `worker ${this.id}: the coordinator of run ${this.opts.run} speaks protocol version ${e.version}, this worker ${PROTOCOL_VERSION}: start both from the same build`,
+        );
+        void this.close({ ok: false, reason: `protocol version ${e.version}, not ${PROTOCOL_VERSION}`, step: this.step });
+        return;
+      }
       return this.reject(e);
     }
     // Control messages are handled in arrival order, one at a time (some await I/O).
@@ -289,6 +309,18 @@ export class Worker {
       const now = Date.now();
       if (now - this.lastForeignHello < 2000) throw new WireError('wrong_session', `hello of session ${env.session} (rate-limited)`);
       this.lastForeignHello = now;
+    } else {
+      // Our coordinator dropped us (we were silent too long) and went back to its last commit:
+      // a snapshot we hold of it is ours to go back to, so that we join holding the state it
+      // has committed (and may be welcomed with `keep` instead of a transfer).
+      const r = this.replica;
+      const snap = this.snapshots.get(env.body.committed);
+      this.active = undefined;
+      this.plan = undefined;
+      if (r && snap && r.step !== env.body.committed) {
+        this.opts.log(`worker ${this.id}: back from step ${r.step} to the commit at step ${env.body.committed} (dropped)`);
+        r.restore(snap);
+      }
     }
     this.join();
   }
@@ -302,7 +334,24 @@ export class Worker {
     this.snapshots.clear();
     this.membershipEpochFloor = env.membershipEpoch;
     this.configJson = w.configJson;
-    if (w.init) {
+    if (w.keep) {
+      // (a state we hold of this coordinator's session, at the step it has committed)
+      const r = this.replica;
+      if (!r || r.step !== w.committed)
+        throw new WireError('unexpected', `welcome keeps a state at step ${w.committed}, this worker holds ${r?.step}`);
+      this.send(
+        'synced',
+        {
+          checksum: r.checksum(),
+          stepsPerEpoch: r.stepsPerEpoch(),
+          numParams: r.numParams,
+          transfer: '',
+          error: '',
+          lastBatch: r.lastBatch(),
+        },
+        r.step,
+      );
+    } else if (w.init) {
       await this.replace(await this.opts.factory(w.configJson), '');
     } else {
       this.awaiting = { transfer: w.transfer, committed: w.committed };

@@ -4,7 +4,7 @@
  * the steps after its checkpoint, so before it appends, the log is cut back to the steps the
  * checkpoint holds: each step then appears exactly once, in order.
  */
-import { appendFileSync, existsSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, ftruncateSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { writeFileAtomicSync } from './atomic.js';
 
 interface Line {
@@ -74,14 +74,39 @@ export class StepLog {
    * without cutting: it is kept or cut with that step's lines, and is not a step of its own.
    */
   note(entry: { step: number } & Record<string, unknown>): void {
-    appendFileSync(this.path, JSON.stringify(entry) + '\n');
+    appendWhole(this.path, JSON.stringify(entry) + '\n');
   }
 
   append(entry: { step: number } & Record<string, unknown>): void {
     const last = this.lastStep();
     if (last !== undefined && entry.step <= last) this.cut((s) => s < entry.step);
-    appendFileSync(this.path, JSON.stringify(entry) + '\n');
+    appendWhole(this.path, JSON.stringify(entry) + '\n');
     this.last = entry.step;
     this.loaded = true;
+  }
+}
+
+/**
+ * Appends `text` as a whole or not at all: a write that fails part-way (ENOSPC, EIO) is cut
+ * back to the file's length before it, so a full disk never leaves a torn line; the error is
+ * rethrown for the caller to say.
+ */
+function appendWhole(path: string, text: string): void {
+  const fd = openSync(path, 'a');
+  try {
+    const size = fstatSync(fd).size;
+    try {
+      const buf = Buffer.from(text, 'utf8');
+      for (let off = 0; off < buf.length;) off += writeSync(fd, buf, off, buf.length - off);
+    } catch (e) {
+      try {
+        ftruncateSync(fd, size);
+      } catch {
+        // (nothing more to do: the reader drops a torn last line anyway)
+      }
+      throw e;
+    }
+  } finally {
+    closeSync(fd);
   }
 }

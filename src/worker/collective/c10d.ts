@@ -1,8 +1,8 @@
 /**
  * Transports `gloo` and `nccl`: a c10d process group of the plan's members (the engine
  * under PyTorch DDP), in the torch addon. One group per membership epoch: the plan names
- * the members in rank order and rank 0's store (every worker hosts a c10d TCPStore for its
- * whole life and announces host:port in its Join), and the group's keys in that store are
+ * the members in rank order and rank 0's store (every worker hosts a rendezvous store for its
+ * whole life, bound to `host` only, and announces host:port in its Join), and the group's keys in that store are
  * prefixed with (run, coordinator session, membership epoch), so groups of different epochs
  * never meet. Nothing here needs configuration beyond the address to bind: the control
  * plane carries the rest.

@@ -15,7 +15,7 @@ export type NativeHandle = object & { readonly __nativeHandle?: never };
 
 /** The addon's c10d functions (native/src/c10d.cc); ./c10d.ts is the typed surface. */
 export interface C10dOps {
-  listen(host: string, port: number): Promise<NativeHandle>;
+  listen(host: string, port: number, requestTimeoutMs: number): Promise<NativeHandle>;
   storePort(store: NativeHandle): number;
   storeClose(store: NativeHandle): void;
   create(

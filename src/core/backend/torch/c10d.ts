@@ -1,5 +1,5 @@
 /**
- * c10d from the torch addon (native/src/c10d.cc): a TCPStore server that one worker hosts for its
+ * c10d from the torch addon (native/src/c10d.cc): a rendezvous store server (native/src/store.cc) that one worker hosts for its
  * whole life, and process groups that sum a Float32Array over their ranks, in place. Gloo runs on
  * CPU; NCCL (where libtorch has CUDA) copies the buffer to the GPU and back.
  *
@@ -9,6 +9,9 @@
  * idle group or server does not keep Node running (a call in flight does).
  */
 import { loadTorchAddon, type C10dOps, type NativeHandle } from './addon.js';
+
+/** A store client that holds part of a request this long is disconnected (a real request is a few hundred bytes, sent at once). */
+export const STORE_REQUEST_TIMEOUT_MS = 5000;
 
 export interface C10dInfo {
   gloo: boolean;
@@ -88,15 +91,16 @@ export class StoreServer {
   }
 
   /**
-   * Starts a store server on `port` (0: a free one, reported in .port). libtorch 1.13's TCPStore
-   * listens on every address of the machine; `host` must name this machine, since the server's
-   * own client connects there.
+   * Starts a store server on `host`:`port` (0: a free port, reported in .port), listening on
+   * that address only (native/src/store.cc, not libtorch's TCPStore, which listens on every
+   * address). A request is acted on once all its bytes are in, so a slow client holds up no
+   * other; one that holds part of a request for `requestTimeoutMs` is disconnected.
    */
-  static async listen(host: string, port = 0): Promise<StoreServer> {
+  static async listen(host: string, port = 0, requestTimeoutMs = STORE_REQUEST_TIMEOUT_MS): Promise<StoreServer> {
     if (typeof host !== 'string' || host === '') throw new Error("c10d: the store server needs a host (this machine's name or address)");
     if (!isPort(port, 0)) throw new Error(`c10d: store port must be an integer in [0, 65535] (0: any free port), got ${port}`);
     const native = ops();
-    const handle = await native.listen(host, port).catch((e: unknown) => {
+    const handle = await native.listen(host, port, Math.ceil(requestTimeoutMs)).catch((e: unknown) => {
       throw new Error(`c10d: store server on ${host}:${port} failed: ${firstLine(e)}`);
     });
     return new StoreServer(native, handle, host, native.storePort(handle));

@@ -1,0 +1,72 @@
+/**
+ * Real `coordinator` / `worker` processes for the recovery and chaos tests: start one with its
+ * output collected, read the steps its train.jsonl holds, find the workers a coordinator
+ * spawned, wait for a condition.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { packagePath } from '../../src/core/paths.js';
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export interface Proc {
+  child: ChildProcess;
+  output: () => string;
+  exited: Promise<number | null>;
+}
+
+/** `bin/NAME.js ARGS` (or `prefix... node bin/NAME.js ARGS`), stdout and stderr collected together. */
+export function startBin(
+  name: string,
+  args: string[],
+  opts: { env?: Record<string, string>; root?: string; prefix?: string[] } = {},
+): Proc {
+  const script = opts.root ? join(opts.root, 'bin', `${name}.js`) : packagePath('bin', `${name}.js`);
+  const argv = [...(opts.prefix ?? []), process.execPath, script, ...args];
+  const child = spawn(argv[0], argv.slice(1), { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout!.on('data', (b) => (out += b));
+  child.stderr!.on('data', (b) => (out += b));
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  return { child, output: () => out, exited };
+}
+
+/** Steps committed so far, from a run directory's train.jsonl (a torn line throws). */
+export function logged(dir: string): number[] {
+  return loggedEntries(dir).map((e) => e.step);
+}
+
+export function loggedEntries(dir: string): { step: number; workers: number }[] {
+  const p = join(dir, 'train.jsonl');
+  if (!existsSync(p)) return [];
+  return readFileSync(p, 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as { step: number; workers: number });
+}
+
+export async function until(f: () => boolean, ms: number, what: string): Promise<void> {
+  const end = Date.now() + ms;
+  while (!f()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(25);
+  }
+}
+
+/** Pids of the live processes whose command line holds `--id ID` (a spawned worker, found by its id). */
+export function pidsOfWorker(id: string): number[] {
+  const pids: number[] = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const argv = readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
+      const i = argv.indexOf('--id');
+      // (the node process itself, not a setpriv wrapper that has not exec'd yet)
+      if (i > 0 && argv[i + 1] === id && argv.some((a) => a.endsWith('worker.js')) && argv[0] === process.execPath) pids.push(Number(d));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return pids;
+}
