@@ -18,13 +18,13 @@ import { GradEngine } from '../src/core/train/engine.js';
 import {
   likelihoodNormaliser,
   likelihoodWeight,
-  lrAt,
   normalCdf,
   normalQuantile,
   trainTime,
   trainTimeCdf,
   trainTimeDensity,
 } from '../src/core/train/noise.js';
+import { lrAt } from '../src/core/train/schedule.js';
 import { errorLines, runBin, tempDir } from './helpers/cli.js';
 
 const FAST = trainConfig(RECIPES.fast);

@@ -6,7 +6,7 @@
  */
 import { nativeAdam } from '../backend/native-adam.js';
 import type { TrainConfig } from './config.js';
-import { lrAt } from './noise.js';
+import { lrAt } from './schedule.js';
 
 export interface OptimState {
   params: Float32Array;
@@ -17,7 +17,7 @@ export interface OptimState {
   step: number;
 }
 
-/** `lr` is the peak rate; the optional schedule fields (noise.ts lrAt) scale it per step, none: constant. */
+/** `lr` is the peak rate; the optional schedule fields (schedule.ts lrAt) scale it per step, none: constant. */
 export type AdamSettings = Pick<TrainConfig, 'lr' | 'beta1' | 'beta2' | 'adamEps' | 'emaDecay' | 'gradClip'> &
   Partial<Pick<TrainConfig, 'lrWarmup' | 'lrDecay' | 'lrDecaySteps'>>;
 

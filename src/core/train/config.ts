@@ -29,7 +29,7 @@ export interface TrainConfig {
   pStd: number;
   /** sigma_data of the 'edm' weighting (the data's standard deviation; MNIST in [0, 1]: 0.31). */
   sigmaData: number;
-  /** Learning-rate schedule (noise.ts lrAt): linear warm-up over lrWarmup steps, then lrDecay with scale lrDecaySteps. */
+  /** Learning-rate schedule (schedule.ts lrAt): linear warm-up over lrWarmup steps, then lrDecay with scale lrDecaySteps. */
   lrWarmup: number;
   lrDecay: 'constant' | 'rsqrt' | 'cosine';
   lrDecaySteps: number;

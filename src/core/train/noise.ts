@@ -1,6 +1,6 @@
 /**
- * How training draws its diffusion times t, and the learning-rate schedule: the two pieces of a
- * recipe that are plain functions of (config, uniform draw) and (config, step).
+ * How training draws its diffusion times t: a plain function of (config, uniform draw). (The other
+ * per-step piece of a recipe, the learning-rate schedule, is schedule.ts.)
  *
  * Noise levels. `uniform` (the seed recipe, Song et al.'s notebook): t ~ U(eps, 1).
  * `lognormal` (EDM, Karras et al. 2022, sec. 5): the noise level sigma = exp(N(P_mean, P_std^2)),
@@ -126,25 +126,4 @@ export function trainTimeCdf(cfg: NoiseConfig, t: number): number {
   const { sigmaMin, sigmaMax } = cfg.sde;
   const logSigma = Math.log(sigmaMin) + t * Math.log(sigmaMax / sigmaMin);
   return normalCdf((logSigma - cfg.pMean) / cfg.pStd);
-}
-
-type LrConfig = Partial<Pick<TrainConfig, 'lrWarmup' | 'lrDecay' | 'lrDecaySteps'>> & Pick<TrainConfig, 'lr'>;
-
-/**
- * The learning rate of the update that follows `done` updates (0 for the first):
- *   lr * w(done) * d(done),  w = min(1, (done + 1) / W) (linear warm-up over W steps; W = 0: none),
- *   d = 1 (constant), sqrt(D / max(done, D)) (rsqrt: EDM2's horizon-free decay after D steps), or
- *   (1 + cos(pi min(done, D) / D)) / 2 (cosine to 0 at step D).
- * With no warm-up and no decay it returns cfg.lr itself, so the seed recipe's updates are unchanged.
- */
-export function lrAt(cfg: LrConfig, done: number): number {
-  const warm = cfg.lrWarmup ?? 0;
-  const decay = cfg.lrDecay ?? 'constant';
-  if (warm === 0 && decay === 'constant') return cfg.lr;
-  const w = warm > 0 ? Math.min(1, (done + 1) / warm) : 1;
-  const D = cfg.lrDecaySteps ?? 0;
-  let d = 1;
-  if (decay === 'rsqrt') d = Math.sqrt(D / Math.max(done, D));
-  else if (decay === 'cosine') d = (1 + Math.cos((Math.PI * Math.min(done, D)) / D)) / 2;
-  return cfg.lr * w * d;
 }

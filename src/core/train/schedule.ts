@@ -1,0 +1,26 @@
+/**
+ * The learning-rate schedule of a recipe: a plain function of (config, step), so a resumed run and
+ * every replica agree on the rate of each update.
+ */
+import type { TrainConfig } from './config.js';
+
+type LrConfig = Partial<Pick<TrainConfig, 'lrWarmup' | 'lrDecay' | 'lrDecaySteps'>> & Pick<TrainConfig, 'lr'>;
+
+/**
+ * The learning rate of the update that follows `done` updates (0 for the first):
+ *   lr * w(done) * d(done),  w = min(1, (done + 1) / W) (linear warm-up over W steps; W = 0: none),
+ *   d = 1 (constant), sqrt(D / max(done, D)) (rsqrt: EDM2's horizon-free decay after D steps), or
+ *   (1 + cos(pi min(done, D) / D)) / 2 (cosine to 0 at step D).
+ * With no warm-up and no decay it returns cfg.lr itself, so the seed recipe's updates are unchanged.
+ */
+export function lrAt(cfg: LrConfig, done: number): number {
+  const warm = cfg.lrWarmup ?? 0;
+  const decay = cfg.lrDecay ?? 'constant';
+  if (warm === 0 && decay === 'constant') return cfg.lr;
+  const w = warm > 0 ? Math.min(1, (done + 1) / warm) : 1;
+  const D = cfg.lrDecaySteps ?? 0;
+  let d = 1;
+  if (decay === 'rsqrt') d = Math.sqrt(D / Math.max(done, D));
+  else if (decay === 'cosine') d = (1 + Math.cos((Math.PI * Math.min(done, D)) / D)) / 2;
+  return cfg.lr * w * d;
+}
