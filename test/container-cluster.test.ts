@@ -118,7 +118,9 @@ describe(
     const id = randomBytes(3).toString('hex');
     const net = `sf-ct-${id}`;
     const dir = mkdtempSync(join(tmpdir(), 'scoreflow-ct-'));
-    const token = randomBytes(24).toString('hex');
+    // nats-server parses a $VARIABLE's value as a config value: a token that starts with a digit is read as a
+    // number and refused, so tokens start with a letter (as deploy/README.md says to make them).
+    const token = `sf${randomBytes(24).toString('hex')}`;
     const secrets: Record<string, Record<string, string>> = { 'scoreflow-nats': { token } };
     const objs = render(packagePath('deploy', 'k8s', 'base'));
     const find = (kind: string, name: string) => {
