@@ -20,7 +20,7 @@ import { payloadValues, type AssembledResult } from '../protocol/jobs.js';
 import { checkId } from '../protocol/subjects.js';
 import { addClusterOptions, withCluster, type Cluster, type ClusterFlags } from './cluster.js';
 import { backendOption, checkOutDir, parseIntArg, removeStaleTemps } from './common.js';
-import { addLikelihoodOptions, emitLikelihoodReport, likelihoodReport, type LikelihoodFlags } from './likelihood.js';
+import { addLikelihoodOptions, emitLikelihoodReport, likelihoodOptions, likelihoodReport, type LikelihoodFlags } from './likelihood.js';
 import { progressBar } from './progress.js';
 import {
   addSampleOptions,
@@ -195,16 +195,7 @@ async function likelihood(f: LikelihoodFlags & JobFlags): Promise<void> {
     raw: f.raw,
     data: f.data !== undefined ? images.source : f.split,
     limit: f.limit,
-    options: {
-      seed: f.seed,
-      hutchinson: f.hutchinson,
-      probes: f.probes,
-      rtol: f.rtol,
-      atol: f.atol,
-      eps: f.eps,
-      batchSize: f.batchSize,
-      dequantise: f.dequantise,
-    },
+    options: likelihoodOptions(f),
   };
   if (!existsSync(spec.ckpt)) throw new Error(`${f.ckpt}: no such checkpoint`);
   const journal = f.out !== undefined ? new JobJournal(f.out, spec, images.n, images.data) : undefined;

@@ -36,6 +36,12 @@ export interface LikelihoodFlags {
   out?: string;
 }
 
+/** The flags as the options of core's likelihood (and of a `coordinator likelihood` job spec). */
+export function likelihoodOptions(f: LikelihoodFlags) {
+  const { seed, hutchinson, probes, rtol, atol, eps, batchSize, dequantise } = f;
+  return { seed, hutchinson, probes, rtol, atol, eps, batchSize, dequantise };
+}
+
 async function likelihood(f: LikelihoodFlags): Promise<void> {
   if (f.out !== undefined && !f.out.endsWith('.json')) throw new Error(`--out must name a .json file, got '${f.out}'`);
   if (f.out !== undefined) checkOutDir('--out', f.out);
@@ -56,14 +62,7 @@ async function likelihood(f: LikelihoodFlags): Promise<void> {
     let r;
     try {
       r = await likelihoodRange(model, images.data, 0, images.n, {
-        seed: f.seed,
-        hutchinson: f.hutchinson,
-        probes: f.probes,
-        rtol: f.rtol,
-        atol: f.atol,
-        eps: f.eps,
-        batchSize: f.batchSize,
-        dequantise: f.dequantise,
+        ...likelihoodOptions(f),
         onProgress: (done) => bar.update(done),
       });
     } finally {
