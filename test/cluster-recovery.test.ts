@@ -117,12 +117,14 @@ describe('recovery', () => {
 
   it('spawned workers SIGKILLed together are restarted (back-off, same ids) and the run ends bit-exact by itself', async () => {
     const dir = tempDir();
-    const c = track(startBin('coordinator', runArgs(dir, 'rsp', ['--gpus', '2'])));
+    // (and a commit interval of its own: the lost steps are re-run from the last commit)
+    const c = track(startBin('coordinator', runArgs(dir, 'rsp', ['--gpus', '2', '--commit-every', '6'])));
     await until(() => logged(dir).length >= 5, 60_000, 'the first steps');
     const pids = [...pidsOfWorker('rsp-w0'), ...pidsOfWorker('rsp-w1')];
     assert.equal(pids.length, 2, c.output());
     for (const pid of pids) process.kill(pid, 'SIGKILL');
     assert.equal(await exitWithin(c, 120_000), 0, c.output());
+    assert.match(c.output(), /committing every 2 step\(s\), not 6: checkpoints \(every 8\) fall on commits/);
     assert.match(c.output(), /worker process w0 exited \(SIGKILL\); restarting it in 1\.0 s \(restart 1 of 3\)/);
     assert.match(c.output(), /worker process w1 exited \(SIGKILL\); restarting it in 1\.0 s \(restart 1 of 3\)/);
     assert.deepEqual(logged(dir), everyStepOnce(STEPS));

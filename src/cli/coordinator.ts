@@ -30,6 +30,7 @@ import { addTrainingOptions, CHECKPOINT, checkBatchFits, checkTrainFlags, config
 interface CoordinatorFlags extends TrainFlags, ClusterFlags {
   minWorkers?: number;
   checksumEvery: number;
+  commitEvery: number;
   heartbeatTimeout: number;
   stepTimeout: number;
   maxRestarts: number;
@@ -152,6 +153,7 @@ async function run_(
       minWorkers,
       checksumEvery: f.checksumEvery,
       checkpointEvery: f.ckptEvery,
+      commitEvery: f.commitEvery,
       heartbeatTimeoutMs: f.heartbeatTimeout,
       stepTimeoutMs: f.stepTimeout,
       transport: f.transport,
@@ -223,6 +225,12 @@ addClusterOptions(addTrainingOptions(cmd), 'they join with `worker start` (e.g. 
     'compare parameter checksums every n steps (0: never)',
     parseIntArg(0, 1e9),
     COORDINATOR_DEFAULTS.checksumEvery,
+  )
+  .option(
+    '--commit-every <n>',
+    'commit (make durable, let workers drop older snapshots) every n steps; a failure re-runs at most n steps; checkpoints fall on commits',
+    parseIntArg(1, 1e6),
+    COORDINATOR_DEFAULTS.commitEvery,
   )
   .option(
     '--heartbeat-timeout <ms>',

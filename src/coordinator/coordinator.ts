@@ -206,6 +206,11 @@ export class Coordinator {
     this.broadcast('hello', { committed: this.committed });
     this.telemetry.ready = true;
     this.opts.log(`coordinator: run ${run} at step ${this.committed}, waiting for ${this.opts.minWorkers} worker(s) on ${nc.getServer()}`);
+    const every = this.commitEvery();
+    if (every !== this.opts.commitEvery)
+      this.opts.log(
+        `coordinator: committing every ${every} step(s), not ${this.opts.commitEvery}: checkpoints (every ${this.opts.checkpointEvery}) fall on commits`,
+      );
   }
 
   /** Ends the run as failed (one STOPPING line), e.g. when the workers it needs are gone for good. */
