@@ -5,7 +5,7 @@
  * warm-up, each after a one-float all-reduce that lines the ranks up (a barrier), checks the
  * sum, and prints {median_ms, min_ms} of its own timings as one JSON line.
  */
-import { ProcessGroup } from '../src/core/backend/torch/c10d.js';
+import { ProcessGroup } from '../src/worker/collective/process-group.js';
 
 const [rank, world, port, numel, reps] = process.argv.slice(2).map(Number);
 const pg = await ProcessGroup.create({

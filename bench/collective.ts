@@ -27,7 +27,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NatsServer } from '../src/cluster/nats-server.js';
-import { StoreServer } from '../src/core/backend/torch/c10d.js';
+import { StoreServer } from '../src/worker/collective/process-group.js';
 import { packagePath } from '../src/core/paths.js';
 import { median, round, runCluster, summarise } from './cluster.js';
 

@@ -12,6 +12,7 @@ import { trainConfig } from '../src/core/train/config.js';
 import { GradPool, poolThreads } from '../src/core/train/pool.js';
 import { trainStep } from '../src/core/train/step.js';
 import { Trainer } from '../src/core/train/trainer.js';
+import { nativeAdamFor } from '../src/core/backend/native-adam.js';
 
 export interface CoreFigures {
   backend: string;
@@ -50,7 +51,7 @@ export async function benchCore(
   for (const batch of [32, 128]) {
     const config = trainConfig({ batchSize: batch });
     const pool = await GradPool.create({ threads, backend: name, config, data });
-    const trainer = Trainer.create(config, data).setGradSource(pool);
+    const trainer = Trainer.create(config, data).setGradSource(pool).setAdam(nativeAdamFor(name));
     train[`batch_${batch}`] = batch / (await timed(() => trainStep(trainer), reps));
     await pool.close();
     trainer.dispose();
@@ -101,7 +102,7 @@ export async function leakCheck(backend: BackendName, steps: number, batch = 8):
   const data = loadImages('train', { limit: 1024 });
   const config = trainConfig({ batchSize: batch });
   const pool = await GradPool.create({ threads: 1, backend: name, config, data });
-  const trainer = Trainer.create(config, data).setGradSource(pool);
+  const trainer = Trainer.create(config, data).setGradSource(pool).setAdam(nativeAdamFor(name));
   const rows: Array<Record<string, number>> = [];
   for (let k = 0; k < steps; k++) {
     await trainStep(trainer);

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { test } from 'node:test';
 import { adamStep, l2norm, newOptimState, type AdamSettings } from '../src/core/train/adam.js';
-import { offerNativeAdam } from '../src/core/backend/native-adam.js';
+import { nativeAdamFor } from '../src/core/backend/native-adam.js';
 import { loadTorchAddon } from '../src/core/backend/torch/index.js';
 import { Rng } from '../src/core/rng.js';
 
@@ -76,13 +76,8 @@ test("the torch addon's native Adam gives the JavaScript update bit for bit, and
     const native = newOptimState(p0.slice());
     for (let k = 0; k < 4; k++) {
       const g = Float32Array.from(new Rng(8, k).normal(n), (v, i) => v * 10 ** ((i % 11) - 6));
-      adamStep(js, g, a, 'js');
-      offerNativeAdam(addon.adam);
-      try {
-        adamStep(native, g, a);
-      } finally {
-        offerNativeAdam(undefined);
-      }
+      adamStep(js, g, a);
+      adamStep(native, g, a, addon.adam);
     }
     for (const key of ['params', 'm', 'v', 'ema'] as const) {
       const i = js[key].findIndex((v, j) => !Object.is(v, native[key][j]));
@@ -90,16 +85,14 @@ test("the torch addon's native Adam gives the JavaScript update bit for bit, and
     }
     assert.equal(native.step, 4);
   }
+  assert.equal(nativeAdamFor('torch'), addon.adam, "a torch trainer is handed the addon's Adam");
+  for (const b of ['wasm', 'cpu', 'tensorflow']) assert.equal(nativeAdamFor(b), undefined, `${b}: the JavaScript loop`);
   for (const impl of ['native', 'js'] as const) {
     const s = newOptimState(p0.slice());
     const g = new Float32Array(n);
     g[123_456] = Number.NaN;
-    if (impl === 'native') offerNativeAdam(addon.adam);
-    try {
-      assert.throws(() => adamStep(s, g, SETTINGS), /non-finite gradient at step 0 \(index 123456\); state left unchanged/);
-    } finally {
-      offerNativeAdam(undefined);
-    }
+    const engine = impl === 'native' ? addon.adam : undefined;
+    assert.throws(() => adamStep(s, g, SETTINGS, engine), /non-finite gradient at step 0 \(index 123456\); state left unchanged/);
     assert.deepEqual(s.params, p0, impl);
     assert.equal(s.step, 0);
     assert.ok(s.m.every((v) => v === 0) && s.ema.every((v, i) => v === p0[i]), impl);

@@ -1,9 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
+import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { AUTO_ORDER, BACKEND_NAMES, backendInfo, initBackend, type BackendName } from '../src/core/backend/index.js';
 import { Rng, Stream } from '../src/core/rng.js';
+import { cgroupCpuLimit, computeCores } from '../src/core/cpus.js';
 
 // Kernels are compared against the pure-JS reference within this fraction of the largest
 // reference magnitude (float32 sums of up to a few hundred terms, in different orders).
@@ -396,4 +400,35 @@ test('auto picks the first backend that loads, and logs it with why the faster o
   }
   // wasm is always installable from npm, so auto never falls below it.
   assert.notEqual(name, 'cpu');
+});
+
+test("default threads: the affinity mask capped by the cgroup's CPU limit (v2 cpu.max, v1 cfs quota), rounded down, at least 1", () => {
+  const root = mkdtempSync(join(tmpdir(), 'sf-cgroup-'));
+  try {
+    const cores = availableParallelism();
+    const v2 = (text: string) => {
+      rmSync(join(root, 'cpu'), { recursive: true, force: true });
+      writeFileSync(join(root, 'cpu.max'), text);
+    };
+    v2('max 100000\n');
+    assert.equal(cgroupCpuLimit(root), undefined);
+    assert.equal(computeCores(root), cores);
+    v2('250000 100000\n');
+    assert.equal(cgroupCpuLimit(root), 2.5);
+    assert.equal(computeCores(root), Math.min(cores, 2));
+    v2('50000 100000\n');
+    assert.equal(computeCores(root), 1, 'half a CPU still computes on one thread');
+    // cgroup v1 (this machine's hybrid layout): quota -1 is no limit
+    rmSync(join(root, 'cpu.max'));
+    mkdirSync(join(root, 'cpu'));
+    writeFileSync(join(root, 'cpu', 'cpu.cfs_period_us'), '100000\n');
+    writeFileSync(join(root, 'cpu', 'cpu.cfs_quota_us'), '-1\n');
+    assert.equal(cgroupCpuLimit(root), undefined);
+    writeFileSync(join(root, 'cpu', 'cpu.cfs_quota_us'), '100000\n');
+    assert.equal(cgroupCpuLimit(root), 1);
+    assert.equal(computeCores(root), 1);
+    assert.equal(cgroupCpuLimit(join(root, 'nothing-here')), undefined, 'no cgroup files: no limit');
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
 });

@@ -1,5 +1,5 @@
 /**
- * c10d process groups (src/core/backend/torch/c10d.ts over native/src/c10d.cc) between real
+ * c10d process groups (src/worker/collective/process-group.ts over native/src/c10d.cc) between real
  * processes: each rank is a child process (helpers/c10d-peer.ts) speaking Gloo over loopback to
  * the others, with rank 0's TCPStore server as the rendezvous. CI installs libgloo-dev, so an
  * addon built without c10d gloo fails these tests rather than skipping them.
@@ -9,7 +9,7 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { ProcessGroup, StoreServer, c10dInfo, type GroupOptions } from '../src/core/backend/torch/index.js';
+import { ProcessGroup, StoreServer, c10dInfo, type GroupOptions } from '../src/worker/collective/process-group.js';
 import { digest, expectedSum, type ValueKind } from './helpers/c10d-values.js';
 
 /** Not a multiple of any chunk size Gloo might cut the vector into. */

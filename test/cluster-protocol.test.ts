@@ -9,7 +9,7 @@ import { meanGradient } from '../src/core/train/step.js';
 import { SyntheticReplica, SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../src/worker/synthetic.js';
 import { startNats, syntheticCluster, type NatsServer } from './helpers/nats.js';
 import { maxRelDiff } from '../src/core/parity.js';
-import { ProcessGroup } from '../src/core/backend/torch/c10d.js';
+import { ProcessGroup } from '../src/worker/collective/process-group.js';
 
 const TRANSPORTS = ['nats', 'gloo'] as const;
 

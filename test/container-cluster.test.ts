@@ -25,7 +25,7 @@ import { spawn, spawnSync, type ChildProcess, type SpawnSyncReturns } from 'node
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { get } from 'node:http';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { packagePath } from '../src/core/paths.js';
@@ -109,7 +109,12 @@ interface Pod {
   dropEnv?: string[];
   /** The container's args as the test runs them (default: the spec's). */
   args?: (specArgs: string[]) => string[];
+  /** The container's CPU limit as the test runs it (default: the spec's limits.cpu, at most this machine's cores). */
+  cpus?: number;
 }
+
+/** A Kubernetes CPU quantity ("2", "500m", "1.5") in CPUs. */
+const cpuQuantity = (q: string | number) => (typeof q === 'number' ? q : q.endsWith('m') ? Number(q.slice(0, -1)) / 1000 : Number(q));
 
 describe(
   'the image and the Kubernetes pods as podman containers: torch + gloo, a killed worker, a restarted coordinator, Prometheus',
@@ -155,6 +160,10 @@ describe(
       // --read-only-tmpfs=false: only the declared volumes are writable, as on Kubernetes.
       if (sc.readOnlyRootFilesystem) a.push('--read-only', '--read-only-tmpfs=false');
       if (sc.allowPrivilegeEscalation === false) a.push('--security-opt', 'no-new-privileges');
+      // limits.cpu as the cgroup's CFS quota, which the processes read for their default thread count (core/cpus.ts)
+      const limit = c.resources?.limits?.cpu;
+      const cpus = p.cpus ?? (limit === undefined ? undefined : Math.min(cpuQuantity(limit), availableParallelism()));
+      if (cpus !== undefined) a.push('--cpus', String(cpus));
       for (const cap of sc.capabilities?.drop ?? []) a.push('--cap-drop', cap);
       for (const e of c.env ?? []) {
         if (p.dropEnv?.includes(e.name)) continue;
@@ -268,7 +277,8 @@ describe(
 
       start({ name: 'scoreflow-nats-0', ip: ipOf(10), workload: nats, aliases: ['scoreflow-nats'] });
       start({ name: 'scoreflow-coordinator', ip: ipOf(20), workload: coordinator, aliases: ['scoreflow-coordinator'], args: small });
-      for (const i of [0, 1]) start({ name: `scoreflow-worker-${i}`, ip: ipOf(30 + i), workload: workers });
+      // two 1-CPU worker pods on this 2-core machine (the spec's limit is 4): each computes on 1 thread without being told
+      for (const i of [0, 1]) start({ name: `scoreflow-worker-${i}`, ip: ipOf(30 + i), workload: workers, cpus: 1 });
       runDir = join(podmanOk(['volume', 'inspect', '--format', '{{.Mountpoint}}', volName('scoreflow-checkpoints')]), 'run');
 
       // Prometheus on the host, scraping the containers at their IPs on the network.
@@ -349,7 +359,7 @@ describe(
       // What `auto` decides from: the backend it starts, and the c10d back-ends the addon has.
       const script = [
         "const { startBackend } = await import('/app/dist/src/cli/common.js');",
-        "const { c10dInfo } = await import('/app/dist/src/core/backend/torch/c10d.js');",
+        "const { c10dInfo } = await import('/app/dist/src/worker/collective/process-group.js');",
         "console.log(JSON.stringify({ backend: await startBackend({ backend: 'auto', threads: 1 }), c10d: c10dInfo() }));",
       ].join(' ');
       const l = podman([
@@ -408,12 +418,12 @@ describe(
       );
       const log = logs('scoreflow-coordinator');
       assert.match(log, /^coordinator: gradients over gloo/m, 'the run does not use gloo');
-      const joined = [...log.matchAll(/^coordinator: worker (\S+) joined \((\S+) pid \d+, device (-?\d+), \d+ thread\(s\), (\w+)\)/gm)];
-      const hosts = [...new Set(joined.map((j) => `${j[2]} ${j[4]}`))].sort();
+      const joined = [...log.matchAll(/^coordinator: worker (\S+) joined \((\S+) pid \d+, device (-?\d+), (\d+) thread\(s\), (\w+)\)/gm)];
+      const hosts = [...new Set(joined.map((j) => `${j[2]} ${j[5]} ${j[4]} thread(s)`))].sort();
       assert.deepEqual(
         hosts,
-        ['scoreflow-worker-0 torch', 'scoreflow-worker-1 torch'],
-        `both workers join on torch:\n${joined.map((j) => j[0]).join('\n')}`,
+        ['scoreflow-worker-0 torch 1 thread(s)', 'scoreflow-worker-1 torch 1 thread(s)'],
+        `both workers join on torch, on as many threads as their pod's CPU limit (1):\n${joined.map((j) => j[0]).join('\n')}`,
       );
       const records = readFileSync(join(runDir, 'train.jsonl'), 'utf8')
         .split('\n')
@@ -478,7 +488,7 @@ describe(
         podmanOk(['rm', 'scoreflow-worker-1']);
         // The StatefulSet's replacement: the same pod name, a new pod IP. Without SCOREFLOW_DATA_HOST
         // it finds its data-plane address itself: its address towards the NATS container.
-        start({ name: 'scoreflow-worker-1', ip: ipOf(32), workload: workers, dropEnv: ['SCOREFLOW_DATA_HOST'] });
+        start({ name: 'scoreflow-worker-1', ip: ipOf(32), workload: workers, dropEnv: ['SCOREFLOW_DATA_HOST'], cpus: 1 });
         const before = steps().length;
         await poll(
           () => `the replacement worker to join and train:\n${logs('scoreflow-coordinator').slice(-3000)}`,

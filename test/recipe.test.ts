@@ -265,7 +265,7 @@ test('lr schedule: closed-form values, and Adam takes its first step at lrAt(0)'
   for (const k of [0, 1, 1e6]) assert.equal(lrAt(TRAIN_DEFAULTS, k), TRAIN_DEFAULTS.lr);
   // Adam's first update is lr * g / (|g| + eps): about -lrAt(0) sign(g) per parameter
   const s = newOptimState(new Float32Array(3));
-  adamStep(s, Float32Array.of(0.5, -2, 1), FAST, 'js');
+  adamStep(s, Float32Array.of(0.5, -2, 1), FAST);
   const lr0 = lrAt(FAST, 0);
   [-lr0, lr0, -lr0].forEach((want, i) => assert.ok(Math.abs(s.params[i] - want) < 1e-6 * lr0, `parameter ${i}: ${s.params[i]} vs ${want}`));
 });

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { c10dInfo } from '../src/core/backend/torch/c10d.js';
+import { c10dInfo } from '../src/worker/collective/process-group.js';
 import { errorLines, runBin, spawnBin, tempDir } from './helpers/cli.js';
 import { startNats, type NatsServer } from './helpers/nats.js';
 

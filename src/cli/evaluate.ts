@@ -29,6 +29,7 @@ import {
 import { evaluateSamples, referenceStats, type Images } from '../core/eval/index.js';
 import { backendOption, checkOutDir, deviceOption, noteUnverified, parseFloatArg, parseIntArg, startBackend } from './common.js';
 import { progressBar } from './progress.js';
+import { nativeAdamFor } from '../core/backend/native-adam.js';
 
 function parseTwoInts(v: string): [number, number] {
   const parts = v.split(',').map((s) => Number(s.trim()));
@@ -79,6 +80,7 @@ async function classifier(f: ClassifierFlags): Promise<void> {
       batchSize: f.batchSize,
       lr: f.lr,
       config,
+      nativeAdam: nativeAdamFor(backend),
       onStep: (done, _total, loss) => bar.update(done, { loss: loss.toFixed(4) }),
     });
   } finally {
@@ -201,7 +203,11 @@ export function registerEvaluate(program: Command): void {
     .option('--train-limit <n>', 'train on the first n training images only', parseIntArg(1))
     .addOption(backendOption())
     .addOption(deviceOption())
-    .option('--threads <t>', 'libtorch intra-op threads on torch (default: all cores)', parseIntArg(1))
+    .option(
+      '--threads <t>',
+      'libtorch intra-op threads on torch (default: the cores this process may use: its affinity, capped by its cgroup CPU limit)',
+      parseIntArg(1),
+    )
     .action((opts: ClassifierFlags) => classifier(opts));
 
   program
@@ -217,7 +223,11 @@ export function registerEvaluate(program: Command): void {
     .option('--batch-size <b>', 'images per classifier batch', parseIntArg(1), 500)
     .addOption(backendOption())
     .addOption(deviceOption())
-    .option('--threads <t>', 'libtorch intra-op threads on torch (default: all cores)', parseIntArg(1))
+    .option(
+      '--threads <t>',
+      'libtorch intra-op threads on torch (default: the cores this process may use: its affinity, capped by its cgroup CPU limit)',
+      parseIntArg(1),
+    )
     .option('--out <file.json>', 'also write the JSON lines here (atomically)')
     .action((opts: EvaluateFlags) => evaluate(opts));
 }

@@ -21,6 +21,7 @@ import { NonFiniteError, trainStep } from '../core/train/step.js';
 import { watchStep, WATCH_DEFAULTS } from '../core/eval/watch.js';
 import { netScoreModel } from '../core/score/net.js';
 import { Trainer } from '../core/train/trainer.js';
+import { nativeAdamFor } from '../core/backend/native-adam.js';
 import {
   backendOption,
   checkOutputDir,
@@ -106,7 +107,7 @@ export function addTrainingOptions(cmd: Command): Command {
     .addOption(deviceOption())
     .option(
       '--threads <t>',
-      'compute threads (default: all cores): GradPool threads on wasm/cpu, intra-op threads on torch',
+      'compute threads (default: the cores this process may use: its affinity, capped by its cgroup CPU limit): GradPool threads on wasm/cpu, intra-op threads on torch',
       parseIntArg(1, 1024),
     )
     .option('--out <dir>', 'output directory (checkpoint, log.jsonl)', 'runs/train')
@@ -203,7 +204,7 @@ async function train(f: TrainCommandFlags, cmd: Command): Promise<void> {
   checkBatchFits(cfg.batchSize, data.n, data.source);
   // Sharded, every gradient is computed on one thread, as a 1-thread worker computes it.
   const backend = await startBackend(f.shards === undefined ? f : { ...f, threads: 1 });
-  const trainer = resumed ? Trainer.fromCheckpoint(resumed, data) : Trainer.create(cfg, data);
+  const trainer = (resumed ? Trainer.fromCheckpoint(resumed, data) : Trainer.create(cfg, data)).setAdam(nativeAdamFor(backend));
   // The run id travels in every checkpoint, so a checkpoint says which run it continues.
   const run = resumed?.run ?? `train-${randomBytes(6).toString('hex')}`;
   const end = targetStep(f, trainer.stepsPerEpoch());

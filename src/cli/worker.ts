@@ -7,6 +7,7 @@
 import { Option } from 'commander';
 import { addAuthOptions, authFlags, clientAuth, type AuthFlags } from '../cluster/auth.js';
 import { connectNats } from '../cluster/connect.js';
+import { backendInfo } from '../core/backend/index.js';
 import { checkId } from '../protocol/subjects.js';
 import { bindTelemetry, createMetrics } from '../metrics/index.js';
 import { JobRunner } from '../worker/jobs.js';
@@ -90,7 +91,7 @@ async function start(f: WorkerFlags): Promise<void> {
     run: f.run,
     id,
     device: f.device,
-    threads,
+    threads: backend === 'torch' ? (backendInfo().threads ?? threads) : threads,
     backend,
     factory,
     heartbeatMs: f.heartbeatMs,
@@ -141,7 +142,7 @@ addAuthOptions(
     .option('--device <i>', 'GPU index (-1: CPU)', parseIntArg(-1, 4095), -1)
     .option(
       '--threads <t>',
-      'compute threads (default: all cores): pool threads on wasm/cpu, intra-op threads on torch',
+      'compute threads (default: the cores this process may use: its affinity, capped by its cgroup CPU limit): pool threads on wasm/cpu, intra-op threads on torch',
       parseIntArg(1, 1024),
     )
     .addOption(backendOption())

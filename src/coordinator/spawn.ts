@@ -9,11 +9,11 @@
  * coordinator dies, and the worker exits when it reads end-of-file.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { availableParallelism } from 'node:os';
 import { createInterface } from 'node:readline';
 import { packagePath } from '../core/paths.js';
 import { splitUrlCredentials } from '../cluster/auth.js';
 import { dieWithParent } from '../cluster/parent-death.js';
+import { computeCores } from '../core/cpus.js';
 
 /** Number of NVIDIA GPUs (0 when nvidia-smi is missing or fails). */
 export function countGpus(): number {
@@ -69,7 +69,7 @@ export function spawnWorkers(o: SpawnOptions): Spawned {
   if (onGpu < o.n) {
     o.log(`coordinator: asked for ${o.n} GPU worker(s), found ${gpus} GPU(s): running ${o.n - onGpu} worker(s) on the CPU of this machine`);
   }
-  const cpuThreads = o.threads ?? Math.max(1, Math.floor(availableParallelism() / Math.max(1, o.n - onGpu)));
+  const cpuThreads = o.threads ?? Math.max(1, Math.floor(computeCores() / Math.max(1, o.n - onGpu)));
   const children: ChildProcess[] = [];
   const restarts = new Array<number>(o.n).fill(0);
   const timers = new Set<NodeJS.Timeout>();

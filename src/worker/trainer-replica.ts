@@ -9,6 +9,7 @@ import { loadCheckpointBytes } from '../core/train/checkpoint.js';
 import { trainConfig, type TrainConfig } from '../core/train/config.js';
 import { GradPool } from '../core/train/pool.js';
 import { Trainer } from '../core/train/trainer.js';
+import { nativeAdamFor } from '../core/backend/native-adam.js';
 import type { OptimState } from '../core/train/adam.js';
 import type { GradSink } from '../core/train/api.js';
 import type { Replica, ReplicaFactory } from './replica.js';
@@ -87,7 +88,7 @@ export function trainerReplicas(o: TrainerReplicaOptions): ReplicaFactory & { cl
       cached = { key, pool, data };
     }
     const t = state ? Trainer.fromState(state, cached.data) : Trainer.create(cfg, cached.data);
-    return new TrainerReplica(t.setGradSource(cached.pool));
+    return new TrainerReplica(t.setGradSource(cached.pool).setAdam(nativeAdamFor(o.backend)));
   };
   return Object.assign(factory, { close: async () => cached?.pool.close() });
 }

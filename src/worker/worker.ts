@@ -38,6 +38,7 @@ export interface WorkerOptions {
   /** Default: host-device-pid. */
   id?: string;
   device?: number;
+  /** Compute threads, as the Join reports them: libtorch's intra-op threads on torch, pool threads on wasm/cpu. */
   threads?: number;
   backend?: string;
   factory: ReplicaFactory;

@@ -11,7 +11,7 @@
  *                                       [{ digest, head } | { error }] }
  *   close { id }                        closes group `id` -> {}
  */
-import { ProcessGroup, StoreServer, type GroupOptions } from '../../src/core/backend/torch/index.js';
+import { ProcessGroup, StoreServer, type GroupOptions } from '../../src/worker/collective/process-group.js';
 import { digest, rankValues, type ValueKind } from './c10d-values.js';
 
 interface Request {

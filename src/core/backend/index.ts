@@ -22,7 +22,7 @@ export type ConcreteBackendName = Exclude<BackendName, 'auto'>;
 export const AUTO_ORDER: readonly ConcreteBackendName[] = ['torch', 'tensorflow', 'wasm', 'cpu'];
 
 export interface InitBackendOptions {
-  /** torch: libtorch intra-op threads (default all cores). wasm: XNNPACK threads, which
+  /** torch: libtorch intra-op threads (default computeCores(), core/cpus.ts). wasm: XNNPACK threads, which
    *  have no effect under Node today (see loadWasm). */
   threads?: number;
   /** torch device, e.g. 'cpu', 'cuda', 'cuda:1'; passed to registerTorchBackend. */

@@ -1,7 +1,8 @@
 /**
- * The native Adam update a backend may offer to the optimiser (src/core/train/adam.ts asks for it
- * with nativeAdam()). Today the torch backend offers its addon's once it is registered.
+ * The native Adam update a backend has (today the torch addon's), for whoever builds a Trainer
+ * or trains the classifier to hand to the optimiser (src/core/train/adam.ts) explicitly.
  */
+import { loadTorchAddon } from './torch/addon.js';
 
 /**
  * One Adam + EMA update in place (native/src/adam.cc): the same double-precision arithmetic as
@@ -18,14 +19,7 @@ export type NativeAdam = (
   scalars: Float64Array,
 ) => number;
 
-let offered: NativeAdam | undefined;
-
-/** The native Adam on offer, or undefined: the optimiser then runs its JavaScript loop. */
-export function nativeAdam(): NativeAdam | undefined {
-  return offered;
-}
-
-/** Offers `f` to every following update (undefined withdraws it). */
-export function offerNativeAdam(f: NativeAdam | undefined): void {
-  offered = f;
+/** The native Adam of the running backend `backend` (its addon's on torch), or undefined: the optimiser then runs its JavaScript loop. */
+export function nativeAdamFor(backend: string): NativeAdam | undefined {
+  return backend === 'torch' ? loadTorchAddon().adam : undefined;
 }

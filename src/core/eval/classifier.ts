@@ -19,6 +19,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { writeSafetensors, readSafetensors, getFloat32, type SafetensorsFile } from '../io/safetensors.js';
 import { adamStep, newOptimState } from '../train/adam.js';
+import type { NativeAdam } from '../backend/native-adam.js';
 import { Rng, Stream } from '../rng.js';
 
 export const CLASSIFIER_FORMAT = 'scoreflow/1 MNIST classifier, tfjs layouts, float32';
@@ -209,6 +210,8 @@ export interface TrainClassifierOptions {
   batchSize?: number;
   /** Initial Adam learning rate (cosine-decayed to 0 over the run). */
   lr?: number;
+  /** The update's engine (native-adam.ts nativeAdamFor(backend)); default: the JavaScript loop. */
+  nativeAdam?: NativeAdam;
   /** After each update: updates done, their total, and the batch's mean loss. */
   onStep?: (done: number, total: number, loss: number) => void;
 }
@@ -282,7 +285,7 @@ export function trainClassifier(images: Float32Array, labels: Uint8Array, opts: 
     if (!Number.isFinite(lossValue)) throw new Error(`trainClassifier: loss is ${lossValue} at step ${step}`);
     // cosine decay of the learning rate from lr to 0 over the run
     adam.lr = baseLr * 0.5 * (1 + Math.cos((Math.PI * step) / total));
-    adamStep(state, grad, adam);
+    adamStep(state, grad, adam, opts.nativeAdam);
     losses.push(lossValue);
     if (losses.length > 50) losses.shift();
     opts.onStep?.(step + 1, total, lossValue);

@@ -4,7 +4,7 @@
  * every worker that applies the same mean gradient ends with bit-identical state, whatever
  * tensor backend computed the gradient.
  */
-import { nativeAdam } from '../backend/native-adam.js';
+import type { NativeAdam } from '../backend/native-adam.js';
 import type { TrainConfig } from './config.js';
 import { lrAt } from './schedule.js';
 
@@ -42,7 +42,7 @@ export function l2norm(g: Float32Array): number {
  * value throws and leaves the state unchanged. Frozen parameters (the Fourier weights) have an
  * identically zero gradient, so m = v = 0 and their update is 0 / (0 + eps) = 0.
  */
-export function adamStep(s: OptimState, g: Float32Array, a: AdamSettings, impl: 'auto' | 'js' = 'auto'): void {
+export function adamStep(s: OptimState, g: Float32Array, a: AdamSettings, native?: NativeAdam): void {
   if (g.length !== s.params.length) throw new Error(`gradient has ${g.length} values, parameters ${s.params.length}`);
   const norm = a.gradClip > 0 ? l2norm(g) : 0;
   const scale = a.gradClip > 0 && norm > a.gradClip ? a.gradClip / (norm + 1e-6) : 1;
@@ -57,8 +57,7 @@ export function adamStep(s: OptimState, g: Float32Array, a: AdamSettings, impl: 
   const decay = Math.min(a.emaDecay, (1 + t) / (10 + t));
   const { params: p, m, v, ema } = s;
   let bad = -1;
-  // A backend's native Adam (the torch addon's, once that backend is registered) gives the same bits.
-  const native = impl === 'auto' ? nativeAdam() : undefined;
+  // A backend's native Adam (native-adam.ts nativeAdamFor), when the caller hands one over, gives the same bits.
   if (native !== undefined) {
     bad = native(g, p, m, v, ema, Float64Array.of(scale, a.beta1, a.beta2, stepSize, sqrtBc2, a.adamEps, decay));
   } else {

@@ -6,12 +6,12 @@
  * `shards`) and the parts' gradient sums are added in part order, so the result does not depend
  * on which thread finished first.
  */
-import { availableParallelism } from 'node:os';
 import { Piscina } from 'piscina';
 import { rangeBounds } from '../data/batches.js';
 import type { GradSink, GradSource, GradSum } from './api.js';
 import type { TrainConfig } from './config.js';
 import { GradEngine, type Images } from './engine.js';
+import { computeCores } from '../cpus.js';
 
 export interface GradPoolOptions {
   /** Compute threads; 1 computes in the calling thread. Default: the number of cores. */
@@ -49,8 +49,8 @@ export interface ThreadTask {
  * `threads` of them.
  */
 export function poolThreads(backend: string, threads?: number, shards?: number): number {
-  if (shards !== undefined) return Math.min(shards, threads ?? availableParallelism());
-  return backend === 'wasm' || backend === 'cpu' ? (threads ?? availableParallelism()) : 1;
+  if (shards !== undefined) return Math.min(shards, threads ?? computeCores());
+  return backend === 'wasm' || backend === 'cpu' ? (threads ?? computeCores()) : 1;
 }
 
 /**
@@ -79,7 +79,7 @@ export class GradPool implements GradSource {
   private sharedVersion = -1;
 
   static async create(opts: GradPoolOptions): Promise<GradPool> {
-    const threads = Math.max(1, Math.floor(opts.threads ?? availableParallelism()));
+    const threads = Math.max(1, Math.floor(opts.threads ?? computeCores()));
     const shards = opts.shards;
     if (shards !== undefined && !(Number.isInteger(shards) && shards >= 1))
       throw new Error(`shards must be a positive integer, got ${shards}`);

@@ -6,6 +6,7 @@
 import { createHash } from 'node:crypto';
 import type { GradSink, GradSource, GradSum, ParamSpec, StepBatch } from './api.js';
 import { adamStep, newOptimState, type OptimState } from './adam.js';
+import type { NativeAdam } from '../backend/native-adam.js';
 import { encodeCheckpoint, loadCheckpointBytes, loadTrainingCheckpoint, type DecodedCheckpoint } from './checkpoint.js';
 import type { TrainConfig } from './config.js';
 import { GradEngine, type Images } from './engine.js';
@@ -20,6 +21,8 @@ export class Trainer {
   /** Bumped on every change of the parameters, to know when to re-upload them. */
   private version = 0;
   private source: GradSource;
+  /** The update's engine: a backend's native Adam (same bits), or undefined for the JavaScript loop. */
+  private adam: NativeAdam | undefined;
 
   private constructor(
     readonly config: TrainConfig,
@@ -86,6 +89,12 @@ export class Trainer {
     return this;
   }
 
+  /** Applies updates with `adam` from now on (native-adam.ts nativeAdamFor(backend); undefined: the JavaScript loop). */
+  setAdam(adam: NativeAdam | undefined): this {
+    this.adam = adam;
+    return this;
+  }
+
   /** Sum over samples [from, to) of step `step`'s global batch of the per-sample loss gradients, at the current parameters (api.ts: the sink). */
   async gradSum(step: number, from: number, to: number, sink?: GradSink): Promise<GradSum> {
     return this.source.gradSum(this.state.params, this.version, step, from, to, sink);
@@ -93,7 +102,7 @@ export class Trainer {
 
   /** The identical update on every replica: clip, Adam, EMA, step += 1 (throws on a non-finite gradient, changing nothing). */
   apply(meanGrad: Float32Array): void {
-    adamStep(this.state, meanGrad, this.config);
+    adamStep(this.state, meanGrad, this.config, this.adam);
     this.version++;
   }
 

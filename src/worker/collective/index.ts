@@ -9,7 +9,7 @@
  *
  *   nats        reduce-scatter to rank-owned ranges and all-gather through the broker,
  *               summed in rank order (./nats.ts). Works wherever the broker is reachable.
- *   gloo, nccl  a c10d process group of the plan's members (./c10d.ts): direct TCP between
+ *   gloo, nccl  a c10d process group of the plan's members (./c10d.ts over ./process-group.ts): direct TCP between
  *               workers on CPUs (Gloo), NCCL on GPUs. They overlap the all-reduce with the
  *               backward pass: `sink()` hands the gradient computation a GradSink, whose
  *               buckets go out as soon as the backward pass has finished them.

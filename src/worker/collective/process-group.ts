@@ -8,7 +8,7 @@
  * every rank has arrived, or rejects after the timeout. Nothing here blocks the JS thread, and an
  * idle group or server does not keep Node running (a call in flight does).
  */
-import { loadTorchAddon, type C10dOps, type NativeHandle } from './addon.js';
+import { loadTorchAddon, type C10dOps, type NativeHandle } from '../../core/backend/torch/addon.js';
 
 /** A store client that holds part of a request this long is disconnected (a real request is a few hundred bytes, sent at once). */
 export const STORE_REQUEST_TIMEOUT_MS = 5000;

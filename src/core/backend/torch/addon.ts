@@ -13,7 +13,7 @@ export type TypedArray = Float32Array | Int32Array | Uint8Array;
 /** An object the addon made (a store server, a process group); opaque to JS. */
 export type NativeHandle = object & { readonly __nativeHandle?: never };
 
-/** The addon's c10d functions (native/src/c10d.cc); ./c10d.ts is the typed surface. */
+/** The addon's c10d functions (native/src/c10d.cc); src/worker/collective/process-group.ts is the typed surface. */
 export interface C10dOps {
   listen(host: string, port: number, requestTimeoutMs: number): Promise<NativeHandle>;
   storePort(store: NativeHandle): number;

@@ -5,10 +5,8 @@
  *   backend.ts   the KernelBackend: tensor storage, reads and writes, the argument buffer
  *   kernels.ts   the kernel table: tfjs kernels written into the addon's argument slots
  *   register.ts  registering the backend and its kernels; call and timing counters
- *   c10d.ts      c10d process groups (Gloo, NCCL) for all-reduce between processes
  */
 export { ADDON_PATH, loadTorchAddon, type TorchAddon } from './addon.js';
-export { ProcessGroup, StoreServer, c10dInfo, type C10dInfo, type GroupOptions } from './c10d.js';
 export { TorchBackend } from './backend.js';
 export { TORCH_KERNELS, setFusedGroupNormImpl } from './kernels.js';
 export {

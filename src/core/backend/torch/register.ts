@@ -2,17 +2,16 @@
  * Registering the `torch` tfjs backend and its kernels, with the per-kernel call counters the
  * tests read and the optional timing counters (SCOREFLOW_TORCH_TIMES=1).
  */
-import { availableParallelism } from 'node:os';
 import * as tf from '@tensorflow/tfjs';
-import { offerNativeAdam } from '../native-adam.js';
 import { loadTorchAddon, type TorchAddon } from './addon.js';
 import { TorchBackend } from './backend.js';
 import { ADDON_OP, KERNELS, type Attrs, type Inputs } from './kernels.js';
+import { computeCores } from '../../cpus.js';
 
 export interface TorchBackendOptions {
   /** 'cpu' (default), 'cuda' or 'cuda:N' (needs a libtorch built with CUDA). */
   device?: string;
-  /** libtorch intra-op threads; default: all cores. */
+  /** libtorch intra-op threads; default: computeCores() (core/cpus.ts). */
   threads?: number;
 }
 
@@ -74,14 +73,14 @@ function registerKernels(native: TorchAddon): void {
 }
 
 /**
- * Registers tfjs backend 'torch' on `device` and makes it the active backend; from then on the
- * addon's Adam is on offer to the optimiser (see ../native-adam.ts).
+ * Registers tfjs backend 'torch' on `device` and makes it the active backend (the addon's Adam
+ * is handed to trainers explicitly: ../native-adam.ts nativeAdamFor).
  * Throws one line when the addon is not built or does not load, or the device is not available.
  * Calling it again with another device replaces the backend (tensors on the old one are lost).
  */
 export async function registerTorchBackend(opts: TorchBackendOptions = {}): Promise<void> {
   const device = opts.device ?? 'cpu';
-  const threads = opts.threads ?? availableParallelism();
+  const threads = opts.threads ?? computeCores();
   if (!(Number.isInteger(threads) && threads >= 1)) throw new Error(`torch backend: threads must be a positive integer, got ${threads}`);
   const native = loadTorchAddon();
   if (registeredDevice !== device) {
@@ -92,7 +91,6 @@ export async function registerTorchBackend(opts: TorchBackendOptions = {}): Prom
   }
   native.setThreads(threads);
   registerKernels(native);
-  offerNativeAdam(native.adam);
   if (!(await tf.setBackend('torch'))) throw new Error(`torch backend: tfjs could not initialise it on ${device}`);
 }
 
