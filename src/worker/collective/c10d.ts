@@ -55,12 +55,14 @@ class Buckets implements GradSink {
   bad = false;
   readonly works: Promise<void>[] = [];
 
+  /** `reuse`: the last step's buffer, when nothing can still write into it (a fresh one otherwise). */
   constructor(
     private readonly pg: ProcessGroup,
     numParams: number,
     private readonly b: number,
+    reuse?: Float32Array,
   ) {
-    this.grad = new Float32Array(numParams);
+    this.grad = reuse?.length === numParams ? reuse : new Float32Array(numParams);
     const n = Math.ceil(numParams / b);
     this.left = Float64Array.from({ length: n }, (_, i) => this.end(i) - this.start(i));
   }
@@ -164,6 +166,12 @@ export class C10dCollective implements Collective {
   private group?: { key: string; pg: Promise<ProcessGroup>; ready?: ProcessGroup };
   private ctx?: StepContext;
   private buckets?: Buckets;
+  /**
+   * The gradient buffer of the last step whose every bucket settled: the next step's sink reuses
+   * it (4 MB less garbage per step). A step abandoned with buckets in flight never hands its
+   * buffer back, so no late all-reduce can write into a later step's gradient.
+   */
+  private spare?: Float32Array;
 
   constructor(
     readonly transport: 'gloo' | 'nccl',
@@ -207,7 +215,8 @@ export class C10dCollective implements Collective {
     const b = this.opts.bucketFloats ?? BUCKET_FLOATS;
     const pg = this.group?.ready;
     if (!b || !pg || !this.ctx) return undefined;
-    this.buckets = new Buckets(pg, this.ctx.numParams, b);
+    this.buckets = new Buckets(pg, this.ctx.numParams, b, this.spare);
+    this.spare = undefined;
     return this.buckets;
   }
 
@@ -222,6 +231,8 @@ export class C10dCollective implements Collective {
       buckets.launch(true);
       if (buckets.bad) throw new NonFiniteError('a bucket of the local gradient has NaN or infinite values');
       await Promise.all(buckets.works);
+      // (the caller takes the mean in place and applies it before its next step asks for a sink)
+      this.spare = buckets.grad;
     } else await (await g.pg).allreduceSum(local.grad);
     // A ring all-reduce moves 2(N-1)/N of the vector each way per worker (Gloo's and NCCL's algorithms for this size).
     const n = ctx.members.length;
