@@ -210,3 +210,32 @@ test('a gradient sink gets every parameter once, during the backward pass, last 
   );
   trainer.dispose();
 });
+
+test('a snapshot written into an obsolete one holds the same state, and restoring it goes back bit for bit', async () => {
+  await initBackend('wasm', { log: () => {} });
+  const data = loadImages('train', { limit: 16 });
+  const config = trainConfig({ seed: 4, batchSize: 8, model: { channels: [8, 16, 16, 16], embedDim: 16 } });
+  const trainer = Trainer.create(config, data);
+  await trainStep(trainer);
+  const old = trainer.snapshot();
+  await trainStep(trainer);
+  const fresh = trainer.snapshot();
+  const reused = trainer.snapshot(old);
+  assert.equal(reused, old, 'written into the obsolete snapshot, no new arrays');
+  assert.equal(reused.step, 2);
+  for (const k of ['params', 'm', 'v', 'ema'] as const)
+    assert.ok(
+      fresh[k].every((v, i) => Object.is(v, reused[k][i])),
+      `${k}: same bits as a new snapshot`,
+    );
+  await trainStep(trainer);
+  trainer.restore(reused);
+  assert.equal(trainer.step, 2);
+  assert.ok(
+    trainer.params.every((v, i) => Object.is(v, fresh.params[i])),
+    'restored to the snapshot',
+  );
+  const wrong = { ...fresh, params: new Float32Array(3) };
+  assert.notEqual(trainer.snapshot(wrong), wrong, 'a snapshot of another size is not reused');
+  trainer.dispose();
+});

@@ -21,8 +21,8 @@ export interface Replica {
   gradSum(step: number, from: number, to: number, sink?: GradSink): Promise<GradSum>;
   /** The identical update on every replica (clip, Adam, EMA, step += 1). */
   apply(meanGrad: Float32Array): void;
-  /** A copy of the whole state, to go back to with `restore`. */
-  snapshot(): Snapshot;
+  /** A copy of the whole state, to go back to with `restore`; written into `reuse` (a snapshot nobody holds any more) when given. */
+  snapshot(reuse?: Snapshot): Snapshot;
   /** Makes the state the snapshot's (the snapshot stays usable). */
   restore(s: Snapshot): void;
   /** Equal across replicas iff their states are (of `s` when given, else the current state). */

@@ -10,6 +10,7 @@ import type { GradSink, GradSum } from '../core/train/api.js';
 import type { Replica, Snapshot } from './replica.js';
 
 interface SyntheticState extends Snapshot {
+  step: number;
   theta: Float32Array;
   m: Float32Array;
   v: Float32Array;
@@ -28,9 +29,10 @@ export interface SyntheticConfig {
   /** Makes the gradient of this step NaN (fault tests). */
   nanAtStep?: number;
   /**
-   * A device does the arithmetic (the scaling benchmark): the gradient is one cheap pass
-   * (theta - 0.5 per sample) and the update plain SGD, so what a step costs this process is
-   * `computeMs` of sleep and the communication, as on a GPU worker.
+   * A device does the arithmetic (the scaling benchmark): the gradient arrives as a constant
+   * fill (the device-to-host copy of a GPU worker) and the update is plain SGD (one pass, where a
+   * GPU worker runs the addon's Adam on the host), so what a step costs this process is
+   * `computeMs` of sleep, the communication and our step's own host work, as on a GPU worker.
    */
   simulated?: boolean;
 }
@@ -106,8 +108,9 @@ export class SyntheticReplica implements Replica {
     // (the simulated gradient assigns every element; the other one adds into them)
     const grad = !into ? new Float32Array(P) : this.config.simulated ? into : into.fill(0);
     if (this.config.simulated) {
+      // The device computed it; the host only receives it: a memset-speed fill stands in for the copy back.
       const n = to - from;
-      for (let j = 0; j < P; j++) grad[j] = n * (this.theta[j] - 0.5);
+      grad.fill(n * 1e-3);
       return { grad, lossSum: n, count: n };
     }
     let lossSum = 0;
@@ -147,8 +150,14 @@ export class SyntheticReplica implements Replica {
     this.step++;
   }
 
-  snapshot(): SyntheticState {
-    return { step: this.step, theta: this.theta.slice(), m: this.m.slice(), v: this.v.slice() };
+  snapshot(reuse?: Snapshot): SyntheticState {
+    const r = reuse as SyntheticState | undefined;
+    if (r?.theta.length !== this.numParams) return { step: this.step, theta: this.theta.slice(), m: this.m.slice(), v: this.v.slice() };
+    r.theta.set(this.theta);
+    r.m.set(this.m);
+    r.v.set(this.v);
+    r.step = this.step;
+    return r;
   }
 
   restore(s: Snapshot): void {

@@ -51,8 +51,8 @@ class TrainerReplica implements Replica {
   apply(meanGrad: Float32Array): void {
     this.t.apply(meanGrad);
   }
-  snapshot(): OptimState {
-    return this.t.snapshot();
+  snapshot(reuse?: OptimState): OptimState {
+    return this.t.snapshot(reuse);
   }
   restore(s: OptimState): void {
     this.t.restore(s);

@@ -88,6 +88,8 @@ export class Worker {
   /** The last plan this worker is a member of (its epoch's Commits apply), and its rollback points by step. */
   private plan?: EnvelopeOf<'plan'>;
   private readonly snapshots = new Map<number, Snapshot>();
+  /** A snapshot a Commit made obsolete, whose arrays the next snapshot is written into (nothing else holds it). */
+  private spareSnapshot?: Snapshot;
   /** The last Commit (or the plan's first step), and the step loop waiting for the next one, if it is. */
   private durable = 0;
   private wake?: () => void;
@@ -295,7 +297,11 @@ export class Worker {
     if (this.plan?.membershipEpoch !== env.membershipEpoch) return;
     const s = env.body.step;
     if (!this.snapshots.has(s)) throw new WireError('unexpected', `commit of step ${s}, which is no snapshot point of this worker`);
-    for (const k of this.snapshots.keys()) if (k < s) this.snapshots.delete(k);
+    for (const [k, snap] of this.snapshots)
+      if (k < s) {
+        this.snapshots.delete(k);
+        this.spareSnapshot = snap;
+      }
     this.durable = Math.max(this.durable, s);
     this.wake?.();
   }
@@ -531,7 +537,10 @@ export class Worker {
       const t2 = performance.now();
       r.apply(mean);
       const next = k + 1;
-      if (next % p.commitEvery === 0 || next === p.until) this.snapshots.set(next, r.snapshot());
+      if (next % p.commitEvery === 0 || next === p.until) {
+        this.snapshots.set(next, r.snapshot(this.spareSnapshot));
+        this.spareSnapshot = undefined;
+      }
       end = performance.now();
       Object.assign(ack, {
         allreduceMs: t2 - t1,

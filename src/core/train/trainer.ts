@@ -107,9 +107,17 @@ export class Trainer {
   }
 
   /** A copy of the whole state (parameters, moments, EMA, step): a rollback point. */
-  snapshot(): OptimState {
+  snapshot(reuse?: OptimState): OptimState {
     const s = this.state;
-    return { params: s.params.slice(), m: s.m.slice(), v: s.v.slice(), ema: s.ema.slice(), step: s.step };
+    if (reuse?.params.length !== this.numParams)
+      return { params: s.params.slice(), m: s.m.slice(), v: s.v.slice(), ema: s.ema.slice(), step: s.step };
+    // (into the arrays of a snapshot nobody holds any more: 16 MB less garbage per snapshot)
+    reuse.params.set(s.params);
+    reuse.m.set(s.m);
+    reuse.v.set(s.v);
+    reuse.ema.set(s.ema);
+    reuse.step = s.step;
+    return reuse;
   }
 
   /** Goes back to a snapshot (copied in: the snapshot stays usable). */
