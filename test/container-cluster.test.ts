@@ -31,11 +31,11 @@ import { after, before, describe, test } from 'node:test';
 import { packagePath } from '../src/core/paths.js';
 import { findFreePort } from '../src/metrics/index.js';
 import { containersOf, podSpec, render, type Obj } from './helpers/kustomize.js';
+import { poll } from './helpers/procs.js';
 
 const IMAGE = 'localhost/scoreflow:latest';
 const STEPS = 1200;
 const env = { ...process.env, CONTAINERS_CONF: process.env.CONTAINERS_CONF ?? packagePath('deploy', 'podman', 'containers.conf') };
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const lastLine = (s: string) => s.trim().split('\n').filter(Boolean).at(-1) ?? '';
 
 function podman(args: string[], timeoutMs = 60_000): SpawnSyncReturns<string> {
@@ -65,22 +65,6 @@ function cannotRunContainers(): string | null {
   const r = podman(['run', '--rm', '--pull', 'never', '--network', 'none', IMAGE, '-e', 'process.stdout.write("ok")']);
   if (r.status !== 0 || r.stdout !== 'ok') return `podman cannot run a container here: ${lastLine(r.stderr || r.stdout)}`;
   return null;
-}
-
-async function poll<T>(what: () => string, ms: number, f: () => Promise<T | undefined> | T | undefined, every = 250): Promise<T> {
-  const end = Date.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await f();
-      if (v !== undefined) return v;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > end)
-      throw new Error(`timed out after ${ms / 1000} s waiting for ${what()}${last ? `\nlast error: ${(last as Error).message}` : ''}`);
-    await sleep(every);
-  }
 }
 
 /** GET on a fresh connection each time (a pooled keep-alive socket the server has just closed

@@ -15,10 +15,10 @@ import { after, before, describe, test } from 'node:test';
 import { packagePath } from '../src/core/paths.js';
 import { findFreePort } from '../src/metrics/index.js';
 import { deployQueries, exposedNames, unknownMetrics } from '../src/metrics/queries.js';
+import { poll } from './helpers/procs.js';
 
 const RUN = 'opsit';
 const promDir = packagePath('deploy', 'prometheus');
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const which = (name: string) => spawnSync('sh', ['-c', `command -v ${name}`], { encoding: 'utf8' }).stdout.trim();
 const prometheusBin = which('prometheus');
 
@@ -39,23 +39,6 @@ function startProc(file: string, args: string[]): Proc {
 }
 
 const alive = (p: Proc) => p.child.exitCode === null && p.child.signalCode === null;
-
-/** Poll `f` until it returns a value other than undefined; on timeout fail with `what` and its last error. */
-async function poll<T>(what: () => string, ms: number, f: () => Promise<T | undefined> | T | undefined, every = 250): Promise<T> {
-  const end = Date.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await f();
-      if (v !== undefined) return v;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > end)
-      throw new Error(`timed out after ${ms / 1000} s waiting for ${what()}${last ? `\nlast error: ${(last as Error).message}` : ''}`);
-    await sleep(every);
-  }
-}
 
 /** SIGTERM, then SIGKILL after `graceMs`; resolves with the exit code (null when killed). */
 async function stop(p: Proc, graceMs: number): Promise<number | null> {

@@ -54,6 +54,23 @@ export async function until(f: () => boolean, ms: number, what: string): Promise
   }
 }
 
+/** Poll `f` until it returns a value other than undefined; on timeout fail with `what` and its last error. */
+export async function poll<T>(what: () => string, ms: number, f: () => Promise<T | undefined> | T | undefined, every = 250): Promise<T> {
+  const end = Date.now() + ms;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await f();
+      if (v !== undefined) return v;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > end)
+      throw new Error(`timed out after ${ms / 1000} s waiting for ${what()}${last ? `\nlast error: ${(last as Error).message}` : ''}`);
+    await sleep(every);
+  }
+}
+
 /** Pids of the live processes whose command line holds `--id ID` (a spawned worker, found by its id). */
 export function pidsOfWorker(id: string): number[] {
   const pids: number[] = [];
