@@ -121,6 +121,7 @@ describe('hostile messages', () => {
         session: 0,
         shardStart: [0, 1, 2],
         store: '',
+        paramStarts: [0],
       },
       (_s, b) => sent.push(b),
     );
@@ -173,6 +174,7 @@ describe('gradient chunks', () => {
     session: 9,
     shardStart: [0, 2, 4, 6],
     store: '',
+    paramStarts: [0],
     ...extra,
   });
   const frame = (worker: string, body: Partial<Bodies['grad']> & { data: Uint8Array }) =>

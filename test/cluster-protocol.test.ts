@@ -10,6 +10,9 @@ import { SyntheticReplica, SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../s
 import { startNats, syntheticCluster, type NatsServer } from './helpers/nats.js';
 import { maxRelDiff } from '../src/core/parity.js';
 import { ProcessGroup } from '../src/worker/collective/process-group.js';
+import { BUCKET_FLOATS, Buckets, bucketCuts } from '../src/worker/collective/c10d.js';
+import { paramInfos } from '../src/core/model/params.js';
+import { trainConfig } from '../src/core/train/config.js';
 
 const TRANSPORTS = ['nats', 'gloo'] as const;
 
@@ -100,6 +103,59 @@ for (const transport of TRANSPORTS) {
   });
 }
 
+describe('buckets', () => {
+  it("are cut at parameter starts by DDP's rule: from the last parameter, closed once at least b floats", () => {
+    const infos = paramInfos(trainConfig({}).model);
+    const P = infos.at(-1)!.offset + infos.at(-1)!.size;
+    const starts = infos.map((i) => i.offset);
+    const cuts = bucketCuts(P, starts, BUCKET_FLOATS);
+    assert.equal(cuts[0], P);
+    assert.equal(cuts.at(-1), 0);
+    for (let i = 1; i < cuts.length - 1; i++) {
+      assert.ok(starts.includes(cuts[i]), `cut ${cuts[i]} is no parameter's start`);
+      assert.ok(cuts[i - 1] - cuts[i] >= BUCKET_FLOATS, `bucket ${i - 1} holds ${cuts[i - 1] - cuts[i]} floats`);
+      // closed at the first start that fills it: one parameter fewer and it would not be full
+      const next = starts.find((s) => s > cuts[i])!;
+      assert.ok(cuts[i - 1] - next < BUCKET_FLOATS, `bucket ${i - 1} was closed late`);
+    }
+    // the reference ScoreNet: the up-path through tconv4, then conv4's block, then the first
+    // layers (what the backward pass finishes last: the one all-reduce left after it) in a small one
+    const at = (name: string) => infos.find((i) => i.name === name)!.offset;
+    assert.deepEqual(cuts, [P, at('tconv4.weight'), at('conv4.weight'), 0]);
+    assert.ok(at('conv4.weight') < BUCKET_FLOATS);
+    assert.deepEqual(bucketCuts(P, starts, P), [P, 0], 'one bucket when b is the whole vector');
+    assert.deepEqual(bucketCuts(P, starts, 1), [P, ...starts.slice(1).reverse(), 0], 'one bucket per parameter when b is 1');
+    assert.deepEqual(bucketCuts(10, [0], 3), [10, 0], 'no cut inside a parameter');
+  });
+
+  it('each goes out as soon as every float of it is ready, in order, the rest at the end; a non-finite one stops them', async () => {
+    // parameters at 0, 3, 5, 9 of 12; buckets of at least 3: [9, 12), [5, 9), and the rest [0, 5)
+    const cuts = bucketCuts(12, [0, 3, 5, 9], 3);
+    assert.deepEqual(cuts, [12, 9, 5, 0]);
+    const sent: number[][] = [];
+    const b = new Buckets(async (v) => void sent.push([...v]), 12, cuts);
+    b.grad.set([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    b.ready(0, 3); // the first parameter, out of order: its bucket still misses [3, 5)
+    assert.equal(sent.length, 0);
+    b.ready(9, 3);
+    assert.deepEqual(sent, [[9, 10, 11]]);
+    b.ready(5, 4);
+    assert.deepEqual(sent.at(-1), [5, 6, 7, 8]);
+    b.ready(3, 2);
+    assert.deepEqual(sent.at(-1), [0, 1, 2, 3, 4]);
+    assert.equal(b.works.length, 3);
+    b.launch(true); // nothing left
+    assert.equal(sent.length, 3);
+
+    const partial = new Buckets(async (v) => void sent.push([...v]), 12, cuts);
+    partial.ready(5, 4); // bucket 1 done, bucket 0 not: order holds it back
+    assert.equal(partial.works.length, 0);
+    partial.grad[10] = NaN;
+    partial.launch(true);
+    assert.ok(partial.bad && partial.works.length === 0, 'a non-finite bucket 0 sends nothing after it');
+  });
+});
+
 describe('gloo against nats', () => {
   let server: NatsServer;
   before(async () => (server = await startNats()));
@@ -142,8 +198,9 @@ describe('gloo against nats', () => {
       const whole = await finalParams(2, 'gloo', cfg, 0);
       assert.equal(calls, 2 * 10, 'one all-reduce per worker and step');
       calls = 0;
-      const bucketed = await finalParams(2, 'gloo', cfg, 7_000); // 15 buckets, cut across the 4 "layers"
-      assert.ok(calls > 2 * 10 * 10, `${calls} all-reduces: buckets were not used`);
+      const bucketed = await finalParams(2, 'gloo', cfg, 7_000); // one bucket per "layer": cut at parameter starts only
+      // (the first step all-reduces after the backward pass: its group forms meanwhile)
+      assert.equal(calls, 2 * (1 + 9 * 4), 'four buckets per worker and step, one per synthetic layer');
       assert.ok(
         whole.every((v, i) => Object.is(v, bucketed[i])),
         `2 workers: max relative difference ${maxRelDiff(whole, bucketed)}`,

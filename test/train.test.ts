@@ -182,14 +182,20 @@ test('a gradient sink gets every parameter once, during the backward pass, last 
   const plain = await trainer.gradSum(0, 0, 8);
   const seen = new Uint8Array(trainer.numParams);
   const order: number[] = [];
+  // kernels run so far when each part is handed over (tf.profile counts them as they run)
+  const kernelsRun = () => (tf.engine().state.activeProfile.kernels ?? []).length;
+  const at: number[] = [];
   const sink = {
     grad: new Float32Array(trainer.numParams),
     ready(offset: number, size: number) {
       for (let i = offset; i < offset + size; i++) seen[i]++;
       order.push(offset);
+      at.push(kernelsRun());
     },
   };
-  const streamed = await trainer.gradSum(0, 0, 8, sink);
+  const sums: Awaited<ReturnType<Trainer['gradSum']>>[] = [];
+  const profile = await tf.profile(async () => void sums.push(await trainer.gradSum(0, 0, 8, sink)));
+  const [streamed] = sums;
   assert.equal(streamed.grad, sink.grad, 'the sum is in the sink');
   assert.ok(
     seen.every((n) => n === 1),
@@ -208,6 +214,12 @@ test('a gradient sink gets every parameter once, during the backward pass, last 
     handed.every((o, i) => i === 0 || o < handed[i - 1]),
     `order of offsets: ${order.join(',')}`,
   );
+  // ... each as soon as its gradient is final, spread over the backward pass (so a transport can
+  // send the first buckets while the rest is computed), not all together at its end
+  const total = profile.kernels.length;
+  const first = at[fixed];
+  const last = at[at.length - 1];
+  assert.ok(last - first > 0.25 * total, `handed over between kernels ${first} and ${last} of ${total}`);
   trainer.dispose();
 });
 

@@ -14,6 +14,11 @@ export interface Replica {
   /** Updates applied so far. */
   readonly step: number;
   readonly numParams: number;
+  /**
+   * Where each parameter tensor starts in the flat vector, ascending from 0: the all-reduce's
+   * buckets are cut there (the same on every member, since the run's config fixes the model).
+   */
+  readonly paramStarts: readonly number[];
   stepsPerEpoch(): number;
   /** Samples in the global batch of an epoch's last step (the whole batch when it divides the data set). */
   lastBatch(): number;

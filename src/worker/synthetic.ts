@@ -48,6 +48,8 @@ function target(seed: number, i: number, j: number): number {
 
 export class SyntheticReplica implements Replica {
   readonly numParams: number;
+  /** The four "layers" gradSum hands over with a sink. */
+  readonly paramStarts: readonly number[];
   step = 0;
   private theta: Float32Array;
   private m: Float32Array;
@@ -55,6 +57,7 @@ export class SyntheticReplica implements Replica {
 
   constructor(readonly config: SyntheticConfig) {
     this.numParams = config.params;
+    this.paramStarts = [...new Set([0, 1, 2, 3].map((l) => Math.floor((l * config.params) / 4)))];
     this.theta = new Float32Array(config.params);
     for (let j = 0; j < config.params; j++) this.theta[j] = target(config.seed, -1, j) * 0.1;
     this.m = new Float32Array(config.params);

@@ -29,7 +29,10 @@ function loadDataset(dataset: string) {
 }
 
 class TrainerReplica implements Replica {
-  constructor(private readonly t: Trainer) {}
+  readonly paramStarts: readonly number[];
+  constructor(private readonly t: Trainer) {
+    this.paramStarts = t.specs.map((s) => s.offset);
+  }
   get step(): number {
     return this.t.step;
   }

@@ -494,6 +494,7 @@ export class Worker {
         session: this.session,
         shardStart,
         store: p.store,
+        paramStarts: r.paramStarts,
       });
       const sink = collective.sink?.();
       const g = await r.gradSum(k, shardStart[rank], shardStart[rank + 1], sink);

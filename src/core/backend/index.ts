@@ -64,6 +64,19 @@ export function backendInfo(): BackendInfo {
 }
 
 /**
+ * Copies float32 tensor `t`'s values into `into` (of its size): straight from the backend's memory
+ * where the backend can (torch), else through the fresh array dataSync makes. For reads in a
+ * training step's hot path, so they leave no garbage behind.
+ */
+export function readInto(t: tf.Tensor, into: Float32Array): void {
+  if (t.dtype !== 'float32' || t.size !== into.length)
+    throw new Error(`readInto: a ${t.dtype} tensor of ${t.size} values into a Float32Array of ${into.length}`);
+  const b = tf.backend() as Partial<{ readInto(dataId: tf.DataId, into: Float32Array): boolean }>;
+  if (typeof b.readInto === 'function' && b.readInto(t.dataId, into)) return;
+  into.set(t.dataSync() as Float32Array);
+}
+
+/**
  * Initialises backend `name` and makes it tfjs's active backend; resolves to the name in use.
  * Fails with a one-line Error when the named backend cannot load (for `auto`, only if none can).
  */

@@ -20,6 +20,7 @@ import * as tf from '@tensorflow/tfjs';
 import { writeSafetensors, readSafetensors, getFloat32, type SafetensorsFile } from '../io/safetensors.js';
 import { adamStep, newOptimState } from '../train/adam.js';
 import type { NativeAdam } from '../backend/native-adam.js';
+import { readInto } from '../backend/index.js';
 import { Rng, Stream } from '../rng.js';
 
 export const CLASSIFIER_FORMAT = 'scoreflow/1 MNIST classifier, tfjs layouts, float32';
@@ -279,7 +280,7 @@ export function trainClassifier(images: Float32Array, labels: Uint8Array, opts: 
       const { value, grads } = tf.valueAndGrads(lossFn)(names.map((name) => p[name]));
       return { loss: value, grads };
     });
-    infos.forEach((info, i) => grad.set(grads[i].dataSync() as Float32Array, info.offset));
+    infos.forEach((info, i) => readInto(grads[i], grad.subarray(info.offset, info.offset + info.size)));
     const lossValue = loss.dataSync()[0];
     tf.dispose([loss, ...grads]);
     if (!Number.isFinite(lossValue)) throw new Error(`trainClassifier: loss is ${lossValue} at step ${step}`);

@@ -15,6 +15,7 @@ import { makeSde } from '../sde.js';
 import { likelihoodWeight, trainTime } from './noise.js';
 import type { GradSink, GradSource, GradSum, StepBatch } from './api.js';
 import { stepBatch } from '../data/batches.js';
+import { readInto } from '../backend/index.js';
 import type { TrainConfig } from './config.js';
 
 /** Images as float32 in [0, 1], row-major [n, h, w]. */
@@ -81,7 +82,8 @@ export class GradEngine implements GradSource {
   /**
    * Sum over samples [from, to) of step `step` of the per-sample loss gradients. With a sink,
    * each trainable parameter passes through an identity whose gradient function hands the
-   * parameter's (then final) gradient to the sink during the backward pass.
+   * parameter's (then final) gradient to the sink during the backward pass, in the order the
+   * pass finishes them (the last layers' first).
    */
   gradSum(params: Float32Array, version: number, step: number, from: number, to: number, sink?: GradSink): GradSum {
     const p = this.paramTensors(params, version);
@@ -104,7 +106,7 @@ export class GradEngine implements GradSource {
         value: tf.clone(args[0] as tf.Tensor),
         gradFunc: (dy: tf.Tensor) => {
           const { offset, size } = trainable[k];
-          grad.set(dy.dataSync() as Float32Array, offset);
+          readInto(dy, grad.subarray(offset, offset + size));
           handed[k] = 1;
           sink!.ready(offset, size);
           return dy;
@@ -116,7 +118,22 @@ export class GradEngine implements GradSource {
       const zs = tf.tensor4d(z, [count, h, w, 1]);
       const f = (...ws: tf.Tensor[]) => {
         const pp: ParamTensors = { ...p };
-        trainable.forEach((info, k) => (pp[info.name] = sink ? tap(k)(ws[k]) : ws[k]));
+        trainable.forEach((info, k) => {
+          if (!sink) return void (pp[info.name] = ws[k]);
+          // The identity goes on the tape where the model first reads the parameter, just before
+          // its use, so the backward pass reaches it right after that use's gradient: when the
+          // parameter's gradient is final (each is used once), not at the very end of the pass,
+          // where identities put on the tape before the forward pass would all land together.
+          Object.defineProperty(pp, info.name, {
+            enumerable: true,
+            configurable: true,
+            get: () => {
+              const tapped = tap(k)(ws[k]);
+              Object.defineProperty(pp, info.name, { value: tapped, enumerable: true });
+              return tapped;
+            },
+          });
+        });
         const score = (a: tf.Tensor4D, b: tf.Tensor1D) => this.net.apply(pp, a, b);
         const c = this.config.noise === 'likelihood' ? likelihoodWeight(this.config) : undefined;
         return dsmLossPerSample(score, this.net.sde, xs, ts, zs, this.config.weighting, this.config.sigmaData, c).sum() as tf.Scalar;
@@ -124,7 +141,7 @@ export class GradEngine implements GradSource {
       const { value, grads } = tf.valueAndGrads(f)(trainable.map((info) => p[info.name]));
       trainable.forEach((info, k) => {
         if (handed[k]) return;
-        grad.set(grads[k].dataSync() as Float32Array, info.offset);
+        readInto(grads[k], grad.subarray(info.offset, info.offset + info.size));
         sink?.ready(info.offset, info.size);
       });
       return value.dataSync()[0];

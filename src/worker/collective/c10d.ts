@@ -35,19 +35,41 @@ export interface C10dOptions {
   /** The worker's GPU (NCCL is offered only with one). */
   cuda?: boolean;
   /**
-   * Overlap: the gradient is all-reduced in buckets of this many floats, cut from the end of the
-   * vector (the last layers, whose gradients the backward pass finishes first), each as soon as
-   * the backward pass has finished it; 0: one all-reduce of the whole vector after it.
-   * Default BUCKET_FLOATS.
+   * Overlap: the gradient is all-reduced in buckets of at least this many floats (bucketCuts:
+   * whole parameters, from the last layers, whose gradients the backward pass finishes first),
+   * each as soon as the backward pass has finished it; 0: one all-reduce of the whole vector
+   * after it. Default BUCKET_FLOATS.
    */
   bucketFloats?: number;
 }
 
-/** 1 MiB buckets (DDP's first bucket; its later ones are 25 MB, beyond our whole 4 MB gradient). */
+/**
+ * DDP's first bucket size, 1 MiB (its later ones are 25 MB, beyond our whole 4 MB gradient): a
+ * bucket closes at the first parameter boundary at which it holds at least this many floats.
+ */
 export const BUCKET_FLOATS = 1 << 18;
 
-/** One step's buckets: bucket i holds floats [max(0, P - (i+1)b), P - ib); they are all-reduced in order i = 0, 1, ... */
-class Buckets implements GradSink {
+/**
+ * Bucket bounds, DDP's rule: parameters taken from the last to the first (the order the backward
+ * pass finishes them), a bucket closed at a parameter's start once it holds at least `b` floats;
+ * the first parameters, whatever is left, make the last bucket. Returned as bucket i =
+ * [cuts[i + 1], cuts[i]), so cuts runs from numParams down to 0.
+ */
+export function bucketCuts(numParams: number, paramStarts: readonly number[], b: number): number[] {
+  const cuts = [numParams];
+  for (let i = paramStarts.length - 1; i > 0; i--) {
+    const s = paramStarts[i];
+    if (s > 0 && s < cuts[cuts.length - 1] && cuts[cuts.length - 1] - s >= b) cuts.push(s);
+  }
+  cuts.push(0);
+  return cuts;
+}
+
+/**
+ * One step's buckets (bucketCuts): each handed to `send` (the group's all-reduce) once the
+ * backward pass has finished it, in order 0, 1, ...
+ */
+export class Buckets implements GradSink {
   readonly grad: Float32Array;
   private readonly left: Float64Array;
   private next = 0;
@@ -57,39 +79,31 @@ class Buckets implements GradSink {
 
   /** `reuse`: the last step's buffer, when nothing can still write into it (a fresh one otherwise). */
   constructor(
-    private readonly pg: ProcessGroup,
+    private readonly send: (bucket: Float32Array) => Promise<void>,
     numParams: number,
-    private readonly b: number,
+    private readonly cuts: number[],
     reuse?: Float32Array,
   ) {
     this.grad = reuse?.length === numParams ? reuse : new Float32Array(numParams);
-    const n = Math.ceil(numParams / b);
-    this.left = Float64Array.from({ length: n }, (_, i) => this.end(i) - this.start(i));
-  }
-
-  private start(i: number): number {
-    return Math.max(0, this.grad.length - (i + 1) * this.b);
-  }
-
-  private end(i: number): number {
-    return this.grad.length - i * this.b;
+    this.left = Float64Array.from({ length: cuts.length - 1 }, (_, i) => cuts[i] - cuts[i + 1]);
   }
 
   ready(offset: number, size: number): void {
-    const P = this.grad.length;
     const last = offset + size;
-    for (let i = Math.floor((P - last) / this.b); i < this.left.length && this.end(i) > offset; i++)
-      this.left[i] -= Math.min(this.end(i), last) - Math.max(this.start(i), offset);
+    const { cuts, left } = this;
+    // buckets run downwards: skip those above the range, stop at the first below it
+    for (let i = 0; i < left.length && cuts[i] > offset; i++)
+      if (cuts[i + 1] < last) left[i] -= Math.min(cuts[i], last) - Math.max(cuts[i + 1], offset);
     this.launch(false);
   }
 
   /** Starts the finished buckets in order (all of them at the end). Every rank issues the same all-reduces in the same order. */
   launch(all: boolean): void {
     while (!this.bad && this.next < this.left.length && (all || this.left[this.next] <= 0)) {
-      const v = this.grad.subarray(this.start(this.next), this.end(this.next));
+      const v = this.grad.subarray(this.cuts[this.next + 1], this.cuts[this.next]);
       // A non-finite bucket goes nowhere, nor does any after it: the worker reports its own failure.
       if (!allFinite(v)) return void (this.bad = true);
-      const w = this.pg.allreduceSum(v);
+      const w = this.send(v);
       w.catch(() => {}); // (awaited in reduce; a step abandoned before it must not leave a rejection unhandled)
       this.works.push(w);
       this.next++;
@@ -172,6 +186,8 @@ export class C10dCollective implements Collective {
    * buffer back, so no late all-reduce can write into a later step's gradient.
    */
   private spare?: Float32Array;
+  /** The bucket bounds, kept while the layout and bucket size stay. */
+  private cuts?: { key: string; cuts: number[] };
 
   constructor(
     readonly transport: 'gloo' | 'nccl',
@@ -215,7 +231,9 @@ export class C10dCollective implements Collective {
     const b = this.opts.bucketFloats ?? BUCKET_FLOATS;
     const pg = this.group?.ready;
     if (!b || !pg || !this.ctx) return undefined;
-    this.buckets = new Buckets(pg, this.ctx.numParams, b, this.spare);
+    const key = `${this.ctx.numParams}/${b}/${this.ctx.paramStarts.length}`;
+    if (this.cuts?.key !== key) this.cuts = { key, cuts: bucketCuts(this.ctx.numParams, this.ctx.paramStarts, b) };
+    this.buckets = new Buckets((v) => pg.allreduceSum(v), this.ctx.numParams, this.cuts.cuts, this.spare);
     this.spare = undefined;
     return this.buckets;
   }

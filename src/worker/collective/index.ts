@@ -35,6 +35,11 @@ export interface StepContext {
   shardStart: number[];
   /** gloo/nccl: rank 0's store, host:port. */
   store: string;
+  /**
+   * Where each parameter tensor starts in the gradient vector (ascending, from 0): the replica's
+   * layout, which the run's config fixes, so every member cuts its buckets at the same places.
+   */
+  paramStarts: readonly number[];
 }
 
 export interface Collective {

@@ -110,6 +110,20 @@ export class TorchBackend extends tf.KernelBackend {
     return into;
   }
 
+  /**
+   * Copies a float32 tensor's values into `into` (of its size) in one memcpy, with no array of
+   * its own: gradients read back every step make no garbage. False when this backend does not
+   * hold `dataId` (the caller reads it the usual way).
+   */
+  readInto(dataId: tf.DataId, into: Float32Array): boolean {
+    if (!this.data.has(dataId)) return false;
+    const e = this.data.get(dataId);
+    if (e.dtype !== 'float32' || e.size !== into.length)
+      throw new Error(`torch backend: readInto: a ${e.dtype} tensor of ${e.size} values into a Float32Array of ${into.length}`);
+    this.native.read(e.id, into);
+    return true;
+  }
+
   override async read(dataId: tf.DataId): Promise<tf.BackendValues> {
     return this.readSync(dataId);
   }
