@@ -3,7 +3,7 @@
 # MNIST) as host processes and as podman containers on a podman network of their own, alternating,
 # ROUNDS times each. Prints one line per run and a last line with the medians and their ratio.
 #
-#   bash scripts/container-bench.sh [STEPS] [ROUNDS]     (defaults: 300 steps, 2 rounds)
+#   bash scripts/container-bench.sh [STEPS] [ROUNDS]     (defaults: 300 steps, 5 rounds)
 #
 # host:       coordinator start --gpus 2 (its own nats-server, two spawned workers, 1 thread each)
 # containers: nats-server, coordinator --no-spawn, two `worker start --threads 1`, one container
@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$PWD/deploy/podman/containers.conf}
 steps=${1:-300}
-rounds=${2:-2}
+rounds=${2:-5}
 image=${SCOREFLOW_IMAGE:-localhost/scoreflow:latest}
 [[ $steps =~ ^[0-9]+$ && $steps -ge 60 ]] || { echo "container-bench: STEPS must be a whole number >= 60, not '$steps'" >&2; exit 2; }
 [[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "container-bench: ROUNDS must be a positive whole number, not '$rounds'" >&2; exit 2; }
@@ -79,11 +79,14 @@ container_run() {
   podman volume rm -f "$vol" >/dev/null
 }
 
-host=() ct=()
+# The VM's timings drift by +-20% over minutes, so each round's ratio (containers over the host
+# run just before them) is reported too: their median is the figure least moved by the drift.
+host=() ct=() ratio=()
 for r in $(seq 1 "$rounds"); do
   h=$(host_run "$r"); host+=("$h"); echo "container-bench: round $r host       $h images/s" >&2
   c=$(container_run "$r"); ct+=("$c"); echo "container-bench: round $r containers $c images/s" >&2
+  ratio+=("$(awk -v a="$c" -v b="$h" 'BEGIN { printf "%.3f", a / b }')")
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
 mh=$(median "${host[@]}") mc=$(median "${ct[@]}")
-echo "container-bench: $steps steps x $rounds rounds, 2 workers, torch + gloo: host ${mh} images/s, containers ${mc} images/s, ratio $(awk -v a="$mc" -v b="$mh" 'BEGIN { printf "%.3f", a / b }')"
+echo "container-bench: $steps steps x $rounds rounds, 2 workers, torch + gloo: host ${mh} images/s, containers ${mc} images/s, ratio $(awk -v a="$mc" -v b="$mh" 'BEGIN { printf "%.3f", a / b }'); per round ${ratio[*]}, median $(median "${ratio[@]}")"
