@@ -186,8 +186,8 @@ export class C10dCollective implements Collective {
    * buffer back, so no late all-reduce can write into a later step's gradient.
    */
   private spare?: Float32Array;
-  /** The bucket bounds, kept while the layout and bucket size stay. */
-  private cuts?: { key: string; cuts: number[] };
+  /** The bucket bounds, kept while the replica's layout stays. */
+  private cuts?: { paramStarts: readonly number[]; numParams: number; cuts: number[] };
 
   constructor(
     readonly transport: 'gloo' | 'nccl',
@@ -231,8 +231,9 @@ export class C10dCollective implements Collective {
     const b = this.opts.bucketFloats ?? BUCKET_FLOATS;
     const pg = this.group?.ready;
     if (!b || !pg || !this.ctx) return undefined;
-    const key = `${this.ctx.numParams}/${b}/${this.ctx.paramStarts.length}`;
-    if (this.cuts?.key !== key) this.cuts = { key, cuts: bucketCuts(this.ctx.numParams, this.ctx.paramStarts, b) };
+    const { numParams, paramStarts } = this.ctx;
+    if (this.cuts?.paramStarts !== paramStarts || this.cuts.numParams !== numParams)
+      this.cuts = { paramStarts, numParams, cuts: bucketCuts(numParams, paramStarts, b) };
     this.buckets = new Buckets((v) => pg.allreduceSum(v), this.ctx.numParams, this.cuts.cuts, this.spare);
     this.spare = undefined;
     return this.buckets;
