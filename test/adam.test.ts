@@ -6,6 +6,7 @@ import { adamStep, l2norm, newOptimState, type AdamSettings } from '../src/core/
 import { nativeAdamFor } from '../src/core/backend/native-adam.js';
 import { loadTorchAddon } from '../src/core/backend/torch/index.js';
 import { Rng } from '../src/core/rng.js';
+import { NonFiniteError } from '../src/core/train/step.js';
 
 const SETTINGS: AdamSettings = { lr: 1e-2, beta1: 0.9, beta2: 0.999, adamEps: 1e-8, emaDecay: 0.9, gradClip: 0 };
 
@@ -97,4 +98,38 @@ test("the torch addon's native Adam gives the JavaScript update bit for bit, and
     assert.equal(s.step, 0);
     assert.ok(s.m.every((v) => v === 0) && s.ema.every((v, i) => v === p0[i]), impl);
   }
+});
+
+test('the update of a gradient sum over count samples is, bit for bit, the update of its float32 mean (JavaScript and native)', () => {
+  const addon = loadTorchAddon();
+  const n = 70_001; // two native thread chunks and a ragged native block
+  const p0 = Float32Array.from(new Rng(11).normal(n), (v, i) => v * 10 ** ((i % 7) - 3));
+  for (const count of [1, 3, 32, 120, 7919]) {
+    for (const a of [SETTINGS, { ...SETTINGS, emaDecay: 0.999, gradClip: 0.5 }]) {
+      const states = { mean: newOptimState(p0.slice()), js: newOptimState(p0.slice()), native: newOptimState(p0.slice()) };
+      for (let k = 0; k < 3; k++) {
+        // sums over `count` samples, spanning many magnitudes (down to subnormal means)
+        const sum = Float32Array.from(new Rng(12, k).normal(n), (v, i) => v * count * 10 ** ((i % 13) - 8) * (i % 997 === 0 ? 1e-35 : 1));
+        const before = sum.slice();
+        // the mean as a stored float32 array (what the update used to receive)
+        const mean = Float32Array.from(sum, (v) => v / count);
+        adamStep(states.mean, mean, a);
+        adamStep(states.js, sum, a, undefined, count);
+        adamStep(states.native, sum, a, addon.adam, count);
+        assert.deepEqual(sum, before, 'the sum is not modified');
+      }
+      for (const impl of ['js', 'native'] as const)
+        for (const key of ['params', 'm', 'v', 'ema'] as const) {
+          const i = states.mean[key].findIndex((v, j) => !Object.is(v, states[impl][key][j]));
+          assert.equal(i, -1, `${impl} ${key}[${i}], count ${count}, gradClip ${a.gradClip}`);
+        }
+    }
+  }
+  const s = newOptimState(p0.slice());
+  const inf = new Float32Array(n);
+  inf[5] = Number.POSITIVE_INFINITY;
+  for (const engine of [undefined, addon.adam]) assert.throws(() => adamStep(s, inf, SETTINGS, engine, 8), NonFiniteError);
+  for (const bad of [0, 2.5, 2 ** 24])
+    assert.throws(() => adamStep(s, new Float32Array(n), SETTINGS, addon.adam, bad), /count must be an integer/);
+  assert.equal(s.step, 0);
 });

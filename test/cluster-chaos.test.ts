@@ -12,7 +12,6 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { meanGradient } from '../src/core/train/step.js';
 import { rangeBounds } from '../src/protocol/chunking.js';
 import { SyntheticReplica, SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../src/worker/synthetic.js';
 import { tempDir } from './helpers/nats.js';
@@ -33,7 +32,7 @@ function replay(workers: number[]): SyntheticReplica {
       if (!sum) sum = g;
       else for (let j = 0; j < g.length; j++) sum[j] += g[j];
     }
-    r.apply(meanGradient(sum!, SYN.batchSize));
+    r.apply(sum!, SYN.batchSize);
   }
   return r;
 }

@@ -13,7 +13,6 @@ import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { packagePath } from '../src/core/paths.js';
 import { loadTrainingCheckpoint } from '../src/core/train/checkpoint.js';
-import { meanGradient } from '../src/core/train/step.js';
 import { SyntheticReplica, SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../src/worker/synthetic.js';
 import { startNats, tempDir, type NatsServer } from './helpers/nats.js';
 
@@ -61,7 +60,7 @@ function syntheticReference(): SyntheticReplica {
   const r = new SyntheticReplica(SYN);
   for (let k = 0; k < STEPS; k++) {
     const g = r.gradSumSync(k, 0, SYN.batchSize);
-    r.apply(meanGradient(g.grad, g.count));
+    r.apply(g.grad, g.count);
   }
   return r;
 }

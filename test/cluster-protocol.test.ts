@@ -5,7 +5,6 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { meanGradient } from '../src/core/train/step.js';
 import { SyntheticReplica, SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../src/worker/synthetic.js';
 import { startNats, syntheticCluster, type NatsServer } from './helpers/nats.js';
 import { maxRelDiff } from '../src/core/parity.js';
@@ -20,7 +19,7 @@ async function reference(cfg: SyntheticConfig, steps: number): Promise<Synthetic
   const r = new SyntheticReplica(cfg);
   for (let k = 0; k < steps; k++) {
     const g = await r.gradSum(k, 0, cfg.batchSize);
-    r.apply(meanGradient(g.grad, g.count));
+    r.apply(g.grad, g.count);
   }
   return r;
 }

@@ -14,7 +14,6 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { packagePath } from '../src/core/paths.js';
-import { meanGradient } from '../src/core/train/step.js';
 import { OWNER_FILE } from '../src/coordinator/owner.js';
 import { PROTOCOL_VERSION } from '../src/protocol/envelope.js';
 import { SyntheticReplica, SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../src/worker/synthetic.js';
@@ -28,7 +27,7 @@ function reference(steps: number): SyntheticReplica {
   const r = new SyntheticReplica(SYN);
   for (let k = 0; k < steps; k++) {
     const g = r.gradSumSync(k, 0, SYN.batchSize);
-    r.apply(meanGradient(g.grad, g.count));
+    r.apply(g.grad, g.count);
   }
   return r;
 }

@@ -4,8 +4,10 @@
 
 namespace sf {
 
+// count: g holds a sum over `count` samples, and the update uses its mean, each element rounded to
+// float32 as a stored mean would be (count 1: g is the mean itself).
 struct AdamScalars {
-  double scale, beta1, beta2, stepSize, sqrtBc2, eps, decay;
+  double scale, beta1, beta2, stepSize, sqrtBc2, eps, decay, count;
 };
 
 // Index of the first non-finite value of g[from, to), or -1.

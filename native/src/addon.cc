@@ -191,8 +191,9 @@ napi_value SetThreads(napi_env env, napi_callback_info info) {
 }
 
 // adam(g, p, m, v, ema: Float32Array, scalars: Float64Array [scale, beta1, beta2, stepSize, sqrtBc2,
-// eps, decay]): one Adam + EMA update in place (see adam.cc), over intra-op threads. Returns -1, or
-// the index of the first non-finite gradient value, in which case nothing was written.
+// eps, decay, count]): one Adam + EMA update in place with the mean of the gradient sum g over count
+// samples (see adam.cc), over intra-op threads. Returns -1, or the index of the first non-finite
+// value of g, in which case nothing was written.
 napi_value Adam(napi_env env, napi_callback_info info) {
   size_t argc = 6;
   napi_value argv[6];
@@ -215,9 +216,11 @@ napi_value Adam(napi_env env, napi_callback_info info) {
     size_t length = 0;
     void* data = nullptr;
     NAPI_OK(napi_get_typedarray_info(env, argv[5], &type, &length, &data, nullptr, nullptr));
-    if (type != napi_float64_array || length != 7) throw JsError("adam: scalars must be a Float64Array of 7");
+    if (type != napi_float64_array || length != 8) throw JsError("adam: scalars must be a Float64Array of 8");
     const double* sc = static_cast<const double*>(data);
-    const sf::AdamScalars a{sc[0], sc[1], sc[2], sc[3], sc[4], sc[5], sc[6]};
+    const sf::AdamScalars a{sc[0], sc[1], sc[2], sc[3], sc[4], sc[5], sc[6], sc[7]};
+    if (!(a.count >= 1 && a.count < 16777216 && a.count == static_cast<double>(static_cast<int64_t>(a.count))))
+      throw JsError("adam: count must be an integer in [1, 2^24)");
     const int64_t len = static_cast<int64_t>(n);
     const int64_t bad = sf::firstNonFinite(vec[0], 0, len);
     if (bad >= 0) return num(env, static_cast<double>(bad));

@@ -24,8 +24,11 @@ export interface Replica {
   lastBatch(): number;
   /** Gradient sum over samples [from, to) of `step`'s global batch, at the current parameters; a sink gets it part by part as it is computed. */
   gradSum(step: number, from: number, to: number, sink?: GradSink): Promise<GradSum>;
-  /** The identical update on every replica (clip, Adam, EMA, step += 1). */
-  apply(meanGrad: Float32Array): void;
+  /**
+   * The identical update on every replica (clip, Adam, EMA, step += 1) with the mean of the
+   * all-reduced gradient sum over `count` samples; NonFiniteError, changing nothing, on a non-finite sum.
+   */
+  apply(gradSum: Float32Array, count: number): void;
   /** A copy of the whole state, to go back to with `restore`; written into `reuse` (a snapshot nobody holds any more) when given. */
   snapshot(reuse?: Snapshot): Snapshot;
   /** Makes the state the snapshot's (the snapshot stays usable). */

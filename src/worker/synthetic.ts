@@ -7,6 +7,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { GradSink, GradSum } from '../core/train/api.js';
+import { allFinite, NonFiniteError } from '../core/train/step.js';
 import type { Replica, Snapshot } from './replica.js';
 
 interface SyntheticState extends Snapshot {
@@ -131,10 +132,15 @@ export class SyntheticReplica implements Replica {
     return { grad, lossSum, count: to - from };
   }
 
-  apply(meanGrad: Float32Array): void {
-    if (meanGrad.length !== this.numParams) throw new Error(`gradient has ${meanGrad.length} values, expected ${this.numParams}`);
+  /** The mean gradient is f32(gradSum[j] / count), as the Trainer's update takes it (adam.ts). */
+  apply(gradSum: Float32Array, count: number): void {
+    if (gradSum.length !== this.numParams) throw new Error(`gradient has ${gradSum.length} values, expected ${this.numParams}`);
+    if (!allFinite(gradSum)) throw new NonFiniteError(`non-finite gradient at step ${this.step}; state left unchanged`);
+    const f32 = Math.fround;
     if (this.config.simulated) {
-      for (let j = 0; j < this.numParams; j++) this.theta[j] -= this.config.lr * meanGrad[j];
+      const { theta, numParams: P } = this;
+      const { lr } = this.config;
+      for (let j = 0; j < P; j++) theta[j] -= lr * f32(gradSum[j] / count);
       this.step++;
       return;
     }
@@ -145,7 +151,7 @@ export class SyntheticReplica implements Replica {
       c1 = 1 - b1 ** t,
       c2 = 1 - b2 ** t;
     for (let j = 0; j < this.numParams; j++) {
-      const g = meanGrad[j];
+      const g = f32(gradSum[j] / count);
       this.m[j] = b1 * this.m[j] + (1 - b1) * g;
       this.v[j] = b2 * this.v[j] + (1 - b2) * g * g;
       this.theta[j] -= (lr * (this.m[j] / c1)) / (Math.sqrt(this.v[j] / c2) + 1e-8);

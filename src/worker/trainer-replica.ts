@@ -51,8 +51,8 @@ class TrainerReplica implements Replica {
   gradSum(step: number, from: number, to: number, sink?: GradSink) {
     return this.t.gradSum(step, from, to, sink);
   }
-  apply(meanGrad: Float32Array): void {
-    this.t.apply(meanGrad);
+  apply(gradSum: Float32Array, count: number): void {
+    this.t.apply(gradSum, count);
   }
   snapshot(reuse?: OptimState): OptimState {
     return this.t.snapshot(reuse);

@@ -12,7 +12,7 @@ import { hostname } from 'node:os';
 import type { NatsConnection, Subscription } from 'nats';
 import { buildFingerprint } from '../cluster/fingerprint.js';
 import { Telemetry } from '../telemetry/hub.js';
-import { allFinite, meanGradient, NonFiniteError } from '../core/train/step.js';
+import { allFinite, NonFiniteError } from '../core/train/step.js';
 import {
   decode,
   encode,
@@ -519,24 +519,32 @@ export class Worker {
         this.active = undefined;
         return this.send('ack', ack, k, env.membershipEpoch);
       }
-      let mean: Float32Array;
+      const nonFinite = (e: NonFiniteError) => {
+        this.active = undefined;
+        ack.error = `non-finite gradient at step ${k} on worker ${this.id} (${collective.transport}): ${e.message}`;
+        return this.send('ack', ack, k, env.membershipEpoch);
+      };
+      let sum: Float32Array;
       try {
         const reduced = collective.reduce(g);
         // The checksum is of the state before this step's update: hash it while the peers' contributions are on their way.
         if (p.checksumEvery > 0 && k % p.checksumEvery === 0) ack.checksum = r.checksum();
-        const sum = await reduced;
+        sum = await reduced;
         if (this.active !== a) return;
-        mean = meanGradient(sum, batch);
       } catch (e) {
         if (this.active !== a) return;
+        if (e instanceof NonFiniteError) return nonFinite(e);
         this.active = undefined;
-        if (!(e instanceof NonFiniteError))
-          return this.opts.log(`worker ${this.id}: step ${k} all-reduce (${collective.transport}) failed: ${(e as Error).message}`);
-        ack.error = `non-finite gradient at step ${k} on worker ${this.id} (${collective.transport}): ${e.message}`;
-        return this.send('ack', ack, k, env.membershipEpoch);
+        return this.opts.log(`worker ${this.id}: step ${k} all-reduce (${collective.transport}) failed: ${(e as Error).message}`);
       }
       const t2 = performance.now();
-      r.apply(mean);
+      // the mean is taken inside the update; a sum that overflowed is refused there, nothing applied
+      try {
+        r.apply(sum, batch);
+      } catch (e) {
+        if (e instanceof NonFiniteError) return nonFinite(e);
+        throw e;
+      }
       const next = k + 1;
       if (next % p.commitEvery === 0 || next === p.until) {
         this.snapshots.set(next, r.snapshot(this.spareSnapshot));

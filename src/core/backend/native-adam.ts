@@ -5,10 +5,10 @@
 import { loadTorchAddon } from './torch/addon.js';
 
 /**
- * One Adam + EMA update in place (native/src/adam.cc): the same double-precision arithmetic as
- * the JavaScript update, so the same bits. Returns -1, or the index of the first non-finite
- * gradient value (then nothing was written). `scalars`: [scale, beta1, beta2, stepSize, sqrtBc2,
- * eps, decay].
+ * One Adam + EMA update in place (native/src/adam.cc) with the mean of the gradient sum g over
+ * `count` samples: the same double-precision arithmetic as the JavaScript update, so the same
+ * bits. Returns -1, or the index of the first non-finite value of g (then nothing was written).
+ * `scalars`: [scale, beta1, beta2, stepSize, sqrtBc2, eps, decay, count].
  */
 export type NativeAdam = (
   g: Float32Array,

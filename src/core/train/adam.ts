@@ -1,12 +1,13 @@
 /**
  * Adam (Kingma & Ba; PyTorch's formulation), EMA of weights and global-norm clipping on flat
  * float32 vectors. Arithmetic is plain JavaScript (float64, rounded to float32 on store), so
- * every worker that applies the same mean gradient ends with bit-identical state, whatever
+ * every worker that applies the same gradient sum ends with bit-identical state, whatever
  * tensor backend computed the gradient.
  */
 import type { NativeAdam } from '../backend/native-adam.js';
 import type { TrainConfig } from './config.js';
 import { lrAt } from './schedule.js';
+import { NonFiniteError } from './step.js';
 
 export interface OptimState {
   params: Float32Array;
@@ -37,14 +38,29 @@ export function l2norm(g: Float32Array): number {
   return Math.sqrt(s);
 }
 
+/** l2norm of the mean of a gradient sum over `count` samples, each element rounded to float32 as a stored mean is. */
+function meanNorm(sum: Float32Array, count: number): number {
+  if (count === 1) return l2norm(sum);
+  let s = 0;
+  for (let i = 0; i < sum.length; i++) {
+    const gi = Math.fround(sum[i] / count);
+    s += gi * gi;
+  }
+  return Math.sqrt(s);
+}
+
 /**
- * One Adam update with mean gradient g (not modified), then the EMA. A non-finite gradient
- * value throws and leaves the state unchanged. Frozen parameters (the Fourier weights) have an
- * identically zero gradient, so m = v = 0 and their update is 0 / (0 + eps) = 0.
+ * One Adam update with the mean of the gradient sum `g` over `count` samples (count 1: g is the
+ * mean), then the EMA. The mean is taken element by element inside the update, as float32
+ * (f32(g[i] / count): the same bits on every replica that holds the same sum), so g is neither
+ * modified nor walked a second time. A non-finite value of g throws NonFiniteError and leaves the
+ * state unchanged. Frozen parameters (the Fourier weights) have an identically zero gradient, so
+ * m = v = 0 and their update is 0 / (0 + eps) = 0.
  */
-export function adamStep(s: OptimState, g: Float32Array, a: AdamSettings, native?: NativeAdam): void {
+export function adamStep(s: OptimState, g: Float32Array, a: AdamSettings, native?: NativeAdam, count = 1): void {
   if (g.length !== s.params.length) throw new Error(`gradient has ${g.length} values, parameters ${s.params.length}`);
-  const norm = a.gradClip > 0 ? l2norm(g) : 0;
+  if (!(Number.isInteger(count) && count >= 1 && count < 2 ** 24)) throw new Error(`count must be an integer in [1, 2^24), got ${count}`);
+  const norm = a.gradClip > 0 ? meanNorm(g, count) : 0;
   const scale = a.gradClip > 0 && norm > a.gradClip ? a.gradClip / (norm + 1e-6) : 1;
   const t = s.step + 1;
   const bc1 = 1 - a.beta1 ** t;
@@ -59,7 +75,7 @@ export function adamStep(s: OptimState, g: Float32Array, a: AdamSettings, native
   let bad = -1;
   // A backend's native Adam (native-adam.ts nativeAdamFor), when the caller hands one over, gives the same bits.
   if (native !== undefined) {
-    bad = native(g, p, m, v, ema, Float64Array.of(scale, a.beta1, a.beta2, stepSize, sqrtBc2, a.adamEps, decay));
+    bad = native(g, p, m, v, ema, Float64Array.of(scale, a.beta1, a.beta2, stepSize, sqrtBc2, a.adamEps, decay, count));
   } else {
     for (let i = 0; i < g.length && bad < 0; i++) if (!Number.isFinite(g[i])) bad = i;
     if (bad < 0) {
@@ -69,7 +85,7 @@ export function adamStep(s: OptimState, g: Float32Array, a: AdamSettings, native
       const cd = 1 - decay;
       const f32 = Math.fround;
       for (let i = 0; i < p.length; i++) {
-        const gi = g[i] * scale;
+        const gi = f32(g[i] / count) * scale;
         const mi = (m[i] = b1 * m[i] + c1 * gi);
         const vi = (v[i] = b2 * v[i] + c2 * gi * gi);
         // PyTorch: p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps), with m and v as stored (float32)
@@ -78,6 +94,6 @@ export function adamStep(s: OptimState, g: Float32Array, a: AdamSettings, native
       }
     }
   }
-  if (bad >= 0) throw new Error(`non-finite gradient at step ${s.step} (index ${bad}); state left unchanged`);
+  if (bad >= 0) throw new NonFiniteError(`non-finite gradient at step ${s.step} (index ${bad}); state left unchanged`);
   s.step = t;
 }

@@ -1,10 +1,10 @@
 /**
  * One training step, whoever computes it: the gradient sum over the global batch (from one
  * GradPool, or from the shards of a cluster's workers added by a collective), then
- * `meanGradient`, then `Trainer.apply`. `scoreflow train`, a cluster worker and the bench
- * all go through `meanGradient`, so the update they apply is the same function of the
- * same sum: the mean is one float32 division per element, and a non-finite sum stops the
- * step before anything is applied.
+ * `Trainer.apply(sum, count)`. `scoreflow train`, a cluster worker and the bench all hand the
+ * sum to the same update (adam.ts adamStep), which takes the mean inside its own loop, one float32
+ * division per element, so the update is the same function of the same sum everywhere, and a
+ * non-finite sum stops the step before anything is applied.
  */
 import type { Trainer } from './trainer.js';
 
@@ -16,17 +16,6 @@ export function allFinite(v: Float32Array, from = 0, n = v.length - from): boole
   let s = 0;
   for (let i = from, end = from + n; i < end; i++) s += v[i] * 0;
   return s === 0;
-}
-
-/**
- * The mean over the global batch of a gradient sum, in place: grad[i] / count rounded once
- * to float32 (so the same sum gives the same bits on every replica). Throws NonFiniteError,
- * changing nothing, when any element is NaN or infinite.
- */
-export function meanGradient(sum: Float32Array, count: number): Float32Array {
-  if (!allFinite(sum)) throw new NonFiniteError('the gradient has NaN or infinite values');
-  for (let i = 0, n = sum.length; i < n; i++) sum[i] /= count;
-  return sum;
 }
 
 export interface StepResult {
@@ -44,6 +33,6 @@ export async function trainStep(trainer: Trainer): Promise<StepResult> {
   const sum = await trainer.gradSum(step, 0, trainer.batch(step).indices.length);
   const loss = sum.lossSum / sum.count;
   if (!Number.isFinite(loss)) throw new NonFiniteError(`loss is ${loss} at step ${step}`);
-  trainer.apply(meanGradient(sum.grad, sum.count));
+  trainer.apply(sum.grad, sum.count);
   return { loss, count: sum.count };
 }

@@ -100,9 +100,12 @@ export class Trainer {
     return this.source.gradSum(this.state.params, this.version, step, from, to, sink);
   }
 
-  /** The identical update on every replica: clip, Adam, EMA, step += 1 (throws on a non-finite gradient, changing nothing). */
-  apply(meanGrad: Float32Array): void {
-    adamStep(this.state, meanGrad, this.config, this.adam);
+  /**
+   * The identical update on every replica with the mean of a gradient sum over `count` samples:
+   * clip, Adam, EMA, step += 1 (throws NonFiniteError on a non-finite sum, changing nothing).
+   */
+  apply(gradSum: Float32Array, count: number): void {
+    adamStep(this.state, gradSum, this.config, this.adam, count);
     this.version++;
   }
 
