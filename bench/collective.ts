@@ -19,8 +19,10 @@
  *  - scaling with simulated device compute: a step sleeps 20 or 5 ms (a GPU computing; the
  *    synthetic objective's arithmetic made negligible) and all-reduces a real-size gradient;
  *    step time and efficiency = compute / step time at N = 2, 4, 8, per transport, beside
- *    torch.distributed's same loop. On a 2-core machine 8 processes share 2 cores, so these
- *    figures measure oversubscription as well as communication.
+ *    torch.distributed's same loop; and our process group alone in that very loop
+ *    (bench/allreduce-peer.ts with a compute time, no worker around it), so that what the
+ *    worker's step adds to the all-reduce is the difference. On a 2-core machine 8 processes
+ *    share 2 cores, so these figures measure oversubscription as well as communication.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -47,8 +49,8 @@ function ddpBaseline(o: CollectiveBenchOptions, args: string[]): Json {
   return JSON.parse(r.stdout) as Json;
 }
 
-/** Our Gloo all-reduce of P floats across n processes: rank 0's median and min over `reps`. */
-async function glooAllreduce(n: number, reps: number): Promise<Json> {
+/** n bench/allreduce-peer.ts processes in one Gloo group (its extra args after REPS); each one's JSON line. */
+async function glooPeers(n: number, reps: number, extra: string[] = []): Promise<Json[]> {
   const store = await StoreServer.listen('127.0.0.1', 0);
   try {
     const outs = await Promise.all(
@@ -58,7 +60,15 @@ async function glooAllreduce(n: number, reps: number): Promise<Json> {
           new Promise<string>((resolve, reject) => {
             const c = spawn(
               process.execPath,
-              [packagePath('dist', 'bench', 'allreduce-peer.js'), String(r), String(n), String(store.port), String(P), String(reps)],
+              [
+                packagePath('dist', 'bench', 'allreduce-peer.js'),
+                String(r),
+                String(n),
+                String(store.port),
+                String(P),
+                String(reps),
+                ...extra,
+              ],
               { stdio: ['ignore', 'pipe', 'pipe'] },
             );
             let out = '';
@@ -71,11 +81,26 @@ async function glooAllreduce(n: number, reps: number): Promise<Json> {
           }),
       ),
     );
-    const rank0 = JSON.parse(outs[0]) as { median_ms: number; min_ms: number };
-    return { median_ms: round(rank0.median_ms), min_ms: round(rank0.min_ms) };
+    return outs.map((o) => JSON.parse(o) as Json);
   } finally {
     store.close();
   }
+}
+
+/** Our Gloo all-reduce of P floats across n processes: rank 0's median and min over `reps`. */
+async function glooAllreduce(n: number, reps: number): Promise<Json> {
+  const rank0 = (await glooPeers(n, reps))[0] as { median_ms: number; min_ms: number };
+  return { median_ms: round(rank0.median_ms), min_ms: round(rank0.min_ms) };
+}
+
+/**
+ * Our Gloo process group in ddp_baseline.py's simulated loop (sleep `ms`, all-reduce P floats)
+ * across n processes: the median over steps of the slowest rank's step, as the baseline takes it.
+ */
+async function glooLoop(n: number, reps: number, ms: number): Promise<Json> {
+  const ranks = (await glooPeers(n, reps, [String(ms)])).map((j) => j.steps_ms as number[]);
+  const step = median(ranks[0].map((_, i) => Math.max(...ranks.map((s) => s[i]))));
+  return { step_ms: round(step), efficiency: round(ms / step, 3) };
 }
 
 /** `scoreflow train --threads T` on the torch backend: images/s, median over the steps after a warm-up. */
@@ -231,6 +256,8 @@ export async function benchCollective(o: CollectiveBenchOptions): Promise<Json> 
           per[`${transport}_processes_${n}`] = { step_ms: s.step_ms, allreduce_ms: s.allreduce_ms, efficiency: round(ms / s.step_ms, 3) };
         }
       }
+      // our process group alone in the baseline's loop: what the worker's step adds is the difference
+      for (const n of sizes) per[`gloo_loop_processes_${n}`] = await glooLoop(n, quick ? 15 : 30, ms);
       sim[`compute_${ms}ms`] = per;
     }
     out.simulated = sim;
