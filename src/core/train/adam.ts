@@ -32,18 +32,11 @@ export function newOptimState(params: Float32Array): OptimState {
   };
 }
 
-export function l2norm(g: Float32Array): number {
+/** The l2 norm of the mean of a gradient sum over `count` samples (1: of g itself), each element rounded to float32 as a stored mean is. */
+export function l2norm(g: Float32Array, count = 1): number {
   let s = 0;
-  for (let i = 0; i < g.length; i++) s += g[i] * g[i];
-  return Math.sqrt(s);
-}
-
-/** l2norm of the mean of a gradient sum over `count` samples, each element rounded to float32 as a stored mean is. */
-function meanNorm(sum: Float32Array, count: number): number {
-  if (count === 1) return l2norm(sum);
-  let s = 0;
-  for (let i = 0; i < sum.length; i++) {
-    const gi = Math.fround(sum[i] / count);
+  for (let i = 0; i < g.length; i++) {
+    const gi = Math.fround(g[i] / count);
     s += gi * gi;
   }
   return Math.sqrt(s);
@@ -60,7 +53,7 @@ function meanNorm(sum: Float32Array, count: number): number {
 export function adamStep(s: OptimState, g: Float32Array, a: AdamSettings, native?: NativeAdam, count = 1): void {
   if (g.length !== s.params.length) throw new Error(`gradient has ${g.length} values, parameters ${s.params.length}`);
   if (!(Number.isInteger(count) && count >= 1 && count < 2 ** 24)) throw new Error(`count must be an integer in [1, 2^24), got ${count}`);
-  const norm = a.gradClip > 0 ? meanNorm(g, count) : 0;
+  const norm = a.gradClip > 0 ? l2norm(g, count) : 0;
   const scale = a.gradClip > 0 && norm > a.gradClip ? a.gradClip / (norm + 1e-6) : 1;
   const t = s.step + 1;
   const bc1 = 1 - a.beta1 ** t;
