@@ -70,7 +70,7 @@ function workerNodeArgs(): string[] {
   return (process.env.SCOREFLOW_BENCH_WORKER_ARGS ?? '').split(/\s+/).filter(Boolean);
 }
 
-export function startWorkers(n: number, url: string, run: string, backend: string, threads: number, extra: string[] = []): ChildProcess[] {
+export function startWorkers(n: number, url: string, run: string, backend: string, threads: number): ChildProcess[] {
   return Array.from({ length: n }, (_, i) =>
     spawn(
       process.execPath,
@@ -89,7 +89,6 @@ export function startWorkers(n: number, url: string, run: string, backend: strin
         '--threads',
         String(threads),
         '--no-jobs',
-        ...extra,
       ],
       {
         stdio: ['ignore', 'ignore', 'pipe'],
@@ -110,8 +109,8 @@ export interface RunOptions {
   backend: string;
   threads: number;
   transport?: TransportChoice;
-  /** More `worker start` flags (e.g. --bucket-kb 0). */
-  workerArgs?: string[];
+  /** gloo: the plan's bucket size (0: one all-reduce after the backward pass; default the coordinator's). */
+  bucketFloats?: number;
 }
 
 /** One run: in-process coordinator, n worker processes; every step's report and ack times. */
@@ -143,11 +142,12 @@ export async function runCluster(server: NatsServer, o: RunOptions): Promise<{ r
     checksumEvery: 0,
     syncTimeoutMs: 120_000,
     transport: o.transport ?? 'nats',
+    bucketFloats: o.bucketFloats,
   });
   const reports: StepReport[] = [];
   c.telemetry.on('step', (r) => reports.push(r));
   await c.start();
-  const procs = startWorkers(o.n, server.url, o.run, o.backend, o.threads, o.workerArgs);
+  const procs = startWorkers(o.n, server.url, o.run, o.backend, o.threads);
   try {
     const res = await c.done;
     if (!res.ok) throw new Error(`bench run ${o.run} failed: ${res.reason}`);

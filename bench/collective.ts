@@ -6,12 +6,12 @@
  *  - training: the reference ScoreNet at global batch 32 and 120, 2 worker processes x 1 thread
  *    on the torch backend, `coordinator start`-shaped (an in-process coordinator, real `worker
  *    start` processes) over gloo (all-reduce in buckets during the backward pass), gloo without
- *    that overlap (--bucket-kb 0) and nats; PyTorch DDP (gloo) at batch 32; and single-process
- *    `scoreflow train --threads 2` at both. Images/s = global batch / step time (the interval
- *    between steps acked by every worker), median over the timed steps; beside it each step's
- *    split as the workers report it: compute (the backward pass, overlapped buckets included),
- *    exposed all-reduce (end of compute to the reduced sum), control-plane wait (before a step
- *    could start; its mean too).
+ *    that overlap (the plan's bucket size 0, as `coordinator start --bucket-kb 0`) and nats;
+ *    PyTorch DDP (gloo) at batch 32; and single-process `scoreflow train --threads 2` at both.
+ *    Images/s = global batch / step time (the interval between steps acked by every worker),
+ *    median over the timed steps; beside it each step's split as the workers report it:
+ *    compute (the backward pass, overlapped buckets included), exposed all-reduce (end of
+ *    compute to the reduced sum), control-plane wait (before a step could start; its mean too).
  *  - the bare all-reduce of 1,049,633 floats (the ScoreNet's gradient) at 2, 4, 8 processes:
  *    our Gloo group (bench/allreduce-peer.ts, a barrier before each) against
  *    torch.distributed's, and the nats transport's collective time (the all-reduce of the
@@ -159,11 +159,11 @@ export async function benchCollective(o: CollectiveBenchOptions): Promise<Json> 
       const cfgJson = JSON.stringify({ seed: 0, batchSize: batch, dataset: 'train[:4096]' });
       const runSteps = batch === 32 ? steps + 5 : Math.round(steps / 2) + 5;
       // gloo with the all-reduce in buckets during the backward pass (the default), gloo with one
-      // all-reduce after it (--bucket-kb 0), and nats
-      for (const [name, transport, workerArgs] of [
-        ['gloo', 'gloo', []],
-        ['gloo_no_overlap', 'gloo', ['--bucket-kb', '0']],
-        ['nats', 'nats', []],
+      // all-reduce after it (the plan's bucket size 0, `coordinator start --bucket-kb 0`), and nats
+      for (const [name, transport, bucketFloats] of [
+        ['gloo', 'gloo', undefined],
+        ['gloo_no_overlap', 'gloo', 0],
+        ['nats', 'nats', undefined],
       ] as const) {
         log(`collective: ScoreNet training, ${name}, batch ${batch}, 2 workers x 1 thread on torch`);
         const run = await runCluster(server, {
@@ -175,7 +175,7 @@ export async function benchCollective(o: CollectiveBenchOptions): Promise<Json> 
           backend: 'torch',
           threads: 1,
           transport,
-          workerArgs: [...workerArgs],
+          bucketFloats,
         });
         train[name] = summarise(run, 5);
       }

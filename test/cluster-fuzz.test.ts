@@ -52,6 +52,7 @@ const TEMPLATES: { [K in BodyKind]: Bodies[K] } = {
     lastBatch: 2,
     commitEvery: 2,
     checksumEvery: 2,
+    bucketFloats: 3,
   },
   commit: { step: 4 },
   grad: { phase: Phase.REDUCE, owner: 0, senderRank: 1, offset: 0, data: toLEBytes(new Float32Array([1, 2, 3, 4])), count: 1 },
@@ -121,6 +122,7 @@ describe('hostile messages', () => {
         shardStart: [0, 1, 2],
         store: '',
         paramStarts: [0],
+        bucketFloats: 0,
       },
       (_s, b) => sent.push(b),
     );
@@ -174,6 +176,7 @@ describe('gradient chunks', () => {
     shardStart: [0, 2, 4, 6],
     store: '',
     paramStarts: [0],
+    bucketFloats: 0,
     ...extra,
   });
   const frame = (worker: string, body: Partial<Bodies['grad']> & { data: Uint8Array }) =>

@@ -170,7 +170,10 @@ describe('cluster processes', () => {
         assert.equal(await c.exited, 0, c.output());
         assert.match(c.output(), /found 0 GPU\(s\): running 2 worker\(s\) on the CPU|GPU/);
         // auto takes gloo on this machine (every worker's addon has c10d Gloo) and says why
-        const why = transport === 'auto' ? "gloo: every member's torch addon has c10d Gloo" : 'nats: --transport';
+        const why =
+          transport === 'auto'
+            ? "gloo, in buckets of 1024 KiB during the backward pass: every member's torch addon has c10d Gloo"
+            : 'nats: --transport';
         assert.ok(c.output().includes(`coordinator: gradients over ${why}`), c.output());
         const x = loadTrainingCheckpoint(join(a, 'checkpoint.safetensors')).state;
         const y = loadTrainingCheckpoint(join(b, 'checkpoint.safetensors')).state;

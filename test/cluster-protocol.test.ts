@@ -9,7 +9,8 @@ import { SyntheticReplica, SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../s
 import { startNats, syntheticCluster, type NatsServer } from './helpers/nats.js';
 import { maxRelDiff } from '../src/core/parity.js';
 import { ProcessGroup } from '../src/worker/collective/process-group.js';
-import { BUCKET_FLOATS, Buckets, bucketCuts } from '../src/worker/collective/c10d.js';
+import { Buckets, bucketCuts } from '../src/worker/collective/c10d.js';
+import { BUCKET_FLOATS } from '../src/protocol/transports.js';
 import { paramInfos } from '../src/core/model/params.js';
 import { trainConfig } from '../src/core/train/config.js';
 
@@ -161,7 +162,7 @@ describe('gloo against nats', () => {
   after(async () => server?.close());
 
   const finalParams = async (n: number, transport: 'nats' | 'gloo', cfg: SyntheticConfig, bucketFloats?: number) => {
-    const c = await syntheticCluster(server, n, cfg, { steps: 10, checksumEvery: 2, transport }, { bucketFloats });
+    const c = await syntheticCluster(server, n, cfg, { steps: 10, checksumEvery: 2, transport, bucketFloats });
     try {
       assert.ok((await c.coordinator.done).ok);
       await Promise.all(c.workers.map((w) => w.done));

@@ -116,8 +116,9 @@ describe('recovery', () => {
 
   it('spawned workers SIGKILLed together are restarted (back-off, same ids) and the run ends bit-exact by itself', async () => {
     const dir = tempDir();
-    // (and a commit interval of its own: the lost steps are re-run from the last commit)
-    const c = track(startBin('coordinator', runArgs(dir, 'rsp', ['--gpus', '2', '--commit-every', '6'])));
+    // (and a commit interval of its own: the lost steps are re-run from the last commit; and gloo
+    // buckets of 16 KiB, one per synthetic "layer" of 5,000 floats, where the default makes one)
+    const c = track(startBin('coordinator', runArgs(dir, 'rsp', ['--gpus', '2', '--commit-every', '6', '--bucket-kb', '16'])));
     await until(() => logged(dir).length >= 5, 60_000, 'the first steps');
     const pids = [...pidsOfWorker('rsp-w0'), ...pidsOfWorker('rsp-w1')];
     assert.equal(pids.length, 2, c.output());
@@ -126,6 +127,7 @@ describe('recovery', () => {
     assert.match(c.output(), /committing every 2 step\(s\), not 6: checkpoints \(every 8\) fall on commits/);
     assert.match(c.output(), /worker process w0 exited \(SIGKILL\); restarting it in 1\.0 s \(restart 1 of 3\)/);
     assert.match(c.output(), /worker process w1 exited \(SIGKILL\); restarting it in 1\.0 s \(restart 1 of 3\)/);
+    assert.match(c.output(), /gradients over gloo, in buckets of 16 KiB during the backward pass: /);
     assert.deepEqual(logged(dir), everyStepOnce(STEPS));
     assertCheckpointMatches(dir, reference(STEPS));
   });

@@ -35,6 +35,7 @@ interface CoordinatorFlags extends TrainFlags, ClusterFlags {
   stepTimeout: number;
   maxRestarts: number;
   transport: TransportChoice;
+  bucketKb: number;
   synthetic?: string;
 }
 
@@ -157,6 +158,7 @@ async function run_(
       heartbeatTimeoutMs: f.heartbeatTimeout,
       stepTimeoutMs: f.stepTimeout,
       transport: f.transport,
+      bucketFloats: f.bucketKb * 256,
       log,
     });
     if (c.metrics) bindTelemetry(c.metrics, coordinator.telemetry, { globalBatch: batchSize, expectedWorkers: f.gpus });
@@ -257,6 +259,12 @@ addClusterOptions(addTrainingOptions(cmd), 'they join with `worker start` (e.g. 
     )
       .choices([...TRANSPORT_CHOICES])
       .default(COORDINATOR_DEFAULTS.transport),
+  )
+  .option(
+    '--bucket-kb <kib>',
+    'gloo/nccl: every worker all-reduces the gradient in buckets of this many KiB while its backward pass runs (0: one all-reduce after it)',
+    parseIntArg(0, 1 << 22),
+    (COORDINATOR_DEFAULTS.bucketFloats * 4) / 1024,
   )
   .addOption(new Option('--synthetic <json>').hideHelp())
   .action((f: CoordinatorFlags, cmd: Command) => start(f, cmd));

@@ -12,7 +12,7 @@ import { checkId } from '../protocol/subjects.js';
 import { bindTelemetry, createMetrics } from '../metrics/index.js';
 import { JobRunner } from '../worker/jobs.js';
 import { trainerReplicas } from '../worker/trainer-replica.js';
-import { BUCKET_FLOATS, defaultDataHost, startC10d } from '../worker/collective/c10d.js';
+import { defaultDataHost, startC10d } from '../worker/collective/c10d.js';
 import { defaultWorkerId, Worker, WORKER_DEFAULTS } from '../worker/worker.js';
 import { AlreadySaid, backendOption, main, newProgram, parseIntArg, parsePort, poolThreads, startBackend } from './common.js';
 
@@ -31,7 +31,6 @@ interface WorkerFlags extends AuthFlags {
   dataIface?: string;
   dataPort: number;
   collectiveTimeout: number;
-  bucketKb: number;
   parentPipe: boolean;
 }
 
@@ -75,7 +74,6 @@ async function start(f: WorkerFlags): Promise<void> {
         iface: f.dataIface,
         timeoutMs: f.collectiveTimeout,
         cuda: f.device >= 0,
-        bucketFloats: f.bucketKb * 256,
       })
     : undefined;
   if (c10d)
@@ -160,12 +158,6 @@ addAuthOptions(
       'a c10d all-reduce or rendezvous waiting this long on a peer fails (a dead peer fails it at once)',
       parseIntArg(100, 3_600_000),
       10_000,
-    )
-    .option(
-      '--bucket-kb <kib>',
-      'c10d transports: all-reduce the gradient in buckets of this many KiB while the backward pass runs (0: one all-reduce after it)',
-      parseIntArg(0, 1 << 22),
-      (BUCKET_FLOATS * 4) / 1024,
     )
     .option('--no-c10d', 'offer only the nats transport (no c10d store, no direct worker-to-worker traffic)')
     .addOption(new Option('--heartbeat-ms <ms>').argParser(parseIntArg(50)).default(WORKER_DEFAULTS.heartbeatMs).hideHelp())

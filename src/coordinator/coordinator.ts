@@ -41,7 +41,7 @@ import {
 import { CHECKPOINT_EVERY } from '../core/train/checkpoint.js';
 import { ReplayGuard, Sender } from '../protocol/sequence.js';
 import { checkId, subjects } from '../protocol/subjects.js';
-import type { TransportChoice, TransportName } from '../protocol/transports.js';
+import { BUCKET_FLOATS, type TransportChoice, type TransportName } from '../protocol/transports.js';
 
 export interface CoordinatorOptions {
   nc: NatsConnection;
@@ -69,6 +69,8 @@ export interface CoordinatorOptions {
   syncTimeoutMs?: number;
   /** How gradients move: `auto` (nccl when every member is a CUDA worker with it, gloo when every member has it, else nats) or one of them. */
   transport?: TransportChoice;
+  /** gloo/nccl: the all-reduce of the gradient in buckets of at least this many floats during the backward pass (0: once after it). */
+  bucketFloats?: number;
   log?: (line: string) => void;
   telemetry?: Telemetry;
 }
@@ -82,6 +84,7 @@ export interface RunResult {
 /** The one source of the coordinator's defaults (`coordinator start`'s help text reads them from here). */
 export const COORDINATOR_DEFAULTS = {
   transport: 'auto' as TransportChoice,
+  bucketFloats: BUCKET_FLOATS,
   minWorkers: 1,
   heartbeatTimeoutMs: 3000,
   checksumEvery: 10,
@@ -181,7 +184,9 @@ export class Coordinator {
   readonly done: Promise<RunResult>;
 
   constructor(opts: CoordinatorOptions) {
-    this.opts = { ...COORDINATOR_DEFAULTS, log: () => {}, ...opts } as typeof this.opts;
+    // (an option given as undefined takes its default)
+    const given = Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined));
+    this.opts = { ...COORDINATOR_DEFAULTS, log: () => {}, ...(given as unknown as CoordinatorOptions) };
     checkId('run', opts.run);
     this.dir = new RunDir(opts.outDir);
     this.telemetry = opts.telemetry ?? new Telemetry(this.opts.log);
@@ -584,6 +589,7 @@ export class Coordinator {
         lastBatch: this.lastBatch || this.opts.batchSize,
         commitEvery: this.commitEvery(),
         checksumEvery: this.opts.checksumEvery,
+        bucketFloats: this.opts.bucketFloats,
       },
       start,
     );
@@ -607,7 +613,12 @@ export class Coordinator {
       const lacking = joins.filter((j) => !j.transports.includes('gloo')).map((j) => j.transportNote || `${j.backend} worker without c10d`);
       why = `not every member has c10d Gloo (${[...new Set(lacking)].join('; ')})`;
     }
-    if (transport !== this.lastTransport) this.opts.log(`coordinator: gradients over ${transport}: ${why}`);
+    if (transport !== this.lastTransport) {
+      const b = this.opts.bucketFloats;
+      const how =
+        transport === 'nats' ? '' : b ? `, in buckets of ${(b * 4) / 1024} KiB during the backward pass` : ', once after the backward pass';
+      this.opts.log(`coordinator: gradients over ${transport}${how}: ${why}`);
+    }
     this.lastTransport = transport;
     const j0 = joins[0];
     return { transport, store: transport === 'nats' ? '' : `${j0.dataHost}:${j0.storePort}` };

@@ -68,6 +68,7 @@ export interface StepPlan {
   lastBatch: number;
   commitEvery: number;
   checksumEvery: number;
+  bucketFloats: number;
 }
 export interface Commit {
   step: number;

@@ -495,6 +495,7 @@ export class Worker {
         shardStart,
         store: p.store,
         paramStarts: r.paramStarts,
+        bucketFloats: p.bucketFloats,
       });
       const sink = collective.sink?.();
       const g = await r.gradSum(k, shardStart[rank], shardStart[rank + 1], sink);

@@ -34,20 +34,7 @@ export interface C10dOptions {
   timeoutMs: number;
   /** The worker's GPU (NCCL is offered only with one). */
   cuda?: boolean;
-  /**
-   * Overlap: the gradient is all-reduced in buckets of at least this many floats (bucketCuts:
-   * whole parameters, from the last layers, whose gradients the backward pass finishes first),
-   * each as soon as the backward pass has finished it; 0: one all-reduce of the whole vector
-   * after it. Default BUCKET_FLOATS.
-   */
-  bucketFloats?: number;
 }
-
-/**
- * DDP's first bucket size, 1 MiB (its later ones are 25 MB, beyond our whole 4 MB gradient): a
- * bucket closes at the first parameter boundary at which it holds at least this many floats.
- */
-export const BUCKET_FLOATS = 1 << 18;
 
 /**
  * Bucket bounds, DDP's rule: parameters taken from the last to the first (the order the backward
@@ -228,7 +215,10 @@ export class C10dCollective implements Collective {
    * itself, not its promise; the first step of an epoch reduces after the backward pass).
    */
   sink(): GradSink | undefined {
-    const b = this.opts.bucketFloats ?? BUCKET_FLOATS;
+    // Overlap: the plan's bucket size (bucketCuts: whole parameters, from the last layers, whose
+    // gradients the backward pass finishes first), each bucket all-reduced as soon as the backward
+    // pass has finished it; 0: one all-reduce of the whole vector after it.
+    const b = this.ctx?.bucketFloats;
     const pg = this.group?.ready;
     if (!b || !pg || !this.ctx) return undefined;
     const { numParams, paramStarts } = this.ctx;

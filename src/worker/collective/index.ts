@@ -40,6 +40,8 @@ export interface StepContext {
    * layout, which the run's config fixes, so every member cuts its buckets at the same places.
    */
   paramStarts: readonly number[];
+  /** gloo/nccl: buckets of at least this many floats during the backward pass; 0: one all-reduce after it. */
+  bucketFloats: number;
 }
 
 export interface Collective {
