@@ -22,7 +22,7 @@ import { Coordinator, type CoordinatorOptions } from '../../src/coordinator/coor
 import { Worker, type WorkerOptions } from '../../src/worker/worker.js';
 import { syntheticReplica, type SyntheticConfig } from '../../src/worker/synthetic.js';
 import type { ReplicaFactory } from '../../src/worker/replica.js';
-import { startC10d, type C10dOptions, type C10dSide } from '../../src/worker/collective/c10d.js';
+import { startC10d, type C10dSide } from '../../src/worker/collective/c10d.js';
 
 export function tempDir(prefix = 'scoreflow-test-'): string {
   return mkdtempSync(join(tmpdir(), prefix));
@@ -46,7 +46,6 @@ export async function startCluster(
   batchSize: number,
   factory: ReplicaFactory,
   copts: Partial<CoordinatorOptions> = {},
-  c10dOpts: Partial<C10dOptions> = {},
 ): Promise<TestCluster> {
   const conns: NatsConnection[] = [];
   const conn = async (name: string) => {
@@ -72,7 +71,7 @@ export async function startCluster(
   // transport gloo (or auto): every worker gets its own c10d store and Gloo groups, as `worker start` does
   const c10d = copts.transport !== undefined && copts.transport !== 'nats';
   const addWorker = async (opts: Partial<WorkerOptions> = {}) => {
-    const side = c10d ? await startC10d({ host: '127.0.0.1', timeoutMs: 5000, ...c10dOpts }) : undefined;
+    const side = c10d ? await startC10d({ host: '127.0.0.1', timeoutMs: 5000 }) : undefined;
     if (side) sides.push(side);
     const w = new Worker({
       nc: await conn('worker'),
@@ -110,8 +109,7 @@ export async function syntheticCluster(
   n: number,
   cfg: Partial<SyntheticConfig>,
   copts: Partial<CoordinatorOptions> = {},
-  c10dOpts: Partial<C10dOptions> = {},
 ): Promise<TestCluster> {
   const config = { synthetic: true, params: 1000, batchSize: 16, samples: 256, seed: 1, lr: 0.01, ...cfg };
-  return startCluster(server, n, JSON.stringify(config), config.batchSize, syntheticReplica, copts, c10dOpts);
+  return startCluster(server, n, JSON.stringify(config), config.batchSize, syntheticReplica, copts);
 }
