@@ -374,6 +374,8 @@ describe('item 6: --resume and flags that contradict the checkpoint', () => {
         '16',
         '--lr',
         '0.01',
+        '--lr-warmup',
+        '7',
         '--sde',
         'vp',
         '--backend',
@@ -382,6 +384,7 @@ describe('item 6: --resume and flags that contradict the checkpoint', () => {
       /--batch-size 16 \(the checkpoint has 8\)/,
     );
     assert.match(line, /--lr 0\.01 \(the checkpoint has 0\.0001\)/);
+    assert.match(line, /--lr-warmup 7 \(the checkpoint has 0\)/);
     assert.match(line, /--sde vp \(the checkpoint has ve\)/);
     assert.equal(loadTrainingCheckpoint(join(out, 'checkpoint.safetensors')).state.step, 2);
     const r = runBin('scoreflow', [

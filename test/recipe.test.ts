@@ -1,6 +1,6 @@
 /** Training recipes: the fast recipe's noise-level law, loss weight and lr schedule against closed forms; recorded and resumed exactly; bad names fail cleanly. */
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
@@ -275,9 +275,9 @@ const SMALL = ['--channels', '8,16,16,16', '--embed-dim', '16', '--limit', '256'
 test('--recipe fast is recorded in the checkpoint, flags override it, and 3 + 3 resumed steps == 6 straight', () => {
   const straight = tempDir();
   const split = tempDir();
-  let r = runBin('scoreflow', ['train', '--recipe', 'fast', ...SMALL, '--steps', '6', '--out', straight]);
+  let r = runBin('scoreflow', ['train', '--recipe', 'fast', ...SMALL, '--lr-warmup', '5', '--steps', '6', '--out', straight]);
   assert.equal(r.code, 0, r.stderr);
-  r = runBin('scoreflow', ['train', '--recipe', 'fast', ...SMALL, '--steps', '3', '--out', split]);
+  r = runBin('scoreflow', ['train', '--recipe', 'fast', ...SMALL, '--lr-warmup', '5', '--steps', '3', '--out', split]);
   assert.equal(r.code, 0, r.stderr);
   r = runBin('scoreflow', ['train', '--resume', '--steps', '6', '--out', split, '--backend', 'wasm', '--data', 'train', '--limit', '256']);
   assert.equal(r.code, 0, r.stderr);
@@ -297,9 +297,10 @@ test('--recipe fast is recorded in the checkpoint, flags override it, and 3 + 3 
   assert.equal(state.step, 6);
   assert.equal(config.recipe, 'fast');
   assert.equal(config.batchSize, 16, 'the explicit --batch-size wins over the recipe');
+  assert.equal(config.lrWarmup, 5, 'the explicit --lr-warmup wins over the recipe');
   assert.equal(config.model.precond, 'edm');
   assert.equal(config.model.sigmaData, FAST.model.sigmaData);
-  for (const k of ['lr', 'lrWarmup', 'lrDecay', 'lrDecaySteps', 'noise', 'pMean', 'pStd', 'weighting', 'sigmaData', 'emaDecay'] as const) {
+  for (const k of ['lr', 'lrDecay', 'lrDecaySteps', 'noise', 'pMean', 'pStd', 'weighting', 'sigmaData', 'emaDecay'] as const) {
     assert.equal(config[k], FAST[k], k);
   }
   // and the seed recipe stays the default
@@ -325,6 +326,36 @@ test('--recipe likelihood is recorded in the checkpoint with its noise law and w
   const lines = readFileSync(join(out, 'log.jsonl'), 'utf8').trim().split('\n');
   assert.equal(lines.length, 2);
   for (const l of lines) assert.ok((JSON.parse(l) as { loss: number }).loss > 0);
+});
+
+test('--lr-warmup, --lr-decay and --lr-decay-steps set the schedule on any recipe; a decay without its step is one clear line', () => {
+  const out = tempDir();
+  let r = runBin('scoreflow', [
+    'train',
+    ...SMALL,
+    '--lr-decay',
+    'cosine',
+    '--lr-decay-steps',
+    '4',
+    '--lr-warmup',
+    '2',
+    '--steps',
+    '2',
+    '--out',
+    out,
+  ]);
+  assert.equal(r.code, 0, r.stderr);
+  const { config } = loadTrainingCheckpoint(join(out, 'checkpoint.safetensors'));
+  assert.deepEqual([config.recipe, config.lrWarmup, config.lrDecay, config.lrDecaySteps], [TRAIN_DEFAULTS.recipe, 2, 'cosine', 4]);
+  for (const bin of ['scoreflow', 'coordinator'] as const) {
+    const empty = tempDir();
+    r = runBin(bin, [bin === 'scoreflow' ? 'train' : 'start', ...SMALL, '--lr-decay', 'rsqrt', '--steps', '1', '--out', empty]);
+    assert.notEqual(r.code, 0);
+    const lines = errorLines(r.stderr);
+    assert.equal(lines.length, 1, r.stderr);
+    assert.match(lines[0], /lr decay rsqrt needs lrDecaySteps \(--lr-decay-steps\) >= 1, got 0/);
+    assert.equal(existsSync(join(empty, 'checkpoint.safetensors')), false);
+  }
 });
 
 test('an unknown recipe is one clear line and a non-zero exit', () => {

@@ -49,7 +49,16 @@ function parseRecipe(v: string): RecipeName {
 }
 
 /** Flags that a recipe sets, and the TrainConfig field behind each. */
-const RECIPE_FLAGS = { batchSize: 'batchSize', lr: 'lr', ema: 'emaDecay', gradClip: 'gradClip', weighting: 'weighting' } as const;
+const RECIPE_FLAGS = {
+  batchSize: 'batchSize',
+  lr: 'lr',
+  lrWarmup: 'lrWarmup',
+  lrDecay: 'lrDecay',
+  lrDecaySteps: 'lrDecaySteps',
+  ema: 'emaDecay',
+  gradClip: 'gradClip',
+  weighting: 'weighting',
+} as const;
 
 /**
  * Before the action runs: every recipe-controlled flag not given on the command line (or in
@@ -81,6 +90,18 @@ export function addTrainingOptions(cmd: Command): Command {
     .option('--seed <s>', 'seed of every random stream', parseIntArg(0), TRAIN_DEFAULTS.seed)
     .option('--batch-size <b>', 'global batch size (at most the data set size)', parseIntArg(1), TRAIN_DEFAULTS.batchSize)
     .option('--lr <lr>', 'Adam learning rate, in (0, 1]', parseFloatArg({ exclusiveMin: 0, max: 1 }), TRAIN_DEFAULTS.lr)
+    .option(
+      '--lr-warmup <steps>',
+      'linear learning-rate warm-up over this many steps (0: none)',
+      parseIntArg(0, 1e9),
+      TRAIN_DEFAULTS.lrWarmup,
+    )
+    .addOption(
+      new Option('--lr-decay <rule>', 'learning-rate decay after the warm-up: rsqrt (x sqrt(D/k) from step D) or cosine (to 0 at step D)')
+        .choices(['constant', 'rsqrt', 'cosine'])
+        .default(TRAIN_DEFAULTS.lrDecay),
+    )
+    .option('--lr-decay-steps <D>', 'the step D of --lr-decay', parseIntArg(0, 1e9), TRAIN_DEFAULTS.lrDecaySteps)
     .option(
       '--ema <decay>',
       'EMA decay of the sampling weights (0: none)',
@@ -136,6 +157,9 @@ export interface TrainFlags {
   seed: number;
   batchSize: number;
   lr: number;
+  lrWarmup: number;
+  lrDecay: TrainConfig['lrDecay'];
+  lrDecaySteps: number;
   ema: number;
   gradClip: number;
   weighting: 'sigma2' | 'likelihood' | 'edm';
@@ -166,6 +190,9 @@ export function configFromFlags(f: TrainFlags): TrainConfig {
     seed: f.seed,
     batchSize: f.batchSize,
     lr: f.lr,
+    lrWarmup: f.lrWarmup,
+    lrDecay: f.lrDecay,
+    lrDecaySteps: f.lrDecaySteps,
     emaDecay: f.ema,
     gradClip: f.gradClip,
     weighting: f.weighting,

@@ -157,7 +157,7 @@ export function trainConfig(input: TrainConfigInput = {}): TrainConfig {
   check(['constant', 'rsqrt', 'cosine'].includes(cfg.lrDecay), `lr decay must be constant, rsqrt or cosine, got ${cfg.lrDecay}`);
   check(
     cfg.lrDecay === 'constant' || (Number.isInteger(cfg.lrDecaySteps) && cfg.lrDecaySteps >= 1),
-    `lr decay ${cfg.lrDecay} needs lrDecaySteps >= 1, got ${cfg.lrDecaySteps}`,
+    `lr decay ${cfg.lrDecay} needs lrDecaySteps (--lr-decay-steps) >= 1, got ${cfg.lrDecaySteps}`,
   );
   return cfg;
 }
