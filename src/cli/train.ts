@@ -8,6 +8,7 @@ import { StepLog } from '../core/io/jsonl.js';
 import { SDE_DEFAULTS } from '../core/sde.js';
 import { CHECKPOINT_EVERY, loadTrainingCheckpoint } from '../core/train/checkpoint.js';
 import {
+  LR_DECAYS,
   parseDataset,
   RECIPES,
   recipeValues,
@@ -98,7 +99,7 @@ export function addTrainingOptions(cmd: Command): Command {
     )
     .addOption(
       new Option('--lr-decay <rule>', 'learning-rate decay after the warm-up: rsqrt (x sqrt(D/k) from step D) or cosine (to 0 at step D)')
-        .choices(['constant', 'rsqrt', 'cosine'])
+        .choices(LR_DECAYS)
         .default(TRAIN_DEFAULTS.lrDecay),
     )
     .option('--lr-decay-steps <D>', 'the step D of --lr-decay', parseIntArg(0, 1e9), TRAIN_DEFAULTS.lrDecaySteps)

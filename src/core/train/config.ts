@@ -31,7 +31,7 @@ export interface TrainConfig {
   sigmaData: number;
   /** Learning-rate schedule (schedule.ts lrAt): linear warm-up over lrWarmup steps, then lrDecay with scale lrDecaySteps. */
   lrWarmup: number;
-  lrDecay: 'constant' | 'rsqrt' | 'cosine';
+  lrDecay: (typeof LR_DECAYS)[number];
   lrDecaySteps: number;
   model: ModelConfig;
   sde: Required<SdeConfig>;
@@ -67,6 +67,9 @@ export type TrainConfigInput = Partial<Omit<TrainConfig, 'model' | 'sde'>> & {
   model?: Partial<ModelConfig>;
   sde?: SdeConfig;
 };
+
+/** The learning-rate decays after the warm-up (schedule.ts lrAt). */
+export const LR_DECAYS = ['constant', 'rsqrt', 'cosine'] as const;
 
 export type RecipeName = 'seed' | 'fast' | 'likelihood';
 
@@ -155,7 +158,7 @@ export function trainConfig(input: TrainConfigInput = {}): TrainConfig {
     `lognormal and likelihood noise, edm weighting and edm preconditioning need the VE SDE, got ${cfg.sde.name}`,
   );
   check(Number.isInteger(cfg.lrWarmup) && cfg.lrWarmup >= 0, `lr warm-up must be a non-negative integer of steps, got ${cfg.lrWarmup}`);
-  check(['constant', 'rsqrt', 'cosine'].includes(cfg.lrDecay), `lr decay must be constant, rsqrt or cosine, got ${cfg.lrDecay}`);
+  check(LR_DECAYS.includes(cfg.lrDecay), `lr decay must be constant, rsqrt or cosine, got ${cfg.lrDecay}`);
   check(
     cfg.lrDecay === 'constant' || (Number.isInteger(cfg.lrDecaySteps) && cfg.lrDecaySteps >= 1),
     `lr decay ${cfg.lrDecay} needs lrDecaySteps (--lr-decay-steps) >= 1, got ${cfg.lrDecaySteps}`,
