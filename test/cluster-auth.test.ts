@@ -17,32 +17,15 @@ import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'no
 import { join } from 'node:path';
 import { after, before, describe, it, test } from 'node:test';
 import { createConnection } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { connect, nkeyAuthenticator, nkeys, type ConnectionOptions, type NatsConnection } from 'nats';
 import { authEnv, clientAuth, serverAuth, splitUrlCredentials, type AuthFlags } from '../src/cluster/auth.js';
 import { connectNats } from '../src/cluster/connect.js';
 import { NatsServer } from '../src/cluster/nats-server.js';
-import { errorLines, runBin, spawnBin, tempDir } from './helpers/cli.js';
+import { errorLines, runBin, spawnBin, tempDir, TINY_NET } from './helpers/cli.js';
 
 const dir = tempDir('scoreflow-auth-');
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const TINY = [
-  '--gpus',
-  '1',
-  '--steps',
-  '2',
-  '--channels',
-  '8,16,16,16',
-  '--embed-dim',
-  '16',
-  '--limit',
-  '64',
-  '--batch-size',
-  '8',
-  '--backend',
-  'wasm',
-  '--threads',
-  '1',
-];
+const TINY = ['--gpus', '1', '--steps', '2', ...TINY_NET, '--limit', '64', '--batch-size', '8', '--backend', 'wasm', '--threads', '1'];
 
 const TOKEN = 'tok-7f3a9c1e-secret';
 const USER = 'trainer';
@@ -396,7 +379,7 @@ describe('no credentials given', () => {
       let m: RegExpExecArray | null = null;
       while (!(m = /start workers with: SCOREFLOW_NATS_TOKEN=(\S+) worker start --nats (\S+) --run \S+/.exec(output))) {
         assert.ok(Date.now() < deadline && child.exitCode === null, `no join command with a token:\n${output}`);
-        await new Promise((r) => setTimeout(r, 50));
+        await sleep(50);
       }
       const [, token, url] = m;
       assert.ok(token.length >= 32, `token ${token} is short`);

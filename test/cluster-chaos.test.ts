@@ -12,10 +12,11 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { rangeBounds } from '../src/protocol/chunking.js';
 import { SyntheticReplica, SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../src/worker/synthetic.js';
-import { tempDir } from './helpers/nats.js';
-import { logged, loggedEntries, pidsOfWorker, sleep, startBin, until, type Proc } from './helpers/procs.js';
+import { tempDir } from './helpers/cli.js';
+import { logged, loggedEntries, pidsOfWorker, startBin, until, type Proc } from './helpers/procs.js';
 
 const SYN: SyntheticConfig = { ...SYNTHETIC_DEFAULTS, params: 20_000, batchSize: 12, computeMs: 30 };
 const STEPS = 60;

@@ -18,12 +18,13 @@ import { initBackend } from '../src/core/backend/index.js';
 import { packagePath } from '../src/core/paths.js';
 import { loadTrainingCheckpoint } from '../src/core/train/checkpoint.js';
 import { trainerReplicas } from '../src/worker/trainer-replica.js';
-import { startCluster, startNats, tempDir, type NatsServer } from './helpers/nats.js';
+import { tempDir, TINY_NET } from './helpers/cli.js';
+import { startCluster, startNats, type NatsServer } from './helpers/nats.js';
 import { maxRelDiff } from '../src/core/parity.js';
 
 const run = promisify(execFile);
 // 100 images in batches of 12: the epoch's last step (step 8) has 4, so a 10-step run crosses a partial batch
-const FLAGS = ['--channels', '8,16,16,16', '--embed-dim', '16', '--data', 'train', '--limit', '100', '--batch-size', '12', '--seed', '7'];
+const FLAGS = [...TINY_NET, '--data', 'train', '--limit', '100', '--batch-size', '12', '--seed', '7'];
 type Checkpoint = ReturnType<typeof loadTrainingCheckpoint>;
 type State = Checkpoint['state'];
 

@@ -13,12 +13,14 @@ import { after, before, describe, it } from 'node:test';
 import { readFileSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { connectNats } from '../src/cluster/connect.js';
 import { decode, type BodyKind } from '../src/protocol/envelope.js';
 import { subjects } from '../src/protocol/subjects.js';
 import { Coordinator } from '../src/coordinator/coordinator.js';
 import { SyntheticReplica, SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../src/worker/synthetic.js';
-import { startNats, syntheticCluster, tempDir, type NatsServer } from './helpers/nats.js';
+import { tempDir } from './helpers/cli.js';
+import { startNats, syntheticCluster, type NatsServer } from './helpers/nats.js';
 import { maxRelDiff } from '../src/core/parity.js';
 
 const TRANSPORTS = ['nats', 'gloo'] as const;
@@ -84,7 +86,6 @@ async function partitionableRelay(url: string) {
   };
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 async function until(f: () => boolean, ms = 10_000): Promise<void> {
   const end = Date.now() + ms;
   while (!f()) {

@@ -10,6 +10,7 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { connectNats } from '../src/cluster/connect.js';
 import { toLEBytes } from '../src/core/io/endian.js';
 import { packagePath } from '../src/core/paths.js';
@@ -19,7 +20,8 @@ import { subjects } from '../src/protocol/subjects.js';
 import { AllReduce } from '../src/worker/collective/nats.js';
 import { SyntheticReplica, SYNTHETIC_DEFAULTS } from '../src/worker/synthetic.js';
 import { Rng, Stream } from '../src/core/rng.js';
-import { startNats, syntheticCluster, tempDir, type NatsServer } from './helpers/nats.js';
+import { tempDir } from './helpers/cli.js';
+import { startNats, syntheticCluster, type NatsServer } from './helpers/nats.js';
 import { maxRelDiff } from '../src/core/parity.js';
 
 const H = { run: 'test', worker: 'fz1', step: 3, membershipEpoch: 65537 };
@@ -408,7 +410,7 @@ describe('a live run under hostile traffic', () => {
           nc.publish(targets[0], encode({ ...H, run: 'other' }, 'heartbeat', TEMPLATES.heartbeat));
           nc.publish(targets[0], encode({ ...H, worker: 'nobody', origin: 1, seq: i }, 'ack', TEMPLATES.ack));
           await nc.flush();
-          await new Promise((r) => setTimeout(r, 2));
+          await sleep(2);
         }
         const res = await c.coordinator.done;
         assert.ok(res.ok, res.reason);
@@ -453,7 +455,7 @@ describe('a live run under hostile traffic', () => {
       const sub = spy.subscribe('sf.replay.>', {
         callback: (_e, m) => captured.push({ subject: m.subject, data: Uint8Array.from(m.data) }),
       });
-      while (c.coordinator.step < 25) await new Promise((r) => setTimeout(r, 10));
+      while (c.coordinator.step < 25) await sleep(10);
       sub.unsubscribe();
       // ... then play it back verbatim while the run goes on, twice.
       for (let round = 0; round < 2; round++) {

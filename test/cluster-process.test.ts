@@ -11,14 +11,15 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { packagePath } from '../src/core/paths.js';
 import { loadTrainingCheckpoint } from '../src/core/train/checkpoint.js';
 import { SyntheticReplica, SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../src/worker/synthetic.js';
-import { startNats, tempDir, type NatsServer } from './helpers/nats.js';
+import { tempDir, TINY_NET } from './helpers/cli.js';
+import { startNats, type NatsServer } from './helpers/nats.js';
 
 const exec = promisify(execFile);
 const bin = (name: string) => packagePath('bin', `${name}.js`);
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 interface Proc {
   child: ChildProcess;
@@ -148,10 +149,7 @@ describe('cluster processes', () => {
         const flags = [
           '--recipe',
           recipe,
-          '--channels',
-          '8,16,16,16',
-          '--embed-dim',
-          '16',
+          ...TINY_NET,
           '--limit',
           '64',
           '--batch-size',

@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { SyntheticReplica, SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../src/worker/synthetic.js';
 import { startNats, syntheticCluster, type NatsServer } from './helpers/nats.js';
 import { maxRelDiff } from '../src/core/parity.js';
@@ -74,7 +75,7 @@ for (const transport of TRANSPORTS) {
       const cfg = { ...SYNTHETIC_DEFAULTS, computeMs: 20 };
       const c = await syntheticCluster(server, 1, cfg, { steps: 30, checksumEvery: 2, transport });
       try {
-        while (c.coordinator.step < 8) await new Promise((r) => setTimeout(r, 20));
+        while (c.coordinator.step < 8) await sleep(20);
         const late = await c.addWorker();
         assert.ok((await c.coordinator.done).ok);
         await late.done;

@@ -13,12 +13,14 @@ import { connect, createServer, type Socket } from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { packagePath } from '../src/core/paths.js';
 import { OWNER_FILE } from '../src/coordinator/owner.js';
 import { PROTOCOL_VERSION } from '../src/protocol/envelope.js';
 import { SyntheticReplica, SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../src/worker/synthetic.js';
-import { startNats, tempDir, type NatsServer } from './helpers/nats.js';
-import { logged, pidsOfWorker, sleep, startBin, until, type Proc } from './helpers/procs.js';
+import { tempDir } from './helpers/cli.js';
+import { startNats, type NatsServer } from './helpers/nats.js';
+import { logged, pidsOfWorker, startBin, until, type Proc } from './helpers/procs.js';
 
 const SYN: SyntheticConfig = { ...SYNTHETIC_DEFAULTS, params: 20_000, batchSize: 12, computeMs: 40 };
 const STEPS = 40;

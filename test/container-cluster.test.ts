@@ -30,6 +30,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { packagePath } from '../src/core/paths.js';
 import { findFreePort } from '../src/metrics/index.js';
+import { TINY_NET } from './helpers/cli.js';
 import { containersOf, podSpec, render, type Obj } from './helpers/kustomize.js';
 import { poll } from './helpers/procs.js';
 
@@ -230,21 +231,7 @@ describe(
       const i = a.indexOf('--epochs');
       assert.ok(i >= 0, 'the coordinator spec has no --epochs to replace');
       a.splice(i, 2);
-      return [
-        ...a,
-        '--steps',
-        String(STEPS),
-        '--channels',
-        '8,16,16,16',
-        '--embed-dim',
-        '16',
-        '--limit',
-        '2048',
-        '--batch-size',
-        '32',
-        '--ckpt-every',
-        '100',
-      ];
+      return [...a, '--steps', String(STEPS), ...TINY_NET, '--limit', '2048', '--batch-size', '32', '--ckpt-every', '100'];
     };
 
     before(async () => {

@@ -10,6 +10,7 @@ import { type ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { writeNpySync } from '../src/core/io/npy.js';
 import { planJobs } from '../src/protocol/job-spec.js';
 import {
@@ -23,7 +24,7 @@ import {
   type JobResultChunk,
 } from '../src/protocol/jobs.js';
 import { toLEBytes } from '../src/core/io/endian.js';
-import { runBin, spawnBin, tempDir } from './helpers/cli.js';
+import { runBin, spawnBin, tempDir, TINY_NET } from './helpers/cli.js';
 import { startNats, type NatsServer } from './helpers/nats.js';
 
 const dir = tempDir('scoreflow-fanout-');
@@ -111,10 +112,7 @@ describe('coordinator sample / likelihood', () => {
     ok(
       runBin('scoreflow', [
         'train',
-        '--channels',
-        '8,16,16,16',
-        '--embed-dim',
-        '16',
+        ...TINY_NET,
         '--limit',
         '64',
         '--batch-size',
@@ -303,6 +301,6 @@ async function until(cond: () => boolean, what: string, ms = 30_000): Promise<vo
   const end = Date.now() + ms;
   while (!cond()) {
     if (Date.now() > end) throw new Error(`timed out waiting for: ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
+    await sleep(20);
   }
 }

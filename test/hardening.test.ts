@@ -13,7 +13,7 @@
  *   9  messages: ENOSPC once, ports, read-only --out, numeric ranges
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import {
   chmodSync,
   closeSync,
@@ -28,24 +28,19 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { describeError } from '../src/core/io/atomic.js';
 import { DIGEST_KEY, encodeSafetensors, readSafetensors } from '../src/core/io/safetensors.js';
 import { loadTrainingCheckpoint } from '../src/core/train/checkpoint.js';
 import { packagePath } from '../src/core/paths.js';
 import { createMetrics } from '../src/metrics/index.js';
-import { errorLines, runBin, tempDir } from './helpers/cli.js';
+import { errorLines, runBin, tempDir, TINY_NET } from './helpers/cli.js';
 import { startNats, type NatsServer } from './helpers/nats.js';
+import { startBin, type Proc } from './helpers/procs.js';
 
-const TINY = ['--channels', '8,16,16,16', '--embed-dim', '16', '--limit', '64', '--batch-size', '8', '--backend', 'wasm', '--threads', '1'];
+const TINY = [...TINY_NET, '--limit', '64', '--batch-size', '8', '--backend', 'wasm', '--threads', '1'];
 const SYN = { synthetic: true, params: 2000, batchSize: 12, samples: 96, seed: 1, lr: 0.01, computeMs: 30 };
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const dir = tempDir('scoreflow-hardening-');
-
-interface Proc {
-  child: ChildProcess;
-  output: () => string;
-  exited: Promise<number | null>;
-}
 
 const procs: Proc[] = [];
 after(() => {
@@ -54,12 +49,7 @@ after(() => {
 });
 
 function start(bin: string, args: string[], stdin: 'ignore' | 'pipe' = 'ignore'): Proc {
-  const child = spawn(process.execPath, [packagePath('bin', `${bin}.js`), ...args], { stdio: [stdin, 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout!.on('data', (b) => (out += b));
-  child.stderr!.on('data', (b) => (out += b));
-  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-  const p = { child, output: () => out, exited };
+  const p = startBin(bin, args, { stdin });
   procs.push(p);
   return p;
 }

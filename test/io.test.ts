@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { pathToFileURL } from 'node:url';
+import { setImmediate as yieldToLoop, setTimeout as sleep } from 'node:timers/promises';
 import { PNG } from 'pngjs';
 import {
   cleanAtomicTemps,
@@ -127,7 +128,7 @@ describe('atomic writes', () => {
       let out = '';
       p.stdout.on('data', (d) => (out += d));
       const exit = new Promise<string | null>((res) => p.on('exit', (_c, sig) => res(sig)));
-      while (!out.includes('go')) await new Promise((r) => setTimeout(r, 1));
+      while (!out.includes('go')) await sleep(1);
       let killed = false;
       let tempsAtKill = 0;
       while (!out.includes('done') && p.exitCode === null) {
@@ -137,7 +138,7 @@ describe('atomic writes', () => {
           killed = p.kill('SIGKILL');
           break;
         }
-        await new Promise((r) => setImmediate(r));
+        await yieldToLoop();
       }
       await exit;
       return { killed, tempsAtKill };

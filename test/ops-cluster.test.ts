@@ -15,6 +15,7 @@ import { after, before, describe, test } from 'node:test';
 import { packagePath } from '../src/core/paths.js';
 import { findFreePort } from '../src/metrics/index.js';
 import { deployQueries, exposedNames, unknownMetrics } from '../src/metrics/queries.js';
+import { TINY_NET } from './helpers/cli.js';
 import { poll } from './helpers/procs.js';
 
 const RUN = 'opsit';
@@ -100,10 +101,7 @@ describe('a live coordinator start --gpus 2 with its workers', { timeout: 300_00
       RUN,
       '--out',
       join(dir, 'run'),
-      '--channels',
-      '8,16,16,16',
-      '--embed-dim',
-      '16',
+      ...TINY_NET,
       '--limit',
       '256',
       '--batch-size',

@@ -25,7 +25,7 @@ import {
   trainTimeDensity,
 } from '../src/core/train/noise.js';
 import { lrAt } from '../src/core/train/schedule.js';
-import { errorLines, runBin, tempDir } from './helpers/cli.js';
+import { errorLines, runBin, tempDir, TINY_NET } from './helpers/cli.js';
 
 const FAST = trainConfig(RECIPES.fast);
 
@@ -270,7 +270,7 @@ test('lr schedule: closed-form values, and Adam takes its first step at lrAt(0)'
   [-lr0, lr0, -lr0].forEach((want, i) => assert.ok(Math.abs(s.params[i] - want) < 1e-6 * lr0, `parameter ${i}: ${s.params[i]} vs ${want}`));
 });
 
-const SMALL = ['--channels', '8,16,16,16', '--embed-dim', '16', '--limit', '256', '--batch-size', '16', '--backend', 'wasm'];
+const SMALL = [...TINY_NET, '--limit', '256', '--batch-size', '16', '--backend', 'wasm'];
 
 test('--recipe fast is recorded in the checkpoint, flags override it, and 3 + 3 resumed steps == 6 straight', () => {
   const straight = tempDir();

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { copyFileSync, existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../src/core/backend/index.js';
 import { loadImages } from '../src/core/data/mnist.js';
@@ -14,9 +15,9 @@ import { GradPool } from '../src/core/train/pool.js';
 import { trainStep } from '../src/core/train/step.js';
 import { Trainer } from '../src/core/train/trainer.js';
 import { packagePath } from '../src/core/paths.js';
-import { errorLines, runBin, spawnBin, tempDir } from './helpers/cli.js';
+import { errorLines, runBin, spawnBin, tempDir, TINY_NET } from './helpers/cli.js';
 
-const SMALL = ['--channels', '8,16,16,16', '--embed-dim', '16', '--limit', '256', '--batch-size', '16', '--backend', 'wasm'];
+const SMALL = [...TINY_NET, '--limit', '256', '--batch-size', '16', '--backend', 'wasm'];
 
 test('200 steps on MNIST lower the loss clearly, with tensor count and memory flat', async () => {
   await initBackend('wasm', { log: () => {} });
@@ -83,9 +84,9 @@ test('kill -9 during training leaves a loadable checkpoint and no half-written f
   const child = spawnBin('scoreflow', ['train', ...SMALL, '--steps', '1000', '--ckpt-every', '1', '--threads', '1', '--out', out]);
   const ckpt = join(out, 'checkpoint.safetensors');
   const deadline = Date.now() + 60_000;
-  while (!existsSync(ckpt) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  while (!existsSync(ckpt) && Date.now() < deadline) await sleep(50);
   assert.ok(existsSync(ckpt), 'no checkpoint appeared');
-  await new Promise((r) => setTimeout(r, 300 + Math.random() * 700));
+  await sleep(300 + Math.random() * 700);
   child.kill('SIGKILL');
   await new Promise((r) => child.once('exit', r));
   const { state } = loadTrainingCheckpoint(ckpt);

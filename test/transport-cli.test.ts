@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { c10dInfo } from '../src/worker/collective/process-group.js';
 import { errorLines, runBin, spawnBin, tempDir } from './helpers/cli.js';
 import { startNats, type NatsServer } from './helpers/nats.js';
@@ -55,7 +56,7 @@ describe('--transport', () => {
         ['worker plain: run stopped: refused: the run uses --transport gloo, the worker offers nats'],
       );
       // (runBin blocked this process's event loop: let the coordinator's output in)
-      for (let i = 0; i < 100 && !/refused/.test(cout); i++) await new Promise((r) => setTimeout(r, 50));
+      for (let i = 0; i < 100 && !/refused/.test(cout); i++) await sleep(50);
       assert.match(cout, /worker plain refused: the run uses --transport gloo, the worker offers nats/);
       assert.ok(!existsSync(join(out, 'train.jsonl')), 'a step was taken');
     } finally {

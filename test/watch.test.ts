@@ -9,22 +9,9 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { PNG } from 'pngjs';
-import { runBin, tempDir } from './helpers/cli.js';
+import { runBin, tempDir, TINY_NET } from './helpers/cli.js';
 
-const SMALL = [
-  '--channels',
-  '8,16,16,16',
-  '--embed-dim',
-  '16',
-  '--limit',
-  '64',
-  '--batch-size',
-  '8',
-  '--backend',
-  'wasm',
-  '--threads',
-  '1',
-];
+const SMALL = [...TINY_NET, '--limit', '64', '--batch-size', '8', '--backend', 'wasm', '--threads', '1'];
 const EVAL = ['--eval-images', '3', '--eval-samples', '4', '--eval-tol', '0.1'];
 
 function lines(path: string): Record<string, unknown>[] {

@@ -5,6 +5,7 @@
  * the command's body, however it ends.
  */
 import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Command } from 'commander';
 import type { NatsConnection } from 'nats';
 import { addAuthOptions, authEnv, authFlags, clientAuth, serverAuth, type AuthFlags } from '../cluster/auth.js';
@@ -118,7 +119,7 @@ export async function withCluster<T>(f: ClusterFlags, run: string, fn: (c: Clust
       async workersExited(ms) {
         const children = spawned?.children ?? [];
         const exits = children.map((c) => c.exitCode === null && c.signalCode === null && new Promise((r) => c.once('exit', r)));
-        await Promise.race([Promise.all(exits), new Promise((r) => setTimeout(r, ms).unref())]);
+        await Promise.race([Promise.all(exits), sleep(ms, undefined, { ref: false })]);
       },
     };
     return await fn(cluster);

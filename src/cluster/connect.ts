@@ -2,6 +2,7 @@
  * NATS client connections for coordinator and workers: the same auth and TLS options on
  * every client, reconnecting forever (a broker restart is a pause, not an end).
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import { connect, nkeyAuthenticator, type ConnectionOptions, type NatsConnection } from 'nats';
 
 export interface NatsAuth {
@@ -55,7 +56,7 @@ export async function connectNats(o: ClientOptions): Promise<NatsConnection> {
       const tls = tlsProblem(e as Error & { code?: string }, o);
       if (tls) throw new Error(`cannot connect to NATS at ${o.url}: ${tls}`);
       if (Date.now() > deadline) throw new Error(`cannot connect to NATS at ${o.url}: ${msg}`);
-      await new Promise((r) => setTimeout(r, 200));
+      await sleep(200);
     }
   }
 }

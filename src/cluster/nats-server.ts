@@ -16,6 +16,7 @@ import { accessSync, constants, mkdtempSync, readdirSync, readFileSync, rmSync, 
 import { createServer, createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { processAlive } from '../core/io/atomic.js';
 import { dieWithParent } from './parent-death.js';
 
@@ -155,7 +156,7 @@ async function waitForPort(host: string, port: number, deadline: number, exited:
     });
     if (ok) return;
     if (Date.now() > deadline) throw new Error(`nats-server did not accept connections on ${host}:${port} in time`);
-    await new Promise((r) => setTimeout(r, 50));
+    await sleep(50);
   }
 }
 
@@ -247,7 +248,7 @@ export class NatsServer {
   /** Stops and starts again on the same port and store: clients see a broker restart. */
   async restart(downMs = 0): Promise<void> {
     await this.stop();
-    if (downMs) await new Promise((r) => setTimeout(r, downMs));
+    if (downMs) await sleep(downMs);
     await this.launch();
   }
 

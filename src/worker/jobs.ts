@@ -17,6 +17,7 @@
  * The model and the images are loaded once per spec and kept while jobs of that spec come.
  */
 import { EventEmitter } from 'node:events';
+import { setImmediate as yieldToLoop, setTimeout as sleep } from 'node:timers/promises';
 import type { Consumer, JetStreamClient, JsMsg, NatsConnection } from 'nats';
 import { loadImages } from '../core/data/mnist.js';
 import { readNpy } from '../core/io/npy.js';
@@ -69,9 +70,6 @@ interface Loaded {
   images?: Float32Array;
   latent?: Float32Array;
 }
-
-const yieldToLoop = () => new Promise<void>((r) => setImmediate(r));
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 export class JobRunner extends EventEmitter<{ job: [JobEvent] }> {
   private readonly opts: Required<JobRunnerOptions>;

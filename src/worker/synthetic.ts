@@ -6,6 +6,7 @@
  * or applies gradients shows up in the parameters.
  */
 import { createHash } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { GradSink, GradSum } from '../core/train/api.js';
 import { allFinite, NonFiniteError } from '../core/train/step.js';
 import type { Replica, Snapshot } from './replica.js';
@@ -92,7 +93,7 @@ export class SyntheticReplica implements Replica {
     const t0 = performance.now();
     const g = this.gradSumSync(step, from, to, sink?.grad);
     const ms = this.config.computeMs ?? 0;
-    const until = (t: number) => new Promise((r) => setTimeout(r, Math.max(0, t0 + t - performance.now())));
+    const until = (t: number) => sleep(Math.max(0, t0 + t - performance.now()));
     if (!sink) {
       if (ms) await until(ms);
       return g;

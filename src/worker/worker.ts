@@ -9,6 +9,7 @@
  */
 import { randomInt } from 'node:crypto';
 import { hostname } from 'node:os';
+import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import type { NatsConnection, Subscription } from 'nats';
 import { buildFingerprint } from '../cluster/fingerprint.js';
 import { Telemetry } from '../telemetry/hub.js';
@@ -470,7 +471,7 @@ export class Worker {
     let turned = true;
     const turn = () => (turned = true);
     for (let k = env.step; k < p.until; k++) {
-      if (!turned) await new Promise((resolve) => setImmediate(resolve));
+      if (!turned) await yieldToLoop();
       // At most AHEAD commit intervals past the last Commit: a coordinator that is gone (or a
       // broker that is) stops the steps there, and snapshots never pile up.
       const w0 = performance.now();

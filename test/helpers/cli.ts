@@ -32,6 +32,9 @@ export function spawnBin(bin: 'scoreflow' | 'coordinator' | 'worker', args: stri
   });
 }
 
+/** The tiny ScoreNet of the CLI tests (a few seconds a run on wasm). */
+export const TINY_NET = ['--channels', '8,16,16,16', '--embed-dim', '16'];
+
 export function tempDir(prefix = 'scoreflow-test-'): string {
   return mkdtempSync(join(tmpdir(), prefix));
 }

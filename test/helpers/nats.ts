@@ -13,9 +13,6 @@ export async function startNats(opts: NatsServerOptions = {}): Promise<NatsServe
 
 // ---- in-process clusters (coordinator + workers, each on its own connection) -------
 
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import type { NatsConnection } from 'nats';
 import { connectNats } from '../../src/cluster/connect.js';
 import { Coordinator, type CoordinatorOptions } from '../../src/coordinator/coordinator.js';
@@ -23,10 +20,7 @@ import { Worker, type WorkerOptions } from '../../src/worker/worker.js';
 import { syntheticReplica, type SyntheticConfig } from '../../src/worker/synthetic.js';
 import type { ReplicaFactory } from '../../src/worker/replica.js';
 import { startC10d, type C10dSide } from '../../src/worker/collective/c10d.js';
-
-export function tempDir(prefix = 'scoreflow-test-'): string {
-  return mkdtempSync(join(tmpdir(), prefix));
-}
+import { tempDir } from './cli.js';
 
 export interface TestCluster {
   coordinator: Coordinator;

@@ -6,9 +6,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { packagePath } from '../../src/core/paths.js';
-
-export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export interface Proc {
   child: ChildProcess;
@@ -16,15 +15,15 @@ export interface Proc {
   exited: Promise<number | null>;
 }
 
-/** `bin/NAME.js ARGS` (or `prefix... node bin/NAME.js ARGS`), stdout and stderr collected together. */
+/** `bin/NAME.js ARGS` (or `prefix... node bin/NAME.js ARGS`), stdout and stderr collected together; stdin closed unless 'pipe'. */
 export function startBin(
   name: string,
   args: string[],
-  opts: { env?: Record<string, string>; root?: string; prefix?: string[] } = {},
+  opts: { env?: Record<string, string>; root?: string; prefix?: string[]; stdin?: 'ignore' | 'pipe' } = {},
 ): Proc {
   const script = opts.root ? join(opts.root, 'bin', `${name}.js`) : packagePath('bin', `${name}.js`);
   const argv = [...(opts.prefix ?? []), process.execPath, script, ...args];
-  const child = spawn(argv[0], argv.slice(1), { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(argv[0], argv.slice(1), { env: { ...process.env, ...opts.env }, stdio: [opts.stdin ?? 'ignore', 'pipe', 'pipe'] });
   let out = '';
   child.stdout!.on('data', (b) => (out += b));
   child.stderr!.on('data', (b) => (out += b));
