@@ -10,9 +10,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { readFileSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { connectNats } from '../src/cluster/connect.js';
 import { decode, type BodyKind } from '../src/protocol/envelope.js';
@@ -21,6 +19,8 @@ import { Coordinator } from '../src/coordinator/coordinator.js';
 import { SyntheticReplica, SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../src/worker/synthetic.js';
 import { tempDir } from './helpers/cli.js';
 import { startNats, syntheticCluster, type NatsServer } from './helpers/nats.js';
+import { logged, range, until } from './helpers/procs.js';
+import { syntheticReference } from './helpers/synthetic.js';
 import { maxRelDiff } from '../src/core/parity.js';
 
 const TRANSPORTS = ['nats', 'gloo'] as const;
@@ -37,15 +37,6 @@ function assertMatchesReference(r: SyntheticReplica | undefined): number {
   assert.ok(d < 1e-5, `max relative difference to the uninterrupted run: ${d}`);
   return d;
 }
-
-/** Steps in train.jsonl, in file order. */
-function logged(dir: string): number[] {
-  return readFileSync(join(dir, 'train.jsonl'), 'utf8')
-    .split('\n')
-    .filter(Boolean)
-    .map((l) => (JSON.parse(l) as { step: number }).step);
-}
-const range = (a: number, b: number) => Array.from({ length: b - a }, (_, i) => a + i);
 
 /**
  * A TCP relay to the broker that can stop moving bytes both ways (a network partition: nothing
@@ -86,31 +77,19 @@ async function partitionableRelay(url: string) {
   };
 }
 
-async function until(f: () => boolean, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!f()) {
-    if (Date.now() > end) throw new Error('condition not reached in time');
-    await sleep(10);
-  }
-}
-
 for (const transport of TRANSPORTS) {
   describe(`cluster faults (in process, transport ${transport})`, () => {
     let server: NatsServer;
     before(async () => {
       server = await startNats();
-      ref = new SyntheticReplica(cfg);
-      for (let k = 0; k < STEPS; k++) {
-        const g = await ref.gradSum(k, 0, cfg.batchSize);
-        ref.apply(g.grad, g.count);
-      }
+      ref = syntheticReference(cfg, STEPS);
     });
     after(async () => server?.close());
 
     it('a worker that vanishes mid-step: the step is re-planned over the survivors', async (t) => {
       const c = await syntheticCluster(server, 3, cfg, { steps: STEPS, checksumEvery: 5, heartbeatTimeoutMs: 600, transport });
       try {
-        await until(() => c.coordinator.step >= 5 + Math.floor(Math.random() * 10));
+        await until(() => c.coordinator.step >= 5 + Math.floor(Math.random() * 10), 10_000, 'a step from 5 to 14', 10);
         await sleep(Math.random() * 15);
         await c.workers[1].close(); // stops answering, like a killed process
         const res = await c.coordinator.done;
@@ -204,7 +183,7 @@ for (const transport of TRANSPORTS) {
       try {
         for (const [i, fault] of (['coordinator', 'worker', 'broker', 'coordinator', 'coordinator'] as const).entries()) {
           const at = Math.min(STEPS - 6, 6 * (i + 1) + Math.floor(Math.random() * 4));
-          await until(() => current().step >= at, 30_000);
+          await until(() => current().step >= at, 30_000, `step ${at}`, 10);
           await sleep(Math.random() * 30);
           if (fault === 'broker') await server.restart(150);
           else if (fault === 'worker') {
@@ -259,7 +238,7 @@ for (const transport of TRANSPORTS) {
         const nc = await connectNats({ url: relay.url });
         c.conns.push(nc);
         const cut = await c.addWorker({ nc, id: 'cut' });
-        await until(() => c.coordinator.step >= 10, 30_000);
+        await until(() => c.coordinator.step >= 10, 30_000, 'step 10', 10);
         relay.partition();
         await sleep(1500);
         relay.heal();
@@ -283,7 +262,7 @@ for (const transport of TRANSPORTS) {
     it('the NATS server restarts mid-run: clients reconnect and the run continues', async () => {
       const c = await syntheticCluster(server, 2, cfg, { steps: STEPS, checksumEvery: 5, transport });
       try {
-        await until(() => c.coordinator.step >= 10);
+        await until(() => c.coordinator.step >= 10, 10_000, 'step 10', 10);
         await server.restart(200);
         const res = await c.coordinator.done;
         assert.ok(res.ok, res.reason);
@@ -307,7 +286,7 @@ for (const transport of TRANSPORTS) {
       c.coordinator.telemetry.on('checkpoint', (e) => (lastCheckpoint = e.step));
       let second: Coordinator | undefined;
       try {
-        await until(() => c.coordinator.step >= 14);
+        await until(() => c.coordinator.step >= 14, 10_000, 'step 14', 10);
         await c.coordinator.close(); // no Stop: workers just stop hearing from it
         await sleep(300);
         const nc = await connectNats({ url: server.url });

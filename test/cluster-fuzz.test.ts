@@ -22,6 +22,7 @@ import { SyntheticReplica, SYNTHETIC_DEFAULTS } from '../src/worker/synthetic.js
 import { Rng, Stream } from '../src/core/rng.js';
 import { tempDir } from './helpers/cli.js';
 import { startNats, syntheticCluster, type NatsServer } from './helpers/nats.js';
+import { syntheticReference } from './helpers/synthetic.js';
 import { maxRelDiff } from '../src/core/parity.js';
 
 const H = { run: 'test', worker: 'fz1', step: 3, membershipEpoch: 65537 };
@@ -414,11 +415,7 @@ describe('a live run under hostile traffic', () => {
         }
         const res = await c.coordinator.done;
         assert.ok(res.ok, res.reason);
-        const ref = new SyntheticReplica(cfg);
-        for (let k = 0; k < 40; k++) {
-          const g = ref.gradSumSync(k, 0, cfg.batchSize);
-          ref.apply(g.grad, g.count);
-        }
+        const ref = syntheticReference(cfg, 40);
         for (const w of c.workers) {
           const p = (w.state as SyntheticReplica).params;
           for (let j = 0; j < p.length; j++)
@@ -464,11 +461,7 @@ describe('a live run under hostile traffic', () => {
       }
       const res = await c.coordinator.done;
       assert.ok(res.ok, res.reason);
-      const ref = new SyntheticReplica(cfg);
-      for (let k = 0; k < 60; k++) {
-        const g = ref.gradSumSync(k, 0, cfg.batchSize);
-        ref.apply(g.grad, g.count);
-      }
+      const ref = syntheticReference(cfg, 60);
       for (const w of c.workers) assert.equal(w.state!.checksum(), c.workers[0].state!.checksum());
       const d = maxRelDiff((c.workers[0].state as SyntheticReplica).params, ref.params);
       assert.ok(d < 1e-5, `max relative difference to a clean run ${d}`);

@@ -6,8 +6,7 @@
  * the final parameters can be checked against an uninterrupted run in a few seconds.
  */
 import assert from 'node:assert/strict';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
@@ -17,67 +16,14 @@ import { loadTrainingCheckpoint } from '../src/core/train/checkpoint.js';
 import { SyntheticReplica, SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../src/worker/synthetic.js';
 import { tempDir, TINY_NET } from './helpers/cli.js';
 import { startNats, type NatsServer } from './helpers/nats.js';
+import { logged, startBin, until, type Proc } from './helpers/procs.js';
+import { assertCheckpointMatches, syntheticReference } from './helpers/synthetic.js';
 
 const exec = promisify(execFile);
 const bin = (name: string) => packagePath('bin', `${name}.js`);
 
-interface Proc {
-  child: ChildProcess;
-  output: () => string;
-  exited: Promise<number | null>;
-}
-
-function start(name: string, args: string[], env: Record<string, string> = {}): Proc {
-  const child = spawn(process.execPath, [bin(name), ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout!.on('data', (b) => (out += b));
-  child.stderr!.on('data', (b) => (out += b));
-  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-  return { child, output: () => out, exited };
-}
-
-/** Steps committed so far, from the coordinator's train.jsonl. */
-function logged(dir: string): number[] {
-  const p = join(dir, 'train.jsonl');
-  if (!existsSync(p)) return [];
-  return readFileSync(p, 'utf8')
-    .split('\n')
-    .filter(Boolean)
-    .map((l) => (JSON.parse(l) as { step: number }).step);
-}
-
-async function until(f: () => boolean, ms: number, what: string): Promise<void> {
-  const end = Date.now() + ms;
-  while (!f()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
-  }
-}
-
 const SYN: SyntheticConfig = { ...SYNTHETIC_DEFAULTS, params: 20_000, batchSize: 12, computeMs: 40 };
 const STEPS = 40;
-
-function syntheticReference(): SyntheticReplica {
-  const r = new SyntheticReplica(SYN);
-  for (let k = 0; k < STEPS; k++) {
-    const g = r.gradSumSync(k, 0, SYN.batchSize);
-    r.apply(g.grad, g.count);
-  }
-  return r;
-}
-
-function assertCheckpointMatches(dir: string, ref: SyntheticReplica): void {
-  const got = new SyntheticReplica(SYN);
-  got.importState(readFileSync(join(dir, 'checkpoint.safetensors')));
-  assert.equal(got.step, STEPS);
-  let d = 0;
-  let m = 0;
-  for (let i = 0; i < got.params.length; i++) {
-    d = Math.max(d, Math.abs(got.params[i] - ref.params[i]));
-    m = Math.max(m, Math.abs(ref.params[i]));
-  }
-  assert.ok(d / m < 1e-5, `max relative difference to the uninterrupted run ${d / m}`);
-}
 
 /** Every step 0..STEPS-1 logged exactly once, in order (a restart cuts train.jsonl back to its checkpoint before replaying). */
 function assertEveryStepOnce(steps: number[]): void {
@@ -130,7 +76,7 @@ describe('cluster processes', () => {
   const procs: Proc[] = [];
   before(async () => {
     server = await startNats();
-    ref = syntheticReference();
+    ref = syntheticReference(SYN, STEPS);
   });
   after(async () => {
     for (const p of procs) if (p.child.exitCode === null) p.child.kill('SIGKILL');
@@ -163,7 +109,7 @@ describe('cluster processes', () => {
         ];
         const [a, b] = [tempDir(), tempDir()];
         await exec(process.execPath, [bin('scoreflow'), 'train', ...flags, single, '2', '--out', a]);
-        const c = start('coordinator', ['start', '--gpus', '2', ...flags, '--threads', '1', '--transport', transport, '--out', b]);
+        const c = startBin('coordinator', ['start', '--gpus', '2', ...flags, '--threads', '1', '--transport', transport, '--out', b]);
         procs.push(c);
         assert.equal(await c.exited, 0, c.output());
         assert.match(c.output(), /found 0 GPU\(s\): running 2 worker\(s\) on the CPU|GPU/);
@@ -181,8 +127,8 @@ describe('cluster processes', () => {
 
     it(`${transport}: a worker SIGKILLed at a random moment (mid-step or mid-collective): its step is re-planned, no step lost or applied twice`, async () => {
       const dir = tempDir();
-      const c = start('coordinator', coordArgs(dir, server.url, ['--min-workers', '3', '--transport', transport]));
-      const ws = [0, 1, 2].map((i) => start('worker', workerArgs(server.url, i + offset)));
+      const c = startBin('coordinator', coordArgs(dir, server.url, ['--min-workers', '3', '--transport', transport]));
+      const ws = [0, 1, 2].map((i) => startBin('worker', workerArgs(server.url, i + offset)));
       procs.push(c, ...ws);
       await until(() => logged(dir).length >= 4 + Math.floor(Math.random() * 8), 90_000, 'the first steps');
       await sleep(Math.random() * 60);
@@ -197,14 +143,14 @@ describe('cluster processes', () => {
 
     it(`${transport}: the coordinator SIGKILLed and restarted on its run directory resumes; workers re-attach`, async () => {
       const dir = tempDir();
-      const c1 = start('coordinator', coordArgs(dir, server.url, ['--min-workers', '2', '--transport', transport]));
-      const ws = [0, 1].map((i) => start('worker', workerArgs(server.url, 10 + i + offset)));
+      const c1 = startBin('coordinator', coordArgs(dir, server.url, ['--min-workers', '2', '--transport', transport]));
+      const ws = [0, 1].map((i) => startBin('worker', workerArgs(server.url, 10 + i + offset)));
       procs.push(c1, ...ws);
       await until(() => logged(dir).length >= 12 + Math.floor(Math.random() * 6), 90_000, 'steps past the first checkpoint');
       c1.child.kill('SIGKILL');
       await c1.exited;
       const before = logged(dir);
-      const c2 = start('coordinator', coordArgs(dir, server.url, ['--transport', transport]));
+      const c2 = startBin('coordinator', coordArgs(dir, server.url, ['--transport', transport]));
       procs.push(c2);
       assert.equal(await c2.exited, 0, c2.output());
       assert.match(c2.output(), /resuming run proc from its checkpoint at step (8|16)/);

@@ -8,6 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { SyntheticReplica, SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../src/worker/synthetic.js';
 import { startNats, syntheticCluster, type NatsServer } from './helpers/nats.js';
+import { syntheticReference } from './helpers/synthetic.js';
 import { maxRelDiff } from '../src/core/parity.js';
 import { ProcessGroup } from '../src/worker/collective/process-group.js';
 import { Buckets, bucketCuts } from '../src/worker/collective/c10d.js';
@@ -16,15 +17,6 @@ import { paramInfos } from '../src/core/model/params.js';
 import { trainConfig } from '../src/core/train/config.js';
 
 const TRANSPORTS = ['nats', 'gloo'] as const;
-
-async function reference(cfg: SyntheticConfig, steps: number): Promise<SyntheticReplica> {
-  const r = new SyntheticReplica(cfg);
-  for (let k = 0; k < steps; k++) {
-    const g = await r.gradSum(k, 0, cfg.batchSize);
-    r.apply(g.grad, g.count);
-  }
-  return r;
-}
 
 for (const transport of TRANSPORTS) {
   describe(`cluster protocol (synthetic objective, transport ${transport})`, () => {
@@ -42,7 +34,7 @@ for (const transport of TRANSPORTS) {
           const res = await c.coordinator.done;
           assert.ok(res.ok, res.reason);
           await Promise.all(c.workers.map((w) => w.done));
-          const ref = await reference(cfg, 12);
+          const ref = syntheticReference(cfg, 12);
           for (const w of c.workers) {
             const r = w.state as SyntheticReplica;
             assert.equal(r.step, 12);
@@ -63,7 +55,7 @@ for (const transport of TRANSPORTS) {
       try {
         assert.ok((await c.coordinator.done).ok);
         await Promise.all(c.workers.map((w) => w.done));
-        const ref = await reference(cfg, 3);
+        const ref = syntheticReference(cfg, 3);
         const d = maxRelDiff((c.workers[1].state as SyntheticReplica).params, ref.params);
         assert.ok(d < 1e-5, `max relative difference ${d}`);
       } finally {
@@ -79,7 +71,7 @@ for (const transport of TRANSPORTS) {
         const late = await c.addWorker();
         assert.ok((await c.coordinator.done).ok);
         await late.done;
-        const ref = await reference(cfg, 30);
+        const ref = syntheticReference(cfg, 30);
         assert.equal(late.state!.step, 30);
         const d = maxRelDiff((late.state as SyntheticReplica).params, ref.params);
         assert.ok(d < 1e-5, `max relative difference ${d}`);

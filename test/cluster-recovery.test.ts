@@ -17,35 +17,14 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { packagePath } from '../src/core/paths.js';
 import { OWNER_FILE } from '../src/coordinator/owner.js';
 import { PROTOCOL_VERSION } from '../src/protocol/envelope.js';
-import { SyntheticReplica, SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../src/worker/synthetic.js';
+import { SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../src/worker/synthetic.js';
 import { tempDir } from './helpers/cli.js';
 import { startNats, type NatsServer } from './helpers/nats.js';
 import { logged, pidsOfWorker, startBin, until, type Proc } from './helpers/procs.js';
+import { assertCheckpointMatches, syntheticReference } from './helpers/synthetic.js';
 
 const SYN: SyntheticConfig = { ...SYNTHETIC_DEFAULTS, params: 20_000, batchSize: 12, computeMs: 40 };
 const STEPS = 40;
-
-function reference(steps: number): SyntheticReplica {
-  const r = new SyntheticReplica(SYN);
-  for (let k = 0; k < steps; k++) {
-    const g = r.gradSumSync(k, 0, SYN.batchSize);
-    r.apply(g.grad, g.count);
-  }
-  return r;
-}
-
-function assertCheckpointMatches(dir: string, ref: SyntheticReplica): void {
-  const got = new SyntheticReplica(SYN);
-  got.importState(readFileSync(join(dir, 'checkpoint.safetensors')));
-  assert.equal(got.step, ref.step);
-  let d = 0;
-  let m = 0;
-  for (let i = 0; i < got.params.length; i++) {
-    d = Math.max(d, Math.abs(got.params[i] - ref.params[i]));
-    m = Math.max(m, Math.abs(ref.params[i]));
-  }
-  assert.ok(d / m < 1e-5, `max relative difference to the uninterrupted run ${d / m}`);
-}
 
 const everyStepOnce = (n: number) => Array.from({ length: n }, (_, i) => i);
 
@@ -131,7 +110,7 @@ describe('recovery', () => {
     assert.match(c.output(), /worker process w1 exited \(SIGKILL\); restarting it in 1\.0 s \(restart 1 of 3\)/);
     assert.match(c.output(), /gradients over gloo, in buckets of 16 KiB during the backward pass: /);
     assert.deepEqual(logged(dir), everyStepOnce(STEPS));
-    assertCheckpointMatches(dir, reference(STEPS));
+    assertCheckpointMatches(dir, syntheticReference(SYN, STEPS));
   });
 
   it('a spawned worker that dies past --max-restarts is given up on in one line; too few left for --min-workers: exit 1', async () => {
@@ -167,7 +146,7 @@ describe('recovery', () => {
     assert.match(c.output(), /this process did not run for [3-9]\.\d s; worker deadlines are extended by as much/);
     assert.doesNotMatch(c.output(), /removed|rolling back|aborted/);
     assert.deepEqual(logged(dir), everyStepOnce(STEPS));
-    assertCheckpointMatches(dir, reference(STEPS));
+    assertCheckpointMatches(dir, syntheticReference(SYN, STEPS));
     for (const w of ws) assert.equal(await w.exited, 0);
   });
 
@@ -188,7 +167,7 @@ describe('recovery', () => {
     assert.match(c.output(), /worker wp\d came back holding step \d+: it keeps its state \(no roll-back\)/);
     assert.doesNotMatch(c.output(), /rolling back/);
     assert.deepEqual(logged(dir), everyStepOnce(STEPS));
-    assertCheckpointMatches(dir, reference(STEPS));
+    assertCheckpointMatches(dir, syntheticReference(SYN, STEPS));
     for (const w of ws) assert.equal(await w.exited, 0);
   });
 
@@ -207,7 +186,7 @@ describe('recovery', () => {
     assert.match(c.output(), /lost the NATS connection; no worker is judged until it is back/);
     assert.doesNotMatch(c.output(), /removed: no heartbeat|rolling back/);
     assert.deepEqual(logged(dir), everyStepOnce(STEPS));
-    assertCheckpointMatches(dir, reference(STEPS));
+    assertCheckpointMatches(dir, syntheticReference(SYN, STEPS));
     for (const w of ws) assert.equal(await w.exited, 0);
   });
 
@@ -445,7 +424,7 @@ describe('recovery', () => {
       assert.equal(await exitWithin(c, 120_000), 0, c.output());
       assert.match(c.output(), /gradients over gloo/);
       assert.deepEqual(logged(dir), everyStepOnce(STEPS));
-      assertCheckpointMatches(dir, reference(STEPS));
+      assertCheckpointMatches(dir, syntheticReference(SYN, STEPS));
       assert.ok(dropped >= 1, 'no stalled client was disconnected');
       for (const w of [w0, w1]) assert.equal(await w.exited, 0);
     } finally {

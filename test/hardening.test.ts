@@ -28,7 +28,6 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { describeError } from '../src/core/io/atomic.js';
 import { DIGEST_KEY, encodeSafetensors, readSafetensors } from '../src/core/io/safetensors.js';
 import { loadTrainingCheckpoint } from '../src/core/train/checkpoint.js';
@@ -36,7 +35,7 @@ import { packagePath } from '../src/core/paths.js';
 import { createMetrics } from '../src/metrics/index.js';
 import { errorLines, runBin, tempDir, TINY_NET } from './helpers/cli.js';
 import { startNats, type NatsServer } from './helpers/nats.js';
-import { startBin, type Proc } from './helpers/procs.js';
+import { logged, range, startBin, until, type Proc } from './helpers/procs.js';
 
 const TINY = [...TINY_NET, '--limit', '64', '--batch-size', '8', '--backend', 'wasm', '--threads', '1'];
 const SYN = { synthetic: true, params: 2000, batchSize: 12, samples: 96, seed: 1, lr: 0.01, computeMs: 30 };
@@ -67,14 +66,6 @@ async function exitOf(p: Proc, ms: number, what: string): Promise<number | null>
   return code;
 }
 
-async function until(f: () => boolean, ms: number, what: string): Promise<void> {
-  const end = Date.now() + ms;
-  while (!f()) {
-    if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
-    await sleep(25);
-  }
-}
-
 /** Exactly one error line on stderr matching `pattern`, and a non-zero exit. */
 function oneLine(r: { code: number | null; stderr: string }, pattern: RegExp): string {
   assert.notEqual(r.code, 0, r.stderr);
@@ -84,16 +75,6 @@ function oneLine(r: { code: number | null; stderr: string }, pattern: RegExp): s
   assert.match(lines[0], pattern);
   return lines[0];
 }
-
-function steps(path: string): number[] {
-  if (!existsSync(path)) return [];
-  return readFileSync(path, 'utf8')
-    .split('\n')
-    .filter(Boolean)
-    .map((l) => (JSON.parse(l) as { step: number }).step);
-}
-
-const range = (from: number, to: number) => Array.from({ length: to - from }, (_, i) => from + i);
 
 /** A training run of the tiny model: `scoreflow train ... --steps n --out DIR`. */
 function trained(name: string, n: number): string {
@@ -191,7 +172,7 @@ describe('item 2: a global batch smaller than the number of workers', () => {
       assert.equal(await exitOf(c, 60_000, 'the coordinator'), 0, c.output());
       assert.match(c.output(), /worker i[01] left idle: the global batch of 1 is split over 1 worker\(s\) already/);
       for (const w of ws) assert.doesNotMatch(w.output(), /outside the batch|Error:/);
-      assert.deepEqual(steps(join(out, 'train.jsonl')), range(0, 20));
+      assert.deepEqual(logged(out), range(0, 20));
     } finally {
       await server.close();
     }
@@ -225,7 +206,7 @@ describe('item 3: checkpoints that always resume', () => {
     assert.equal(ck.state.step, 6);
     assert.equal(ck.run, 'rename');
     assert.equal(ck.digest, 'verified');
-    assert.deepEqual(steps(join(out, 'train.jsonl')), range(0, 6));
+    assert.deepEqual(logged(out), range(0, 6));
   });
 
   test('every checkpoint carries its run id, step and a digest of its tensor bytes', () => {
@@ -296,7 +277,7 @@ describe('item 4: a killed coordinator takes its children with it', () => {
       '--heartbeat-timeout',
       '1000',
     ]);
-    await until(() => steps(join(out, 'train.jsonl')).length >= 3, 60_000, 'the first steps');
+    await until(() => logged(out).length >= 3, 60_000, 'the first steps');
     const kids = childrenOf(c.child.pid!);
     const server = kids.find((k) => k.cmd.includes('nats-server'));
     const workers = kids.filter((k) => k.cmd.includes('worker.js start'));
@@ -501,14 +482,14 @@ describe('item 8: a killed and resumed run logs each step exactly once', () => {
     const out = join(dir, 'log-train');
     const p = start('scoreflow', ['train', ...TINY, '--steps', '1000', '--ckpt-every', '5', '--out', out]);
     // past the step-5 checkpoint, so the log holds steps the checkpoint does not
-    await until(() => steps(join(out, 'log.jsonl')).length >= 8, 120_000, 'steps past the first checkpoint');
+    await until(() => logged(out, 'log.jsonl').length >= 8, 120_000, 'steps past the first checkpoint');
     p.child.kill('SIGKILL');
     await p.exited;
     const at = loadTrainingCheckpoint(join(out, 'checkpoint.safetensors')).state.step;
     const end = at + 4;
     const r = runBin('scoreflow', ['train', '--resume', '--steps', String(end), '--out', out, '--backend', 'wasm', '--threads', '1']);
     assert.equal(r.code, 0, r.stderr);
-    assert.deepEqual(steps(join(out, 'log.jsonl')), range(1, end + 1));
+    assert.deepEqual(logged(out, 'log.jsonl'), range(1, end + 1));
   });
 
   test('coordinator start SIGKILLed and restarted: train.jsonl holds steps 0..N-1 once, in order', async () => {
@@ -535,13 +516,13 @@ describe('item 8: a killed and resumed run logs each step exactly once', () => {
       '1000',
     ];
     const c1 = start('coordinator', args);
-    await until(() => steps(join(out, 'train.jsonl')).length >= 11, 60_000, 'steps past the first checkpoint');
+    await until(() => logged(out).length >= 11, 60_000, 'steps past the first checkpoint');
     c1.child.kill('SIGKILL');
     await c1.exited;
     const c2 = start('coordinator', args);
     assert.equal(await exitOf(c2, 120_000, 'the restarted coordinator'), 0, c2.output());
     assert.match(c2.output(), /resuming run log-coord from its checkpoint at step (8|16|24)/);
-    assert.deepEqual(steps(join(out, 'train.jsonl')), range(0, 40));
+    assert.deepEqual(logged(out), range(0, 40));
   });
 });
 

@@ -31,13 +31,13 @@ export function startBin(
   return { child, output: () => out, exited };
 }
 
-/** Steps committed so far, from a run directory's train.jsonl (a torn line throws). */
-export function logged(dir: string): number[] {
-  return loggedEntries(dir).map((e) => e.step);
+/** Steps logged so far, in file order, from a run directory's train.jsonl (or `file`: log.jsonl of `scoreflow train`); a torn line throws. */
+export function logged(dir: string, file = 'train.jsonl'): number[] {
+  return loggedEntries(dir, file).map((e) => e.step);
 }
 
-export function loggedEntries(dir: string): { step: number; workers: number }[] {
-  const p = join(dir, 'train.jsonl');
+export function loggedEntries(dir: string, file = 'train.jsonl'): { step: number; workers: number }[] {
+  const p = join(dir, file);
   if (!existsSync(p)) return [];
   return readFileSync(p, 'utf8')
     .split('\n')
@@ -45,11 +45,15 @@ export function loggedEntries(dir: string): { step: number; workers: number }[] 
     .map((l) => JSON.parse(l) as { step: number; workers: number });
 }
 
-export async function until(f: () => boolean, ms: number, what: string): Promise<void> {
+/** from, from + 1, ..., to - 1. */
+export const range = (from: number, to: number) => Array.from({ length: to - from }, (_, i) => from + i);
+
+/** Polls `f` every `every` ms until it holds; after `ms`, fails naming `what`. */
+export async function until(f: () => boolean, ms: number, what: string, every = 25): Promise<void> {
   const end = Date.now() + ms;
   while (!f()) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
+    await sleep(every);
   }
 }
 
