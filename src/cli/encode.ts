@@ -9,7 +9,7 @@
  * latents give back noisy pixels instead of the images.
  */
 import { Command, Option } from 'commander';
-import { loadImages } from '../core/data/mnist.js';
+import { checkImageShape, loadImages } from '../core/data/mnist.js';
 import { writeFilesAtomic } from '../core/io/atomic.js';
 import { encodeNpyChunks } from '../core/io/npy.js';
 import { pngGrid } from '../core/io/png.js';
@@ -51,9 +51,8 @@ async function encodeCommand(f: EncodeFlags): Promise<void> {
   const model = loadScoreModel(f.ckpt, { ema: !f.raw });
   noteUnverified('encode', f.ckpt, model.unverified);
   try {
-    const [h, w] = model.shape;
-    if (images.h !== h || images.w !== w)
-      throw new Error(`${images.source}: images are ${images.h}x${images.w}, the model takes ${h}x${w}`);
+    checkImageShape(images, model.shape);
+    const { h, w } = images;
     const n = images.n;
     process.stderr.write(
       `encode: ${n} images of ${images.source} with ${f.ckpt} (${model.which} weights${model.step !== null ? `, step ${model.step}` : ''}), eps ${f.eps}, rtol ${f.rtol}, atol ${f.atol}\n`,

@@ -3,7 +3,7 @@
  * Skilling–Hutchinson divergence, uniform dequantisation), as JSON on stdout and in --out.
  */
 import { Command, Option } from 'commander';
-import { loadImages } from '../core/data/mnist.js';
+import { checkImageShape, loadImages } from '../core/data/mnist.js';
 import { writeFileAtomic } from '../core/io/atomic.js';
 import {
   DEQUANTISATIONS,
@@ -50,9 +50,7 @@ async function likelihood(f: LikelihoodFlags): Promise<void> {
   const model = loadScoreModel(f.ckpt, { ema: !f.raw });
   noteUnverified('likelihood', f.ckpt, model.unverified);
   try {
-    const [h, w] = model.shape;
-    if (images.h !== h || images.w !== w)
-      throw new Error(`${images.source}: images are ${images.h}x${images.w}, the model takes ${h}x${w}`);
+    checkImageShape(images, model.shape);
     process.stderr.write(
       `likelihood: ${images.n} images of ${images.source}, ${f.hutchinson}${f.hutchinson === 'exact' ? '' : ` x${f.probes}`}, rtol ${f.rtol}, atol ${f.atol}\n`,
     );

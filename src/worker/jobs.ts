@@ -19,7 +19,7 @@
 import { EventEmitter } from 'node:events';
 import { setImmediate as yieldToLoop, setTimeout as sleep } from 'node:timers/promises';
 import type { Consumer, JetStreamClient, JsMsg, NatsConnection } from 'nats';
-import { loadImages } from '../core/data/mnist.js';
+import { checkImageShape, loadImages } from '../core/data/mnist.js';
 import { readNpy } from '../core/io/npy.js';
 import { likelihoodRange } from '../core/likelihood.js';
 import { sampleRange, type SampleOptions } from '../core/sampling/index.js';
@@ -255,8 +255,7 @@ export class JobRunner extends EventEmitter<{ job: [JobEvent] }> {
       const [h, w] = model.shape;
       if (spec.kind === 'likelihood') {
         const images = loadImages(spec.data, { limit: spec.limit });
-        if (images.h !== h || images.w !== w)
-          throw new Error(`${images.source}: images are ${images.h}x${images.w}, the model takes ${h}x${w}`);
+        checkImageShape(images, model.shape);
         l.images = images.data;
       } else if (spec.latent !== undefined) {
         const { data } = readNpy(spec.latent);

@@ -21,6 +21,12 @@ export interface ImageSet {
   source: string;
 }
 
+/** Throws one line unless the images are h x w (`shape`: a model's [h, w, ...]). */
+export function checkImageShape(images: ImageSet, shape: readonly number[]): void {
+  const [h, w] = shape;
+  if (images.h !== h || images.w !== w) throw new Error(`${images.source}: images are ${images.h}x${images.w}, the model takes ${h}x${w}`);
+}
+
 export type DatasetName = 'train' | 'test' | 'mnist-train' | 'mnist-test' | 'fashion-train' | 'fashion-test';
 export type DatasetFile = 'images' | 'labels';
 
