@@ -116,6 +116,14 @@ export function deviceOption(): Option {
   return new Option('--device <device>', "torch device: 'cpu' or 'cuda:i'");
 }
 
+/** --threads of a command that runs one model on one process (classifier, evaluate). */
+export function threadsOption(): Option {
+  return new Option(
+    '--threads <t>',
+    'libtorch intra-op threads on torch (default: the cores this process may use: its affinity, capped by its cgroup CPU limit)',
+  ).argParser(parseIntArg(1));
+}
+
 /**
  * Start the chosen backend, logging the choice to stderr. `threads` is the compute threads of
  * this process: libtorch's intra-op threads on torch; on wasm/cpu, which run one thread per
@@ -143,10 +151,10 @@ export function newProgram(name: string, description: string): Command {
     });
 }
 
-/** Run a program; any thrown error becomes one line on stderr and exit code 1. */
 /** An error whose line was already written to stderr: exit 1 without writing it again. */
 export class AlreadySaid extends Error {}
 
+/** Run a program; any thrown error becomes one line on stderr and exit code 1. */
 export async function main(program: Command): Promise<void> {
   try {
     await program.parseAsync(process.argv);

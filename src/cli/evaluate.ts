@@ -27,7 +27,16 @@ import {
   trainClassifier,
 } from '../core/eval/classifier.js';
 import { evaluateSamples, referenceStats, type Images } from '../core/eval/index.js';
-import { backendOption, checkOutDir, deviceOption, noteUnverified, parseFloatArg, parseIntArg, startBackend } from './common.js';
+import {
+  backendOption,
+  checkOutDir,
+  deviceOption,
+  noteUnverified,
+  parseFloatArg,
+  parseIntArg,
+  startBackend,
+  threadsOption,
+} from './common.js';
 import { progressBar } from './progress.js';
 import { nativeAdamFor } from '../core/backend/native-adam.js';
 
@@ -203,11 +212,7 @@ export function registerEvaluate(program: Command): void {
     .option('--train-limit <n>', 'train on the first n training images only', parseIntArg(1))
     .addOption(backendOption())
     .addOption(deviceOption())
-    .option(
-      '--threads <t>',
-      'libtorch intra-op threads on torch (default: the cores this process may use: its affinity, capped by its cgroup CPU limit)',
-      parseIntArg(1),
-    )
+    .addOption(threadsOption())
     .action((opts: ClassifierFlags) => classifier(opts));
 
   program
@@ -223,11 +228,7 @@ export function registerEvaluate(program: Command): void {
     .option('--batch-size <b>', 'images per classifier batch', parseIntArg(1), 500)
     .addOption(backendOption())
     .addOption(deviceOption())
-    .option(
-      '--threads <t>',
-      'libtorch intra-op threads on torch (default: the cores this process may use: its affinity, capped by its cgroup CPU limit)',
-      parseIntArg(1),
-    )
+    .addOption(threadsOption())
     .option('--out <file.json>', 'also write the JSON lines here (atomically)')
     .action((opts: EvaluateFlags) => evaluate(opts));
 }
