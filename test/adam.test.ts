@@ -6,7 +6,7 @@ import { adamStep, l2norm, newOptimState, type AdamSettings } from '../src/core/
 import { nativeAdamFor } from '../src/core/backend/native-adam.js';
 import { loadTorchAddon } from '../src/core/backend/torch/index.js';
 import { Rng } from '../src/core/rng.js';
-import { NonFiniteError } from '../src/core/train/step.js';
+import { NonFiniteError } from '../src/core/train/finite.js';
 
 const SETTINGS: AdamSettings = { lr: 1e-2, beta1: 0.9, beta2: 0.999, adamEps: 1e-8, emaDecay: 0.9, gradClip: 0 };
 

@@ -21,11 +21,20 @@ import { c10dAvailable } from '../worker/collective/c10d.js';
 import { addClusterOptions, withCluster, type ClusterFlags } from './cluster.js';
 import { AlreadySaid, checkOutputDir, main, newProgram, parseIntArg, removeStaleTemps } from './common.js';
 import { registerJobCommands } from './jobs.js';
-import { refuseConflicts, syntheticConflicts, trainConflicts } from './resume.js';
 import { CheckpointWatcher } from './watch.js';
 import { StepLog } from '../core/io/jsonl.js';
 import { WATCH_DEFAULTS } from '../core/eval/watch.js';
-import { addTrainingOptions, CHECKPOINT, checkBatchFits, checkTrainFlags, configFromFlags, type TrainFlags } from './train.js';
+import {
+  addTrainingOptions,
+  CHECKPOINT,
+  checkBatchFits,
+  checkTrainFlags,
+  configFromFlags,
+  refuseConflicts,
+  syntheticConflicts,
+  trainConflicts,
+  type TrainFlags,
+} from './train-flags.js';
 
 interface CoordinatorFlags extends TrainFlags, ClusterFlags {
   minWorkers?: number;

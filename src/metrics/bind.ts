@@ -6,7 +6,7 @@
 //
 // The shapes below are structural copies of what is used from the telemetry, so that src/metrics
 // imports nothing from the cluster code and a change there fails to compile at the call site.
-import type { Metrics } from './index.js';
+import type { Metrics } from './metrics.js';
 
 /** A committed step as the coordinator reports it. */
 export interface StepEvent {

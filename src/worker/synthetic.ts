@@ -8,7 +8,7 @@
 import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { GradSink, GradSum } from '../core/train/api.js';
-import { allFinite, NonFiniteError } from '../core/train/step.js';
+import { allFinite, NonFiniteError } from '../core/train/finite.js';
 import type { Replica, Snapshot } from './replica.js';
 
 interface SyntheticState extends Snapshot {

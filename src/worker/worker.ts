@@ -13,7 +13,7 @@ import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import type { NatsConnection, Subscription } from 'nats';
 import { buildFingerprint } from '../cluster/fingerprint.js';
 import { Telemetry } from '../telemetry/hub.js';
-import { allFinite, NonFiniteError } from '../core/train/step.js';
+import { allFinite, NonFiniteError } from '../core/train/finite.js';
 import {
   decode,
   encode,

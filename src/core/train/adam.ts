@@ -7,7 +7,7 @@
 import type { NativeAdam } from '../backend/native-adam.js';
 import type { TrainConfig } from './config.js';
 import { lrAt } from './schedule.js';
-import { NonFiniteError } from './step.js';
+import { NonFiniteError } from './finite.js';
 
 export interface OptimState {
   params: Float32Array;

@@ -6,17 +6,8 @@
  * division per element, so the update is the same function of the same sum everywhere, and a
  * non-finite sum stops the step before anything is applied.
  */
+import { NonFiniteError } from './finite.js';
 import type { Trainer } from './trainer.js';
-
-export class NonFiniteError extends Error {}
-
-export function allFinite(v: Float32Array, from = 0, n = v.length - from): boolean {
-  // x * 0 is ±0 for finite x and NaN for NaN/Inf, so the sum is 0 iff all are finite: no
-  // branch per element (about twice as fast as testing each one).
-  let s = 0;
-  for (let i = from, end = from + n; i < end; i++) s += v[i] * 0;
-  return s === 0;
-}
 
 export interface StepResult {
   /** Mean loss over the batch. */

@@ -19,7 +19,7 @@
 import { createSocket } from 'node:dgram';
 import { lookup } from 'node:dns/promises';
 import type { GradSink, GradSum } from '../../core/train/api.js';
-import { allFinite, NonFiniteError } from '../../core/train/step.js';
+import { allFinite, NonFiniteError } from '../../core/train/finite.js';
 import { ProcessGroup, StoreServer, c10dInfo } from './process-group.js';
 import type { Collective, StepContext } from './index.js';
 

@@ -18,7 +18,7 @@
  * non-members are rejected before they touch any buffer that the update reads.
  */
 import type { GradSum } from '../../core/train/api.js';
-import { allFinite } from '../../core/train/step.js';
+import { allFinite } from '../../core/train/finite.js';
 import { rangeBounds } from '../../protocol/chunking.js';
 import { encodeGrad, leF32, Phase, WireError, type EnvelopeOf } from '../../protocol/envelope.js';
 import { Sender } from '../../protocol/sequence.js';

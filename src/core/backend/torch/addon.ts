@@ -6,7 +6,6 @@
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { packagePath } from '../../paths.js';
-import type { NativeAdam } from '../native-adam.js';
 
 export type TypedArray = Float32Array | Int32Array | Uint8Array;
 
@@ -37,6 +36,21 @@ export interface C10dOps {
 export interface C10dNative extends Partial<C10dOps> {
   info(): { gloo: boolean; nccl: boolean };
 }
+
+/**
+ * One Adam + EMA update in place (native/src/adam.cc) with the mean of the gradient sum g over
+ * `count` samples: the same double-precision arithmetic as the JavaScript update, so the same
+ * bits. Returns -1, or the index of the first non-finite value of g (then nothing was written).
+ * `scalars`: [scale, beta1, beta2, stepSize, sqrtBc2, eps, decay, count].
+ */
+export type NativeAdam = (
+  g: Float32Array,
+  p: Float32Array,
+  m: Float32Array,
+  v: Float32Array,
+  ema: Float32Array,
+  scalars: Float64Array,
+) => number;
 
 /** The addon's exports (see the N-API functions in native/src/addon.cc, and c10d.cc). */
 export interface TorchAddon {
