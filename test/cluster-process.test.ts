@@ -16,7 +16,7 @@ import { loadTrainingCheckpoint } from '../src/core/train/checkpoint.js';
 import { SyntheticReplica, SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../src/worker/synthetic.js';
 import { tempDir, TINY_NET } from './helpers/cli.js';
 import { startNats, type NatsServer } from './helpers/nats.js';
-import { logged, startBin, until, type Proc } from './helpers/procs.js';
+import { logged, range, startBin, until, type Proc } from './helpers/procs.js';
 import { assertCheckpointMatches, syntheticReference } from './helpers/synthetic.js';
 
 const exec = promisify(execFile);
@@ -24,14 +24,6 @@ const bin = (name: string) => packagePath('bin', `${name}.js`);
 
 const SYN: SyntheticConfig = { ...SYNTHETIC_DEFAULTS, params: 20_000, batchSize: 12, computeMs: 40 };
 const STEPS = 40;
-
-/** Every step 0..STEPS-1 logged exactly once, in order (a restart cuts train.jsonl back to its checkpoint before replaying). */
-function assertEveryStepOnce(steps: number[]): void {
-  assert.deepEqual(
-    steps,
-    Array.from({ length: STEPS }, (_, i) => i),
-  );
-}
 
 const coordArgs = (dir: string, url: string, extra: string[] = []) => [
   'start',
@@ -135,7 +127,11 @@ describe('cluster processes', () => {
       ws[1].child.kill('SIGKILL');
       assert.equal(await c.exited, 0, c.output());
       assert.match(c.output(), new RegExp(`worker p${1 + offset} removed: no heartbeat`));
-      assertEveryStepOnce(logged(dir));
+      assert.deepEqual(
+        logged(dir),
+        range(0, STEPS),
+        'every step logged once, in order (a restart cuts train.jsonl back to its checkpoint before replaying)',
+      );
       assertCheckpointMatches(dir, ref);
       assert.equal(await ws[0].exited, 0);
       assert.equal(await ws[2].exited, 0);
@@ -156,7 +152,11 @@ describe('cluster processes', () => {
       assert.match(c2.output(), /resuming run proc from its checkpoint at step (8|16)/);
       const resumedAt = Number(/checkpoint at step (\d+)/.exec(c2.output())![1]);
       assert.ok(before.length >= resumedAt);
-      assertEveryStepOnce(logged(dir));
+      assert.deepEqual(
+        logged(dir),
+        range(0, STEPS),
+        'every step logged once, in order (a restart cuts train.jsonl back to its checkpoint before replaying)',
+      );
       assertCheckpointMatches(dir, ref);
       for (const w of ws) assert.equal(await w.exited, 0);
     });

@@ -20,13 +20,11 @@ import { PROTOCOL_VERSION } from '../src/protocol/envelope.js';
 import { SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../src/worker/synthetic.js';
 import { tempDir } from './helpers/cli.js';
 import { startNats, type NatsServer } from './helpers/nats.js';
-import { logged, pidsOfWorker, startBin, until, type Proc } from './helpers/procs.js';
+import { logged, pidsOfWorker, range, startBin, until, type Proc } from './helpers/procs.js';
 import { assertCheckpointMatches, syntheticReference } from './helpers/synthetic.js';
 
 const SYN: SyntheticConfig = { ...SYNTHETIC_DEFAULTS, params: 20_000, batchSize: 12, computeMs: 40 };
 const STEPS = 40;
-
-const everyStepOnce = (n: number) => Array.from({ length: n }, (_, i) => i);
 
 const runArgs = (dir: string, run: string, extra: string[] = []) => [
   'start',
@@ -109,7 +107,7 @@ describe('recovery', () => {
     assert.match(c.output(), /worker process w0 exited \(SIGKILL\); restarting it in 1\.0 s \(restart 1 of 3\)/);
     assert.match(c.output(), /worker process w1 exited \(SIGKILL\); restarting it in 1\.0 s \(restart 1 of 3\)/);
     assert.match(c.output(), /gradients over gloo, in buckets of 16 KiB during the backward pass: /);
-    assert.deepEqual(logged(dir), everyStepOnce(STEPS));
+    assert.deepEqual(logged(dir), range(0, STEPS));
     assertCheckpointMatches(dir, syntheticReference(SYN, STEPS));
   });
 
@@ -145,7 +143,7 @@ describe('recovery', () => {
     assert.equal(await exitWithin(c, 60_000), 0, c.output());
     assert.match(c.output(), /this process did not run for [3-9]\.\d s; worker deadlines are extended by as much/);
     assert.doesNotMatch(c.output(), /removed|rolling back|aborted/);
-    assert.deepEqual(logged(dir), everyStepOnce(STEPS));
+    assert.deepEqual(logged(dir), range(0, STEPS));
     assertCheckpointMatches(dir, syntheticReference(SYN, STEPS));
     for (const w of ws) assert.equal(await w.exited, 0);
   });
@@ -166,7 +164,7 @@ describe('recovery', () => {
     assert.equal(await exitWithin(c, 60_000), 0, c.output());
     assert.match(c.output(), /worker wp\d came back holding step \d+: it keeps its state \(no roll-back\)/);
     assert.doesNotMatch(c.output(), /rolling back/);
-    assert.deepEqual(logged(dir), everyStepOnce(STEPS));
+    assert.deepEqual(logged(dir), range(0, STEPS));
     assertCheckpointMatches(dir, syntheticReference(SYN, STEPS));
     for (const w of ws) assert.equal(await w.exited, 0);
   });
@@ -185,7 +183,7 @@ describe('recovery', () => {
     assert.equal(await exitWithin(c, 60_000), 0, c.output());
     assert.match(c.output(), /lost the NATS connection; no worker is judged until it is back/);
     assert.doesNotMatch(c.output(), /removed: no heartbeat|rolling back/);
-    assert.deepEqual(logged(dir), everyStepOnce(STEPS));
+    assert.deepEqual(logged(dir), range(0, STEPS));
     assertCheckpointMatches(dir, syntheticReference(SYN, STEPS));
     for (const w of ws) assert.equal(await w.exited, 0);
   });
@@ -276,7 +274,7 @@ describe('recovery', () => {
       );
       assert.equal(lines(out, /^\s+at /).length, 0, 'a stack trace');
       const steps = logged(dir); // (a torn line would not parse)
-      assert.deepEqual(steps, everyStepOnce(steps.length));
+      assert.deepEqual(steps, range(0, steps.length));
       assert.ok(steps.length >= 20);
       const rec = JSON.parse(readFileSync(join(dir, 'cluster.json'), 'utf8')) as { checkpoint: { step: number; sha256: string } };
       assert.equal(rec.checkpoint.step, 20);
@@ -423,7 +421,7 @@ describe('recovery', () => {
       const w1 = track(startBin('worker', workerArgs(server.url, 'hold', 'hold1')));
       assert.equal(await exitWithin(c, 120_000), 0, c.output());
       assert.match(c.output(), /gradients over gloo/);
-      assert.deepEqual(logged(dir), everyStepOnce(STEPS));
+      assert.deepEqual(logged(dir), range(0, STEPS));
       assertCheckpointMatches(dir, syntheticReference(SYN, STEPS));
       assert.ok(dropped >= 1, 'no stalled client was disconnected');
       for (const w of [w0, w1]) assert.equal(await w.exited, 0);
