@@ -16,7 +16,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { rangeBounds } from '../src/protocol/chunking.js';
 import { SyntheticReplica, SYNTHETIC_DEFAULTS, type SyntheticConfig } from '../src/worker/synthetic.js';
 import { tempDir } from './helpers/cli.js';
-import { logged, loggedEntries, pidsOfWorker, startBin, until, type Proc } from './helpers/procs.js';
+import { logged, loggedEntries, pidsOfWorker, range, startBin, until, type Proc } from './helpers/procs.js';
 
 const SYN: SyntheticConfig = { ...SYNTHETIC_DEFAULTS, params: 20_000, batchSize: 12, computeMs: 30 };
 const STEPS = 60;
@@ -112,7 +112,7 @@ describe('chaos', () => {
     const entries = loggedEntries(dir);
     assert.deepEqual(
       entries.map((e) => e.step),
-      Array.from({ length: STEPS }, (_, i) => i),
+      range(0, STEPS),
       `every step once (events: ${events.join(', ')})`,
     );
     const got = readFileSync(join(dir, 'checkpoint.safetensors'));

@@ -32,7 +32,7 @@ import { packagePath } from '../src/core/paths.js';
 import { findFreePort } from '../src/metrics/index.js';
 import { TINY_NET } from './helpers/cli.js';
 import { containersOf, podSpec, render, type Obj } from './helpers/kustomize.js';
-import { poll } from './helpers/procs.js';
+import { logged, poll, range } from './helpers/procs.js';
 
 const IMAGE = 'localhost/scoreflow:latest';
 const STEPS = 1200;
@@ -213,14 +213,7 @@ describe(
     const running = (name: string) => podman(['inspect', '--format', '{{.State.Running}}', name]).stdout.trim() === 'true';
     const exitCode = (name: string) => Number(podman(['inspect', '--format', '{{.State.ExitCode}}', name]).stdout.trim());
     let runDir = '';
-    const steps = (): number[] => {
-      const f = join(runDir, 'train.jsonl');
-      if (!existsSync(f)) return [];
-      return readFileSync(f, 'utf8')
-        .split('\n')
-        .filter(Boolean)
-        .map((l) => (JSON.parse(l) as { step: number }).step);
-    };
+    const steps = () => logged(runDir);
 
     const coordinator = find('Job', 'scoreflow-coordinator');
     const workers = find('StatefulSet', 'scoreflow-worker');
@@ -509,11 +502,7 @@ describe(
           `no resume from a checkpoint between steps ${before} and ${atKill}:\n${log.slice(-4000)}`,
         );
         const s = steps();
-        assert.deepEqual(
-          s,
-          Array.from({ length: STEPS }, (_, i) => i),
-          'train.jsonl holds every step 0..STEPS-1 once, in order',
-        );
+        assert.deepEqual(s, range(0, STEPS), 'train.jsonl holds every step 0..STEPS-1 once, in order');
         assert.ok(existsSync(join(runDir, 'checkpoint.safetensors')));
       },
     );
