@@ -261,6 +261,23 @@ test('lr schedule: closed-form values, and Adam takes its first step at lrAt(0)'
   assert.ok(Math.abs(lrAt(cos, 25) - (1 + Math.SQRT1_2) / 2) < 1e-15);
   assert.equal(lrAt(cos, 100), 0);
   assert.equal(lrAt(cos, 500), 0);
+  // cool-down: linear to 0 over N updates from step S, on top of the rest of the schedule
+  const cool = { lr: 1, lrCooldownStart: 10, lrCooldownSteps: 4 };
+  for (const [k, c] of [
+    [0, 1],
+    [9, 1],
+    [10, 1],
+    [11, 0.75],
+    [12, 0.5],
+    [13, 0.25],
+    [14, 0],
+    [1e6, 0],
+  ])
+    assert.equal(lrAt(cool, k), c, `cool-down, step ${k}`);
+  const fastCool = { ...FAST, lrCooldownStart: 1600, lrCooldownSteps: 400 };
+  assert.equal(lrAt(fastCool, 1599), lrAt(FAST, 1599));
+  assert.ok(Math.abs(lrAt(fastCool, 1700) - 2e-3 * Math.sqrt(400 / 1700) * 0.75) < 1e-15);
+  assert.throws(() => trainConfig({ lrCooldownSteps: -1 }), /lr cool-down start and steps must be non-negative integers, got 0 and -1/);
   // the seed recipe: the configured rate itself at every step
   for (const k of [0, 1, 1e6]) assert.equal(lrAt(TRAIN_DEFAULTS, k), TRAIN_DEFAULTS.lr);
   // Adam's first update is lr * g / (|g| + eps): about -lrAt(0) sign(g) per parameter
@@ -272,17 +289,10 @@ test('lr schedule: closed-form values, and Adam takes its first step at lrAt(0)'
 
 const SMALL = [...TINY_NET, '--limit', '256', '--batch-size', '16', '--backend', 'wasm'];
 
-test('--recipe fast is recorded in the checkpoint, flags override it, and 3 + 3 resumed steps == 6 straight', () => {
-  const straight = tempDir();
-  const split = tempDir();
-  let r = runBin('scoreflow', ['train', '--recipe', 'fast', ...SMALL, '--lr-warmup', '5', '--steps', '6', '--out', straight]);
-  assert.equal(r.code, 0, r.stderr);
-  r = runBin('scoreflow', ['train', '--recipe', 'fast', ...SMALL, '--lr-warmup', '5', '--steps', '3', '--out', split]);
-  assert.equal(r.code, 0, r.stderr);
-  r = runBin('scoreflow', ['train', '--resume', '--steps', '6', '--out', split, '--backend', 'wasm', '--data', 'train', '--limit', '256']);
-  assert.equal(r.code, 0, r.stderr);
-  const a = readSafetensors(join(straight, 'checkpoint.safetensors'));
-  const b = readSafetensors(join(split, 'checkpoint.safetensors'));
+/** The checkpoints in two run directories hold the same tensors, bit for bit. */
+function assertSameTensors(dirA: string, dirB: string): void {
+  const a = readSafetensors(join(dirA, 'checkpoint.safetensors'));
+  const b = readSafetensors(join(dirB, 'checkpoint.safetensors'));
   assert.deepEqual([...a.tensors.keys()], [...b.tensors.keys()]);
   for (const [name, t] of a.tensors) {
     const u = b.tensors.get(name)!;
@@ -293,6 +303,18 @@ test('--recipe fast is recorded in the checkpoint, flags override it, and 3 + 3 
       `${name} differs`,
     );
   }
+}
+
+test('--recipe fast is recorded in the checkpoint, flags override it, and 3 + 3 resumed steps == 6 straight', () => {
+  const straight = tempDir();
+  const split = tempDir();
+  let r = runBin('scoreflow', ['train', '--recipe', 'fast', ...SMALL, '--lr-warmup', '5', '--steps', '6', '--out', straight]);
+  assert.equal(r.code, 0, r.stderr);
+  r = runBin('scoreflow', ['train', '--recipe', 'fast', ...SMALL, '--lr-warmup', '5', '--steps', '3', '--out', split]);
+  assert.equal(r.code, 0, r.stderr);
+  r = runBin('scoreflow', ['train', '--resume', '--steps', '6', '--out', split, '--backend', 'wasm', '--data', 'train', '--limit', '256']);
+  assert.equal(r.code, 0, r.stderr);
+  assertSameTensors(straight, split);
   const { config, state } = loadTrainingCheckpoint(join(split, 'checkpoint.safetensors'));
   assert.equal(state.step, 6);
   assert.equal(config.recipe, 'fast');
@@ -356,6 +378,69 @@ test('--lr-warmup, --lr-decay and --lr-decay-steps set the schedule on any recip
     assert.match(lines[0], /lr decay rsqrt needs lrDecaySteps \(--lr-decay-steps\) >= 1, got 0/);
     assert.equal(existsSync(join(empty, 'checkpoint.safetensors')), false);
   }
+});
+
+test('--lr-cooldown N ends the run with a linear cool-down; scoreflow train --resume may add one that leaves the updates made so far alone', () => {
+  const RESUME = ['--backend', 'wasm', '--data', 'train', '--limit', '256'];
+  const train = (args: string[]) => runBin('scoreflow', ['train', ...args]);
+  const straight = tempDir();
+  let r = train([...SMALL, '--steps', '6', '--lr-cooldown', '3', '--out', straight]);
+  assert.equal(r.code, 0, r.stderr);
+  const { config } = loadTrainingCheckpoint(join(straight, 'checkpoint.safetensors'));
+  assert.deepEqual([config.lrCooldownStart, config.lrCooldownSteps], [3, 3]);
+  // 3 steps without a cool-down, resumed to 6 with one from step 3: the straight run, bit for bit
+  const split = tempDir();
+  r = train([...SMALL, '--steps', '3', '--out', split]);
+  assert.equal(r.code, 0, r.stderr);
+  r = train(['--resume', '--steps', '6', '--lr-cooldown', '3', '--out', split, ...RESUME]);
+  assert.equal(r.code, 0, r.stderr);
+  assertSameTensors(straight, split);
+  // ... and not the run without one
+  const plain = tempDir();
+  r = train([...SMALL, '--steps', '6', '--out', plain]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.throws(() => assertSameTensors(straight, plain), /differs/);
+  // refused in one line, the checkpoint untouched: ...
+  const refused = (args: string[], why: RegExp, dir?: string) => {
+    const res = runBin(args[0] === 'start' ? 'coordinator' : 'scoreflow', args);
+    assert.notEqual(res.code, 0);
+    const lines = errorLines(res.stderr);
+    assert.equal(lines.length, 1, res.stderr);
+    assert.match(lines[0], why);
+    if (dir) assert.equal(loadTrainingCheckpoint(join(dir, 'checkpoint.safetensors')).state.step, 6);
+  };
+  // training on past the cool-down's end, where the rate is 0
+  refused(['train', '--resume', '--steps', '8', '--out', split, ...RESUME], /cool-down ends at step 6, where the rate is 0/, split);
+  // changing a cool-down that has begun
+  refused(
+    ['train', '--resume', '--steps', '8', '--lr-cooldown', '2', '--out', split, ...RESUME],
+    /--lr-cooldown 2: the checkpoint's cool-down \(3 steps from step 3\) began before its step 6 and cannot change/,
+    split,
+  );
+  // a new one that would start before the checkpoint
+  refused(
+    ['train', '--resume', '--steps', '9', '--lr-cooldown', '4', '--out', plain, ...RESUME],
+    /--lr-cooldown 4 would start at step 5, before the checkpoint's step 6: .*give at most 3/,
+    plain,
+  );
+  // longer than the run, from either command
+  for (const cmd of ['train', 'start'])
+    refused([cmd, ...SMALL, '--steps', '2', '--lr-cooldown', '3', '--out', tempDir()], /--lr-cooldown 3 is longer than the run's 2 steps/);
+});
+
+test("coordinator start --lr-cooldown records the cool-down that ends at the run's last step; a restart keeps it", () => {
+  const out = tempDir();
+  const start = (extra: string[]) => runBin('coordinator', ['start', '--gpus', '1', ...SMALL, '--out', out, ...extra]);
+  // 256 images in batches of 16: 16 steps per epoch, so --epochs 1 ends at step 16
+  let r = start(['--epochs', '1', '--lr-cooldown', '5', '--ckpt-every', '100']);
+  assert.equal(r.code, 0, r.stderr.split('\n').slice(-20).join('\n'));
+  const ck = loadTrainingCheckpoint(join(out, 'checkpoint.safetensors'));
+  assert.deepEqual([ck.state.step, ck.config.lrCooldownStart, ck.config.lrCooldownSteps], [16, 11, 5]);
+  r = start(['--epochs', '2', '--lr-cooldown', '4']);
+  assert.notEqual(r.code, 0);
+  const lines = errorLines(r.stderr);
+  assert.equal(lines.length, 1, r.stderr);
+  assert.match(lines[0], /--lr-cooldown 4 \(the run has 5\)/);
 });
 
 test('an unknown recipe is one clear line and a non-zero exit', () => {

@@ -10,6 +10,7 @@ import { Option, type Command } from 'commander';
 import { Coordinator, COORDINATOR_DEFAULTS } from '../coordinator/coordinator.js';
 import { claimRunDir } from '../coordinator/owner.js';
 import { readRunRecord } from '../coordinator/run-dir.js';
+import { stepsPerEpoch } from '../core/data/batches.js';
 import { isDatasetName, loadImages } from '../core/data/mnist.js';
 import { readSafetensorsBytes } from '../core/io/safetensors.js';
 import { inspectCheckpoint } from '../core/train/checkpoint.js';
@@ -32,7 +33,9 @@ import {
   configFromFlags,
   refuseConflicts,
   syntheticConflicts,
+  targetStep,
   trainConflicts,
+  withCooldown,
   type TrainFlags,
 } from './train-flags.js';
 
@@ -99,7 +102,8 @@ async function start(f: CoordinatorFlags, cmd: Command): Promise<void> {
   if (!hasRecord && existsSync(ckpt) && !f.resume) throw new Error(`${ckpt} exists; pass --resume to continue it, or choose another --out`);
   if (f.resume && !hasRecord && !existsSync(ckpt)) throw new Error(`--resume: no checkpoint at ${ckpt}`);
   const resumeFrom = !hasRecord && f.resume ? readSafetensorsBytes(ckpt) : undefined;
-  const { json, batchSize, synthetic, recorded } = runConfig(f, cmd, out, resumeFrom);
+  const { json: configJson, batchSize, synthetic, recorded } = runConfig(f, cmd, out, resumeFrom);
+  let json = configJson;
   // Every worker of a plan takes a non-empty shard of the global batch (the coordinator also
   // keeps workers beyond the batch size out of the run: see Coordinator.onJoin).
   const minWorkers = f.minWorkers ?? (f.spawn ? f.gpus : 1);
@@ -118,10 +122,18 @@ async function start(f: CoordinatorFlags, cmd: Command): Promise<void> {
     // (Workers of --no-spawn may see files this machine does not, e.g. a volume mounted on their pods only.)
     const cfg = trainConfig(JSON.parse(json) as Parameters<typeof trainConfig>[0]);
     const { source, limit } = parseDataset(cfg.dataset);
+    let n: number | undefined;
     if (f.spawn || isDatasetName(source) || existsSync(source)) {
       const data = loadImages(source, { limit });
       checkBatchFits(batchSize, data.n, data.source);
+      n = data.n;
     } else log(`coordinator: ${source} is not on this machine; the workers load it (the batch size is not checked against it here)`);
+    // A new run's cool-down ends at its last step (a resumed run keeps its recorded one: runConfig).
+    if (!recorded && f.lrCooldown > 0) {
+      if (f.steps === undefined && n === undefined)
+        throw new Error(`--lr-cooldown with --epochs counts the run's steps from the data, which is not on this machine: give --steps`);
+      json = JSON.stringify(withCooldown(cmd, f, cfg, targetStep(f, n === undefined ? 0 : stepsPerEpoch(n, batchSize))));
+    }
   }
   // Spawned workers share this machine's addon: a transport it lacks is refused before anything starts.
   if (f.spawn && (f.transport === 'gloo' || f.transport === 'nccl')) {

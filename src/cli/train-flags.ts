@@ -90,6 +90,12 @@ export function addTrainingOptions(cmd: Command): Command {
     )
     .option('--lr-decay-steps <D>', 'the step D of --lr-decay', parseIntArg(0, 1e9), TRAIN_DEFAULTS.lrDecaySteps)
     .option(
+      '--lr-cooldown <N>',
+      "scale the rate linearly down to 0 over the run's last N steps (0: none); scoreflow train --resume may add one that starts at or after the checkpoint's step",
+      parseIntArg(0, 1e9),
+      TRAIN_DEFAULTS.lrCooldownSteps,
+    )
+    .option(
       '--ema <decay>',
       'EMA decay of the sampling weights (0: none)',
       parseFloatArg({ min: 0, max: 0.999999 }),
@@ -147,6 +153,7 @@ export interface TrainFlags {
   lrWarmup: number;
   lrDecay: TrainConfig['lrDecay'];
   lrDecaySteps: number;
+  lrCooldown: number;
   ema: number;
   gradClip: number;
   weighting: 'sigma2' | 'likelihood' | 'edm';
@@ -196,6 +203,40 @@ export function targetStep(f: Pick<TrainFlags, 'steps' | 'epochs'>, stepsPerEpoc
   return (f.epochs ?? 1) * stepsPerEpoch;
 }
 
+/**
+ * The config with the run's cool-down, for a run that ends at step `end`: --lr-cooldown N ends it
+ * there (it starts at end - N). A resumed run (`done`: its checkpoint's step) keeps the recorded
+ * cool-down unless the flag is given; a different one is taken only where neither has touched an
+ * update already made (both start at or after `done`), so the run still makes exactly the updates
+ * of a straight run with the new one. One line otherwise.
+ */
+export function withCooldown(cmd: Command, f: Pick<TrainFlags, 'lrCooldown'>, cfg: TrainConfig, end: number, done?: number): TrainConfig {
+  const stop = cfg.lrCooldownStart + cfg.lrCooldownSteps;
+  if (done !== undefined && cmd.getOptionValueSource('lrCooldown') !== 'cli') {
+    if (cfg.lrCooldownSteps > 0 && end > stop)
+      throw new Error(
+        `the run's learning-rate cool-down ends at step ${stop}, where the rate is 0: steps ${stop} to ${end} would change nothing; ` +
+          `give --lr-cooldown to end it at step ${end}${cfg.lrCooldownStart < done ? ' (not possible here: it started before this checkpoint)' : ''}`,
+      );
+    return cfg;
+  }
+  const n = f.lrCooldown;
+  if (n > end) throw new Error(`--lr-cooldown ${n} is longer than the run's ${end} steps`);
+  const next = { ...cfg, lrCooldownStart: n > 0 ? end - n : 0, lrCooldownSteps: n };
+  if (done === undefined || (next.lrCooldownStart === cfg.lrCooldownStart && n === cfg.lrCooldownSteps)) return next;
+  if (cfg.lrCooldownSteps > 0 && cfg.lrCooldownStart < done)
+    throw new Error(
+      `--lr-cooldown ${n}: the checkpoint's cool-down (${cfg.lrCooldownSteps} steps from step ${cfg.lrCooldownStart}) began before its step ${done} ` +
+        `and cannot change; drop the flag${end > stop ? ` and train to step ${stop} at most` : ''}`,
+    );
+  if (n > 0 && next.lrCooldownStart < done)
+    throw new Error(
+      `--lr-cooldown ${n} would start at step ${next.lrCooldownStart}, before the checkpoint's step ${done}: ` +
+        `a resumed run cannot change updates already made; give at most ${end - done}`,
+    );
+  return next;
+}
+
 /** Cross-flag checks the parsers cannot make alone. */
 export function checkTrainFlags(f: Pick<TrainFlags, 'sigmaMin' | 'sigmaMax'>): void {
   if (!(f.sigmaMax > f.sigmaMin)) throw new Error(`--sigma-max ${f.sigmaMax} must be larger than --sigma-min ${f.sigmaMin}`);
@@ -218,6 +259,7 @@ const RECORDED: [Key, string, (c: TrainConfig) => unknown][] = [
   ['lrWarmup', '--lr-warmup', (c) => c.lrWarmup],
   ['lrDecay', '--lr-decay', (c) => c.lrDecay],
   ['lrDecaySteps', '--lr-decay-steps', (c) => c.lrDecaySteps],
+  ['lrCooldown', '--lr-cooldown', (c) => c.lrCooldownSteps],
   ['ema', '--ema', (c) => c.emaDecay],
   ['gradClip', '--grad-clip', (c) => c.gradClip],
   ['weighting', '--weighting', (c) => c.weighting],
@@ -240,10 +282,10 @@ function sameData(a: string, b: string): boolean {
 }
 
 /** "--lr 0.01 (the checkpoint has 0.0001)" for each flag given on the command line that contradicts `cfg`. */
-export function trainConflicts(cmd: Command, f: TrainFlags, cfg: TrainConfig, holder = 'the checkpoint'): string[] {
+export function trainConflicts(cmd: Command, f: TrainFlags, cfg: TrainConfig, holder = 'the checkpoint', except: Key[] = []): string[] {
   const out: string[] = [];
   for (const [key, flag, get] of RECORDED) {
-    if (cmd.getOptionValueSource(key) !== 'cli') continue;
+    if (cmd.getOptionValueSource(key) !== 'cli' || except.includes(key)) continue;
     const given = key === 'channels' ? f.channels!.join(',') : f[key];
     const has = get(cfg);
     const same = key === 'data' ? sameData(String(given), String(has)) : given === has;

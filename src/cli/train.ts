@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Command } from 'commander';
+import { stepsPerEpoch } from '../core/data/batches.js';
 import { loadImages } from '../core/data/mnist.js';
 import { StepLog } from '../core/io/jsonl.js';
 import { loadTrainingCheckpoint } from '../core/train/checkpoint.js';
@@ -26,6 +27,7 @@ import {
   targetStep,
   trainConflicts,
   type TrainFlags,
+  withCooldown,
 } from './train-flags.js';
 
 /** `scoreflow train` alone: --shards (not a training setting: no checkpoint records it). */
@@ -41,19 +43,23 @@ async function train(f: TrainCommandFlags, cmd: Command): Promise<void> {
   // A resumed run takes its settings, data set included, from the checkpoint (verified as it loads).
   const resumed = f.resume ? loadTrainingCheckpoint(ckpt) : undefined;
   if (resumed) {
-    refuseConflicts(`--resume: ${ckpt}`, trainConflicts(cmd, f, resumed.config));
+    // --lr-cooldown may change on resume where it leaves the updates made so far alone (withCooldown)
+    refuseConflicts(`--resume: ${ckpt}`, trainConflicts(cmd, f, resumed.config, 'the checkpoint', ['lrCooldown']));
     noteUnverified('train', ckpt, resumed.digest === 'none');
   }
   const dataset = resumed ? parseDataset(resumed.config.dataset) : { source: f.data, limit: f.limit };
   const data = loadImages(dataset.source, { limit: dataset.limit });
-  const cfg = resumed?.config ?? configFromFlags(f);
-  checkBatchFits(cfg.batchSize, data.n, data.source);
+  const recorded = resumed?.config ?? configFromFlags(f);
+  checkBatchFits(recorded.batchSize, data.n, data.source);
+  const end = targetStep(f, stepsPerEpoch(data.n, recorded.batchSize));
+  const cfg = withCooldown(cmd, f, recorded, end, resumed?.state.step);
   // Sharded, every gradient is computed on one thread, as a 1-thread worker computes it.
   const backend = await startBackend(f.shards === undefined ? f : { ...f, threads: 1 });
-  const trainer = (resumed ? Trainer.fromCheckpoint(resumed, data) : Trainer.create(cfg, data)).setAdam(nativeAdamFor(backend));
+  const trainer = (resumed ? Trainer.fromCheckpoint({ ...resumed, config: cfg }, data) : Trainer.create(cfg, data)).setAdam(
+    nativeAdamFor(backend),
+  );
   // The run id travels in every checkpoint, so a checkpoint says which run it continues.
   const run = resumed?.run ?? `train-${randomBytes(6).toString('hex')}`;
-  const end = targetStep(f, trainer.stepsPerEpoch());
   mkdirSync(f.out, { recursive: true });
   removeStaleTemps('train', f.out);
   // The log holds each step once: lines past the checkpoint (steps a killed run did after it) go.
@@ -63,7 +69,7 @@ async function train(f: TrainCommandFlags, cmd: Command): Promise<void> {
   const pool = await GradPool.create({ threads, shards: f.shards, backend, config: cfg, data });
   trainer.setGradSource(pool);
   process.stderr.write(
-    `train: recipe ${cfg.recipe}, ${data.source} (${data.n} images), batch ${cfg.batchSize}, lr ${cfg.lr}, ${trainer.numParams} parameters, ` +
+    `train: recipe ${cfg.recipe}, ${data.source} (${data.n} images), batch ${cfg.batchSize}, lr ${cfg.lr}${cfg.lrCooldownSteps ? ` (cool-down from step ${cfg.lrCooldownStart})` : ''}, ${trainer.numParams} parameters, ` +
       `steps ${trainer.step} -> ${end}, ${f.shards ? `${f.shards} shards on ` : ''}${threads} pool thread(s), out ${f.out}\n`,
   );
   const bar = progressBar('train', ' | loss {loss} | {ips} img/s');

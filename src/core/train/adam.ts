@@ -6,7 +6,7 @@
  */
 import type { NativeAdam } from '../backend/native-adam.js';
 import type { TrainConfig } from './config.js';
-import { lrAt } from './schedule.js';
+import { lrAt, type LrConfig } from './schedule.js';
 import { NonFiniteError } from './finite.js';
 
 export interface OptimState {
@@ -19,8 +19,7 @@ export interface OptimState {
 }
 
 /** `lr` is the peak rate; the optional schedule fields (schedule.ts lrAt) scale it per step, none: constant. */
-export type AdamSettings = Pick<TrainConfig, 'lr' | 'beta1' | 'beta2' | 'adamEps' | 'emaDecay' | 'gradClip'> &
-  Partial<Pick<TrainConfig, 'lrWarmup' | 'lrDecay' | 'lrDecaySteps'>>;
+export type AdamSettings = Pick<TrainConfig, 'beta1' | 'beta2' | 'adamEps' | 'emaDecay' | 'gradClip'> & LrConfig;
 
 export function newOptimState(params: Float32Array): OptimState {
   return {

@@ -33,6 +33,13 @@ export interface TrainConfig {
   lrWarmup: number;
   lrDecay: (typeof LR_DECAYS)[number];
   lrDecaySteps: number;
+  /**
+   * A linear cool-down to 0 on top of the schedule: the updates from lrCooldownStart on are scaled
+   * by (start + steps - k) / steps, reaching 0 at start + steps (lrCooldownSteps 0: none). The
+   * training commands set it to end at the run's last step (--lr-cooldown).
+   */
+  lrCooldownStart: number;
+  lrCooldownSteps: number;
   model: ModelConfig;
   sde: Required<SdeConfig>;
   /** Where the images come from ('mnist:train', or a path); recorded, not interpreted here. */
@@ -58,6 +65,8 @@ export const TRAIN_DEFAULTS: TrainConfig = {
   lrWarmup: 0,
   lrDecay: 'constant',
   lrDecaySteps: 0,
+  lrCooldownStart: 0,
+  lrCooldownSteps: 0,
   model: modelConfig(),
   sde: { ...SDE_DEFAULTS },
   dataset: 'mnist:train',
@@ -162,6 +171,10 @@ export function trainConfig(input: TrainConfigInput = {}): TrainConfig {
   check(
     cfg.lrDecay === 'constant' || (Number.isInteger(cfg.lrDecaySteps) && cfg.lrDecaySteps >= 1),
     `lr decay ${cfg.lrDecay} needs lrDecaySteps (--lr-decay-steps) >= 1, got ${cfg.lrDecaySteps}`,
+  );
+  check(
+    [cfg.lrCooldownStart, cfg.lrCooldownSteps].every((n) => Number.isInteger(n) && n >= 0),
+    `lr cool-down start and steps must be non-negative integers, got ${cfg.lrCooldownStart} and ${cfg.lrCooldownSteps}`,
   );
   return cfg;
 }
