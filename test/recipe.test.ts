@@ -347,7 +347,10 @@ test('--recipe likelihood is recorded in the checkpoint with its noise law and w
   // the logged loss is the importance-weighted estimate: finite and positive
   const lines = readFileSync(join(out, 'log.jsonl'), 'utf8').trim().split('\n');
   assert.equal(lines.length, 2);
-  for (const l of lines) assert.ok((JSON.parse(l) as { loss: number }).loss > 0);
+  for (const l of lines) {
+    const { loss, grad_norm } = JSON.parse(l) as { loss: number; grad_norm: number };
+    assert.ok(loss > 0 && grad_norm > 0 && Number.isFinite(grad_norm), l);
+  }
 });
 
 test('--lr-warmup, --lr-decay and --lr-decay-steps set the schedule on any recipe; a decay without its step is one clear line', () => {

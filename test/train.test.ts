@@ -175,6 +175,21 @@ test('bad input: one clear line, non-zero exit, nothing overwritten', async () =
   assert.ok(statSync(join(weightsOnly, 'checkpoint.safetensors')).size > 0);
 });
 
+test("trainStep's gradNorm is the L2 norm of the batch's mean gradient, before --grad-clip scales it", async () => {
+  await initBackend('wasm', { log: () => {} });
+  const data = loadImages('train', { limit: 16 });
+  for (const gradClip of [0, 1e-3]) {
+    const config = trainConfig({ seed: 3, batchSize: 8, gradClip, model: { channels: [8, 16, 16, 16], embedDim: 16 } });
+    const sum = await Trainer.create(config, data).gradSum(0, 0, 8);
+    let want = 0;
+    for (const g of sum.grad) want += Math.fround(g / 8) ** 2;
+    want = Math.sqrt(want);
+    const { gradNorm } = await trainStep(Trainer.create(config, data));
+    assert.ok(want > 1e-3, `the norm ${want} is above the clip`);
+    assert.ok(Math.abs(gradNorm - want) <= 1e-12 * want, `clip ${gradClip}: ${gradNorm} vs ${want}`);
+  }
+});
+
 test('a gradient sink gets every parameter once, during the backward pass, last layers first, bit for bit the plain gradient', async () => {
   await initBackend('wasm', { log: () => {} });
   const data = loadImages('train', { limit: 16 });

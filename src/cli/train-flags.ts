@@ -101,7 +101,12 @@ export function addTrainingOptions(cmd: Command): Command {
       parseFloatArg({ min: 0, max: 0.999999 }),
       TRAIN_DEFAULTS.emaDecay,
     )
-    .option('--grad-clip <norm>', 'clip the global gradient norm (0: off)', parseFloatArg({ min: 0, max: 1e9 }), TRAIN_DEFAULTS.gradClip)
+    .option(
+      '--grad-clip <norm>',
+      "clip the L2 norm of the batch's mean gradient to this (0: off; scoreflow train logs it as grad_norm)",
+      parseFloatArg({ min: 0, max: 1e9 }),
+      TRAIN_DEFAULTS.gradClip,
+    )
     .addOption(
       new Option('--weighting <w>', 'DSM weighting lambda(t)').choices(['sigma2', 'likelihood', 'edm']).default(TRAIN_DEFAULTS.weighting),
     )

@@ -78,12 +78,12 @@ async function train(f: TrainCommandFlags, cmd: Command): Promise<void> {
     while (trainer.step < end) {
       const t0 = performance.now();
       const { epoch } = trainer.batch(trainer.step);
-      const { loss, count } = await trainStep(trainer).catch((e: unknown) => {
+      const { loss, count, gradNorm } = await trainStep(trainer).catch((e: unknown) => {
         throw e instanceof NonFiniteError ? new Error(`${e.message}; stopped, the last good checkpoint is ${ckpt}`) : e;
       });
       const seconds = (performance.now() - t0) / 1000;
       const ips = count / seconds;
-      log.append({ step: trainer.step, epoch, loss, images_per_s: ips, seconds, time: new Date().toISOString() });
+      log.append({ step: trainer.step, epoch, loss, grad_norm: gradNorm, images_per_s: ips, seconds, time: new Date().toISOString() });
       bar.update(trainer.step, { loss: loss.toFixed(2), ips: ips.toFixed(1) });
       if (trainer.step % f.ckptEvery === 0 || trainer.step === end) await trainer.saveCheckpoint(ckpt, { backend, run });
       if (f.evalEvery && trainer.step % f.evalEvery === 0) {

@@ -13,6 +13,8 @@ export interface StepResult {
   /** Mean loss over the batch. */
   loss: number;
   count: number;
+  /** L2 norm of the batch's mean gradient, before any clipping. */
+  gradNorm: number;
 }
 
 /**
@@ -24,6 +26,6 @@ export async function trainStep(trainer: Trainer): Promise<StepResult> {
   const sum = await trainer.gradSum(step, 0, trainer.batch(step).indices.length);
   const loss = sum.lossSum / sum.count;
   if (!Number.isFinite(loss)) throw new NonFiniteError(`loss is ${loss} at step ${step}`);
-  trainer.apply(sum.grad, sum.count);
-  return { loss, count: sum.count };
+  const gradNorm = trainer.apply(sum.grad, sum.count, true)!;
+  return { loss, count: sum.count, gradNorm };
 }

@@ -103,10 +103,12 @@ export class Trainer {
   /**
    * The identical update on every replica with the mean of a gradient sum over `count` samples:
    * clip, Adam, EMA, step += 1 (throws NonFiniteError on a non-finite sum, changing nothing).
+   * Returns the mean gradient's norm before clipping when clipping or `measure` computed it.
    */
-  apply(gradSum: Float32Array, count: number): void {
-    adamStep(this.state, gradSum, this.config, this.adam, count);
+  apply(gradSum: Float32Array, count: number, measure = false): number | undefined {
+    const norm = adamStep(this.state, gradSum, this.config, this.adam, count, measure);
     this.version++;
+    return norm;
   }
 
   /** A copy of the whole state (parameters, moments, EMA, step): a rollback point. */
