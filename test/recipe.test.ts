@@ -342,7 +342,8 @@ test('--recipe likelihood is recorded in the checkpoint with its noise law and w
   assert.equal(r.code, 0, r.stderr);
   const { config } = loadTrainingCheckpoint(join(out, 'checkpoint.safetensors'));
   assert.equal(config.recipe, 'likelihood');
-  for (const k of ['noise', 'weighting', 'lr', 'lrWarmup', 'lrDecay', 'eps'] as const) assert.equal(config[k], LIK[k], k);
+  for (const k of ['noise', 'weighting', 'lr', 'lrWarmup', 'lrDecay', 'eps', 'gradClip'] as const) assert.equal(config[k], LIK[k], k);
+  assert.ok(LIK.gradClip > 0, 'the recipe clips the gradient');
   assert.equal(config.model.precond, LIK.model.precond);
   // the logged loss is the importance-weighted estimate: finite and positive
   const lines = readFileSync(join(out, 'log.jsonl'), 'utf8').trim().split('\n');
