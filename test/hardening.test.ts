@@ -28,6 +28,7 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
+import { readRunRecord, RunDir } from '../src/coordinator/run-dir.js';
 import { describeError } from '../src/core/io/atomic.js';
 import { DIGEST_KEY, encodeSafetensors, readSafetensors } from '../src/core/io/safetensors.js';
 import { loadTrainingCheckpoint } from '../src/core/train/checkpoint.js';
@@ -207,6 +208,24 @@ describe('item 3: checkpoints that always resume', () => {
     assert.equal(ck.run, 'rename');
     assert.equal(ck.digest, 'verified');
     assert.deepEqual(logged(out), range(0, 6));
+  });
+
+  test("a state with no digest of its own (the synthetic objective's), killed between its rename and cluster.json, is trusted: cluster.json named it first", async () => {
+    const out = join(dir, 'pending');
+    const base = { run: 'pending', incarnation: 1, configJson: JSON.stringify(SYN) };
+    const runDir = new RunDir(out);
+    await runDir.write(base);
+    const at2 = await runDir.writeCheckpoint(Buffer.from('raw state at step 2'), 2, 'c2');
+    await runDir.write({ ...base, checkpoint: at2 });
+    const at4 = await runDir.writeCheckpoint(Buffer.from('raw state at step 4'), 4, 'c4');
+    // killed here: cluster.json still records step 2, and names step 4's state as pending
+    assert.equal(readRunRecord(out)!.checkpoint!.step, 2);
+    const restarted = new RunDir(out).read()!;
+    assert.deepEqual(restarted.checkpoint, at4);
+    assert.equal(restarted.pending, undefined);
+    // a state that is neither is still refused
+    writeFileSync(join(out, 'checkpoint.safetensors'), 'some other state');
+    assert.throws(() => new RunDir(out).read(), /does not match the SHA-256 recorded in cluster\.json and carries no digest of its own/);
   });
 
   test('every checkpoint carries its run id, step and a digest of its tensor bytes', () => {

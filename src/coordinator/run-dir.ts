@@ -8,8 +8,9 @@
  * is updated, so a coordinator killed between the two leaves a newer checkpoint than
  * cluster.json names. A training checkpoint carries what is needed to trust it on its own:
  * its step, the run id and state checksum the coordinator stamps into it, and the SHA-256 of
- * its tensor bytes. The rule, in order:
- *   1. the file's SHA-256 equals the one cluster.json records: it is that checkpoint;
+ * its tensor bytes. A state that carries none of that (the synthetic test objective's raw
+ * bytes) is named in cluster.json as `pending` before it is renamed into place. The rule, in order:
+ *   1. the file's SHA-256 equals the one cluster.json records, or its pending one: it is that checkpoint;
  *   2. else, a file whose own digest verifies and whose run id is this run's wins, whatever
  *      cluster.json says (its step and checksum are taken from the file);
  *   3. else, with no checkpoint recorded yet (a run started with --resume from another
@@ -42,6 +43,8 @@ export interface RunRecord {
   configJson: string;
   totalSteps?: number;
   checkpoint?: CheckpointRecord;
+  /** A checkpoint being written that cannot vouch for itself (no digest): trusted if the file is it. */
+  pending?: CheckpointRecord;
 }
 
 export const CHECKPOINT_FILE = 'checkpoint.safetensors';
@@ -68,6 +71,8 @@ export class RunDir {
   private run?: string;
   /** The checkpoint bytes read() verified, so readCheckpoint need not read them again. */
   private verified?: { sha256: string; bytes: Uint8Array };
+  /** The record last written, which writeCheckpoint extends with a pending entry. */
+  private last?: RunRecord;
   private readonly steps: StepLog;
 
   constructor(readonly dir: string) {
@@ -86,8 +91,9 @@ export class RunDir {
 
   /** The run record, its checkpoint entry replaced by the checkpoint the rule above trusts (or a one-line error). */
   read(): RunRecord | undefined {
-    const rec = readRunRecord(this.dir);
-    if (!rec) return undefined;
+    const record = readRunRecord(this.dir);
+    if (!record) return undefined;
+    const { pending, ...rec } = record;
     this.run = rec.run;
     const file = rec.checkpoint?.file ?? CHECKPOINT_FILE;
     const path = join(this.dir, file);
@@ -105,6 +111,7 @@ export class RunDir {
       return { ...rec, checkpoint: c };
     };
     if (rec.checkpoint?.sha256 === sha) return trust(rec.checkpoint);
+    if (pending?.sha256 === sha) return trust(pending);
     const info = inspectCheckpoint(bytes, path); // a digest mismatch throws here, naming the file
     const own = info && { file, step: info.step, checksum: info.checksum, sha256: sha };
     if (info?.digest === 'verified' && info.run === rec.run) return trust(own!);
@@ -122,20 +129,23 @@ export class RunDir {
   async write(rec: RunRecord): Promise<void> {
     this.run = rec.run;
     await writeFileAtomic(this.recordPath, JSON.stringify(rec, null, 2) + '\n');
+    this.last = rec;
   }
 
   /**
    * Writes the checkpoint bytes atomically; returns its record (the caller then writes
    * cluster.json). A training checkpoint gets the run id and the state checksum stamped into
    * its metadata (its tensor bytes, and so its digest, unchanged), so that it can be trusted
-   * without cluster.json.
+   * without cluster.json; any other state is first named in cluster.json as pending.
    */
   async writeCheckpoint(bytes: Uint8Array, step: number, checksum: string): Promise<CheckpointRecord> {
     const file = join(this.dir, CHECKPOINT_FILE);
     const stamp = this.run !== undefined && inspectCheckpoint(bytes, 'the exported state') !== undefined;
     const chunks = stamp ? withMetadata(bytes, { run: this.run!, checksum }, 'the exported state') : [bytes];
+    const rec = { file: CHECKPOINT_FILE, step, checksum, sha256: sha256(chunks) };
+    if (!stamp && this.last) await this.write({ ...this.last, pending: rec });
     await writeFileAtomic(file, chunks);
-    return { file: CHECKPOINT_FILE, step, checksum, sha256: sha256(chunks) };
+    return rec;
   }
 
   /** The bytes of the checkpoint `c`; the step log is cut back to the steps it holds (the rest will be recomputed). */
