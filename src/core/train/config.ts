@@ -89,7 +89,7 @@ export type RecipeName = 'seed' | 'fast' | 'likelihood';
  * `likelihood`: the likelihood weighting lambda = g^2 with importance-sampled t (noise.ts), on fast's
  * schedule shape and preconditioning, at the batch and peak rate a sweep favoured (README, "Tuning
  * the likelihood recipe": batch 60 at 4e-3 against fast's 120 at 2e-3), with the mean gradient's
- * norm clipped at 1e3, below every norm measured in training (2,100 and up; median ~7,000), so each
+ * norm clipped at 1e3, below every norm measured in training (2,100 and up; medians 7,000-13,000), so each
  * step's gradient is rescaled to that norm: importance-sampled t makes rare bursts of 10-200x, and
  * clipping at 1e3 or 3e3 beat 1e4 (about the median) by 0.03 bits/dim at 10 epochs (README).
  * Explicit command-line flags override a recipe's values; the result is what the checkpoint records.
